@@ -1,0 +1,97 @@
+"""``cliproxy-proxy --config PATH``: serve the gateway from a config file or a mounted ConfigMap directory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from .app import PROXY, create_app
+from .config import ConfigError
+from .loader import ConfigSource
+from .runtime import build_credentials, build_runtime
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cliproxy-proxy", description=__doc__)
+    parser.add_argument("--config", required=True, help="config file, or a directory holding config.yaml")
+    parser.add_argument("--secrets-dir", help="directory of secret files (a mounted Secret)")
+    parser.add_argument("--host", help="bind address (overrides the config's host)")
+    parser.add_argument("--port", type=int, help="listen port (overrides the config's port)")
+    parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config checks")
+    parser.add_argument("--shutdown-timeout", type=float, default=60.0, help="seconds to drain in-flight requests")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--access-log", action="store_true", help="log every request")
+    return parser
+
+
+def _setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
+    """Validate the initial config (raising ConfigError) and build the application around it."""
+    config, _ = source.read_config()
+    credentials = build_credentials(config, source)
+    runtime = build_runtime(config, source, fingerprint=source.fingerprint(credentials[1]), credentials=credentials)
+    return create_app(runtime, source, reload_interval=reload_interval)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.log_format, args.log_level)
+    source = ConfigSource(args.config, args.secrets_dir)
+    try:
+        app = load_app(source, args.reload_interval)
+    except ConfigError as error:
+        print(f"cliproxy-proxy: invalid config: {error}", file=sys.stderr)
+        return 2
+    runtime = app[PROXY].runtime
+    host = args.host if args.host is not None else (runtime.config.host or None)
+    port = args.port or runtime.config.port
+    logging.getLogger("cliproxy.proxy").info("serving %d models on %s:%d", len(runtime.routes), host or "0.0.0.0", port)
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        shutdown_timeout=args.shutdown_timeout,
+        access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
+        print=None,
+        loop=_loop(),
+    )
+    return 0
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""The aiohttp application: routes, client auth, error shaping, and the state shared by all requests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from time import perf_counter
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import Timeouts
+from .errors import error_response
+from .forward import Exchange
+from .health import Health
+from .loader import ConfigSource
+from .metrics import UNRESOLVED, Metrics
+from .reload import Reloader
+from .runtime import Runtime
+
+log = logging.getLogger("cliproxy.proxy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OPEN_PATHS = frozenset({"/v1/metrics/providers"})
+
+
+class Proxy:
+    """Everything requests share: the live snapshot, credential health, metrics and the upstream pool."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.generation = 1
+        self.health = Health()
+        self.metrics = Metrics()
+        self.discovered: dict[str, tuple[str, ...]] = {}
+        self.draining = False
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: tuple[Timeouts, aiohttp.ClientTimeout] | None = None
+        self.health.sync(runtime.credentials)
+        self.metrics.watch_credentials(self.credential_states)
+        self._mark_loaded()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        if self._timeouts is None or self._timeouts[0] is not timeouts:
+            timeout = aiohttp.ClientTimeout(
+                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+            )
+            self._timeouts = (timeouts, timeout)
+        return self._timeouts[1]
+
+    def apply(self, runtime: Runtime) -> None:
+        """Make a new snapshot live: one assignment; requests in flight keep the one they started with."""
+        self.health.sync(runtime.credentials)
+        self.runtime = runtime
+        self.generation += 1
+        self._mark_loaded()
+
+    def _mark_loaded(self) -> None:
+        self.metrics.reloads.labels("success").inc()
+        self.metrics.generation.set(self.generation)
+        self.metrics.last_reload.set(self.runtime.loaded_at)
+
+    def credential_states(self) -> dict[str, tuple[int, int]]:
+        states: dict[str, tuple[int, int]] = {}
+        for credential in self.runtime.credentials:
+            healthy, cooling = states.get(credential.provider, (0, 0))
+            if self.health.cooling(credential):
+                cooling += 1
+            else:
+                healthy += 1
+            states[credential.provider] = (healthy, cooling)
+        return states
+
+
+PROXY = web.AppKey("proxy", Proxy)
+RELOADER = web.AppKey("reloader", Reloader)
+
+
+# -- middlewares ----------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves in OpenAI's JSON shape; nothing unexpected leaks a traceback to the client."""
+    try:
+        return await handler(request)
+    except web.HTTPException as http:
+        if http.status < 400:
+            raise
+        messages = {
+            404: f"Unknown path {request.path}.",
+            405: f"Method {request.method} is not allowed on {request.path}.",
+            413: "The request body is larger than the proxy accepts (max-body-bytes).",
+        }
+        message = messages.get(http.status, http.reason)
+        code = {404: "unknown_path", 405: "method_not_allowed", 413: "request_too_large"}.get(http.status)
+        return error_response(http.status, message, code)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "The proxy failed to handle this request.", "internal_error")
+
+
+def _presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" and value else header.strip()
+    for name in ("X-Api-Key", "X-Goog-Api-Key"):
+        if name in request.headers:
+            return request.headers[name].strip()
+    query = request.rel_url.query
+    return query.get("key") or query.get("auth_token")
+
+
+def _is_loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        return False
+
+
+def key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
+    """Constant-time over every configured key: neither the match nor its position shows in timing."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return matched
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if not path.startswith(("/v1/", "/v1beta/")) or path in _OPEN_PATHS:
+        return await handler(request)
+    runtime = request.app[PROXY].runtime
+    if not runtime.client_keys:
+        if runtime.config.allow_unauthenticated or _is_loopback(request.remote):
+            return await handler(request)
+        return error_response(
+            403, "No api-keys are configured, so only loopback clients are served; "
+            "configure api-keys or set allow-unauthenticated: true.", "unauthenticated_remote",
+        )  # fmt: skip
+    presented = _presented_key(request)
+    if not presented:
+        return error_response(401, "Missing API key.", "missing_api_key")
+    if not key_matches(presented.encode(), runtime.client_keys):
+        return error_response(401, "Invalid API key.", "invalid_api_key")
+    return await handler(request)
+
+
+# -- handlers -------------------------------------------------------------------------------------------
+
+
+async def list_models(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[PROXY].runtime.models_body, content_type="application/json")
+
+
+async def get_model(request: web.Request) -> web.Response:
+    runtime = request.app[PROXY].runtime
+    model = request.match_info["model"]
+    route = runtime.routes.get(model)
+    if route is None:
+        return _model_not_found(runtime, model)
+    owner = route.groups[0][0].credential.provider
+    body = {"id": model, "object": "model", "created": int(runtime.loaded_at), "owned_by": owner}
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+def _model_not_found(runtime: Runtime, model: str) -> web.Response:
+    hint = runtime.hints.get(model)
+    message = f"The model '{model}' does not exist or is not served by this proxy; GET /v1/models lists them."
+    if hint:
+        message = f"The model '{model}' needs a provider prefix (force-model-prefix): use {', '.join(hint)}."
+    return error_response(404, message, "model_not_found")
+
+
+def _forwarder(path: str) -> Handler:
+    async def forward(request: web.Request) -> web.StreamResponse:
+        started = perf_counter()
+        proxy = request.app[PROXY]
+        runtime = proxy.runtime
+        response = await _route(request, proxy, runtime, path, started)
+        if isinstance(response, web.Response) and response.status in (400, 404, 501):
+            proxy.metrics.finish(UNRESOLVED, UNRESOLVED, response.status, perf_counter() - started)
+        return response
+
+    return forward
+
+
+async def _route(request: web.Request, proxy: Proxy, runtime: Runtime, path: str, started: float) -> web.StreamResponse:
+    raw = await request.read()
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return error_response(400, "The request body is not valid JSON.", "invalid_json")
+    if not isinstance(payload, dict):
+        return error_response(400, "The request body must be a JSON object.", "invalid_json")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        return error_response(400, "The request needs a 'model' string.", "missing_model", param="model")
+    route = runtime.routes.get(model)
+    if route is None:
+        return _model_not_found(runtime, model)
+    unsupported = [t.credential.unsupported for t in route.targets if t.credential.unsupported]
+    if len(unsupported) == len(route.targets):
+        return error_response(501, f"Model '{model}' cannot be served yet: {unsupported[0]}.", "provider_not_supported")
+    return await Exchange(proxy, request, runtime, route, payload, raw, path, started).run()
+
+
+async def not_yet(request: web.Request) -> web.Response:
+    return error_response(
+        501, f"{request.path} is not yet supported: this proxy speaks OpenAI chat completions today.",
+        "endpoint_not_supported",
+    )  # fmt: skip
+
+
+async def provider_metrics(request: web.Request) -> web.Response:
+    """cliproxyapi++'s provider map, with the latencies it declares but never fills, plus live state."""
+    proxy = request.app[PROXY]
+    states = proxy.credential_states()
+    body: dict[str, Any] = {}
+    for provider in sorted({*states, *proxy.metrics.providers}):
+        healthy, cooling = states.get(provider, (0, 0))
+        body[provider] = {
+            **proxy.metrics.summary(provider),
+            "credentials_healthy": healthy,
+            "credentials_cooling": cooling,
+        }
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+async def prometheus(request: web.Request) -> web.Response:
+    output = generate_latest(request.app[PROXY].metrics.registry)
+    return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    proxy = request.app[PROXY]
+    if proxy.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready", "generation": proxy.generation, "models": len(proxy.runtime.routes)})
+
+
+async def reload_now(request: web.Request) -> web.Response:
+    if not _is_loopback(request.remote):
+        return error_response(403, "Reload is only accepted from loopback.", "forbidden")
+    reloader = request.app.get(RELOADER)
+    if reloader is None:
+        return error_response(409, "This proxy was not started from a config source.", "no_config_source")
+    changed = await reloader.check(force=True)
+    status = 200 if changed else 422
+    return web.json_response({"reloaded": changed, "generation": request.app[PROXY].generation,
+                              "error": reloader.last_error or None}, status=status)  # fmt: skip
+
+
+async def index(request: web.Request) -> web.Response:
+    return web.json_response({"message": "cliproxy", "endpoints": sorted(
+        {r.resource.canonical for r in request.app.router.routes() if r.resource is not None}
+    )})  # fmt: skip
+
+
+# -- assembly -------------------------------------------------------------------------------------------
+
+
+def create_app(
+    runtime: Runtime, source: ConfigSource | None = None, *, reload_interval: float = 1.0
+) -> web.Application:
+    """An application serving ``runtime``; with a ``source`` it also watches and reloads it."""
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=runtime.config.max_body_bytes
+    )
+    proxy = Proxy(runtime)
+    app[PROXY] = proxy
+    if source is not None:
+        app[RELOADER] = Reloader(proxy, source, reload_interval)
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        app.router.add_post(path, _forwarder("/chat/completions"))
+    app.router.add_post("/v1/completions", _forwarder("/completions"))
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model:.+}", get_model)
+    for path in ("/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/v1beta/models/{tail:.+}"):
+        app.router.add_post(path, not_yet)
+    app.router.add_get("/v1/metrics/providers", provider_metrics)
+    app.router.add_get("/metrics", prometheus)
+    for path in ("/healthz", "/health"):
+        app.router.add_get(path, healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/-/reload", reload_now)
+    app.router.add_get("/", index)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_drain)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[PROXY]
+    reloader = app.get(RELOADER)
+    if reloader is not None and any(c.discovers_models for c in proxy.runtime.credentials):
+        await reloader.check(force=True)  # learn the upstreams' model lists before serving
+    watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
+    loop = asyncio.get_running_loop()
+    if reloader is not None:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(reloader.check(force=True)))
+    yield
+    if watcher is not None:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    await proxy.close()
+
+
+async def _drain(app: web.Application) -> None:
+    app[PROXY].draining = True

@@ -1,0 +1,346 @@
+"""The config contract: the YAML/JSON document the proxy loads and the operator renders.
+
+It accepts the provider blocks of cliproxyapi++'s catalog with their kebab-case keys. It is defined once,
+here, and imported by the operator. Secrets may be written inline (``api-key``) or named by file
+(``api-key-file``), so a Kubernetes Secret can be mounted beside a ConfigMap that holds none.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .catalog import KINDS
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class _Block(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True, hide_input_in_errors=True
+    )
+
+
+_PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+Prefix = Annotated[str, Field(pattern=_PREFIX_PATTERN, max_length=63)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+def check_url(value: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"must be an absolute {'/'.join(schemes)} URL")
+    return value.rstrip("/")
+
+
+class ModelEntry(_Block):
+    """An upstream model this credential serves; ``alias`` is the name clients use instead."""
+
+    name: NonEmpty
+    alias: NonEmpty | None = None
+
+    @property
+    def exposed(self) -> str:
+        return self.alias or self.name
+
+
+class RateLimit(_Block):
+    """Requests and tokens per minute a credential may use; enforced by the proxy."""
+
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
+
+
+class _Routed(_Block):
+    """Keys every credential-bearing block shares: routing scope and network options."""
+
+    name: NonEmpty | None = None
+    prefix: Prefix | None = None
+    base_url: str | None = None
+    headers: dict[NonEmpty, str] = Field(default_factory=dict)
+    proxy_url: str | None = None
+    models: tuple[ModelEntry, ...] = ()
+    excluded_models: tuple[NonEmpty, ...] = ()
+    priority: int = 0
+    rate_limit: RateLimit | None = None
+    disable_cooling: bool | None = None
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        if value is None or value in ("", "direct", "none"):
+            return value
+        return check_url(value)
+
+
+class _KeySource(_Block):
+    api_key: SecretStr | None = None
+    api_key_file: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> _KeySource:
+        if (self.api_key is None) == (self.api_key_file is None):
+            raise ValueError("exactly one of api-key or api-key-file is required")
+        return self
+
+
+class ApiKeyCredential(_Routed, _KeySource):
+    """A direct or aggregator API key: claude-api-key, openrouter, groq and the other keyed blocks."""
+
+
+class SessionCredential(_Routed):
+    """A key or an IDE session token file: minimax, roo and kilo accept either."""
+
+    api_key: SecretStr | None = None
+    api_key_file: NonEmpty | None = None
+    token_file: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SessionCredential:
+        given = [s for s in (self.api_key, self.api_key_file, self.token_file) if s is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of api-key, api-key-file or token-file is required")
+        return self
+
+
+class CompatKey(_KeySource):
+    """One key of an openai-compatibility provider, optionally through its own egress proxy."""
+
+    proxy_url: str | None = None
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        return _Routed._proxy_url(value)
+
+
+class CompatProvider(_Routed):
+    """An OpenAI-shaped endpoint registered under its own provider ``name``."""
+
+    name: Annotated[str, Field(pattern=_PREFIX_PATTERN, max_length=63)]
+    base_url: str
+    api_key_entries: tuple[CompatKey, ...] = Field(min_length=1)
+    models_endpoint: str = "/models"
+    disabled: bool = False
+
+
+class KiroCredential(_Routed):
+    """Kiro (Amazon Q / CodeWhisperer): the IDE's token file or explicit tokens."""
+
+    token_file: NonEmpty | None = None
+    access_token: SecretStr | None = None
+    refresh_token: SecretStr | None = None
+    profile_arn: str | None = None
+    region: str = "us-east-1"
+    agent_task_type: Literal["", "vibe", "dev", "chat"] = ""
+    preferred_endpoint: Literal["", "ide", "cli", "codewhisperer", "amazonq"] = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KiroCredential:
+        if (self.token_file is None) == (self.access_token is None and self.refresh_token is None):
+            raise ValueError("exactly one of token-file or access-token/refresh-token is required")
+        return self
+
+
+class CursorCredential(_Routed):
+    """Cursor through a cursor-api sidecar: a token file or an auth token."""
+
+    token_file: NonEmpty | None = None
+    auth_token: SecretStr | None = None
+    cursor_api_url: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CursorCredential:
+        if (self.token_file is None) == (self.auth_token is None):
+            raise ValueError("exactly one of token-file or auth-token is required")
+        return self
+
+
+class AmpCredential(_Routed):
+    """Amp CLI: a token file or an upstream key for ampcode.com."""
+
+    token_file: NonEmpty | None = None
+    upstream_api_key: SecretStr | None = None
+    upstream_url: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AmpCredential:
+        if (self.token_file is None) == (self.upstream_api_key is None):
+            raise ValueError("exactly one of token-file or upstream-api-key is required")
+        return self
+
+
+class Routing(_Block):
+    strategy: Literal["round-robin", "fill-first"] = "round-robin"
+
+
+class Cooldowns(_Block):
+    """Seconds a (credential, model) pair rests after each kind of failure; cliproxyapi++'s defaults."""
+
+    quota_base: Annotated[float, Field(ge=0)] = 1.0
+    quota_max: Annotated[float, Field(ge=0)] = 1800.0
+    auth: Annotated[float, Field(ge=0)] = 1800.0
+    not_found: Annotated[float, Field(ge=0)] = 43200.0
+    transient: Annotated[float, Field(ge=0)] = 60.0
+
+
+class Timeouts(_Block):
+    """Upstream timeouts in seconds. ``idle`` bounds the gap between two chunks of a response."""
+
+    connect: Annotated[float, Field(gt=0)] = 10.0
+    first_byte: Annotated[float, Field(gt=0)] = 300.0
+    idle: Annotated[float, Field(gt=0)] = 300.0
+    total: Annotated[float, Field(gt=0)] | None = None
+
+
+class Streaming(_Block):
+    keepalive_seconds: Annotated[float, Field(ge=0)] = 15.0
+
+
+#: cliproxyapi++ keys that this proxy accepts for compatibility but does not act on.
+IGNORED_KEYS = frozenset(
+    {
+        "auth-dir", "debug", "remote-management", "usage-statistics-enabled", "logging-to-file",
+        "logs-max-total-size-mb", "error-logs-max-files", "request-log", "ws-auth", "quota-exceeded",
+        "passthrough-headers", "nonstream-keepalive-interval", "commercial-mode", "pprof",
+        "incognito-browser", "save-cooldown-status", "auth-auto-refresh-workers",
+    }
+)  # fmt: skip
+
+
+class ProxyConfig(_Block):
+    """The whole document. Provider lists are keyed by their catalog block name."""
+
+    host: str = ""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8317
+    api_keys: tuple[SecretStr, ...] = ()
+    api_keys_file: NonEmpty | None = None
+    allow_unauthenticated: bool = False
+    force_model_prefix: bool = False
+    routing: Routing = Routing()
+    request_retry: Annotated[int, Field(ge=0, le=10)] = 3
+    max_retry_interval: Annotated[float, Field(ge=0)] = 30.0
+    max_retry_credentials: Annotated[int, Field(ge=0)] = 0
+    disable_cooling: bool = False
+    cooldowns: Cooldowns = Cooldowns()
+    timeouts: Timeouts = Timeouts()
+    streaming: Streaming = Streaming()
+    max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
+    proxy_url: str | None = None
+
+    claude_api_key: tuple[ApiKeyCredential, ...] = ()
+    gemini_api_key: tuple[ApiKeyCredential, ...] = ()
+    codex_api_key: tuple[ApiKeyCredential, ...] = ()
+    vertex_api_key: tuple[ApiKeyCredential, ...] = ()
+    deepseek: tuple[ApiKeyCredential, ...] = ()
+    groq: tuple[ApiKeyCredential, ...] = ()
+    mistral: tuple[ApiKeyCredential, ...] = ()
+    openrouter: tuple[ApiKeyCredential, ...] = ()
+    together: tuple[ApiKeyCredential, ...] = ()
+    fireworks: tuple[ApiKeyCredential, ...] = ()
+    novita: tuple[ApiKeyCredential, ...] = ()
+    siliconflow: tuple[ApiKeyCredential, ...] = ()
+    openai_compatibility: tuple[CompatProvider, ...] = ()
+    minimax: tuple[SessionCredential, ...] = ()
+    roo: tuple[SessionCredential, ...] = ()
+    kilo: tuple[SessionCredential, ...] = ()
+    kiro: tuple[KiroCredential, ...] = ()
+    cursor: tuple[CursorCredential, ...] = ()
+    ampcode: tuple[AmpCredential, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k not in IGNORED_KEYS}
+            amp = data.get("ampcode")
+            if isinstance(amp, dict):  # cliproxyapi++ writes one mapping, not a list
+                data["ampcode"] = [amp]
+        return data
+
+    @field_validator("proxy_url")
+    @classmethod
+    def _proxy_url(cls, value: str | None) -> str | None:
+        return _Routed._proxy_url(value)
+
+    @model_validator(mode="after")
+    def _unique_compat_names(self) -> ProxyConfig:
+        names = [p.name for p in self.openai_compatibility]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"openai-compatibility names must be unique: {', '.join(duplicates)}")
+        clashes = sorted(set(names) & set(KINDS))
+        if clashes:
+            raise ValueError(f"openai-compatibility name clashes with a provider block: {', '.join(clashes)}")
+        return self
+
+    def blocks(self) -> list[tuple[str, tuple[_Routed, ...]]]:
+        """Every provider block by its catalog name, in catalog order."""
+        return [(block, getattr(self, block.replace("-", "_"))) for block in KINDS]
+
+
+class ConfigError(ValueError):
+    """A config document that cannot be used; the message names each failing path."""
+
+
+def format_location(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(top level)"
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem, ``openrouter[0].base-url: must be ...``; never echoes input values."""
+    lines = []
+    for item in error.errors(include_input=False, include_url=False):
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        # Lists are held as tuples (immutable snapshots); speak YAML's language in messages.
+        message = re.sub(r"^Value error, ", "", item["msg"]).replace("Tuple", "List").replace("tuple", "list")
+        lines.append(f"{format_location(loc)}: {message}")
+    return "; ".join(lines)
+
+
+def parse_config(document: Any) -> ProxyConfig:
+    """Validate a decoded document, raising :class:`ConfigError` with path-named messages."""
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise ConfigError("(top level): the config must be a mapping")
+    try:
+        return ProxyConfig.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+
+
+def parse_config_text(text: bytes | str) -> ProxyConfig:
+    """Parse YAML (JSON is YAML too) into a validated config."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"(top level): not valid YAML{where}") from None
+    return parse_config(document)

@@ -1,0 +1,212 @@
+"""A DEMO upstream: a local fake OpenAI-compatible provider for ``make run`` and the tests.
+
+It is not a model. It speaks OpenAI's wire format (``/v1/models``, chat completions with and without SSE,
+legacy completions), checks the bearer key it receives, echoes the last user message, and counts usage.
+Faults can be queued per key (an error status, a delay, a stream cut mid-way) to watch the proxy fail over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Fault:
+    """What the next request with a given key meets instead of a normal answer."""
+
+    status: int | None = None
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    first_byte_delay: float = 0.0
+    drop_after: int | None = None
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return self.headers.get("Authorization", "").removeprefix("Bearer ")
+
+
+@dataclass
+class Upstream:
+    """The fake's state: what it serves, which keys it accepts, what it saw, and the faults it owes."""
+
+    models: tuple[str, ...]
+    keys: frozenset[str] = frozenset()
+    received: list[Received] = field(default_factory=list)
+    faults: dict[str, deque[Fault]] = field(default_factory=dict)
+    words_per_chunk: int = 1
+
+    def fail_next(self, key: str, *faults: Fault) -> None:
+        """Queue faults for requests with ``key`` (``*`` for any key)."""
+        self.faults.setdefault(key, deque()).extend(faults)
+
+    def _fault_for(self, key: str) -> Fault | None:
+        for name in (key, "*"):
+            queue = self.faults.get(name)
+            if queue:
+                return queue.popleft()
+        return None
+
+
+UPSTREAM = web.AppKey("upstream", Upstream)
+
+
+def _error(status: int, message: str, code: str) -> web.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _reply_text(body: dict[str, Any]) -> str:
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):
+                    content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+                return f"echo: {content}"
+    prompt = body.get("prompt")
+    return f"echo: {prompt}" if isinstance(prompt, str) else "echo"
+
+
+def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
+    prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "").split())
+    completion = len(text.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+async def _models(request: web.Request) -> web.Response:
+    upstream = request.app[UPSTREAM]
+    if upstream.keys and request.headers.get("Authorization", "").removeprefix("Bearer ") not in upstream.keys:
+        return _error(401, "Incorrect API key provided.", "invalid_api_key")
+    data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "demo"} for m in upstream.models]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _complete(request: web.Request) -> web.StreamResponse:
+    upstream = request.app[UPSTREAM]
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+    received = Received(request.path, dict(request.headers), body)
+    upstream.received.append(received)
+    if upstream.keys and received.key not in upstream.keys:
+        return _error(401, f"Incorrect API key provided: {received.key}.", "invalid_api_key")
+    model = body.get("model")
+    if model not in upstream.models:
+        return _error(404, f"The model `{model}` does not exist.", "model_not_found")
+    chat = request.path.endswith("/chat/completions")
+    if chat and not isinstance(body.get("messages"), list):
+        return _error(400, "'messages' is a required property", "invalid_request")
+    fault = upstream._fault_for(received.key) or Fault()
+    if fault.delay:
+        await asyncio.sleep(fault.delay)
+    if fault.status is not None:
+        payload = fault.body if fault.body is not None else {"error": {"message": "demo fault", "code": "fault"}}
+        data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
+        return web.Response(status=fault.status, body=data, headers=fault.headers, content_type="application/json")
+    text = _reply_text(body)
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}"
+    if body.get("stream") is True:
+        return await _stream(request, upstream, body, text, ident, chat, fault)
+    usage = _usage(body, text)
+    created = int(time.time())
+    if chat:
+        choice: dict[str, Any] = {
+            "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None
+        }  # fmt: skip
+        document = {"id": ident, "object": "chat.completion", "created": created, "model": model,
+                    "choices": [choice], "usage": usage}  # fmt: skip
+    else:
+        document = {"id": ident, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                    "usage": usage}  # fmt: skip
+    return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+
+def _chunks(words: list[str], size: int) -> Iterable[str]:
+    for start in range(0, len(words), size):
+        piece = " ".join(words[start : start + size])
+        yield piece if start == 0 else " " + piece
+
+
+async def _stream(
+    request: web.Request, upstream: Upstream, body: dict[str, Any], text: str, ident: str, chat: bool, fault: Fault
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    if fault.first_byte_delay:
+        await asyncio.sleep(fault.first_byte_delay)
+    created = int(time.time())
+    base = {"id": ident, "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created, "model": body["model"]}  # fmt: skip
+
+    def event(choice: dict[str, Any] | None, usage: dict[str, int] | None = None) -> bytes:
+        return b"data: " + orjson.dumps({**base, "choices": [choice] if choice else [], "usage": usage}) + b"\n\n"
+
+    pieces = list(_chunks(text.split(), upstream.words_per_chunk))
+    events = []
+    if chat:
+        events.append(event({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}))
+        events += [event({"index": 0, "delta": {"content": p}, "finish_reason": None}) for p in pieces]
+        events.append(event({"index": 0, "delta": {}, "finish_reason": "stop"}))
+    else:
+        events += [event({"index": 0, "text": p, "finish_reason": None}) for p in pieces]
+        events.append(event({"index": 0, "text": "", "finish_reason": "stop"}))
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage"):
+        events.append(event(None, _usage(body, text)))
+    events.append(b"data: [DONE]\n\n")
+    for count, data in enumerate(events):
+        if fault.drop_after is not None and count >= fault.drop_after:
+            assert request.transport is not None
+            request.transport.abort()  # a provider that dies mid-stream: no terminating chunk
+            return response
+        await response.write(data)
+    await response.write_eof()
+    return response
+
+
+def create_demo_app(upstream: Upstream) -> web.Application:
+    app = web.Application()
+    app[UPSTREAM] = upstream
+    for prefix in ("/v1", ""):
+        app.router.add_get(f"{prefix}/models", _models)
+        app.router.add_post(f"{prefix}/chat/completions", _complete)
+        app.router.add_post(f"{prefix}/completions", _complete)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="cliproxy-demo-upstream", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18080)
+    parser.add_argument("--model", action="append", dest="models", help="model id to serve (repeatable)")
+    parser.add_argument("--key", action="append", dest="keys", help="accepted bearer key (repeatable)")
+    args = parser.parse_args()
+    upstream = Upstream(tuple(args.models or ("demo-small", "demo-large")), frozenset(args.keys or ()))
+    print(f"DEMO upstream (not a real provider) on http://{args.host}:{args.port}/v1", flush=True)
+    web.run_app(create_demo_app(upstream), host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

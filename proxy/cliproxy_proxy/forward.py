@@ -1,0 +1,370 @@
+"""One client request's way through credential selection, retries and the upstream call.
+
+Bodies are passed through: the request is re-encoded only when the model id must change, responses are
+rewritten by byte substitution, and streams go out event by event as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from time import perf_counter, time
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .errors import error_response, sse_error
+from .health import classify
+from .relay import SSERelay, Usage, usage_of
+from .runtime import Credential, Route, Runtime, Target
+
+if TYPE_CHECKING:
+    from .app import Proxy
+
+T = TypeVar("T")
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache, no-transform",
+    "X-Accel-Buffering": "no",
+}
+KEEPALIVE = b": keep-alive\n\n"
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
+_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+
+
+@dataclass(slots=True)
+class Failure:
+    """An upstream attempt that failed in a way another credential might not."""
+
+    target: Target
+    status: int | None
+    reason: str
+    body: bytes = b""
+    retry_after: float | None = None
+
+
+class _StreamBroken(Exception):
+    """The upstream stream ended badly after the client already got data."""
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header, in either of its two forms."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None
+
+
+class Exchange:
+    """Routes one request: tries targets by priority and strategy, fails over, and answers the client."""
+
+    def __init__(
+        self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route,
+        payload: dict[str, Any], raw: bytes, path: str, started: float,
+    ) -> None:  # fmt: skip
+        self.proxy = proxy
+        self.request = request
+        self.runtime = runtime
+        self.route = route
+        self.payload = payload
+        self.raw = raw
+        self.path = path
+        self.started = started
+        self.stream = payload.get("stream") is True
+        self.response: web.StreamResponse | None = None
+        self.upstream_seconds = 0.0
+        self.usage: Usage | None = None
+        self.provider = route.groups[0][0].credential.provider
+        self.credential: Credential | None = None
+
+    # -- the retry loop -------------------------------------------------------------------------------
+
+    async def run(self) -> web.StreamResponse:
+        try:
+            return await self._run()
+        except _CLIENT_GONE:
+            self.proxy.metrics.errors.labels(self.provider, "client_closed").inc()
+            return self.finish(self.response or web.Response(status=499), status=499)
+
+    async def _run(self) -> web.StreamResponse:
+        config = self.runtime.config
+        health = self.proxy.health
+        per_round = config.max_retry_credentials or math.inf
+        failure: Failure | None = None
+        wait = 0.0
+        for round_ in range(config.request_retry + 1):
+            tried: set[int] = set()
+            while len(tried) < per_round:
+                target, _ = health.pick(self.route, config.routing.strategy, tried)
+                if target is None:
+                    break
+                tried.add(id(target))
+                outcome = await self.attempt(target)
+                if not isinstance(outcome, Failure):
+                    return outcome
+                failure = outcome
+            wait = health.soonest(self.route)
+            if round_ == config.request_retry or wait > config.max_retry_interval:
+                break
+            await self.keepalive(asyncio.sleep(wait))
+        if failure is not None:
+            return await self.give_up(failure)
+        return await self.all_cooling(wait)
+
+    async def attempt(self, target: Target) -> web.StreamResponse | Failure:
+        credential = self.credential = target.credential
+        self.provider = credential.provider
+        self.proxy.health.charge_request(credential)
+        self.proxy.metrics.enter(credential.provider)
+        try:
+            return await self._call(target)
+        finally:
+            self.proxy.metrics.leave(credential.provider)
+
+    async def _call(self, target: Target) -> web.StreamResponse | Failure:
+        credential = target.credential
+        timeouts = self.runtime.config.timeouts
+        body = self.raw
+        if target.rewrite is not None:
+            body = orjson.dumps({**self.payload, "model": target.upstream_model})
+        sent = perf_counter()
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                upstream = await self.keepalive(
+                    self.proxy.session.post(
+                        credential.base_url + self.path, data=body, headers=credential.headers,
+                        proxy=credential.proxy, timeout=self.proxy.client_timeout(timeouts),
+                    )
+                )  # fmt: skip
+        except TimeoutError:
+            return self.failed(target, None, "timeout")
+        except aiohttp.ClientError:
+            return self.failed(target, None, "connect")
+        self.upstream_seconds += perf_counter() - sent
+        try:
+            if upstream.status >= 400:
+                return await self.upstream_error(target, upstream)
+            if self.stream:
+                return await self.relay_stream(target, upstream)
+            return await self.relay_body(target, upstream)
+        finally:
+            upstream.release()
+
+    # -- success paths --------------------------------------------------------------------------------
+
+    async def relay_body(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
+        read_from = perf_counter()
+        try:
+            body = await upstream.read()
+        except _UPSTREAM_ERRORS:
+            return self.failed(target, None, "transient")
+        self.upstream_seconds += perf_counter() - read_from
+        with contextlib.suppress(orjson.JSONDecodeError):
+            self.usage = usage_of(orjson.loads(body))
+        if target.rewrite is not None:
+            pattern, replacement = target.rewrite
+            body = pattern.sub(replacement, body, count=1)
+        self.proxy.health.succeed(target)
+        response = web.Response(body=body, status=upstream.status, headers=self.proxy_headers())
+        response.content_type = upstream.content_type or "application/json"
+        return self.finish(response)
+
+    async def relay_stream(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
+        relay = SSERelay(target.rewrite)
+        try:
+            first = await self.keepalive(upstream.content.readany())
+        except _UPSTREAM_ERRORS:
+            return self.failed(target, None, "transient")
+        if not first:
+            return self.failed(target, None, "transient")
+        self.proxy.metrics.ttft.labels(target.credential.provider).observe(perf_counter() - self.started)
+        response = await self.open_stream()
+        chunk = first
+        try:
+            while chunk:
+                ready = relay.feed(chunk)
+                if ready:
+                    await response.write(ready)
+                try:
+                    chunk = await upstream.content.readany()
+                except _UPSTREAM_ERRORS as error:
+                    raise _StreamBroken from error
+            tail = relay.flush()
+            if tail:
+                await response.write(tail)
+        except _StreamBroken:
+            self.usage = relay.usage
+            self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns)
+            self.proxy.metrics.errors.labels(target.credential.provider, "stream_interrupted").inc()
+            await self._write_quietly(
+                sse_error(502, "The upstream stream was interrupted; the response is incomplete.",
+                          "stream_interrupted")
+            )  # fmt: skip
+            return self.finish(response, status=502)
+        except _CLIENT_GONE:
+            self.usage = relay.usage
+            self.proxy.metrics.errors.labels(target.credential.provider, "client_closed").inc()
+            return self.finish(response, status=499)
+        self.usage = relay.usage
+        self.proxy.health.succeed(target)
+        await self._write_quietly(None)
+        return self.finish(response)
+
+    # -- failure paths --------------------------------------------------------------------------------
+
+    def failed(self, target: Target, status: int | None, kind: str, body: bytes = b"",
+               retry_after: float | None = None) -> Failure:  # fmt: skip
+        reason = classify(status) or "transient"
+        provider = target.credential.provider
+        self.proxy.metrics.errors.labels(provider, kind).inc()
+        if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns) > 0:
+            self.proxy.metrics.cooldowns.labels(provider, reason).inc()
+        return Failure(target, status, kind, body, retry_after)
+
+    async def upstream_error(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
+        try:
+            body = await upstream.read()
+        except _UPSTREAM_ERRORS:
+            body = b""
+        secret = target.credential.secret
+        if secret:
+            body = body.replace(secret.encode(), b"***")
+        status = upstream.status
+        reason = classify(status)
+        if reason is None:
+            # The request itself is at fault (400, 413, 422...): no other credential would do better.
+            self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
+            return await self.reply_error(status, self._upstream_message(body, status), "upstream_error", body)
+        retry_after = retry_after_seconds(upstream.headers.get("Retry-After")) if status == 429 else None
+        return self.failed(target, status, reason, body, retry_after)
+
+    async def give_up(self, failure: Failure) -> web.StreamResponse:
+        model = self.route.model
+        if failure.status is None:
+            if failure.reason == "timeout":
+                return await self.reply_error(504, f"The upstream for model '{model}' timed out.", "upstream_timeout")
+            return await self.reply_error(
+                502, f"The upstream for model '{model}' could not be reached.", "upstream_unavailable"
+            )
+        if failure.reason == "auth":
+            return await self.reply_error(
+                502, f"Every credential for model '{model}' was refused by its provider "
+                f"(HTTP {failure.status}).", "upstream_auth_error",
+            )  # fmt: skip
+        headers = {}
+        if failure.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(failure.retry_after))
+        message = self._upstream_message(failure.body, failure.status)
+        return await self.reply_error(failure.status, message, "upstream_error", failure.body, headers)
+
+    async def all_cooling(self, wait: float) -> web.StreamResponse:
+        seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else 60
+        self.proxy.metrics.errors.labels(self.provider, "cooldown").inc()
+        return await self.reply_error(
+            429, f"All credentials for model '{self.route.model}' are cooling down or rate-limited; "
+            f"retry after {seconds} s.", "model_cooldown", headers={"Retry-After": str(seconds)},
+            extra={"model": self.route.model, "reset_seconds": seconds},
+        )  # fmt: skip
+
+    @staticmethod
+    def _upstream_message(body: bytes, status: int) -> str:
+        try:
+            error = orjson.loads(body).get("error")
+            message = error.get("message") if isinstance(error, dict) else error
+            if isinstance(message, str) and message:
+                return message
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        return f"The upstream answered HTTP {status}."
+
+    async def reply_error(
+        self, status: int, message: str, code: str, upstream_body: bytes = b"",
+        headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
+    ) -> web.StreamResponse:  # fmt: skip
+        """The error in the client's terms: a JSON error, or an SSE error event once a stream has begun."""
+        if self.response is not None:
+            await self._write_quietly(sse_error(status, message, code))
+            return self.finish(self.response, status=status)
+        response: web.StreamResponse
+        if _is_openai_error(upstream_body):
+            response = web.Response(status=status, body=upstream_body, content_type="application/json")
+        else:
+            response = error_response(status, message, code, **(extra or {}))
+        response.headers.update(self.proxy_headers())
+        if headers:
+            response.headers.update(headers)
+        return self.finish(response)
+
+    # -- plumbing -------------------------------------------------------------------------------------
+
+    async def keepalive(self, awaitable: Awaitable[T]) -> T:
+        """Await something slow; for streams, keep the client's connection warm with SSE comments."""
+        interval = self.runtime.config.streaming.keepalive_seconds
+        if not self.stream or interval <= 0:
+            return await awaitable
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=interval)
+                if done:
+                    return task.result()
+                response = await self.open_stream()
+                await response.write(KEEPALIVE)
+        except BaseException:
+            task.cancel()
+            raise
+
+    async def open_stream(self) -> web.StreamResponse:
+        if self.response is None:
+            response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.proxy_headers()})
+            await response.prepare(self.request)
+            self.response = response
+        return self.response
+
+    async def _write_quietly(self, data: bytes | None) -> None:
+        if self.response is None:
+            return
+        try:
+            if data:
+                await self.response.write(data)
+            await self.response.write_eof()
+        except _CLIENT_GONE:
+            pass
+
+    def proxy_headers(self) -> dict[str, str]:
+        overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
+        self.proxy.metrics.overhead.labels(self.provider).observe(overhead)
+        return {"X-Cliproxy-Overhead-Ms": f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider}
+
+    def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
+        tokens_in, tokens_out = self.usage or (0, 0)
+        if self.credential is not None and self.usage is not None:
+            self.proxy.health.charge_tokens(self.credential, tokens_in + tokens_out)
+        self.proxy.metrics.finish(
+            self.provider, self.route.model, status or response.status, perf_counter() - self.started,
+            tokens_in, tokens_out,
+        )  # fmt: skip
+        return response
+
+
+def _is_openai_error(body: bytes) -> bool:
+    if not body.startswith(b"{"):
+        return False
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(document, dict) and isinstance(document.get("error"), dict)

@@ -1,0 +1,165 @@
+"""Prometheus series and the ``/v1/metrics/providers`` summary, fed from one place per request.
+
+Labels are bounded by the config: provider names and exposed model ids, never client-supplied strings
+that did not resolve, never anything secret.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+UNRESOLVED = "none"
+
+
+@dataclass(slots=True)
+class ProviderStats:
+    """Rolling figures for one provider; latencies keep the last ``window`` requests."""
+
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    tokens: int = 0
+    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+
+    def summary(self) -> dict[str, Any]:
+        ordered = sorted(self.latencies_ms)
+
+        def pct(q: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+        return {
+            "request_count": self.requests,
+            "success_count": self.successes,
+            "failure_count": self.failures,
+            "total_tokens": self.tokens,
+            "success_rate": round(self.successes / self.requests, 4) if self.requests else 0.0,
+            "latency_p50_ms": pct(0.5),
+            "latency_p95_ms": pct(0.95),
+        }
+
+
+class _CredentialStates(Collector):
+    def __init__(self, states: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self.states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "cliproxy_credentials", "Credentials per provider by state", labels=["provider", "state"]
+        )
+        for provider, (healthy, cooling) in sorted(self.states().items()):
+            family.add_metric([provider, "healthy"], healthy)
+            family.add_metric([provider, "cooling"], cooling)
+        yield family
+
+
+class Metrics:
+    """Every series the proxy exports, in a registry of its own (one per app)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "cliproxy_requests",
+            "Client requests by provider, model and HTTP status",
+            ["provider", "model", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "cliproxy_errors",
+            "Failed upstream attempts and client errors by type",
+            ["provider", "error_type"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "cliproxy_tokens",
+            "Tokens by provider, model and type (input, output)",
+            ["provider", "model", "type"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "cliproxy_request_duration_seconds",
+            "Client request duration, streams until their last byte",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "cliproxy_time_to_first_token_seconds",
+            "Time from request to the first streamed upstream byte",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "cliproxy_proxy_overhead_seconds",
+            "Time spent in the proxy outside upstream calls",
+            ["provider"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "cliproxy_in_flight_requests", "Requests in flight per provider", ["provider"], registry=r
+        )
+        self.cooldowns = Counter(
+            "cliproxy_credential_cooldowns",
+            "Cooldowns started, by provider and reason",
+            ["provider", "reason"],
+            registry=r,
+        )
+        self.reloads = Counter("cliproxy_config_reloads", "Config reloads by result", ["result"], registry=r)
+        self.generation = Gauge("cliproxy_config_generation", "Generation of the config in force", registry=r)
+        self.last_reload = Gauge(
+            "cliproxy_config_last_reload_success_timestamp_seconds", "When the config in force was loaded",
+            registry=r,
+        )  # fmt: skip
+        self.providers: dict[str, ProviderStats] = {}
+        self.in_flight_now: dict[str, int] = {}
+
+    def watch_credentials(self, states: Callable[[], dict[str, tuple[int, int]]]) -> None:
+        self.registry.register(_CredentialStates(states))
+
+    def enter(self, provider: str) -> None:
+        self.in_flight.labels(provider).inc()
+        self.in_flight_now[provider] = self.in_flight_now.get(provider, 0) + 1
+
+    def leave(self, provider: str) -> None:
+        self.in_flight.labels(provider).dec()
+        self.in_flight_now[provider] -= 1
+
+    def summary(self, provider: str) -> dict[str, Any]:
+        stats = self.providers.get(provider) or ProviderStats()
+        return {**stats.summary(), "in_flight": self.in_flight_now.get(provider, 0)}
+
+    def finish(
+        self, provider: str, model: str, status: int, seconds: float, tokens_in: int = 0, tokens_out: int = 0
+    ) -> None:
+        """Record one client request's outcome everywhere it is counted."""
+        self.requests.labels(provider, model, str(status)).inc()
+        if provider == UNRESOLVED:
+            return
+        self.duration.labels(provider).observe(seconds)
+        if tokens_in:
+            self.tokens.labels(provider, model, "input").inc(tokens_in)
+        if tokens_out:
+            self.tokens.labels(provider, model, "output").inc(tokens_out)
+        stats = self.providers.get(provider)
+        if stats is None:
+            stats = self.providers[provider] = ProviderStats()
+        stats.requests += 1
+        if status < 400:
+            stats.successes += 1
+        else:
+            stats.failures += 1
+        stats.tokens += tokens_in + tokens_out
+        stats.latencies_ms.append(seconds * 1000.0)

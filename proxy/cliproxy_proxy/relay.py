@@ -1,0 +1,71 @@
+"""Pass upstream bodies through with the least work: rewrite the model id, read token usage, no re-encoding.
+
+A JSON string's own quotes are escaped, so an unescaped ``"model":"<id>"`` can only be a key of the
+document itself: a byte substitution rewrites it without decoding and re-encoding the body.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+Usage = tuple[int, int]
+
+
+def model_rewriter(upstream: str, exposed: str) -> tuple[re.Pattern[bytes], bytes]:
+    quoted = re.escape(orjson.dumps(upstream))
+    return re.compile(rb'("model"\s*:\s*)' + quoted), rb"\g<1>" + orjson.dumps(exposed).replace(b"\\", b"\\\\")
+
+
+def usage_of(document: Any) -> Usage | None:
+    """(input, output) tokens from an OpenAI ``usage`` object, if the document carries one."""
+    usage = document.get("usage") if isinstance(document, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
+
+
+class SSERelay:
+    """Cuts an SSE byte stream at event boundaries so each write holds whole events.
+
+    Bytes after the last boundary wait for the next chunk; everything before it goes out at once.
+    """
+
+    __slots__ = ("pattern", "pending", "replacement", "usage")
+
+    def __init__(self, rewrite: tuple[re.Pattern[bytes], bytes] | None) -> None:
+        self.pattern: re.Pattern[bytes] | None = rewrite[0] if rewrite else None
+        self.replacement = rewrite[1] if rewrite else b""
+        self.pending = b""
+        self.usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.pending + chunk if self.pending else chunk
+        lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+        end = max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+        self.pending = data[end:]
+        return self._process(data[:end]) if end else b""
+
+    def flush(self) -> bytes:
+        data, self.pending = self.pending, b""
+        return self._process(data) if data else b""
+
+    def _process(self, events: bytes) -> bytes:
+        if b'"usage"' in events:
+            self._read_usage(events)
+        if self.pattern is not None:
+            events = self.pattern.sub(self.replacement, events)
+        return events
+
+    def _read_usage(self, events: bytes) -> None:
+        for line in events.splitlines():
+            if line.startswith(b"data:") and b'"usage"' in line:
+                try:
+                    found = usage_of(orjson.loads(line[5:]))
+                except orjson.JSONDecodeError:
+                    continue
+                if found is not None:
+                    self.usage = found

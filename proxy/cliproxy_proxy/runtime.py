@@ -1,0 +1,277 @@
+"""The immutable routing snapshot a request reads once: credentials, the model table, precomputed bodies.
+
+Built off to the side from a validated :class:`ProxyConfig`, then swapped in by one assignment, so a request
+keeps the snapshot it started with while a reload happens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import orjson
+
+from .catalog import KINDS, SUPPORTED_WIRES, Wire
+from .config import (
+    ApiKeyCredential,
+    CompatProvider,
+    ConfigError,
+    ModelEntry,
+    ProxyConfig,
+    RateLimit,
+    SessionCredential,
+    _Routed,
+)
+from .loader import ConfigSource
+from .relay import model_rewriter
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Credential:
+    """One upstream key with everything needed to call it. ``headers`` holds the secret: never log it."""
+
+    id: str
+    provider: str
+    label: str
+    wire: Wire
+    base_url: str
+    headers: Mapping[str, str] = field(repr=False)
+    secret: str | None = field(repr=False)
+    proxy: str | None
+    priority: int
+    prefix: str | None
+    models: tuple[ModelEntry, ...]
+    excluded: tuple[str, ...]
+    rate_limit: RateLimit | None
+    cooling: bool
+    unsupported: str | None = None
+    models_endpoint: str = "/models"
+
+    @property
+    def discovers_models(self) -> bool:
+        return not self.models and self.unsupported is None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Target:
+    """A credential serving one upstream model under one exposed id."""
+
+    credential: Credential
+    upstream_model: str
+    exposed_model: str
+    rewrite: tuple[re.Pattern[bytes], bytes] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Every target for one exposed model id, as priority groups, highest first."""
+
+    model: str
+    groups: tuple[tuple[Target, ...], ...]
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return tuple(t for group in self.groups for t in group)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    config: ProxyConfig
+    fingerprint: str
+    credentials: tuple[Credential, ...]
+    routes: Mapping[str, Route]
+    hints: Mapping[str, tuple[str, ...]]
+    models_body: bytes
+    client_keys: tuple[bytes, ...] = field(repr=False)
+    secret_files: tuple[Path, ...]
+    loaded_at: float
+
+
+def _excluded(patterns: tuple[str, ...], *names: str) -> bool:
+    return any(fnmatchcase(n.lower(), p.lower()) for p in patterns for n in names)
+
+
+def _credential_id(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+class _Builder:
+    """Turns config blocks into credentials, reading secret files through the source."""
+
+    def __init__(self, config: ProxyConfig, source: ConfigSource | None) -> None:
+        self.config = config
+        self.source = source
+        self.secret_files: list[Path] = []
+        self.credentials: list[Credential] = []
+
+    def secret(self, inline: object, file: str | None, where: str) -> str:
+        if file is not None:
+            if self.source is None:
+                raise ConfigError(f"{where}: api-key-file needs a config file to resolve against")
+            self.secret_files.append(self.source.secret_path(file))
+            return self.source.read_secret(file, where)
+        value = inline.get_secret_value() if inline is not None else ""  # type: ignore[attr-defined]
+        return str(value)
+
+    def add(
+        self,
+        block: str,
+        index: int,
+        entry: _Routed,
+        key: str | None,
+        provider: str,
+        base_url: str,
+        unsupported: str | None,
+        proxy: str | None,
+        sub: str = "",
+    ) -> None:
+        kind = KINDS[block]
+        headers = {"Content-Type": "application/json"}
+        if key is not None and kind.wire in (Wire.OPENAI_CHAT, Wire.RESPONSES):
+            headers["Authorization"] = f"Bearer {key}"
+        headers.update(entry.headers)
+        cooling = not self.config.disable_cooling and not entry.disable_cooling
+        label = entry.name if entry.name and block != "openai-compatibility" else f"{block}[{index}]{sub}"
+        self.credentials.append(
+            Credential(
+                id=_credential_id(block, provider, base_url, key or label),
+                provider=provider,
+                label=label,
+                wire=kind.wire,
+                base_url=base_url,
+                headers=headers,
+                secret=key,
+                proxy=self._proxy(proxy if proxy is not None else entry.proxy_url),
+                priority=entry.priority,
+                prefix=entry.prefix,
+                models=entry.models,
+                excluded=entry.excluded_models,
+                rate_limit=entry.rate_limit,
+                cooling=cooling,
+                unsupported=unsupported,
+                models_endpoint=entry.models_endpoint if isinstance(entry, CompatProvider) else "/models",
+            )
+        )
+
+    def _proxy(self, value: str | None) -> str | None:
+        if value in ("direct", "none", ""):
+            return None
+        return value if value is not None else self._proxy(self.config.proxy_url or "")
+
+    def build(self) -> None:
+        for block, entries in self.config.blocks():
+            kind = KINDS[block]
+            for index, entry in enumerate(entries):
+                where = f"{block}[{index}]"
+                if isinstance(entry, CompatProvider):
+                    if entry.disabled:
+                        continue
+                    for k, item in enumerate(entry.api_key_entries):
+                        key = self.secret(item.api_key, item.api_key_file, f"{where}.api-key-entries[{k}]")
+                        self.add(
+                            block,
+                            index,
+                            entry,
+                            key,
+                            entry.name,
+                            entry.base_url,
+                            None,
+                            item.proxy_url,
+                            sub=f".api-key-entries[{k}]",
+                        )
+                    continue
+                base_url = entry.base_url or kind.default_base_url or ""
+                unsupported = None
+                secret: str | None = None
+                if isinstance(entry, ApiKeyCredential | SessionCredential) and (
+                    entry.api_key is not None or entry.api_key_file is not None
+                ):
+                    secret = self.secret(entry.api_key, entry.api_key_file, where)
+                else:
+                    unsupported = f"{block} token-file sessions are not yet supported"
+                if kind.wire not in SUPPORTED_WIRES:
+                    unsupported = f"the {kind.wire.value} wire format of {block} is not yet supported"
+                self.add(block, index, entry, secret, block, base_url, unsupported, None)
+
+
+def _routes(
+    config: ProxyConfig, credentials: list[Credential], discovered: Mapping[str, tuple[str, ...]]
+) -> tuple[dict[str, Route], dict[str, tuple[str, ...]]]:
+    by_model: dict[str, list[Target]] = {}
+    hints: dict[str, list[str]] = {}
+    for credential in credentials:
+        entries = credential.models or tuple(ModelEntry(name=m) for m in discovered.get(credential.id, ()))
+        for entry in entries:
+            if _excluded(credential.excluded, entry.name, entry.exposed):
+                continue
+            ids = []
+            if credential.prefix:
+                ids.append(f"{credential.prefix}/{entry.exposed}")
+            if not credential.prefix or not config.force_model_prefix:
+                ids.append(entry.exposed)
+            else:
+                hints.setdefault(entry.exposed, []).append(ids[0])
+            for model_id in ids:
+                rewrite = model_rewriter(entry.name, model_id) if entry.name != model_id else None
+                by_model.setdefault(model_id, []).append(Target(credential, entry.name, model_id, rewrite))
+    routes = {}
+    for model_id, targets in by_model.items():
+        priorities = sorted({t.credential.priority for t in targets}, reverse=True)
+        groups = tuple(tuple(t for t in targets if t.credential.priority == p) for p in priorities)
+        routes[model_id] = Route(model_id, groups)
+    return routes, {k: tuple(v) for k, v in hints.items() if k not in routes}
+
+
+def _models_body(routes: Mapping[str, Route], created: int) -> bytes:
+    data = [
+        {
+            "id": model_id,
+            "object": "model",
+            "created": created,
+            "owned_by": route.groups[0][0].credential.provider,
+        }
+        for model_id, route in sorted(routes.items())
+    ]
+    return orjson.dumps({"object": "list", "data": data})
+
+
+def build_credentials(config: ProxyConfig, source: ConfigSource | None) -> tuple[list[Credential], list[Path]]:
+    """Every credential of the config, secrets resolved; raises ConfigError naming the failing path."""
+    builder = _Builder(config, source)
+    builder.build()
+    return builder.credentials, builder.secret_files
+
+
+def build_runtime(
+    config: ProxyConfig,
+    source: ConfigSource | None,
+    *,
+    fingerprint: str = "",
+    discovered: Mapping[str, tuple[str, ...]] | None = None,
+    credentials: tuple[list[Credential], list[Path]] | None = None,
+) -> Runtime:
+    creds, secret_files = credentials or build_credentials(config, source)
+    client_keys = [k.get_secret_value() for k in config.api_keys]
+    if config.api_keys_file is not None:
+        builder = _Builder(config, source)
+        text = builder.secret(None, config.api_keys_file, "api-keys-file")
+        client_keys.extend(line.strip() for line in text.splitlines() if line.strip())
+        secret_files.extend(builder.secret_files)
+    routes, hints = _routes(config, creds, discovered or {})
+    now = time.time()
+    return Runtime(
+        config=config,
+        fingerprint=fingerprint,
+        credentials=tuple(creds),
+        routes=routes,
+        hints=hints,
+        models_body=_models_body(routes, int(now)),
+        client_keys=tuple(k.encode() for k in client_keys),
+        secret_files=tuple(secret_files),
+        loaded_at=now,
+    )

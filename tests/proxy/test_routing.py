@@ -1,0 +1,195 @@
+"""The model table and credential health: prefix, alias, exclusion, priority, rotation, cooldown, limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cliproxy_proxy.config import Cooldowns, parse_config
+from cliproxy_proxy.health import Health, classify
+from cliproxy_proxy.runtime import Runtime, build_runtime
+
+
+def runtime_of(document: dict[str, Any]) -> Runtime:
+    return build_runtime(parse_config(document), None)
+
+
+def groq(key: str, **extra: Any) -> dict[str, Any]:
+    return {"api-key": key, "models": [{"name": "llama-70b", "alias": "llama"}], **extra}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_prefix_registers_both_ids_unless_forced() -> None:
+    loose = runtime_of({"groq": [groq("k", prefix="prod")]})
+    assert set(loose.routes) == {"prod/llama", "llama"}
+    forced = runtime_of({"force-model-prefix": True, "groq": [groq("k", prefix="prod")]})
+    assert set(forced.routes) == {"prod/llama"}
+    assert forced.hints["llama"] == ("prod/llama",)
+
+
+def test_force_prefix_keeps_unprefixed_credentials_bare() -> None:
+    runtime = runtime_of({"force-model-prefix": True, "groq": [groq("a", prefix="prod"), groq("b")]})
+    assert {t.credential.prefix for t in runtime.routes["llama"].targets} == {None}
+    assert "llama" not in runtime.hints
+
+
+def test_alias_maps_to_the_upstream_name() -> None:
+    target = runtime_of({"groq": [groq("k")]}).routes["llama"].targets[0]
+    assert (target.exposed_model, target.upstream_model) == ("llama", "llama-70b")
+    assert target.rewrite is not None
+
+
+def test_repeated_alias_pools_upstream_models() -> None:
+    runtime = runtime_of({"mistral": [{"api-key": "k", "models": [
+        {"name": "mistral-large", "alias": "best"}, {"name": "mistral-medium", "alias": "best"}]}]})  # fmt: skip
+    assert [t.upstream_model for t in runtime.routes["best"].targets] == ["mistral-large", "mistral-medium"]
+
+
+def test_excluded_models_are_globs_on_either_name() -> None:
+    models = [{"name": n} for n in ("gpt-4o", "gpt-4o-preview", "o1-mini", "claude-x")] + [
+        {"name": "cheap", "alias": "hidden-alias"}]  # fmt: skip
+    runtime = runtime_of({"openrouter": [{"api-key": "k", "models": models,
+                                          "excluded-models": ["*-preview", "O1-*", "*claude*", "hidden-*"]}]})
+    assert set(runtime.routes) == {"gpt-4o"}
+
+
+def test_default_base_urls_come_from_the_catalog() -> None:
+    runtime = runtime_of({"groq": [groq("k")], "deepseek": [groq("k")], "openrouter": [groq("k")]})
+    assert {c.provider: c.base_url for c in runtime.credentials} == {
+        "groq": "https://api.groq.com/openai/v1",
+        "deepseek": "https://api.deepseek.com",
+        "openrouter": "https://openrouter.ai/api/v1",
+    }
+
+
+def test_priority_groups_highest_first() -> None:
+    runtime = runtime_of({"groq": [groq("low", priority=1), groq("high", priority=5)], "together": [groq("mid")]})
+    groups = runtime.routes["llama"].groups
+    assert [[t.credential.priority for t in g] for g in groups] == [[5], [1], [0]]
+
+
+def test_models_list_body_carries_prefixed_ids_and_owner() -> None:
+    import orjson
+
+    body = orjson.loads(runtime_of({"groq": [groq("k", prefix="p")]}).models_body)
+    assert body["object"] == "list"
+    assert [(m["id"], m["owned_by"], m["object"]) for m in body["data"]] == [
+        ("llama", "groq", "model"), ("p/llama", "groq", "model")]  # fmt: skip
+
+
+def test_wire_formats_not_yet_translated_are_marked() -> None:
+    runtime = runtime_of({"claude-api-key": [groq("k")], "minimax": [{"token-file": "t.json", "models": [{"name": "m"}]}],
+                          "kilo": [{"api-key": "anonymous", "models": [{"name": "free"}]}]})  # fmt: skip
+    unsupported = {c.provider: c.unsupported for c in runtime.credentials}
+    assert "anthropic-messages" in (unsupported["claude-api-key"] or "")
+    assert "token-file" in (unsupported["minimax"] or "")
+    assert unsupported["kilo"] is None
+
+
+def test_proxy_url_direct_overrides_the_global_proxy() -> None:
+    runtime = runtime_of({"proxy-url": "http://egress:3128", "groq": [groq("a"), groq("b", **{"proxy-url": "direct"})]})
+    assert [c.proxy for c in runtime.credentials] == ["http://egress:3128", None]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(429, "quota"), (401, "auth"), (402, "auth"), (403, "auth"), (404, "not_found"), (408, "transient"),
+     (500, "transient"), (503, "transient"), (None, "transient"), (400, None), (413, None), (422, None)],
+)  # fmt: skip
+def test_classify_follows_cliproxyapi(status: int | None, reason: str | None) -> None:
+    assert classify(status) == reason
+
+
+def test_cooldown_durations_and_quota_backoff() -> None:
+    clock = Clock()
+    health = Health(clock)
+    runtime = runtime_of({"groq": [groq("k")]})
+    health.sync(runtime.credentials)
+    target = runtime.routes["llama"].targets[0]
+    cfg = Cooldowns()
+    assert [health.fail(target, "quota", None, cfg) for _ in range(4)] == [1, 2, 4, 8]
+    assert health.fail(target, "quota", 7.5, cfg) == 7.5
+    assert health.fail(target, "auth", None, cfg) == 1800
+    assert health.fail(target, "not_found", None, cfg) == 43200
+    assert health.fail(target, "transient", None, cfg) == 60
+    for _ in range(20):
+        health.fail(target, "quota", None, cfg)
+    assert health.fail(target, "quota", None, cfg) == 1800
+    assert health.blocked_for(target, clock.now) == 1800
+    clock.now += 1800
+    assert health.blocked_for(target, clock.now) == 0
+    health.succeed(target)
+    assert health.fail(target, "quota", None, cfg) == 1  # success resets the backoff
+
+
+def test_disable_cooling_per_credential_and_globally() -> None:
+    for document in ({"groq": [groq("k", **{"disable-cooling": True})]}, {"disable-cooling": True, "groq": [groq("k")]}):
+        health = Health(Clock())
+        runtime = runtime_of(document)
+        target = runtime.routes["llama"].targets[0]
+        assert health.fail(target, "auth", None, Cooldowns()) == 0
+        assert health.blocked_for(target, 1000.0) == 0
+
+
+def test_round_robin_rotates_and_fill_first_sticks() -> None:
+    runtime = runtime_of({"groq": [groq("a"), groq("b"), groq("c")]})
+    route = runtime.routes["llama"]
+    health = Health(Clock())
+    picks = [health.pick(route, "round-robin", set())[0] for _ in range(6)]
+    assert [p.credential.secret for p in picks if p] == ["a", "b", "c", "a", "b", "c"]
+    picks = [health.pick(route, "fill-first", set())[0] for _ in range(3)]
+    assert [p.credential.secret for p in picks if p] == ["a", "a", "a"]
+
+
+def test_pick_skips_cooling_and_falls_to_lower_priority() -> None:
+    clock = Clock()
+    runtime = runtime_of({"groq": [groq("top", priority=2), groq("backup")]})
+    route = runtime.routes["llama"]
+    health = Health(clock)
+    top = route.groups[0][0]
+    assert health.pick(route, "round-robin", set())[0] is top
+    health.fail(top, "transient", None, Cooldowns())
+    chosen, _ = health.pick(route, "round-robin", set())
+    assert chosen is not None and chosen.credential.secret == "backup"
+    health.fail(chosen, "quota", 5, Cooldowns())
+    assert health.pick(route, "round-robin", set()) == (None, 5)
+    assert health.soonest(route) == 5
+
+
+def test_rate_limit_blocks_until_the_bucket_refills() -> None:
+    clock = Clock()
+    runtime = runtime_of({"groq": [groq("k", **{"rate-limit": {"rpm": 2, "tpm": 100}})]})
+    route = runtime.routes["llama"]
+    health = Health(clock)
+    health.sync(runtime.credentials)
+    credential = runtime.credentials[0]
+    for _ in range(2):
+        target, _ = health.pick(route, "round-robin", set())
+        assert target is not None
+        health.charge_request(credential)
+    assert health.pick(route, "round-robin", set()) == (None, pytest.approx(30.0))
+    clock.now += 30
+    assert health.pick(route, "round-robin", set())[0] is not None
+    health.charge_tokens(credential, 160)  # more than the minute allows: blocked until refilled
+    assert health.blocked_for(route.targets[0], clock.now) == pytest.approx((1 + 60) * 60 / 100)
+
+
+def test_state_survives_a_reload_of_unchanged_credentials() -> None:
+    clock = Clock()
+    health = Health(clock)
+    first = runtime_of({"groq": [groq("k"), groq("gone")]})
+    health.sync(first.credentials)
+    health.fail(first.routes["llama"].targets[0], "auth", None, Cooldowns())
+    health.fail(first.routes["llama"].targets[1], "auth", None, Cooldowns())
+    second = runtime_of({"groq": [groq("k")], "api-keys": ["new"]})
+    health.sync(second.credentials)
+    assert health.blocked_for(second.routes["llama"].targets[0], clock.now) == 1800
+    assert len(health.cooldowns) == 1
