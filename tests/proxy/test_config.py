@@ -72,11 +72,18 @@ def test_defaults_follow_cliproxyapi() -> None:
         ({"claude-api-key": [{"prefix": "p"}]}, "claude-api-key[0]: exactly one of api-key or api-key-file"),
         ({"claude-api-key": [{"api-key": "a", "api-key-file": "b"}]}, "exactly one of api-key or api-key-file"),
         ({"deepseek": [{"api-key": "k", "prefix": "bad/prefix"}]}, "deepseek[0].prefix: String should match"),
-        ({"openai-compatibility": [{"name": "x", "base-url": "http://x", "api-key-entries": []}]},
-         "openai-compatibility[0].api-key-entries: List should have at least 1 item"),
-        ({"openai-compatibility": [{"name": "groq", "base-url": "http://x", "api-key-entries": [{"api-key": "k"}]}]},
-         "clashes with a provider block: groq"),
-        ({"mistral": [{"api-key": "k", "rate-limit": {"rpm": 0}}]}, "mistral[0].rate-limit.rpm: Input should be greater"),
+        (
+            {"openai-compatibility": [{"name": "x", "base-url": "http://x", "api-key-entries": []}]},
+            "openai-compatibility[0].api-key-entries: List should have at least 1 item",
+        ),
+        (
+            {"openai-compatibility": [{"name": "groq", "base-url": "http://x", "api-key-entries": [{"api-key": "k"}]}]},
+            "clashes with a provider block: groq",
+        ),
+        (
+            {"mistral": [{"api-key": "k", "rate-limit": {"rpm": 0}}]},
+            "mistral[0].rate-limit.rpm: Input should be greater",
+        ),
         ({"kiro": [{"region": "us-east-1"}]}, "kiro[0]: exactly one of token-file or access-token"),
         ({"together": {"api-key": "k"}}, "together: Input should be a valid list"),
     ],
@@ -151,5 +158,5 @@ def test_config_directory_like_a_configmap_volume(tmp_path: Path) -> None:
 
 
 def test_directory_without_config_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no config.yaml"):
+    with pytest.raises(ConfigError, match=r"no config\.yaml"):
         ConfigSource(tmp_path).read_config()

@@ -56,8 +56,13 @@ def test_repeated_alias_pools_upstream_models() -> None:
 def test_excluded_models_are_globs_on_either_name() -> None:
     models = [{"name": n} for n in ("gpt-4o", "gpt-4o-preview", "o1-mini", "claude-x")] + [
         {"name": "cheap", "alias": "hidden-alias"}]  # fmt: skip
-    runtime = runtime_of({"openrouter": [{"api-key": "k", "models": models,
-                                          "excluded-models": ["*-preview", "O1-*", "*claude*", "hidden-*"]}]})
+    runtime = runtime_of(
+        {
+            "openrouter": [
+                {"api-key": "k", "models": models, "excluded-models": ["*-preview", "O1-*", "*claude*", "hidden-*"]}
+            ]
+        }
+    )
     assert set(runtime.routes) == {"gpt-4o"}
 
 
@@ -86,8 +91,9 @@ def test_models_list_body_carries_prefixed_ids_and_owner() -> None:
 
 
 def test_wire_formats_not_yet_translated_are_marked() -> None:
-    runtime = runtime_of({"claude-api-key": [groq("k")], "minimax": [{"token-file": "t.json", "models": [{"name": "m"}]}],
-                          "kilo": [{"api-key": "anonymous", "models": [{"name": "free"}]}]})  # fmt: skip
+    minimax = [{"token-file": "t.json", "models": [{"name": "m"}]}]
+    kilo = [{"api-key": "anonymous", "models": [{"name": "free"}]}]
+    runtime = runtime_of({"claude-api-key": [groq("k")], "minimax": minimax, "kilo": kilo})
     unsupported = {c.provider: c.unsupported for c in runtime.credentials}
     assert "anthropic-messages" in (unsupported["claude-api-key"] or "")
     assert "token-file" in (unsupported["minimax"] or "")
@@ -131,7 +137,10 @@ def test_cooldown_durations_and_quota_backoff() -> None:
 
 
 def test_disable_cooling_per_credential_and_globally() -> None:
-    for document in ({"groq": [groq("k", **{"disable-cooling": True})]}, {"disable-cooling": True, "groq": [groq("k")]}):
+    for document in (
+        {"groq": [groq("k", **{"disable-cooling": True})]},
+        {"disable-cooling": True, "groq": [groq("k")]},
+    ):
         health = Health(Clock())
         runtime = runtime_of(document)
         target = runtime.routes["llama"].targets[0]

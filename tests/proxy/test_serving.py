@@ -53,11 +53,16 @@ async def test_chat_completion_rewrites_alias_both_ways(provider: FakeProvider, 
 
 
 async def test_body_passes_through_untouched_when_no_rewrite_is_needed(provider: FakeProvider, start_proxy) -> None:
-    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url, models=[("up-small", None)])]}))
+    running = await start_proxy(
+        base_config(**{"openai-compatibility": [compat_block(provider.url, models=[("up-small", None)])]})
+    )
     raw_body = b'{"model":"up-small","messages":[{"role":"user","content":"x"}],"vendor_extension":{"keep":[1,2]}}'
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{running.url}/v1/chat/completions", data=raw_body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{running.url}/v1/chat/completions", data=raw_body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+        ) as response,
+    ):
         assert response.status == 200
     assert provider.received[-1].body["vendor_extension"] == {"keep": [1, 2]}
 
@@ -80,11 +85,14 @@ async def test_streaming_chunks_arrive_with_the_alias(provider: FakeProvider, st
 
 async def test_stream_headers_stop_intermediaries_buffering(provider: FakeProvider, start_proxy) -> None:
     running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)]}))
-    async with aiohttp.ClientSession() as session, session.post(
-        f"{running.url}/v1/chat/completions",
-        json={"model": "small", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
-        headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{running.url}/v1/chat/completions",
+            json={"model": "small", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+        ) as response,
+    ):
         assert response.headers["Content-Type"].startswith("text/event-stream")
         assert response.headers["X-Accel-Buffering"] == "no"
         assert "no-cache" in response.headers["Cache-Control"]
