@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,14 @@ def base_config(**extra: Any) -> dict[str, Any]:
     config: dict[str, Any] = {"api-keys": [CLIENT_KEY], "max-retry-interval": 0, "streaming": {"keepalive-seconds": 0}}
     config.update(extra)
     return config
+
+
+async def eventually(predicate, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    """Wait for a condition the proxy reaches on its own (a reload tick), failing after ``within`` s."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

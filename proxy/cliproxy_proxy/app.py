@@ -199,17 +199,26 @@ def _forwarder(path: str) -> Handler:
     async def forward(request: web.Request) -> web.StreamResponse:
         started = perf_counter()
         proxy = request.app[PROXY]
-        runtime = proxy.runtime
-        response = await _route(request, proxy, runtime, path, started)
-        if isinstance(response, web.Response) and response.status in (400, 404, 501):
-            proxy.metrics.finish(UNRESOLVED, UNRESOLVED, response.status, perf_counter() - started)
-        return response
+        runtime = proxy.runtime  # read once: this request keeps this snapshot whatever reloads meanwhile
+        exchange = await _exchange(request, proxy, runtime, path, started)
+        if isinstance(exchange, Exchange):
+            return await exchange.run()
+        proxy.metrics.finish(UNRESOLVED, UNRESOLVED, exchange.status, perf_counter() - started)
+        return exchange
 
     return forward
 
 
-async def _route(request: web.Request, proxy: Proxy, runtime: Runtime, path: str, started: float) -> web.StreamResponse:
+async def _exchange(
+    request: web.Request, proxy: Proxy, runtime: Runtime, path: str, started: float
+) -> Exchange | web.Response:
+    """The routed exchange for a request, or the error that stops it before any upstream is chosen."""
+    limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
+    if (request.content_length or 0) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0)
     raw = await request.read()
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -224,8 +233,9 @@ async def _route(request: web.Request, proxy: Proxy, runtime: Runtime, path: str
         return _model_not_found(runtime, model)
     unsupported = [t.credential.unsupported for t in route.targets if t.credential.unsupported]
     if len(unsupported) == len(route.targets):
-        return error_response(501, f"Model '{model}' cannot be served yet: {unsupported[0]}.", "provider_not_supported")
-    return await Exchange(proxy, request, runtime, route, payload, raw, path, started).run()
+        message = f"Model '{model}' cannot be served yet: {unsupported[0]}."
+        return error_response(501, message, "provider_not_supported")
+    return Exchange(proxy, request, runtime, route, payload, raw, path, started)
 
 
 async def not_yet(request: web.Request) -> web.Response:

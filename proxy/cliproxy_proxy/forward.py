@@ -184,10 +184,12 @@ class Exchange:
 
     async def relay_stream(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
         relay = SSERelay(target.rewrite)
+        waited_from = perf_counter()
         try:
             first = await self.keepalive(upstream.content.readany())
         except _UPSTREAM_ERRORS:
             return self.failed(target, None, "transient")
+        self.upstream_seconds += perf_counter() - waited_from
         if not first:
             return self.failed(target, None, "transient")
         self.proxy.metrics.ttft.labels(target.credential.provider).observe(perf_counter() - self.started)

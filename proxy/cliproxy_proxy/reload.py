@@ -77,7 +77,9 @@ class Reloader:
     async def watch(self) -> None:
         while True:
             await asyncio.sleep(self.interval)
-            refresh = time.monotonic() - self.last_discovery > self.discovery_interval
+            refresh = time.monotonic() - self.last_discovery > self.discovery_interval and any(
+                c.discovers_models for c in self.proxy.runtime.credentials
+            )
             if refresh:
                 self.last_discovery = time.monotonic()
             try:

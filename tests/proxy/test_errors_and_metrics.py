@@ -6,7 +6,7 @@ import aiohttp
 import openai
 import pytest
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
+from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
@@ -47,6 +47,17 @@ async def test_oversize_body_is_413(provider: FakeProvider, start_proxy) -> None
         )
     assert caught.value.status_code == 413
     assert caught.value.code == "request_too_large"
+
+
+async def test_body_limit_follows_a_reload(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)]}))
+    big = [{"role": "user", "content": "x" * 4096}]
+    await running.client().chat.completions.create(model="small", messages=big)
+    running.rewrite(base_config(**{"openai-compatibility": [compat_block(provider.url)], "max-body-bytes": 1024}))
+    await eventually(lambda: running.proxy.generation == 2)
+    with pytest.raises(openai.APIStatusError) as caught:
+        await running.client().chat.completions.create(model="small", messages=big)
+    assert (caught.value.status_code, caught.value.code) == (413, "request_too_large")
 
 
 async def test_unknown_path_and_method_are_json(provider: FakeProvider, start_proxy) -> None:

@@ -99,6 +99,9 @@ async def test_request_errors_pass_through_without_failover(provider: FakeProvid
     assert caught.value.body == upstream_error["error"]  # the provider's own error, unchanged
     assert len(provider.received) == 1
     assert running.proxy.health.cooldowns == {}
+    metrics = await _text(running.url, "/metrics")
+    assert 'cliproxy_requests_total{model="small",provider="fake",status="400"} 1.0' in metrics
+    assert 'provider="none"' not in metrics  # counted once, against the provider that answered
 
 
 async def test_unreachable_upstream_is_502_and_slow_one_is_504(provider: FakeProvider, start_proxy) -> None:

@@ -14,16 +14,9 @@ from cliproxy_proxy.app import PROXY, RELOADER
 from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.loader import ConfigSource
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
+from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 MESSAGES = [{"role": "user", "content": "ping"}]
-
-
-async def eventually(predicate, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_file_change_goes_live(provider: FakeProvider, start_proxy) -> None:
