@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .config import Timeouts
 from .errors import error_response
-from .forward import Exchange
+from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
 from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics
@@ -100,9 +100,16 @@ RELOADER = web.AppKey("reloader", Reloader)
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves in OpenAI's JSON shape; nothing unexpected leaks a traceback to the client."""
+    """Every error leaves in OpenAI's JSON shape; nothing unexpected leaks a traceback to the client.
+
+    Responses the proxy answers itself carry their whole handling time as the overhead header.
+    """
+    started = perf_counter()
     try:
-        return await handler(request)
+        response = await handler(request)
+        if not response.prepared and OVERHEAD_HEADER not in response.headers:
+            response.headers[OVERHEAD_HEADER] = f"{(perf_counter() - started) * 1000:.3f}"
+        return response
     except web.HTTPException as http:
         if http.status < 400:
             raise

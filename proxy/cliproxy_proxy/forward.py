@@ -35,6 +35,7 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 KEEPALIVE = b": keep-alive\n\n"
+OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
 _UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
@@ -349,7 +350,7 @@ class Exchange:
     def proxy_headers(self) -> dict[str, str]:
         overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
         self.proxy.metrics.overhead.labels(self.provider).observe(overhead)
-        return {"X-Cliproxy-Overhead-Ms": f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider}
+        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider}
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
         tokens_in, tokens_out = self.usage or (0, 0)

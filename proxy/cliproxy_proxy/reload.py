@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ConfigError
+from .config import ConfigError, ProxyConfig
 from .discovery import discover
 from .loader import ConfigSource
-from .runtime import Runtime, build_credentials, build_runtime
+from .runtime import Credential, Runtime, build_credentials, build_runtime
 
 if TYPE_CHECKING:
     from .app import Proxy
@@ -37,12 +38,16 @@ class Reloader:
 
     async def load(self, fingerprint: str, *, refresh: bool = False) -> Runtime:
         """Read, validate and build a snapshot; raises ConfigError and leaves the proxy untouched."""
-        config, _raw = self.source.read_config()
-        credentials, files = build_credentials(config, self.source)
+        config, credentials, files = await asyncio.to_thread(self._read)
         found = await discover(self.proxy.session, credentials, self.proxy.discovered, refresh=refresh)
         self.proxy.discovered = found
         return build_runtime(config, self.source, fingerprint=fingerprint, discovered=found,
                              credentials=(credentials, files))  # fmt: skip
+
+    def _read(self) -> tuple[ProxyConfig, list[Credential], list[Path]]:
+        config, _raw = self.source.read_config()
+        credentials, files = build_credentials(config, self.source)
+        return config, credentials, files
 
     def fingerprint(self) -> str:
         return self.source.fingerprint(self.proxy.runtime.secret_files)
@@ -50,7 +55,7 @@ class Reloader:
     async def check(self, *, force: bool = False, refresh: bool = False) -> bool:
         """Reload when the files changed (or when forced); True when a new snapshot went live."""
         try:
-            fingerprint = self.fingerprint()
+            fingerprint = await asyncio.to_thread(self.fingerprint)  # file reads stay off the event loop
         except ConfigError as error:
             self._refuse(str(error))
             return False
