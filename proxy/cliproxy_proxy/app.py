@@ -52,7 +52,9 @@ class Proxy:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+            # No cookies: upstream Set-Cookie must not leak from one client's request into another's.
+            jar = aiohttp.DummyCookieJar()
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=jar)
         return self._session
 
     async def close(self) -> None:
@@ -62,7 +64,7 @@ class Proxy:
     def client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
         if self._timeouts is None or self._timeouts[0] is not timeouts:
             timeout = aiohttp.ClientTimeout(
-                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.idle
+                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
             )
             self._timeouts = (timeouts, timeout)
         return self._timeouts[1]
@@ -257,7 +259,7 @@ async def provider_metrics(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
     states = proxy.credential_states()
     body: dict[str, Any] = {}
-    for provider in sorted({*states, *proxy.metrics.providers}):
+    for provider in sorted({*states, *proxy.metrics.providers} - {UNRESOLVED}):
         healthy, cooling = states.get(provider, (0, 0))
         body[provider] = {
             **proxy.metrics.summary(provider),

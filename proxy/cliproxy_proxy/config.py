@@ -204,11 +204,10 @@ class Cooldowns(_Block):
 
 
 class Timeouts(_Block):
-    """Upstream timeouts in seconds. ``idle`` bounds the gap between two chunks of a response."""
+    """Upstream timeouts in seconds. ``read`` bounds any silence of the upstream, the first byte included."""
 
     connect: Annotated[float, Field(gt=0)] = 10.0
-    first_byte: Annotated[float, Field(gt=0)] = 300.0
-    idle: Annotated[float, Field(gt=0)] = 300.0
+    read: Annotated[float, Field(gt=0)] = 600.0
     total: Annotated[float, Field(gt=0)] | None = None
 
 

@@ -52,6 +52,7 @@ class Upstream:
     received: list[Received] = field(default_factory=list)
     faults: dict[str, deque[Fault]] = field(default_factory=dict)
     words_per_chunk: int = 1
+    record: bool = True
 
     def fail_next(self, key: str, *faults: Fault) -> None:
         """Queue faults for requests with ``key`` (``*`` for any key)."""
@@ -108,7 +109,8 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     except orjson.JSONDecodeError:
         return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
     received = Received(request.path, dict(request.headers), body)
-    upstream.received.append(received)
+    if upstream.record:
+        upstream.received.append(received)
     if upstream.keys and received.key not in upstream.keys:
         return _error(401, f"Incorrect API key provided: {received.key}.", "invalid_api_key")
     model = body.get("model")
@@ -203,7 +205,8 @@ def main() -> None:
     parser.add_argument("--model", action="append", dest="models", help="model id to serve (repeatable)")
     parser.add_argument("--key", action="append", dest="keys", help="accepted bearer key (repeatable)")
     args = parser.parse_args()
-    upstream = Upstream(tuple(args.models or ("demo-small", "demo-large")), frozenset(args.keys or ()))
+    # A long-running demo keeps no request log: only the tests, which build Upstream directly, read it.
+    upstream = Upstream(tuple(args.models or ("demo-small", "demo-large")), frozenset(args.keys or ()), record=False)
     print(f"DEMO upstream (not a real provider) on http://{args.host}:{args.port}/v1", flush=True)
     web.run_app(create_demo_app(upstream), host=args.host, port=args.port, print=None, access_log=None)
 

@@ -129,11 +129,12 @@ class Exchange:
         credential = self.credential = target.credential
         self.provider = credential.provider
         self.proxy.health.charge_request(credential)
-        self.proxy.metrics.enter(credential.provider)
+        series = self.proxy.metrics.provider(credential.provider)
+        series.enter()
         try:
             return await self._call(target)
         finally:
-            self.proxy.metrics.leave(credential.provider)
+            series.leave()
 
     async def _call(self, target: Target) -> web.StreamResponse | Failure:
         credential = target.credential
@@ -143,13 +144,12 @@ class Exchange:
             body = orjson.dumps({**self.payload, "model": target.upstream_model})
         sent = perf_counter()
         try:
-            async with asyncio.timeout(timeouts.first_byte):
-                upstream = await self.keepalive(
-                    self.proxy.session.post(
-                        credential.base_url + self.path, data=body, headers=credential.headers,
-                        proxy=credential.proxy, timeout=self.proxy.client_timeout(timeouts),
-                    )
-                )  # fmt: skip
+            upstream = await self.keepalive(
+                self.proxy.session.post(
+                    credential.base_url + self.path, data=body, headers=credential.headers,
+                    proxy=credential.proxy, timeout=self.proxy.client_timeout(timeouts),
+                )
+            )  # fmt: skip
         except TimeoutError:
             return self.failed(target, None, "timeout")
         except aiohttp.ClientError:
@@ -176,12 +176,11 @@ class Exchange:
         with contextlib.suppress(orjson.JSONDecodeError):
             self.usage = usage_of(orjson.loads(body))
         if target.rewrite is not None:
-            pattern, replacement = target.rewrite
-            body = pattern.sub(replacement, body, count=1)
+            body = target.rewrite(body)
         self.proxy.health.succeed(target)
-        response = web.Response(body=body, status=upstream.status, headers=self.proxy_headers())
-        response.content_type = upstream.content_type or "application/json"
-        return self.finish(response)
+        headers = self.proxy_headers()
+        headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
+        return self.finish(web.Response(body=body, status=upstream.status, headers=headers))
 
     async def relay_stream(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
         relay = SSERelay(target.rewrite)
@@ -193,7 +192,7 @@ class Exchange:
         self.upstream_seconds += perf_counter() - waited_from
         if not first:
             return self.failed(target, None, "transient")
-        self.proxy.metrics.ttft.labels(target.credential.provider).observe(perf_counter() - self.started)
+        self.proxy.metrics.provider(target.credential.provider).ttft.observe(perf_counter() - self.started)
         response = await self.open_stream()
         chunk = first
         try:
@@ -349,7 +348,7 @@ class Exchange:
 
     def proxy_headers(self) -> dict[str, str]:
         overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
-        self.proxy.metrics.overhead.labels(self.provider).observe(overhead)
+        self.proxy.metrics.provider(self.provider).overhead.observe(overhead)
         return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider}
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:

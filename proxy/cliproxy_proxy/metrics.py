@@ -123,39 +123,56 @@ class Metrics:
             "cliproxy_config_last_reload_success_timestamp_seconds", "When the config in force was loaded",
             registry=r,
         )  # fmt: skip
-        self.providers: dict[str, ProviderStats] = {}
-        self.in_flight_now: dict[str, int] = {}
+        self.providers: dict[str, _Provider] = {}
+        self._models: dict[tuple[str, str], _Model] = {}
 
     def watch_credentials(self, states: Callable[[], dict[str, tuple[int, int]]]) -> None:
         self.registry.register(_CredentialStates(states))
 
-    def enter(self, provider: str) -> None:
-        self.in_flight.labels(provider).inc()
-        self.in_flight_now[provider] = self.in_flight_now.get(provider, 0) + 1
+    def provider(self, name: str) -> _Provider:
+        """The provider's resolved series: ``labels()`` takes a lock and a lookup, so it runs once per name."""
+        found = self.providers.get(name)
+        if found is None:
+            found = self.providers[name] = _Provider(
+                self.duration.labels(name), self.ttft.labels(name), self.overhead.labels(name),
+                self.in_flight.labels(name),
+            )  # fmt: skip
+        return found
 
-    def leave(self, provider: str) -> None:
-        self.in_flight.labels(provider).dec()
-        self.in_flight_now[provider] -= 1
+    def _model(self, provider: str, model: str) -> _Model:
+        found = self._models.get((provider, model))
+        if found is None:
+            tokens_in, tokens_out = (
+                self.tokens.labels(provider, model, "input"),
+                self.tokens.labels(provider, model, "output"),
+            )
+            found = self._models[(provider, model)] = _Model(tokens_in, tokens_out)
+        return found
 
     def summary(self, provider: str) -> dict[str, Any]:
-        stats = self.providers.get(provider) or ProviderStats()
-        return {**stats.summary(), "in_flight": self.in_flight_now.get(provider, 0)}
+        series = self.providers.get(provider)
+        if series is None:
+            return {**ProviderStats().summary(), "in_flight": 0}
+        return {**series.stats.summary(), "in_flight": series.in_flight_now}
 
     def finish(
         self, provider: str, model: str, status: int, seconds: float, tokens_in: int = 0, tokens_out: int = 0
     ) -> None:
         """Record one client request's outcome everywhere it is counted."""
-        self.requests.labels(provider, model, str(status)).inc()
+        series = self._model(provider, model)
+        counter = series.by_status.get(status)
+        if counter is None:
+            counter = series.by_status[status] = self.requests.labels(provider, model, str(status))
+        counter.inc()
         if provider == UNRESOLVED:
             return
-        self.duration.labels(provider).observe(seconds)
         if tokens_in:
-            self.tokens.labels(provider, model, "input").inc(tokens_in)
+            series.tokens_in.inc(tokens_in)
         if tokens_out:
-            self.tokens.labels(provider, model, "output").inc(tokens_out)
-        stats = self.providers.get(provider)
-        if stats is None:
-            stats = self.providers[provider] = ProviderStats()
+            series.tokens_out.inc(tokens_out)
+        owner = self.provider(provider)
+        owner.duration.observe(seconds)
+        stats = owner.stats
         stats.requests += 1
         if status < 400:
             stats.successes += 1
@@ -163,3 +180,28 @@ class Metrics:
             stats.failures += 1
         stats.tokens += tokens_in + tokens_out
         stats.latencies_ms.append(seconds * 1000.0)
+
+
+class _Provider:
+    __slots__ = ("duration", "in_flight", "in_flight_now", "overhead", "stats", "ttft")
+
+    def __init__(self, duration: Any, ttft: Any, overhead: Any, in_flight: Any) -> None:
+        self.duration, self.ttft, self.overhead, self.in_flight = duration, ttft, overhead, in_flight
+        self.in_flight_now = 0
+        self.stats = ProviderStats()
+
+    def enter(self) -> None:
+        self.in_flight.inc()
+        self.in_flight_now += 1
+
+    def leave(self) -> None:
+        self.in_flight.dec()
+        self.in_flight_now -= 1
+
+
+class _Model:
+    __slots__ = ("by_status", "tokens_in", "tokens_out")
+
+    def __init__(self, tokens_in: Any, tokens_out: Any) -> None:
+        self.tokens_in, self.tokens_out = tokens_in, tokens_out
+        self.by_status: dict[int, Any] = {}

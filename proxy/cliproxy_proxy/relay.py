@@ -14,9 +14,28 @@ import orjson
 Usage = tuple[int, int]
 
 
-def model_rewriter(upstream: str, exposed: str) -> tuple[re.Pattern[bytes], bytes]:
-    quoted = re.escape(orjson.dumps(upstream))
-    return re.compile(rb'("model"\s*:\s*)' + quoted), rb"\g<1>" + orjson.dumps(exposed).replace(b"\\", b"\\\\")
+class ModelRewrite:
+    """Replaces the upstream model id with the exposed one in a JSON body or a run of SSE events.
+
+    The two spellings providers actually send (``"model":"x"`` and ``"model": "x"``) are plain byte
+    replacements; any other spacing falls back to a regular expression.
+    """
+
+    __slots__ = ("literals", "pattern", "replacement")
+
+    def __init__(self, upstream: str, exposed: str) -> None:
+        old, new = orjson.dumps(upstream), orjson.dumps(exposed)
+        self.literals = tuple((sep + old, sep + new) for sep in (b'"model":', b'"model": '))
+        self.pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(old))
+        self.replacement = rb"\g<1>" + new.replace(b"\\", b"\\\\")
+
+    def __call__(self, data: bytes) -> bytes:
+        replaced = False
+        for old, new in self.literals:
+            if old in data:
+                data = data.replace(old, new)
+                replaced = True
+        return data if replaced else self.pattern.sub(self.replacement, data)
 
 
 def usage_of(document: Any) -> Usage | None:
@@ -34,11 +53,10 @@ class SSERelay:
     Bytes after the last boundary wait for the next chunk; everything before it goes out at once.
     """
 
-    __slots__ = ("pattern", "pending", "replacement", "usage")
+    __slots__ = ("pending", "rewrite", "usage")
 
-    def __init__(self, rewrite: tuple[re.Pattern[bytes], bytes] | None) -> None:
-        self.pattern: re.Pattern[bytes] | None = rewrite[0] if rewrite else None
-        self.replacement = rewrite[1] if rewrite else b""
+    def __init__(self, rewrite: ModelRewrite | None) -> None:
+        self.rewrite = rewrite
         self.pending = b""
         self.usage: Usage | None = None
 
@@ -56,8 +74,8 @@ class SSERelay:
     def _process(self, events: bytes) -> bytes:
         if b'"usage"' in events:
             self._read_usage(events)
-        if self.pattern is not None:
-            events = self.pattern.sub(self.replacement, events)
+        if self.rewrite is not None:
+            events = self.rewrite(events)
         return events
 
     def _read_usage(self, events: bytes) -> None:

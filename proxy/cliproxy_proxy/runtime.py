@@ -7,7 +7,6 @@ keeps the snapshot it started with while a reload happens.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from .config import (
     _Routed,
 )
 from .loader import ConfigSource
-from .relay import model_rewriter
+from .relay import ModelRewrite
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -64,7 +63,7 @@ class Target:
     credential: Credential
     upstream_model: str
     exposed_model: str
-    rewrite: tuple[re.Pattern[bytes], bytes] | None = field(default=None, repr=False)
+    rewrite: ModelRewrite | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +216,7 @@ def _routes(
             else:
                 hints.setdefault(entry.exposed, []).append(ids[0])
             for model_id in ids:
-                rewrite = model_rewriter(entry.name, model_id) if entry.name != model_id else None
+                rewrite = ModelRewrite(entry.name, model_id) if entry.name != model_id else None
                 by_model.setdefault(model_id, []).append(Target(credential, entry.name, model_id, rewrite))
     routes = {}
     for model_id, targets in by_model.items():

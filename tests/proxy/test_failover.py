@@ -114,7 +114,7 @@ async def test_unreachable_upstream_is_502_and_slow_one_is_504(provider: FakePro
         await chat(running)
     assert (caught.value.status_code, caught.value.code) == (502, "upstream_unavailable")
 
-    slow = base_config(**{"openai-compatibility": [compat_block(provider.url)], "timeouts": {"first-byte": 0.2}})
+    slow = base_config(**{"openai-compatibility": [compat_block(provider.url)], "timeouts": {"read": 0.2}})
     running = await start_proxy(slow)
     provider.state.fail_next("*", Fault(delay=1.0))
     with pytest.raises(openai.InternalServerError) as caught:
@@ -188,7 +188,7 @@ async def test_concurrent_requests_all_succeed_across_failures(provider: FakePro
     provider.state.fail_next("key-a", Fault(status=502))
     results = await asyncio.gather(*(chat(running) for _ in range(40)))
     assert all(r.choices[0].message.content == "echo: ping" for r in results)
-    assert running.proxy.metrics.in_flight_now["fake"] == 0
+    assert running.proxy.metrics.summary("fake")["in_flight"] == 0
 
 
 async def _text(url: str, path: str) -> str:
