@@ -10,6 +10,7 @@ from typing import Any
 
 import openai
 import pytest
+import uvloop
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -87,6 +88,13 @@ async def eventually(predicate, within: float = 5.0) -> None:  # type: ignore[no
     while not predicate():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
         await asyncio.sleep(0.02)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every async test runs on the stock event loop and on uvloop, which the proxy uses in production."""
+    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

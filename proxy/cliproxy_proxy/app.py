@@ -12,12 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import Timeouts
 from .errors import error_response
 from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
@@ -25,6 +23,7 @@ from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics
 from .reload import Reloader
 from .runtime import Runtime
+from .upstream import Pool
 
 log = logging.getLogger("cliproxy.proxy")
 
@@ -42,32 +41,13 @@ class Proxy:
         self.metrics = Metrics()
         self.discovered: dict[str, tuple[str, ...]] = {}
         self.draining = False
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: tuple[Timeouts, aiohttp.ClientTimeout] | None = None
+        self.pool = Pool()
         self.health.sync(runtime.credentials)
         self.metrics.watch_credentials(self.credential_states)
         self._mark_loaded()
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            # No cookies: upstream Set-Cookie must not leak from one client's request into another's.
-            jar = aiohttp.DummyCookieJar()
-            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=jar)
-        return self._session
-
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-    def client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        if self._timeouts is None or self._timeouts[0] is not timeouts:
-            timeout = aiohttp.ClientTimeout(
-                total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
-            )
-            self._timeouts = (timeouts, timeout)
-        return self._timeouts[1]
+        self.pool.close()
 
     def apply(self, runtime: Runtime) -> None:
         """Make a new snapshot live: one assignment; requests in flight keep the one they started with."""

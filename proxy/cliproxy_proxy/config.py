@@ -89,7 +89,7 @@ class _Routed(_Block):
     def _proxy_url(cls, value: str | None) -> str | None:
         if value is None or value in ("", "direct", "none"):
             return value
-        return check_url(value)
+        return check_url(value, schemes=("http",))  # an HTTP proxy; HTTPS upstreams tunnel through CONNECT
 
 
 class _KeySource(_Block):
@@ -208,7 +208,6 @@ class Timeouts(_Block):
 
     connect: Annotated[float, Field(gt=0)] = 10.0
     read: Annotated[float, Field(gt=0)] = 600.0
-    total: Annotated[float, Field(gt=0)] | None = None
 
 
 class Streaming(_Block):

@@ -5,32 +5,33 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import aiohttp
 import orjson
 
 from .runtime import Credential
+from .upstream import Pool
 
 log = logging.getLogger("cliproxy.discovery")
 
 
-async def _fetch(session: aiohttp.ClientSession, credential: Credential, seconds: float) -> tuple[str, ...]:
-    async with session.get(
-        credential.base_url + credential.models_endpoint,
-        headers=credential.headers,
-        proxy=credential.proxy,
-        timeout=aiohttp.ClientTimeout(total=seconds),
-    ) as response:
-        if response.status != 200:
-            raise ValueError(f"HTTP {response.status}")
-        document = orjson.loads(await response.read())
+async def _fetch(pool: Pool, credential: Credential, seconds: float) -> tuple[str, ...]:
+    head = credential.endpoint.head("GET", credential.models_endpoint, credential.headers)
+    response = await pool.request(credential.endpoint, head, b"", connect_timeout=seconds, read_timeout=seconds)
+    try:
+        body = await response.read()
+    finally:
+        response.release()
+    if response.status != 200:
+        raise ValueError(f"HTTP {response.status}")
+    document = orjson.loads(body)
     data = document.get("data") if isinstance(document, dict) else None
     if not isinstance(data, list):
         raise ValueError("no 'data' list in the answer")
-    return tuple(sorted({item["id"] for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)}))
+    ids = {item["id"] for item in data if isinstance(item, dict) and isinstance(item.get("id"), str)}
+    return tuple(sorted(ids))
 
 
 async def discover(
-    session: aiohttp.ClientSession,
+    pool: Pool,
     credentials: list[Credential],
     known: dict[str, tuple[str, ...]],
     *,
@@ -39,12 +40,11 @@ async def discover(
 ) -> dict[str, tuple[str, ...]]:
     """Model ids per credential id. A failed fetch keeps what was known before and is logged, not raised."""
     wanted = [c for c in credentials if c.discovers_models and (refresh or c.id not in known)]
-    results = await asyncio.gather(*(_fetch(session, c, seconds) for c in wanted), return_exceptions=True)
+    results = await asyncio.gather(*(_fetch(pool, c, seconds) for c in wanted), return_exceptions=True)
     found = {c.id: known[c.id] for c in credentials if c.id in known}
     for credential, result in zip(wanted, results, strict=True):
         if isinstance(result, BaseException):
-            reason = type(result).__name__ if isinstance(result, aiohttp.ClientError) else str(result)
-            log.warning("model discovery failed for %s: %s", credential.label, reason or "timeout")
+            log.warning("model discovery failed for %s: %s", credential.label, result or type(result).__name__)
         else:
             found[credential.id] = result
     return found

@@ -15,14 +15,14 @@ from email.utils import parsedate_to_datetime
 from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 import orjson
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 
 from .errors import error_response, sse_error
 from .health import classify
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
+from .upstream import Response, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
     from .app import Proxy
@@ -36,8 +36,9 @@ SSE_HEADERS = {
 }
 KEEPALIVE = b": keep-alive\n\n"
 OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
-_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError)
-_UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+#: Event loop timers may fire a millisecond early (uvloop rounds to ms): never wake before a cooldown ends.
+TIMER_SLACK = 0.005
+_CLIENT_GONE = (ConnectionResetError, ClientConnectionResetError)
 
 
 @dataclass(slots=True)
@@ -120,7 +121,7 @@ class Exchange:
             wait = health.soonest(self.route)
             if round_ == config.request_retry or wait > config.max_retry_interval:
                 break
-            await self.keepalive(asyncio.sleep(wait))
+            await self.keepalive(asyncio.sleep(wait + TIMER_SLACK))
         if failure is not None:
             return await self.give_up(failure)
         return await self.all_cooling(wait)
@@ -145,14 +146,14 @@ class Exchange:
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
-                self.proxy.session.post(
-                    credential.base_url + self.path, data=body, headers=credential.headers,
-                    proxy=credential.proxy, timeout=self.proxy.client_timeout(timeouts),
+                self.proxy.pool.request(
+                    credential.endpoint, credential.heads[self.path], body,
+                    connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                 )
             )  # fmt: skip
-        except TimeoutError:
+        except UpstreamTimeout:
             return self.failed(target, None, "timeout")
-        except aiohttp.ClientError:
+        except UpstreamError:
             return self.failed(target, None, "connect")
         self.upstream_seconds += perf_counter() - sent
         try:
@@ -166,11 +167,11 @@ class Exchange:
 
     # -- success paths --------------------------------------------------------------------------------
 
-    async def relay_body(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
+    async def relay_body(self, target: Target, upstream: Response) -> web.StreamResponse | Failure:
         read_from = perf_counter()
         try:
             body = await upstream.read()
-        except _UPSTREAM_ERRORS:
+        except UpstreamError:
             return self.failed(target, None, "transient")
         self.upstream_seconds += perf_counter() - read_from
         with contextlib.suppress(orjson.JSONDecodeError):
@@ -179,15 +180,15 @@ class Exchange:
             body = target.rewrite(body)
         self.proxy.health.succeed(target)
         headers = self.proxy_headers()
-        headers["Content-Type"] = upstream.headers.get("Content-Type", "application/json")
+        headers["Content-Type"] = upstream.headers.get("content-type", "application/json")
         return self.finish(web.Response(body=body, status=upstream.status, headers=headers))
 
-    async def relay_stream(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
+    async def relay_stream(self, target: Target, upstream: Response) -> web.StreamResponse | Failure:
         relay = SSERelay(target.rewrite)
         waited_from = perf_counter()
         try:
-            first = await self.keepalive(upstream.content.readany())
-        except _UPSTREAM_ERRORS:
+            first = await self.keepalive(upstream.readany())
+        except UpstreamError:
             return self.failed(target, None, "transient")
         self.upstream_seconds += perf_counter() - waited_from
         if not first:
@@ -201,8 +202,8 @@ class Exchange:
                 if ready:
                     await response.write(ready)
                 try:
-                    chunk = await upstream.content.readany()
-                except _UPSTREAM_ERRORS as error:
+                    chunk = await upstream.readany()
+                except UpstreamError as error:
                     raise _StreamBroken from error
             tail = relay.flush()
             if tail:
@@ -236,10 +237,10 @@ class Exchange:
             self.proxy.metrics.cooldowns.labels(provider, reason).inc()
         return Failure(target, status, kind, body, retry_after)
 
-    async def upstream_error(self, target: Target, upstream: aiohttp.ClientResponse) -> web.StreamResponse | Failure:
+    async def upstream_error(self, target: Target, upstream: Response) -> web.StreamResponse | Failure:
         try:
             body = await upstream.read()
-        except _UPSTREAM_ERRORS:
+        except UpstreamError:
             body = b""
         secret = target.credential.secret
         if secret:
@@ -250,7 +251,7 @@ class Exchange:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
             return await self.reply_error(status, self._upstream_message(body, status), "upstream_error", body)
-        retry_after = retry_after_seconds(upstream.headers.get("Retry-After")) if status == 429 else None
+        retry_after = retry_after_seconds(upstream.headers.get("retry-after")) if status == 429 else None
         return self.failed(target, status, reason, body, retry_after)
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:

@@ -39,7 +39,7 @@ class Reloader:
     async def load(self, fingerprint: str, *, refresh: bool = False) -> Runtime:
         """Read, validate and build a snapshot; raises ConfigError and leaves the proxy untouched."""
         config, credentials, files = await asyncio.to_thread(self._read)
-        found = await discover(self.proxy.session, credentials, self.proxy.discovered, refresh=refresh)
+        found = await discover(self.proxy.pool, credentials, self.proxy.discovered, refresh=refresh)
         self.proxy.discovered = found
         return build_runtime(config, self.source, fingerprint=fingerprint, discovered=found,
                              credentials=(credentials, files))  # fmt: skip

@@ -28,6 +28,10 @@ from .config import (
 )
 from .loader import ConfigSource
 from .relay import ModelRewrite
+from .upstream import Endpoint
+
+#: The OpenAI-shaped paths the proxy forwards, relative to a provider's base URL.
+UPSTREAM_PATHS = ("/chat/completions", "/completions")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -42,6 +46,8 @@ class Credential:
     headers: Mapping[str, str] = field(repr=False)
     secret: str | None = field(repr=False)
     proxy: str | None
+    endpoint: Endpoint = field(repr=False)
+    heads: Mapping[str, bytes] = field(repr=False)
     priority: int
     prefix: str | None
     models: tuple[ModelEntry, ...]
@@ -135,6 +141,8 @@ class _Builder:
             headers["Authorization"] = f"Bearer {key}"
         headers.update(entry.headers)
         cooling = not self.config.disable_cooling and not entry.disable_cooling
+        proxy_url = self._proxy(proxy if proxy is not None else entry.proxy_url)
+        endpoint = Endpoint.parse(base_url, proxy_url)
         label = entry.name if entry.name and block != "openai-compatibility" else f"{block}[{index}]{sub}"
         self.credentials.append(
             Credential(
@@ -145,7 +153,9 @@ class _Builder:
                 base_url=base_url,
                 headers=headers,
                 secret=key,
-                proxy=self._proxy(proxy if proxy is not None else entry.proxy_url),
+                proxy=proxy_url,
+                endpoint=endpoint,
+                heads={path: endpoint.head("POST", path, headers) for path in UPSTREAM_PATHS},
                 priority=entry.priority,
                 prefix=entry.prefix,
                 models=entry.models,
