@@ -174,7 +174,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run (default 8)")
     parser.add_argument("--quick", action="store_true", help="2 s runs")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 64], help="wrk connections (default 8 64)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8, 64],
+        help="wrk connections (default 1 8 64: c=1 shows the added latency, 64 the throughput)",
+    )
     parser.add_argument("--no-pin", action="store_true", help="no taskset (default: wrk+upstream core 0, proxy 1)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs and wrk scripts")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "proxy.json")

@@ -47,6 +47,11 @@ def usage_of(document: Any) -> Usage | None:
     return (prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
 
 
+def _carries_usage(data: bytes) -> bool:
+    """Whether a usage object (not the ``"usage":null`` of every other chunk) may be in ``data``."""
+    return b'"usage":{' in data or b'"usage": {' in data
+
+
 class SSERelay:
     """Cuts an SSE byte stream at event boundaries so each write holds whole events.
 
@@ -72,7 +77,7 @@ class SSERelay:
         return self._process(data) if data else b""
 
     def _process(self, events: bytes) -> bytes:
-        if b'"usage"' in events:
+        if _carries_usage(events):
             self._read_usage(events)
         if self.rewrite is not None:
             events = self.rewrite(events)
@@ -80,7 +85,7 @@ class SSERelay:
 
     def _read_usage(self, events: bytes) -> None:
         for line in events.splitlines():
-            if line.startswith(b"data:") and b'"usage"' in line:
+            if line.startswith(b"data:") and _carries_usage(line):
                 try:
                     found = usage_of(orjson.loads(line[5:]))
                 except orjson.JSONDecodeError:

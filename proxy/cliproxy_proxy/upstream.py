@@ -123,6 +123,8 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.complete = False
         self.keep_alive = False
+        self.until_close = False
+        self.paused = False
         self.received = False
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -143,7 +145,10 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        if not self.complete:
+        if self.until_close and exc is None:
+            self.complete = True  # a body without length or chunking ends where the connection does
+            self._wake()
+        elif not self.complete:
             self._fail(UpstreamError("the upstream closed the connection"))
 
     # -- httptools callbacks -----------------------------------------------------------------------------
@@ -153,14 +158,17 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.keep_alive = self.parser.should_keep_alive()  # llhttp forgets it once the message is complete
+        framed = "content-length" in self.headers or "chunked" in self.headers.get("transfer-encoding", "")
+        self.until_close = not framed and self.parser.get_status_code() not in (204, 304)
         if not self.head.done():
             self.head.set_result(Response(self, self.parser.get_status_code(), self.headers))
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
-        if self.buffered > HIGH_WATER and self.transport is not None:
+        if self.buffered > HIGH_WATER and self.transport is not None and not self.paused:
             self.transport.pause_reading()
+            self.paused = True
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -217,10 +225,13 @@ class _Connection(asyncio.Protocol):
             self.waiter = self.loop.create_future()
             await self._within_read_timeout(self.waiter)
             self.waiter = None
-        chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
-        if self.buffered <= HIGH_WATER // 2 and self.transport is not None:
+        # Everything that arrived meanwhile goes out together: one write downstream, not one per upstream chunk.
+        chunk = self.chunks.popleft() if len(self.chunks) == 1 else b"".join(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        if self.paused and self.transport is not None:
             self.transport.resume_reading()
+            self.paused = False
         return chunk
 
     def finish(self) -> None:

@@ -154,6 +154,18 @@ async def test_large_bodies_survive_backpressure() -> None:
         response.release()
 
 
+async def test_a_body_framed_by_connection_close_completes() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+        await writer.drain()
+
+    async with RawServer(handler) as server:
+        response = await call(Pool(), server.url)
+        assert await response.read() == b"all of it"
+        response.release()
+
+
 async def test_silence_times_out_and_a_cut_body_raises() -> None:
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
