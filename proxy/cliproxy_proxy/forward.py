@@ -45,7 +45,6 @@ _CLIENT_GONE = (ConnectionResetError, ClientConnectionResetError)
 class Failure:
     """An upstream attempt that failed in a way another credential might not."""
 
-    target: Target
     status: int | None
     reason: str
     body: bytes = b""
@@ -110,7 +109,7 @@ class Exchange:
         for round_ in range(config.request_retry + 1):
             tried: set[int] = set()
             while len(tried) < per_round:
-                target, _ = health.pick(self.route, config.routing.strategy, tried)
+                target = health.pick(self.route, config.routing.strategy, tried)
                 if target is None:
                     break
                 tried.add(id(target))
@@ -235,7 +234,7 @@ class Exchange:
         self.proxy.metrics.errors.labels(provider, kind).inc()
         if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns) > 0:
             self.proxy.metrics.cooldowns.labels(provider, reason).inc()
-        return Failure(target, status, kind, body, retry_after)
+        return Failure(status, kind, body, retry_after)
 
     async def upstream_error(self, target: Target, upstream: Response) -> web.StreamResponse | Failure:
         try:

@@ -106,27 +106,21 @@ class Health:
             wait = max(wait, limiter.wait(now))
         return wait
 
-    def pick(self, route: Route, strategy: str, tried: set[int]) -> tuple[Target | None, float]:
-        """The next target to try, or None and the seconds until the soonest blocked one frees up."""
+    def pick(self, route: Route, strategy: str, tried: set[int]) -> Target | None:
+        """The next target to try: the best priority group with a ready target, then the strategy within it."""
         now = self.clock()
-        soonest = math.inf
         for group in route.groups:
-            ready = []
-            for target in group:
-                if id(target) in tried or target.credential.unsupported:
-                    continue
-                wait = self.blocked_for(target, now)
-                if wait > 0:
-                    soonest = min(soonest, wait)
-                else:
-                    ready.append(target)
+            ready = [
+                t for t in group
+                if id(t) not in tried and not t.credential.unsupported and self.blocked_for(t, now) == 0
+            ]  # fmt: skip
             if ready:
                 if strategy == "fill-first":
-                    return ready[0], 0.0
+                    return ready[0]
                 turn = self.cursors.get(route.model, 0)
                 self.cursors[route.model] = turn + 1
-                return ready[turn % len(ready)], 0.0
-        return None, soonest
+                return ready[turn % len(ready)]
+        return None
 
     def soonest(self, route: Route) -> float:
         """Seconds until any supported target of the route may be tried again (0: one is ready now)."""

@@ -152,9 +152,9 @@ def test_round_robin_rotates_and_fill_first_sticks() -> None:
     runtime = runtime_of({"groq": [groq("a"), groq("b"), groq("c")]})
     route = runtime.routes["llama"]
     health = Health(Clock())
-    picks = [health.pick(route, "round-robin", set())[0] for _ in range(6)]
+    picks = [health.pick(route, "round-robin", set()) for _ in range(6)]
     assert [p.credential.secret for p in picks if p] == ["a", "b", "c", "a", "b", "c"]
-    picks = [health.pick(route, "fill-first", set())[0] for _ in range(3)]
+    picks = [health.pick(route, "fill-first", set()) for _ in range(3)]
     assert [p.credential.secret for p in picks if p] == ["a", "a", "a"]
 
 
@@ -164,12 +164,12 @@ def test_pick_skips_cooling_and_falls_to_lower_priority() -> None:
     route = runtime.routes["llama"]
     health = Health(clock)
     top = route.groups[0][0]
-    assert health.pick(route, "round-robin", set())[0] is top
+    assert health.pick(route, "round-robin", set()) is top
     health.fail(top, "transient", None, Cooldowns())
-    chosen, _ = health.pick(route, "round-robin", set())
+    chosen = health.pick(route, "round-robin", set())
     assert chosen is not None and chosen.credential.secret == "backup"
     health.fail(chosen, "quota", 5, Cooldowns())
-    assert health.pick(route, "round-robin", set()) == (None, 5)
+    assert health.pick(route, "round-robin", set()) is None
     assert health.soonest(route) == 5
 
 
@@ -181,12 +181,13 @@ def test_rate_limit_blocks_until_the_bucket_refills() -> None:
     health.sync(runtime.credentials)
     credential = runtime.credentials[0]
     for _ in range(2):
-        target, _ = health.pick(route, "round-robin", set())
+        target = health.pick(route, "round-robin", set())
         assert target is not None
         health.charge_request(credential)
-    assert health.pick(route, "round-robin", set()) == (None, pytest.approx(30.0))
+    assert health.pick(route, "round-robin", set()) is None
+    assert health.soonest(route) == pytest.approx(30.0)
     clock.now += 30
-    assert health.pick(route, "round-robin", set())[0] is not None
+    assert health.pick(route, "round-robin", set()) is not None
     health.charge_tokens(credential, 160)  # more than the minute allows: blocked until refilled
     assert health.blocked_for(route.targets[0], clock.now) == pytest.approx((1 + 60) * 60 / 100)
 
