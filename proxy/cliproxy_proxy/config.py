@@ -8,7 +8,7 @@ here, and imported by the operator. Secrets may be written inline (``api-key``) 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 import yaml
@@ -33,6 +33,20 @@ class _Block(BaseModel):
     model_config = ConfigDict(
         extra="forbid", alias_generator=_kebab, populate_by_name=True, frozen=True, hide_input_in_errors=True
     )
+
+
+class _OneSource(_Block):
+    """A block that takes its secret from exactly one of several sources (each a group of fields)."""
+
+    SOURCES: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        given = [group for group in self.SOURCES if any(getattr(self, name) is not None for name in group)]
+        if self.SOURCES and len(given) != 1:
+            names = " or ".join("/".join(_kebab(name) for name in group) for group in self.SOURCES)
+            raise ValueError(f"exactly one of {names} is required")
+        return self
 
 
 _PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
@@ -65,7 +79,7 @@ class RateLimit(_Block):
     tpm: Annotated[int, Field(gt=0)] | None = None
 
 
-class _Routed(_Block):
+class _Routed(_OneSource):
     """Keys every credential-bearing block shares: routing scope and network options."""
 
     name: NonEmpty | None = None
@@ -92,15 +106,11 @@ class _Routed(_Block):
         return check_url(value, schemes=("http",))  # an HTTP proxy; HTTPS upstreams tunnel through CONNECT
 
 
-class _KeySource(_Block):
+class _KeySource(_OneSource):
+    SOURCES = (("api_key",), ("api_key_file",))
+
     api_key: SecretStr | None = None
     api_key_file: NonEmpty | None = None
-
-    @model_validator(mode="after")
-    def _one_key_source(self) -> _KeySource:
-        if (self.api_key is None) == (self.api_key_file is None):
-            raise ValueError("exactly one of api-key or api-key-file is required")
-        return self
 
 
 class ApiKeyCredential(_Routed, _KeySource):
@@ -110,16 +120,11 @@ class ApiKeyCredential(_Routed, _KeySource):
 class SessionCredential(_Routed):
     """A key or an IDE session token file: minimax, roo and kilo accept either."""
 
+    SOURCES = (("api_key",), ("api_key_file",), ("token_file",))
+
     api_key: SecretStr | None = None
     api_key_file: NonEmpty | None = None
     token_file: NonEmpty | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SessionCredential:
-        given = [s for s in (self.api_key, self.api_key_file, self.token_file) if s is not None]
-        if len(given) != 1:
-            raise ValueError("exactly one of api-key, api-key-file or token-file is required")
-        return self
 
 
 class CompatKey(_KeySource):
@@ -154,11 +159,7 @@ class KiroCredential(_Routed):
     agent_task_type: Literal["", "vibe", "dev", "chat"] = ""
     preferred_endpoint: Literal["", "ide", "cli", "codewhisperer", "amazonq"] = ""
 
-    @model_validator(mode="after")
-    def _one_source(self) -> KiroCredential:
-        if (self.token_file is None) == (self.access_token is None and self.refresh_token is None):
-            raise ValueError("exactly one of token-file or access-token/refresh-token is required")
-        return self
+    SOURCES = (("token_file",), ("access_token", "refresh_token"))
 
 
 class CursorCredential(_Routed):
@@ -168,11 +169,7 @@ class CursorCredential(_Routed):
     auth_token: SecretStr | None = None
     cursor_api_url: str | None = None
 
-    @model_validator(mode="after")
-    def _one_source(self) -> CursorCredential:
-        if (self.token_file is None) == (self.auth_token is None):
-            raise ValueError("exactly one of token-file or auth-token is required")
-        return self
+    SOURCES = (("token_file",), ("auth_token",))
 
 
 class AmpCredential(_Routed):
@@ -182,11 +179,7 @@ class AmpCredential(_Routed):
     upstream_api_key: SecretStr | None = None
     upstream_url: str | None = None
 
-    @model_validator(mode="after")
-    def _one_source(self) -> AmpCredential:
-        if (self.token_file is None) == (self.upstream_api_key is None):
-            raise ValueError("exactly one of token-file or upstream-api-key is required")
-        return self
+    SOURCES = (("token_file",), ("upstream_api_key",))
 
 
 class Routing(_Block):
