@@ -7,6 +7,7 @@ table and written to ``bench/results/proxy.json``. See ``bench/README.md`` for h
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -140,8 +141,48 @@ def write_config(tmp: Path, proxy_port: int, upstream_port: int) -> Path:
         f"    base-url: http://127.0.0.1:{upstream_port}/v1\n"
         f"    api-key-entries: [{{api-key: {UPSTREAM_KEY}}}]\n"
         "    models: [{name: demo-small, alias: bench-model}]\n"
+        "claude-api-key:\n"
+        f"  - api-key: {UPSTREAM_KEY}\n"
+        f"    base-url: http://127.0.0.1:{upstream_port}\n"
+        "    models: [{name: demo-small, alias: bench-claude}]\n"
     )
     return path
+
+
+async def _first_bytes(url: str, key: str, model: str, n: int, concurrency: int) -> dict[str, float]:
+    """Streams ``n`` chat completions, ``concurrency`` at a time; time to the first data event and to the end."""
+    import aiohttp  # the project's own dependency; only this measurement needs a client that sees single events
+
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": PROMPT}]}
+    first: list[float] = []
+    whole: list[float] = []
+    events: list[int] = []
+    queue = list(range(n))
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while queue:
+            queue.pop()
+            started = time.perf_counter()
+            async with session.post(url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+                count = 0
+                async for line in response.content:
+                    if line.startswith(b"data:"):
+                        if count == 0:
+                            first.append(time.perf_counter() - started)
+                        count += 1
+                whole.append(time.perf_counter() - started)
+                events.append(count)
+
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    first.sort()
+    whole.sort()
+
+    def pct(values: list[float], q: float) -> float:
+        return round(1000 * values[min(len(values) - 1, int(q * len(values)))], 3)
+
+    return {"ttft_p50_ms": pct(first, 0.5), "ttft_p99_ms": pct(first, 0.99), "stream_p50_ms": pct(whole, 0.5),
+            "events": round(sum(events) / len(events), 1)}  # fmt: skip
 
 
 def start(argv: list[str], log: Path, cpu: str | None) -> subprocess.Popen[bytes]:
@@ -232,6 +273,17 @@ def main() -> int:
                                 "ratio": round(p.rps / d.rps, 3) if d.rps else 0.0,
                                 "added_p50_ms": round(p.p50 - d.p50, 3),
                                 "added_p99_ms": round(p.p99 - d.p99, 3)})  # fmt: skip
+        ttft = {}
+        streams = {"direct": paths["direct"], "pass-through": paths["proxy"],
+                   "to Claude": (paths["proxy"][0], CLIENT_KEY, "bench-claude")}  # fmt: skip
+        for name, (url, key, model) in streams.items():
+            ttft[name] = asyncio.run(_first_bytes(url, key, model, 100 if args.quick else 400, 4))
+        translation = {
+            "added_ttft_p50_ms": round(ttft["to Claude"]["ttft_p50_ms"] - ttft["pass-through"]["ttft_p50_ms"], 3),
+            "per_event_overhead_ms": round(
+                (ttft["to Claude"]["stream_p50_ms"] - ttft["pass-through"]["stream_p50_ms"])
+                / max(1.0, ttft["to Claude"]["events"]), 4),
+        }  # fmt: skip
         mem_end = memory_kib(proxy.pid)
         alive = proxy.poll() is None and upstream.poll() is None
         log_problems = [
@@ -252,11 +304,20 @@ def main() -> int:
           f" at end RSS {mem_end['VmRSS'] / 1024:.1f} MiB (peak {mem_end['VmHWM'] / 1024:.1f})")  # fmt: skip
     print(f"note: wrk, upstream{' (both core 0)' if pin else ''} and proxy{' (core 1)' if pin else ''} share "
           f"{os.cpu_count()} cores: compare ratios and added latency, not absolute rps.")  # fmt: skip
+    print("\nstreams at 4 connections, time to the first data event and to the end (ms):")
+    for name, figures in ttft.items():
+        print(f"  {name:13} ttft p50 {figures['ttft_p50_ms']:7.2f}  p99 {figures['ttft_p99_ms']:7.2f}  "
+              f"stream p50 {figures['stream_p50_ms']:7.2f}  ({figures['events']:.0f} events)")  # fmt: skip
+    print(
+        f"  translation to Claude adds {translation['added_ttft_p50_ms']:+.2f} ms to the first token (p50) and "
+        f"{translation['per_event_overhead_ms']:+.4f} ms per event against the pass-through path"
+    )
     failures += [f"proxy log: {row[:300]}" for row in log_problems[:5]]
     failures += [] if alive else ["the upstream or the proxy died during the run"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {"duration_s": secs, "pinned": pin, "cpus": os.cpu_count(), "wrk_threads": 1, "prompt_words": 20,
               "proxy_memory_kib": {"after_warmup": mem_warm, "end": mem_end}, "scenarios": results,
+              "streams_first_token": ttft, "translation_to_claude": translation,
               "failures": failures, "processes_alive_at_end": alive,
               "proxy_log_error_lines": len(log_problems)}  # fmt: skip
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -16,13 +16,16 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .errors import error_response
+from .count import CountError, count_tokens
 from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
 from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics
 from .reload import Reloader
 from .runtime import Runtime
+from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES, codec_for_path
+from .translate.canonical import Codec
+from .translate.thinking import split_thinking_suffix
 from .upstream import Pool
 
 log = logging.getLogger("cliproxy.proxy")
@@ -102,12 +105,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         }
         message = messages.get(http.status, http.reason)
         code = {404: "unknown_path", 405: "method_not_allowed", 413: "request_too_large"}.get(http.status)
-        return error_response(http.status, message, code)
+        return _error(codec_for_path(request.path), http.status, message, code)
     except asyncio.CancelledError:
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(500, "The proxy failed to handle this request.", "internal_error")
+        return _error(codec_for_path(request.path), 500, "The proxy failed to handle this request.", "internal_error")
 
 
 def _presented_key(request: web.Request) -> str | None:
@@ -143,26 +146,35 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not path.startswith(("/v1/", "/v1beta/")) or path in _OPEN_PATHS:
         return await handler(request)
     runtime = request.app[PROXY].runtime
+    codec = codec_for_path(path)
     if not runtime.client_keys:
         if runtime.config.allow_unauthenticated or _is_loopback(request.remote):
             return await handler(request)
-        return error_response(
-            403, "No api-keys are configured, so only loopback clients are served; "
+        return _error(
+            codec, 403, "No api-keys are configured, so only loopback clients are served; "
             "configure api-keys or set allow-unauthenticated: true.", "unauthenticated_remote",
         )  # fmt: skip
     presented = _presented_key(request)
     if not presented:
-        return error_response(401, "Missing API key.", "missing_api_key")
+        return _error(codec, 401, "Missing API key.", "missing_api_key")
     if not key_matches(presented.encode(), runtime.client_keys):
-        return error_response(401, "Invalid API key.", "invalid_api_key")
+        return _error(codec, 401, "Invalid API key.", "invalid_api_key")
     return await handler(request)
+
+
+def _error(codec: Codec, status: int, message: str, code: str | None) -> web.Response:
+    """An error in the format of the API the client called."""
+    return web.Response(status=status, body=codec.encode_error(status, message, code), content_type="application/json")
 
 
 # -- handlers -------------------------------------------------------------------------------------------
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[PROXY].runtime.models_body, content_type="application/json")
+    runtime = request.app[PROXY].runtime
+    anthropic = "anthropic-version" in request.headers  # Anthropic's SDK lists models in its own shape
+    body = runtime.anthropic_models_body if anthropic else runtime.models_body
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -170,26 +182,26 @@ async def get_model(request: web.Request) -> web.Response:
     model = request.match_info["model"]
     route = runtime.routes.get(model)
     if route is None:
-        return _model_not_found(runtime, model)
+        return _model_not_found(runtime, model, OPENAI_CHAT)
     owner = route.groups[0][0].credential.provider
     body = {"id": model, "object": "model", "created": int(runtime.loaded_at), "owned_by": owner}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-def _model_not_found(runtime: Runtime, model: str) -> web.Response:
+def _model_not_found(runtime: Runtime, model: str, codec: Codec) -> web.Response:
     hint = runtime.hints.get(model)
     message = f"The model '{model}' does not exist or is not served by this proxy; GET /v1/models lists them."
     if hint:
         message = f"The model '{model}' needs a provider prefix (force-model-prefix): use {', '.join(hint)}."
-    return error_response(404, message, "model_not_found")
+    return _error(codec, 404, message, "model_not_found")
 
 
-def _forwarder(path: str) -> Handler:
+def _forwarder(inbound: Codec) -> Handler:
     async def forward(request: web.Request) -> web.StreamResponse:
         started = perf_counter()
         proxy = request.app[PROXY]
         runtime = proxy.runtime  # read once: this request keeps this snapshot whatever reloads meanwhile
-        exchange = await _exchange(request, proxy, runtime, path, started)
+        exchange = await _exchange(request, proxy, runtime, inbound, started)
         if isinstance(exchange, Exchange):
             return await exchange.run()
         proxy.metrics.finish(UNRESOLVED, UNRESOLVED, exchange.status, perf_counter() - started)
@@ -198,8 +210,18 @@ def _forwarder(path: str) -> Handler:
     return forward
 
 
+def _model_and_stream(request: web.Request, inbound: Codec, payload: dict[str, Any]) -> tuple[Any, bool]:
+    """Gemini names the model and streaming in the URL; the other formats in the body."""
+    if inbound is GEMINI:
+        model, _, action = request.match_info["tail"].rpartition(":")
+        if action not in ("generateContent", "streamGenerateContent"):
+            raise web.HTTPNotFound()
+        return model, action == "streamGenerateContent"
+    return payload.get("model"), payload.get("stream") is True
+
+
 async def _exchange(
-    request: web.Request, proxy: Proxy, runtime: Runtime, path: str, started: float
+    request: web.Request, proxy: Proxy, runtime: Runtime, inbound: Codec, started: float
 ) -> Exchange | web.Response:
     """The routed exchange for a request, or the error that stops it before any upstream is chosen."""
     limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
@@ -211,27 +233,63 @@ async def _exchange(
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return error_response(400, "The request body is not valid JSON.", "invalid_json")
+        return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
     if not isinstance(payload, dict):
-        return error_response(400, "The request body must be a JSON object.", "invalid_json")
-    model = payload.get("model")
+        return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
+    model, stream = _model_and_stream(request, inbound, payload)
     if not isinstance(model, str) or not model:
-        return error_response(400, "The request needs a 'model' string.", "missing_model", param="model")
-    route = runtime.routes.get(model)
+        return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+    route, reasoning = runtime.routes.get(model), None
     if route is None:
-        return _model_not_found(runtime, model)
+        base, reasoning = split_thinking_suffix(model)
+        route = runtime.routes.get(base) if reasoning is not None else None
+    if route is None:
+        return _model_not_found(runtime, model, inbound)
     unsupported = [t.credential.unsupported for t in route.targets if t.credential.unsupported]
     if len(unsupported) == len(route.targets):
         message = f"Model '{model}' cannot be served yet: {unsupported[0]}."
-        return error_response(501, message, "provider_not_supported")
-    return Exchange(proxy, request, runtime, route, payload, raw, path, started)
+        return _error(inbound, 501, message, "provider_not_supported")
+    return Exchange(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
 
 
-async def not_yet(request: web.Request) -> web.Response:
-    return error_response(
-        501, f"{request.path} is not yet supported: this proxy speaks OpenAI chat completions today.",
-        "endpoint_not_supported",
-    )  # fmt: skip
+def _counter(inbound: Codec) -> Handler:
+    async def count(request: web.Request) -> web.StreamResponse:
+        proxy = request.app[PROXY]
+        runtime = proxy.runtime
+        try:
+            payload = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
+        if not isinstance(payload, dict):
+            return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
+        model = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
+        if not isinstance(model, str) or not model:
+            return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+        route = runtime.routes.get(model) or runtime.routes.get(split_thinking_suffix(model)[0])
+        if route is None:
+            return _model_not_found(runtime, model, inbound)
+        timeouts = runtime.config.timeouts
+        try:
+            tokens = await count_tokens(
+                proxy.pool, proxy.health, route, inbound, payload, timeouts.connect, timeouts.read
+            )
+        except CountError as error:
+            return _error(inbound, error.status, error.message, error.code)
+        body = {"totalTokens": tokens} if inbound is GEMINI else {"input_tokens": tokens}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    return count
+
+
+_gemini_generate = _forwarder(GEMINI)
+_gemini_count = _counter(GEMINI)
+
+
+async def gemini(request: web.Request) -> web.StreamResponse:
+    """Gemini puts the action after the model: ``{model}:generateContent``, ``:countTokens``..."""
+    if request.match_info["tail"].endswith(":countTokens"):
+        return await _gemini_count(request)
+    return await _gemini_generate(request)
 
 
 async def provider_metrics(request: web.Request) -> web.Response:
@@ -267,10 +325,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def reload_now(request: web.Request) -> web.Response:
     if not _is_loopback(request.remote):
-        return error_response(403, "Reload is only accepted from loopback.", "forbidden")
+        return _error(OPENAI_CHAT, 403, "Reload is only accepted from loopback.", "forbidden")
     reloader = request.app.get(RELOADER)
     if reloader is None:
-        return error_response(409, "This proxy was not started from a config source.", "no_config_source")
+        return _error(OPENAI_CHAT, 409, "This proxy was not started from a config source.", "no_config_source")
     changed = await reloader.check(force=True)
     status = 200 if changed else 422
     return web.json_response({"reloaded": changed, "generation": request.app[PROXY].generation,
@@ -298,12 +356,14 @@ def create_app(
     if source is not None:
         app[RELOADER] = Reloader(proxy, source, reload_interval)
     for path in ("/v1/chat/completions", "/chat/completions"):
-        app.router.add_post(path, _forwarder("/chat/completions"))
-    app.router.add_post("/v1/completions", _forwarder("/completions"))
+        app.router.add_post(path, _forwarder(OPENAI_CHAT))
+    app.router.add_post("/v1/completions", _forwarder(OPENAI_COMPLETIONS))
+    app.router.add_post("/v1/messages", _forwarder(ANTHROPIC))
+    app.router.add_post("/v1/responses", _forwarder(RESPONSES))
+    app.router.add_post("/v1beta/models/{tail:.+}", gemini)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
-    for path in ("/v1/responses", "/v1/messages", "/v1/messages/count_tokens", "/v1beta/models/{tail:.+}"):
-        app.router.add_post(path, not_yet)
+    app.router.add_post("/v1/messages/count_tokens", _counter(ANTHROPIC))
     app.router.add_get("/v1/metrics/providers", provider_metrics)
     app.router.add_get("/metrics", prometheus)
     for path in ("/healthz", "/health"):

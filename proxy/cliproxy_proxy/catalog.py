@@ -55,4 +55,4 @@ _KINDS = (
 KINDS: dict[str, ProviderKind] = {kind.block: kind for kind in _KINDS}
 
 #: Wire formats the proxy can forward today; the rest answer a clear "not yet supported" error.
-SUPPORTED_WIRES = frozenset({Wire.OPENAI_CHAT})
+SUPPORTED_WIRES = frozenset({Wire.OPENAI_CHAT, Wire.ANTHROPIC, Wire.GEMINI, Wire.VERTEX, Wire.RESPONSES})

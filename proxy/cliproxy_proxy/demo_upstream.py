@@ -1,7 +1,8 @@
 """A DEMO upstream: a local fake OpenAI-compatible provider for ``make run`` and the tests.
 
 It is not a model. It speaks OpenAI's wire format (``/v1/models``, chat completions with and without SSE,
-legacy completions), checks the bearer key it receives, echoes the last user message, and counts usage.
+legacy completions) and, for text, Anthropic's Messages API; it checks the key it receives, echoes the last user
+message, and counts usage.
 Faults can be queued per key (an error status, a delay, a stream cut mid-way) to watch the proxy fail over.
 """
 
@@ -87,6 +88,20 @@ def _reply_text(body: dict[str, Any]) -> str:
     return f"echo: {prompt}" if isinstance(prompt, str) else "echo"
 
 
+def _tool_call(body: dict[str, Any], text: str) -> dict[str, Any] | None:
+    """With tools offered and no tool result yet, the demo calls the first tool with the user's words."""
+    tools, messages = body.get("tools"), body.get("messages")
+    if not tools or not isinstance(messages, list) or (messages and messages[-1].get("role") == "tool"):
+        return None
+    name = tools[0].get("function", {}).get("name", "tool")
+    arguments = orjson.dumps({"query": text.removeprefix("echo: ")}).decode()
+    return {
+        "id": f"call_{uuid.uuid4().hex[:12]}",
+        "type": "function",
+        "function": {"name": name, "arguments": arguments},
+    }
+
+
 def _usage(body: dict[str, Any], text: str) -> dict[str, int]:
     prompt = len(orjson.dumps(body.get("messages") or body.get("prompt") or "").split())
     completion = len(text.split())
@@ -128,13 +143,17 @@ async def _complete(request: web.Request) -> web.StreamResponse:
         return web.Response(status=fault.status, body=data, headers=fault.headers, content_type="application/json")
     text = _reply_text(body)
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:12]}"
+    call = _tool_call(body, text) if chat else None
     if body.get("stream") is True:
-        return await _stream(request, upstream, body, text, ident, chat, fault)
+        return await _stream(request, upstream, body, text, ident, chat, fault, call)
     usage = _usage(body, text)
     created = int(time.time())
     if chat:
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if call is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
         choice: dict[str, Any] = {
-            "index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None
+            "index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop", "logprobs": None
         }  # fmt: skip
         document = {"id": ident, "object": "chat.completion", "created": created, "model": model,
                     "choices": [choice], "usage": usage}  # fmt: skip
@@ -152,8 +171,9 @@ def _chunks(words: list[str], size: int) -> Iterable[str]:
 
 
 async def _stream(
-    request: web.Request, upstream: Upstream, body: dict[str, Any], text: str, ident: str, chat: bool, fault: Fault
-) -> web.StreamResponse:
+    request: web.Request, upstream: Upstream, body: dict[str, Any], text: str, ident: str, chat: bool, fault: Fault,
+    call: dict[str, Any] | None,
+) -> web.StreamResponse:  # fmt: skip
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     if fault.first_byte_delay:
@@ -167,7 +187,17 @@ async def _stream(
 
     pieces = list(_chunks(text.split(), upstream.words_per_chunk))
     events = []
-    if chat:
+    if chat and call is not None:  # a tool call whose arguments arrive in three pieces, as providers send them
+        events.append(event({"index": 0, "delta": {"role": "assistant", "content": None}, "finish_reason": None}))
+        head = {**call, "index": 0, "function": {"name": call["function"]["name"], "arguments": ""}}
+        events.append(event({"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}))
+        arguments = call["function"]["arguments"]
+        third = max(1, len(arguments) // 3)
+        for piece in (arguments[:third], arguments[third : 2 * third], arguments[2 * third :]):
+            delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+            events.append(event({"index": 0, "delta": delta, "finish_reason": None}))
+        events.append(event({"index": 0, "delta": {}, "finish_reason": "tool_calls"}))
+    elif chat:
         events.append(event({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}))
         events += [event({"index": 0, "delta": {"content": p}, "finish_reason": None}) for p in pieces]
         events.append(event({"index": 0, "delta": {}, "finish_reason": "stop"}))
@@ -188,6 +218,63 @@ async def _stream(
     return response
 
 
+def _anthropic_event(kind: str, data: dict[str, Any]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic's Messages API, text only: enough to demo and benchmark a Claude-shaped provider."""
+    upstream = request.app[UPSTREAM]
+    if upstream.keys and request.headers.get("x-api-key") not in upstream.keys:
+        error = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+        return web.json_response(error, status=401)
+    body = orjson.loads(await request.read())
+    if upstream.record:
+        upstream.received.append(Received(request.path, dict(request.headers), body))
+    text = _reply_text(body)
+    usage = _usage(body, text)
+    ident = f"msg_{uuid.uuid4().hex[:12]}"
+    message: dict[str, Any] = {
+        "id": ident, "type": "message", "role": "assistant", "model": body.get("model"), "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": usage["prompt_tokens"], "output_tokens": 1},
+    }  # fmt: skip
+    if body.get("stream") is not True:
+        message.update(content=[{"type": "text", "text": text}], stop_reason="end_turn")
+        message["usage"]["output_tokens"] = usage["completion_tokens"]
+        return web.json_response(message)
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(_anthropic_event("message_start", {"message": message}))
+    await response.write(
+        _anthropic_event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+    )
+    await response.write(_anthropic_event("ping", {}))
+    for piece in _chunks(text.split(), upstream.words_per_chunk):
+        delta = {"index": 0, "delta": {"type": "text_delta", "text": piece}}
+        await response.write(_anthropic_event("content_block_delta", delta))
+    await response.write(_anthropic_event("content_block_stop", {"index": 0}))
+    final = {
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+        "usage": {"output_tokens": usage["completion_tokens"]},
+    }
+    await response.write(_anthropic_event("message_delta", final))
+    await response.write(_anthropic_event("message_stop", {}))
+    await response.write_eof()
+    return response
+
+
+async def _count_tokens(request: web.Request) -> web.Response:
+    upstream = request.app[UPSTREAM]
+    if upstream.keys and request.headers.get("x-api-key") not in upstream.keys:
+        error = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
+        return web.json_response(error, status=401)
+    body = orjson.loads(await request.read())
+    if upstream.record:
+        upstream.received.append(Received(request.path, dict(request.headers), body))
+    return web.json_response({"input_tokens": _usage(body, "")["prompt_tokens"]})
+
+
 def create_demo_app(upstream: Upstream) -> web.Application:
     app = web.Application()
     app[UPSTREAM] = upstream
@@ -195,6 +282,8 @@ def create_demo_app(upstream: Upstream) -> web.Application:
         app.router.add_get(f"{prefix}/models", _models)
         app.router.add_post(f"{prefix}/chat/completions", _complete)
         app.router.add_post(f"{prefix}/completions", _complete)
+    app.router.add_post("/v1/messages", _messages)
+    app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     return app
 
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
-
-import orjson
-from aiohttp import web
 
 _TYPES = {
     400: "invalid_request_error",
@@ -23,19 +19,3 @@ _TYPES = {
 def error_body(status: int, message: str, code: str | None, **extra: Any) -> dict[str, Any]:
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {"error": {"message": message, "type": kind, "param": None, "code": code, **extra}}
-
-
-def error_response(
-    status: int, message: str, code: str | None = None, headers: Mapping[str, str] | None = None, **extra: Any
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=orjson.dumps(error_body(status, message, code, **extra)),
-        content_type="application/json",
-        headers=headers,
-    )
-
-
-def sse_error(status: int, message: str, code: str) -> bytes:
-    """An in-stream error event; the OpenAI SDKs raise it as an APIError."""
-    return b"data: " + orjson.dumps(error_body(status, message, code)) + b"\n\n"

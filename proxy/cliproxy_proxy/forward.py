@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -18,10 +19,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .errors import error_response, sse_error
 from .health import classify
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
+from .translate import UPSTREAM, for_upstream, passes_through
+from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError
+from .translate.relay import TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -47,7 +50,8 @@ class Failure:
 
     status: int | None
     reason: str
-    body: bytes = b""
+    message: str = ""
+    body: bytes = b""  # the provider's error body, kept only when it is in the client's own format
     retry_after: float | None = None
 
 
@@ -73,29 +77,44 @@ class Exchange:
     """Routes one request: tries targets by priority and strategy, fails over, and answers the client."""
 
     def __init__(
-        self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route,
-        payload: dict[str, Any], raw: bytes, path: str, started: float,
+        self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route, inbound: Codec,
+        payload: dict[str, Any], raw: bytes, started: float, *, stream: bool, reasoning: Reasoning | None = None,
     ) -> None:  # fmt: skip
         self.proxy = proxy
         self.request = request
         self.runtime = runtime
         self.route = route
+        self.inbound = inbound
         self.payload = payload
         self.raw = raw
-        self.path = path
         self.started = started
-        self.stream = payload.get("stream") is True
+        self.stream = stream
+        self.reasoning = reasoning  # from a thinking suffix: always applied through the canonical model
         self.response: web.StreamResponse | None = None
         self.upstream_seconds = 0.0
         self.usage: Usage | None = None
         self.provider = route.groups[0][0].credential.provider
         self.credential: Credential | None = None
+        self._canonical: Request | None = None
+
+    def canonical(self) -> Request:
+        """The client's request in the canonical model, decoded once, on first need."""
+        if self._canonical is None:
+            request = self.inbound.decode_request(self.payload)
+            request.model, request.stream = self.route.model, self.stream
+            if self.reasoning is not None:
+                request.reasoning = self.reasoning
+            self._canonical = request
+        return self._canonical
 
     # -- the retry loop -------------------------------------------------------------------------------
 
     async def run(self) -> web.StreamResponse:
         try:
             return await self._run()
+        except TranslationError as error:
+            self.proxy.metrics.errors.labels(self.provider, "invalid_request").inc()
+            return await self.reply_error(400, str(error), "untranslatable_request")
         except _CLIENT_GONE:
             self.proxy.metrics.errors.labels(self.provider, "client_closed").inc()
             return self.finish(self.response or web.Response(status=499), status=499)
@@ -139,14 +158,23 @@ class Exchange:
     async def _call(self, target: Target) -> web.StreamResponse | Failure:
         credential = target.credential
         timeouts = self.runtime.config.timeouts
-        body = self.raw
-        if target.rewrite is not None:
-            body = orjson.dumps({**self.payload, "model": target.upstream_model})
+        upstream_codec = UPSTREAM[credential.wire]
+        model = target.upstream_model
+        translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)
+        if translating:
+            request = for_upstream(dataclasses.replace(self.canonical(), model=model), self.inbound, upstream_codec)
+            body = upstream_codec.encode_request(request)
+            path = upstream_codec.upstream_path(model, self.stream)
+        else:
+            body = self.raw
+            if target.rewrite is not None and "model" in self.payload:
+                body = orjson.dumps({**self.payload, "model": model})
+            path = self.inbound.upstream_path(model, self.stream)
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
                 self.proxy.pool.request(
-                    credential.endpoint, credential.heads[self.path], body,
+                    credential.endpoint, credential.head(path), body,
                     connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                 )
             )  # fmt: skip
@@ -155,35 +183,55 @@ class Exchange:
         except UpstreamError:
             return self.failed(target, None, "connect")
         self.upstream_seconds += perf_counter() - sent
+        codec = upstream_codec if translating else None
         try:
             if upstream.status >= 400:
-                return await self.upstream_error(target, upstream)
+                return await self.upstream_error(target, upstream, passed_through=not translating)
             if self.stream:
-                return await self.relay_stream(target, upstream)
-            return await self.relay_body(target, upstream)
+                return await self.relay_stream(target, upstream, codec)
+            return await self.relay_body(target, upstream, codec)
         finally:
             upstream.release()
 
     # -- success paths --------------------------------------------------------------------------------
 
-    async def relay_body(self, target: Target, upstream: Response) -> web.StreamResponse | Failure:
+    async def relay_body(self, target: Target, upstream: Response, codec: Codec | None) -> web.StreamResponse | Failure:
+        """A whole response: passed through with the model id rewritten, or decoded and re-encoded."""
         read_from = perf_counter()
         try:
             body = await upstream.read()
         except UpstreamError:
             return self.failed(target, None, "transient")
         self.upstream_seconds += perf_counter() - read_from
-        with contextlib.suppress(orjson.JSONDecodeError):
-            self.usage = usage_of(orjson.loads(body))
-        if target.rewrite is not None:
-            body = target.rewrite(body)
+        content_type = upstream.headers.get("content-type", "application/json")
+        if codec is not None:
+            try:
+                answer = codec.decode_response(orjson.loads(body))
+            except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+                return self.failed(target, None, "bad_response")
+            answer.model = self.route.model
+            self.usage = (answer.usage.input, answer.usage.output)
+            body, content_type = self.inbound.encode_response(answer), "application/json"
+        else:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                self.usage = usage_of(orjson.loads(body))
+            if target.rewrite is not None:
+                body = target.rewrite(body)
         self.proxy.health.succeed(target)
         headers = self.proxy_headers()
-        headers["Content-Type"] = upstream.headers.get("content-type", "application/json")
+        headers["Content-Type"] = content_type
         return self.finish(web.Response(body=body, status=upstream.status, headers=headers))
 
-    async def relay_stream(self, target: Target, upstream: Response) -> web.StreamResponse | Failure:
-        relay = SSERelay(target.rewrite)
+    async def relay_stream(
+        self, target: Target, upstream: Response, codec: Codec | None
+    ) -> web.StreamResponse | Failure:
+        """A stream, event by event: passed through, or translated from the provider's format to the client's."""
+        relay: SSERelay | TranslatingRelay
+        if codec is None:
+            relay = SSERelay(target.rewrite)
+        else:
+            encoder = self.inbound.stream_encoder(self.canonical())
+            relay = TranslatingRelay(codec.stream_decoder(), encoder, self.route.model)
         waited_from = perf_counter()
         try:
             first = await self.keepalive(upstream.readany())
@@ -197,7 +245,10 @@ class Exchange:
         chunk = first
         try:
             while chunk:
-                ready = relay.feed(chunk)
+                try:
+                    ready = relay.feed(chunk)
+                except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
+                    raise _StreamBroken from error  # the provider sent something its own format does not allow
                 if ready:
                     await response.write(ready)
                 try:
@@ -211,10 +262,13 @@ class Exchange:
             self.usage = relay.usage
             self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns)
             self.proxy.metrics.errors.labels(target.credential.provider, "stream_interrupted").inc()
-            await self._write_quietly(
-                sse_error(502, "The upstream stream was interrupted; the response is incomplete.",
-                          "stream_interrupted")
-            )  # fmt: skip
+            message = "The upstream stream was interrupted; the response is incomplete."
+            # A translated stream ends through its own encoder: it knows what the client has already seen.
+            broken = StreamError(502, message)
+            tail = (
+                relay.encoder.encode(broken) if isinstance(relay, TranslatingRelay) else self.stream_error(502, message)
+            )
+            await self._write_quietly(tail)
             return self.finish(response, status=502)
         except _CLIENT_GONE:
             self.usage = relay.usage
@@ -227,16 +281,18 @@ class Exchange:
 
     # -- failure paths --------------------------------------------------------------------------------
 
-    def failed(self, target: Target, status: int | None, kind: str, body: bytes = b"",
+    def failed(self, target: Target, status: int | None, kind: str, message: str = "", body: bytes = b"",
                retry_after: float | None = None) -> Failure:  # fmt: skip
         reason = classify(status) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
         if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns) > 0:
             self.proxy.metrics.cooldowns.labels(provider, reason).inc()
-        return Failure(status, kind, body, retry_after)
+        return Failure(status, kind, message, body, retry_after)
 
-    async def upstream_error(self, target: Target, upstream: Response) -> web.StreamResponse | Failure:
+    async def upstream_error(
+        self, target: Target, upstream: Response, *, passed_through: bool
+    ) -> web.StreamResponse | Failure:
         try:
             body = await upstream.read()
         except UpstreamError:
@@ -244,14 +300,17 @@ class Exchange:
         secret = target.credential.secret
         if secret:
             body = body.replace(secret.encode(), b"***")
+        message = self._upstream_message(body, upstream.status)
+        if not passed_through:
+            body = b""  # in the provider's format, not the client's: only its message travels on
         status = upstream.status
         reason = classify(status)
         if reason is None:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
-            return await self.reply_error(status, self._upstream_message(body, status), "upstream_error", body)
+            return await self.reply_error(status, message, "upstream_error", body)
         retry_after = retry_after_seconds(upstream.headers.get("retry-after")) if status == 429 else None
-        return self.failed(target, status, reason, body, retry_after)
+        return self.failed(target, status, reason, message, body, retry_after)
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:
         model = self.route.model
@@ -269,8 +328,7 @@ class Exchange:
         headers = {}
         if failure.retry_after is not None:
             headers["Retry-After"] = str(math.ceil(failure.retry_after))
-        message = self._upstream_message(failure.body, failure.status)
-        return await self.reply_error(failure.status, message, "upstream_error", failure.body, headers)
+        return await self.reply_error(failure.status, failure.message, "upstream_error", failure.body, headers)
 
     async def all_cooling(self, wait: float) -> web.StreamResponse:
         seconds = max(1, math.ceil(wait)) if math.isfinite(wait) else 60
@@ -296,19 +354,28 @@ class Exchange:
         self, status: int, message: str, code: str, upstream_body: bytes = b"",
         headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None,
     ) -> web.StreamResponse:  # fmt: skip
-        """The error in the client's terms: a JSON error, or an SSE error event once a stream has begun."""
+        """The error in the client's own format: a JSON error, or an in-stream error once a stream has begun.
+
+        A provider's error body that is already in the client's format passes through unchanged.
+        """
         if self.response is not None:
-            await self._write_quietly(sse_error(status, message, code))
+            await self._write_quietly(self.stream_error(status, message))
             return self.finish(self.response, status=status)
-        response: web.StreamResponse
-        if _is_openai_error(upstream_body):
-            response = web.Response(status=status, body=upstream_body, content_type="application/json")
-        else:
-            response = error_response(status, message, code, **(extra or {}))
+        body = upstream_body if _is_json_error(upstream_body) else self.inbound.encode_error(status, message, code)
+        if extra:
+            document = orjson.loads(body)
+            document["error"].update(extra)
+            body = orjson.dumps(document)
+        response = web.Response(status=status, body=body, content_type="application/json")
         response.headers.update(self.proxy_headers())
         if headers:
             response.headers.update(headers)
         return self.finish(response)
+
+    def stream_error(self, status: int, message: str) -> bytes:
+        """An error event in the client's stream format."""
+        encoder = self.inbound.stream_encoder(Request(model=self.route.model, messages=[]))
+        return encoder.encode(StreamError(status, message))
 
     # -- plumbing -------------------------------------------------------------------------------------
 
@@ -362,7 +429,7 @@ class Exchange:
         return response
 
 
-def _is_openai_error(body: bytes) -> bool:
+def _is_json_error(body: bytes) -> bool:
     if not body.startswith(b"{"):
         return False
     try:

@@ -10,6 +10,7 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 
@@ -30,8 +31,7 @@ from .loader import ConfigSource
 from .relay import ModelRewrite
 from .upstream import Endpoint
 
-#: The OpenAI-shaped paths the proxy forwards, relative to a provider's base URL.
-UPSTREAM_PATHS = ("/chat/completions", "/completions")
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -47,7 +47,7 @@ class Credential:
     secret: str | None = field(repr=False)
     proxy: str | None
     endpoint: Endpoint = field(repr=False)
-    heads: Mapping[str, bytes] = field(repr=False)
+    heads: dict[str, bytes] = field(repr=False)  # request heads by path, filled on first use
     priority: int
     prefix: str | None
     models: tuple[ModelEntry, ...]
@@ -59,7 +59,14 @@ class Credential:
 
     @property
     def discovers_models(self) -> bool:
-        return not self.models and self.unsupported is None
+        return not self.models and self.unsupported is None and self.wire is Wire.OPENAI_CHAT
+
+    def head(self, path: str) -> bytes:
+        """The precomputed request line and headers for a POST to ``path``."""
+        head = self.heads.get(path)
+        if head is None:
+            head = self.heads[path] = self.endpoint.head("POST", path, self.headers)
+        return head
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -92,9 +99,21 @@ class Runtime:
     routes: Mapping[str, Route]
     hints: Mapping[str, tuple[str, ...]]
     models_body: bytes
+    anthropic_models_body: bytes
     client_keys: tuple[bytes, ...] = field(repr=False)
     secret_files: tuple[Path, ...]
     loaded_at: float
+
+
+def _auth_headers(wire: Wire, key: str | None) -> dict[str, str]:
+    """How each wire format presents its key."""
+    if key is None:
+        return {}
+    if wire is Wire.ANTHROPIC:
+        return {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
+    if wire in (Wire.GEMINI, Wire.VERTEX):
+        return {"x-goog-api-key": key}
+    return {"Authorization": f"Bearer {key}"}
 
 
 def _excluded(patterns: tuple[str, ...], *names: str) -> bool:
@@ -136,10 +155,7 @@ class _Builder:
         sub: str = "",
     ) -> None:
         kind = KINDS[block]
-        headers = {"Content-Type": "application/json"}
-        if key is not None and kind.wire in (Wire.OPENAI_CHAT, Wire.RESPONSES):
-            headers["Authorization"] = f"Bearer {key}"
-        headers.update(entry.headers)
+        headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key), **entry.headers}
         cooling = not self.config.disable_cooling and not entry.disable_cooling
         proxy_url = self._proxy(proxy if proxy is not None else entry.proxy_url)
         endpoint = Endpoint.parse(base_url, proxy_url)
@@ -155,7 +171,7 @@ class _Builder:
                 secret=key,
                 proxy=proxy_url,
                 endpoint=endpoint,
-                heads={path: endpoint.head("POST", path, headers) for path in UPSTREAM_PATHS},
+                heads={},
                 priority=entry.priority,
                 prefix=entry.prefix,
                 models=entry.models,
@@ -249,6 +265,16 @@ def _models_body(routes: Mapping[str, Route], created: int) -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
+def _anthropic_models_body(routes: Mapping[str, Route], created: int) -> bytes:
+    """The same list in Anthropic's shape, for clients that send ``anthropic-version``."""
+    stamp = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
+    data = [{"id": m, "type": "model", "display_name": m, "created_at": stamp} for m in sorted(routes)]
+    return orjson.dumps({
+        "data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    })  # fmt: skip
+
+
 def build_credentials(config: ProxyConfig, source: ConfigSource | None) -> tuple[list[Credential], list[Path]]:
     """Every credential of the config, secrets resolved; raises ConfigError naming the failing path."""
     builder = _Builder(config, source)
@@ -280,6 +306,7 @@ def build_runtime(
         routes=routes,
         hints=hints,
         models_body=_models_body(routes, int(now)),
+        anthropic_models_body=_anthropic_models_body(routes, int(now)),
         client_keys=tuple(k.encode() for k in client_keys),
         secret_files=tuple(secret_files),
         loaded_at=now,

@@ -67,9 +67,9 @@ def test_invalid_config_exits_2_naming_the_path(tmp_path: Path) -> None:
 def test_example_config_serves_and_drains_on_sigterm(tmp_path: Path, demo_upstream: str) -> None:
     """The shipped example, re-pointed at this run's demo port, answers the SDK; SIGTERM lets a stream finish."""
     example = yaml.safe_load((ROOT / "examples" / "config.yaml").read_text())
-    for block in ("groq", "openai-compatibility"):
+    for block in ("groq", "openai-compatibility", "claude-api-key"):
         for entry in example[block]:
-            entry["base-url"] = demo_upstream
+            entry["base-url"] = demo_upstream.removesuffix("/v1") if block == "claude-api-key" else demo_upstream
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(example))
     port = free_port()
@@ -84,6 +84,10 @@ def test_example_config_serves_and_drains_on_sigterm(tmp_path: Path, demo_upstre
         assert {"fast/llama-3.1-8b", "team-default", "claude-prod/claude-3-5-sonnet"} <= ids
         reply = client.chat.completions.create(model="fast/llama-3.1-8b", messages=[{"role": "user", "content": "hi"}])
         assert reply.choices[0].message.content == "echo: hi"
+        claude = client.chat.completions.create(  # through the Anthropic translation
+            model="claude-prod/claude-3-5-sonnet", messages=[{"role": "user", "content": "hi claude"}]
+        )
+        assert (claude.choices[0].message.content, claude.model) == ("echo: hi claude", "claude-prod/claude-3-5-sonnet")
 
         long_prompt = " ".join(f"w{i}" for i in range(40))
         stream = client.chat.completions.create(

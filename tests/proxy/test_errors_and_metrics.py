@@ -24,13 +24,12 @@ async def post(url: str, data: bytes, path: str = "/v1/chat/completions") -> tup
         (b'{"messages": []}', 400, "missing_model"),
         (b'{"model": 42, "messages": []}', 400, "missing_model"),
         (b'{"model": "no-such-model", "messages": []}', 404, "model_not_found"),
-        (b'{"model": "claude-3-5-sonnet", "messages": []}', 501, "provider_not_supported"),
+        (b'{"model": "kiro-model", "messages": []}', 501, "provider_not_supported"),
     ],
 )
 async def test_bad_requests(provider: FakeProvider, start_proxy, body: bytes, status: int, code: str) -> None:
-    claude = [{"api-key": "sk-ant", "models": [{"name": "claude-3-5-sonnet"}]}]
-    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)],
-                                               "claude-api-key": claude}))  # fmt: skip
+    kiro = [{"token-file": "kiro.json", "models": [{"name": "kiro-model"}]}]
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)], "kiro": kiro}))
     got_status, document = await post(running.url, body)
     assert got_status == status
     assert document["error"]["code"] == code
@@ -69,9 +68,9 @@ async def test_unknown_path_and_method_are_json(provider: FakeProvider, start_pr
         async with session.get(f"{running.url}/v1/chat/completions", headers=AUTH) as response:
             assert response.status == 405
             assert (await response.json())["error"]["code"] == "method_not_allowed"
-        async with session.post(f"{running.url}/v1/messages", headers=AUTH, json={}) as response:
-            assert response.status == 501
-            assert (await response.json())["error"]["code"] == "endpoint_not_supported"
+        async with session.post(f"{running.url}/v1beta/models/small:embedContent", headers=AUTH, json={}) as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["status"] == "NOT_FOUND"  # in Google's shape
 
 
 async def test_health_readiness_and_index(provider: FakeProvider, start_proxy) -> None:

@@ -93,9 +93,11 @@ def test_models_list_body_carries_prefixed_ids_and_owner() -> None:
 def test_wire_formats_not_yet_translated_are_marked() -> None:
     minimax = [{"token-file": "t.json", "models": [{"name": "m"}]}]
     kilo = [{"api-key": "anonymous", "models": [{"name": "free"}]}]
-    runtime = runtime_of({"claude-api-key": [groq("k")], "minimax": minimax, "kilo": kilo})
+    cursor = [{"auth-token": "t", "models": [{"name": "c"}]}]
+    runtime = runtime_of({"claude-api-key": [groq("k")], "minimax": minimax, "kilo": kilo, "cursor": cursor})
     unsupported = {c.provider: c.unsupported for c in runtime.credentials}
-    assert "anthropic-messages" in (unsupported["claude-api-key"] or "")
+    assert unsupported["claude-api-key"] is None
+    assert "cursor" in (unsupported["cursor"] or "")
     assert "token-file" in (unsupported["minimax"] or "")
     assert unsupported["kilo"] is None
 

@@ -1,0 +1,227 @@
+"""The one internal model every wire format translates to and from.
+
+Each format has one codec (decode and encode, request and response, whole and streamed); a client speaking
+format A reaches a provider speaking format B through A's decoder and B's encoder, never a pairwise translator.
+Tool results live in user messages (as in Anthropic's Messages API); tool-call arguments stay the JSON text the
+model produced, so nothing is re-serialised or reordered on the way through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+# -- content --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Text:
+    text: str
+
+
+@dataclass(slots=True)
+class Image:
+    """An image, inline (base64 ``data``) or by ``url``."""
+
+    media_type: str
+    data: str | None = None
+    url: str | None = None
+
+
+@dataclass(slots=True)
+class Thinking:
+    """Reasoning the model showed; ``signature`` is the vendor's opaque proof, passed back untouched."""
+
+    text: str
+    signature: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str  # JSON text, as the model produced it
+
+
+@dataclass(slots=True)
+class ToolResult:
+    call_id: str
+    content: list[Text | Image]
+    is_error: bool = False
+    name: str | None = None  # Gemini answers a call by function name, not by id
+
+
+Part = Text | Image | Thinking | ToolCall | ToolResult
+
+
+@dataclass(slots=True)
+class Message:
+    role: Literal["user", "assistant"]
+    parts: list[Part]
+
+
+@dataclass(slots=True)
+class Tool:
+    name: str
+    description: str | None
+    parameters: dict[str, Any]  # a JSON Schema object
+
+
+ToolChoice = Literal["auto", "none", "required"] | str  # any other string names the one tool to call
+
+
+@dataclass(slots=True)
+class Reasoning:
+    """How hard to think: a token ``budget``, an ``effort`` level, or both (0 turns thinking off)."""
+
+    budget: int | None = None
+    effort: str | None = None
+
+
+#: cliproxyapi++'s thinking levels and the budgets they stand for.
+THINKING_LEVELS = {
+    "none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 32768, "max": 128000,
+}  # fmt: skip
+
+
+@dataclass(slots=True)
+class Request:
+    model: str
+    messages: list[Message]
+    system: list[Text] = field(default_factory=list)
+    tools: list[Tool] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    stream: bool = False
+    reasoning: Reasoning | None = None
+    parallel_tool_calls: bool | None = None
+    stream_usage: bool = False  # the client asked for usage in the stream (OpenAI's stream_options)
+
+
+# -- responses ------------------------------------------------------------------------------------------
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(slots=True)
+class Usage:
+    input: int = 0
+    output: int = 0
+    cached: int = 0
+    reasoning: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.input + self.output
+
+
+@dataclass(slots=True)
+class Response:
+    id: str
+    model: str
+    parts: list[Part]
+    finish: FinishReason = "stop"
+    usage: Usage = field(default_factory=Usage)
+    stop_sequence: str | None = None
+
+
+# -- stream events --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class MessageStart:
+    id: str
+    model: str
+    usage: Usage | None = None
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    text: str = ""
+    signature: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCallStart:
+    """A tool call begins; ``index`` counts tool calls within the message from 0."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    index: int
+    arguments: str
+
+
+@dataclass(slots=True)
+class Finish:
+    """The message is complete. Usage may also come alone, in a later ``Finish`` with ``reason=None``."""
+
+    reason: FinishReason | None
+    usage: Usage | None = None
+    stop_sequence: str | None = None
+
+
+@dataclass(slots=True)
+class StreamError:
+    status: int
+    message: str
+
+
+Event = MessageStart | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish | StreamError
+
+
+class TranslationError(ValueError):
+    """A request or response one format cannot express in another; answered as a 400 in the client's format."""
+
+
+# -- the codec interface --------------------------------------------------------------------------------
+
+
+class StreamDecoder(Protocol):
+    """Turns one upstream SSE event (its ``event:`` name, if any, and ``data:``) into canonical events."""
+
+    def feed(self, event: str | None, data: bytes) -> list[Event]: ...
+
+
+class StreamEncoder(Protocol):
+    """Turns canonical events into the client's SSE bytes; ``close`` ends the stream in that format."""
+
+    def encode(self, event: Event) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+class Codec(Protocol):
+    """Everything one wire format needs, as the client's format (inbound) and as the provider's (upstream)."""
+
+    name: str
+
+    # inbound: what clients send and receive
+    def decode_request(self, body: dict[str, Any]) -> Request: ...
+
+    def encode_response(self, response: Response) -> bytes: ...
+
+    def stream_encoder(self, request: Request) -> StreamEncoder: ...
+
+    def encode_error(self, status: int, message: str, code: str | None) -> bytes: ...
+
+    # upstream: what providers receive and send
+    def upstream_path(self, model: str, stream: bool) -> str: ...
+
+    def encode_request(self, request: Request) -> bytes: ...
+
+    def decode_response(self, body: dict[str, Any]) -> Response: ...
+
+    def stream_decoder(self) -> StreamDecoder: ...

@@ -1,0 +1,388 @@
+"""OpenAI Chat Completions (``POST /v1/chat/completions``) as a canonical codec."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+
+from ..errors import error_body
+from .canonical import (
+    Event,
+    Finish,
+    FinishReason,
+    Image,
+    Message,
+    MessageStart,
+    Part,
+    Reasoning,
+    Request,
+    Response,
+    StreamError,
+    Text,
+    TextDelta,
+    Thinking,
+    ThinkingDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolCallStart,
+    ToolChoice,
+    ToolResult,
+    TranslationError,
+    Usage,
+)
+
+_FINISH_IN: dict[str, FinishReason] = {
+    "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
+    "content_filter": "content_filter",
+}  # fmt: skip
+_EFFORTS = (("minimal", 512), ("low", 1024), ("medium", 8192), ("high", 32768))
+
+
+def _text_of(content: Any, where: str) -> list[Text]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [Text(content)] if content else []
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("text", "input_text", "output_text"):
+                raise TranslationError(f"{where}: only text content is supported here")
+            texts.append(Text(str(part.get("text", ""))))
+        return texts
+    raise TranslationError(f"{where}: content must be a string or a list of parts")
+
+
+def _image(url: str) -> Image:
+    if url.startswith("data:"):
+        head, _, data = url.partition(",")
+        media_type = head[5:].split(";")[0] or "image/png"
+        return Image(media_type, data=data)
+    return Image("image/*", url=url)
+
+
+def _user_parts(content: Any, where: str) -> list[Part]:
+    if not isinstance(content, list):
+        return list(_text_of(content, where))
+    parts: list[Part] = []
+    for index, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append(Text(str(part.get("text", ""))))
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str):
+                raise TranslationError(f"{where}[{index}].image_url.url: must be a string")
+            parts.append(_image(url))
+        else:
+            raise TranslationError(f"{where}[{index}]: content of type {kind!r} cannot be translated")
+    return parts
+
+
+def _decode_messages(messages: Any) -> tuple[list[Text], list[Message]]:
+    if not isinstance(messages, list) or not messages:
+        raise TranslationError("messages: a non-empty list is required")
+    system: list[Text] = []
+    out: list[Message] = []
+    for index, message in enumerate(messages):
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise TranslationError(f"{where}: must be an object")
+        role, content = message.get("role"), message.get("content")
+        if role in ("system", "developer"):
+            system.extend(_text_of(content, f"{where}.content"))
+        elif role == "user":
+            out.append(Message("user", _user_parts(content, f"{where}.content")))
+        elif role == "assistant":
+            parts: list[Part] = []
+            if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
+                parts.append(Thinking(message["reasoning_content"]))
+            parts.extend(_text_of(content, f"{where}.content"))
+            for call in message.get("tool_calls") or []:
+                function = call.get("function") or {}
+                parts.append(ToolCall(str(call.get("id", "")), str(function.get("name", "")),
+                                      str(function.get("arguments") or "{}")))  # fmt: skip
+            out.append(Message("assistant", parts))
+        elif role == "tool":
+            result = ToolResult(str(message.get("tool_call_id", "")), list(_text_of(content, f"{where}.content")))
+            if out and out[-1].role == "user" and all(isinstance(p, ToolResult) for p in out[-1].parts):
+                out[-1].parts.append(result)  # consecutive tool messages answer one assistant turn together
+            else:
+                out.append(Message("user", [result]))
+        else:
+            raise TranslationError(f"{where}.role: {role!r} is not a chat role")
+    return system, out
+
+
+def _decode_tools(tools: Any) -> list[Tool]:
+    decoded = []
+    for index, tool in enumerate(tools or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
+            raise TranslationError(f"tools[{index}]: only function tools can be translated")
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        decoded.append(Tool(str(function.get("name", "")), function.get("description"), parameters))
+    return decoded
+
+
+def _decode_tool_choice(choice: Any) -> ToolChoice | None:
+    if choice is None or choice in ("auto", "none", "required"):
+        return choice  # type: ignore[no-any-return]
+    if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        return str(choice["function"].get("name"))
+    raise TranslationError("tool_choice: must be auto, none, required or a named function")
+
+
+class OpenAIChatCodec:
+    name = "openai-chat"
+
+    # -- inbound ------------------------------------------------------------------------------------------
+
+    def decode_request(self, body: dict[str, Any]) -> Request:
+        if body.get("n", 1) not in (1, None):
+            raise TranslationError("n: only one choice can be translated to this provider")
+        if body.get("response_format") not in (None, {"type": "text"}):
+            raise TranslationError("response_format: structured output cannot be translated to this provider")
+        system, messages = _decode_messages(body.get("messages"))
+        stop = body.get("stop")
+        effort = body.get("reasoning_effort")
+        options = body.get("stream_options")
+        return Request(
+            model=str(body.get("model", "")),
+            messages=messages,
+            system=system,
+            tools=_decode_tools(body.get("tools")),
+            tool_choice=_decode_tool_choice(body.get("tool_choice")),
+            max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+            temperature=body.get("temperature"),
+            top_p=body.get("top_p"),
+            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            stream=body.get("stream") is True,
+            reasoning=Reasoning(effort=effort) if isinstance(effort, str) else None,
+            parallel_tool_calls=body.get("parallel_tool_calls"),
+            stream_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        )
+
+    def encode_response(self, response: Response) -> bytes:
+        text = "".join(p.text for p in response.parts if isinstance(p, Text))
+        thinking = "".join(p.text for p in response.parts if isinstance(p, Thinking))
+        calls = [p for p in response.parts if isinstance(p, ToolCall)]
+        message: dict[str, Any] = {"role": "assistant", "content": text or None, "refusal": None}
+        if thinking:
+            message["reasoning_content"] = thinking
+        if calls:
+            message["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+            ]
+        return orjson.dumps({
+            "id": response.id, "object": "chat.completion", "created": int(time.time()), "model": response.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": response.finish, "logprobs": None}],
+            "usage": _usage(response.usage),
+        })  # fmt: skip
+
+    def stream_encoder(self, request: Request) -> _StreamEncoder:
+        return _StreamEncoder(request.model, request.stream_usage)
+
+    def encode_error(self, status: int, message: str, code: str | None) -> bytes:
+        return orjson.dumps(error_body(status, message, code))
+
+    # -- upstream -----------------------------------------------------------------------------------------
+
+    def upstream_path(self, model: str, stream: bool) -> str:
+        return "/chat/completions"
+
+    def encode_request(self, request: Request) -> bytes:
+        messages: list[dict[str, Any]] = []
+        if request.system:
+            messages.append({"role": "system", "content": "\n\n".join(t.text for t in request.system)})
+        for message in request.messages:
+            messages.extend(_encode_message(message))
+        body: dict[str, Any] = {"model": request.model, "messages": messages}
+        if request.tools:
+            body["tools"] = [
+                {"type": "function", "function": {"name": t.name, "description": t.description or "",
+                                                  "parameters": t.parameters}} for t in request.tools
+            ]  # fmt: skip
+        if request.tool_choice is not None:
+            choice = request.tool_choice
+            body["tool_choice"] = (
+                choice if choice in ("auto", "none", "required") else {"type": "function", "function": {"name": choice}}
+            )
+        for key, value in (("max_tokens", request.max_tokens), ("temperature", request.temperature),
+                           ("top_p", request.top_p), ("parallel_tool_calls", request.parallel_tool_calls)):  # fmt: skip
+            if value is not None:
+                body[key] = value
+        if request.stop:
+            body["stop"] = request.stop
+        effort = _effort(request.reasoning)
+        if effort is not None:
+            body["reasoning_effort"] = effort
+        if request.stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return orjson.dumps(body)
+
+    def decode_response(self, body: dict[str, Any]) -> Response:
+        choices = body.get("choices") or [{}]
+        message = choices[0].get("message") or {}
+        parts: list[Part] = []
+        if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
+            parts.append(Thinking(message["reasoning_content"]))
+        if isinstance(message.get("content"), str) and message["content"]:
+            parts.append(Text(message["content"]))
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            parts.append(ToolCall(str(call.get("id", "")), str(function.get("name", "")),
+                                  str(function.get("arguments") or "{}")))  # fmt: skip
+        finish = _FINISH_IN.get(str(choices[0].get("finish_reason")), "stop")
+        return Response(str(body.get("id", "")), str(body.get("model", "")), parts, finish,
+                        _decode_usage(body.get("usage")))  # fmt: skip
+
+    def stream_decoder(self) -> _StreamDecoder:
+        return _StreamDecoder()
+
+
+def _effort(reasoning: Reasoning | None) -> str | None:
+    if reasoning is None:
+        return None
+    if reasoning.effort is not None:
+        return {"none": None, "xhigh": "high", "max": "high"}.get(reasoning.effort, reasoning.effort)
+    if not reasoning.budget:
+        return None
+    return next((name for name, ceiling in _EFFORTS if reasoning.budget <= ceiling), "high")
+
+
+def _encode_message(message: Message) -> list[dict[str, Any]]:
+    if message.role == "assistant":
+        text = "".join(p.text for p in message.parts if isinstance(p, Text))
+        calls = [p for p in message.parts if isinstance(p, ToolCall)]
+        encoded: dict[str, Any] = {"role": "assistant", "content": text or None}
+        if calls:
+            encoded["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
+            ]
+        return [encoded]  # earlier turns' reasoning is not input to an OpenAI-shaped model
+    out: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, ToolResult):
+            texts = [p.text for p in part.content if isinstance(p, Text)]
+            images = [p for p in part.content if isinstance(p, Image)]
+            prefix = "Error: " if part.is_error else ""
+            out.append({"role": "tool", "tool_call_id": part.call_id, "content": prefix + "\n".join(texts)})
+            if images:  # tool messages take text only: the images follow in a user turn instead of vanishing
+                content.append({"type": "text", "text": f"Images returned by tool call {part.call_id}:"})
+                content.extend(_image_part(i) for i in images)
+        elif isinstance(part, Text):
+            content.append({"type": "text", "text": part.text})
+        elif isinstance(part, Image):
+            content.append(_image_part(part))
+    if content:
+        only_text = all(c["type"] == "text" for c in content)
+        out.append({"role": "user", "content": "\n".join(c["text"] for c in content) if only_text else content})
+    return out
+
+
+def _image_part(image: Image) -> dict[str, Any]:
+    url = image.url or f"data:{image.media_type};base64,{image.data}"
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _usage(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.input, "completion_tokens": usage.output, "total_tokens": usage.total,
+        "prompt_tokens_details": {"cached_tokens": usage.cached},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning},
+    }  # fmt: skip
+
+
+def _decode_usage(usage: Any) -> Usage:
+    if not isinstance(usage, dict):
+        return Usage()
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0),
+        int(prompt_details.get("cached_tokens") or 0), int(completion_details.get("reasoning_tokens") or 0),
+    )  # fmt: skip
+
+
+class _StreamDecoder:
+    def __init__(self) -> None:
+        self.started = False
+        self.tool_indexes: set[int] = set()
+
+    def feed(self, event: str | None, data: bytes) -> list[Event]:
+        if data.strip() == b"[DONE]":
+            return []
+        chunk = orjson.loads(data)
+        if isinstance(chunk.get("error"), dict):
+            return [StreamError(502, str(chunk["error"].get("message", "upstream error")))]
+        events: list[Event] = []
+        if not self.started:
+            self.started = True
+            events.append(MessageStart(str(chunk.get("id", "")), str(chunk.get("model", ""))))
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                events.append(ThinkingDelta(delta["reasoning_content"]))
+            if delta.get("content"):
+                events.append(TextDelta(delta["content"]))
+            for call in delta.get("tool_calls") or []:
+                index = int(call.get("index", 0))
+                function = call.get("function") or {}
+                if index not in self.tool_indexes:
+                    self.tool_indexes.add(index)
+                    events.append(ToolCallStart(index, str(call.get("id", "")), str(function.get("name", ""))))
+                if function.get("arguments"):
+                    events.append(ToolCallDelta(index, function["arguments"]))
+            if choice.get("finish_reason"):
+                events.append(Finish(_FINISH_IN.get(choice["finish_reason"], "stop")))
+        if isinstance(chunk.get("usage"), dict):
+            events.append(Finish(None, _decode_usage(chunk["usage"])))
+        return events
+
+
+class _StreamEncoder:
+    def __init__(self, model: str, usage: bool) -> None:
+        self.model = model
+        self.usage = usage
+        self.id = "chatcmpl-proxy"
+        self.created = int(time.time())
+        self.pending_usage: Usage | None = None
+
+    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
+        chunk: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                                 "model": self.model, "choices": choices}  # fmt: skip
+        if self.usage:
+            chunk["usage"] = _usage(usage) if usage is not None else None
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def encode(self, event: Event) -> bytes:
+        if isinstance(event, MessageStart):
+            self.id = event.id if event.id.startswith("chatcmpl") else f"chatcmpl-{event.id}"
+            return self._chunk({"role": "assistant", "content": ""})
+        if isinstance(event, TextDelta):
+            return self._chunk({"content": event.text})
+        if isinstance(event, ThinkingDelta):
+            return self._chunk({"reasoning_content": event.text}) if event.text else b""
+        if isinstance(event, ToolCallStart):
+            call = {"index": event.index, "id": event.id, "type": "function",
+                    "function": {"name": event.name, "arguments": ""}}  # fmt: skip
+            return self._chunk({"tool_calls": [call]})
+        if isinstance(event, ToolCallDelta):
+            return self._chunk({"tool_calls": [{"index": event.index, "function": {"arguments": event.arguments}}]})
+        if isinstance(event, Finish):
+            if event.usage is not None:
+                self.pending_usage = event.usage
+            return self._chunk({}, event.reason) if event.reason is not None else b""
+        return b"data: " + orjson.dumps(error_body(event.status, event.message, "upstream_error")) + b"\n\n"
+
+    def close(self) -> bytes:
+        tail = self._chunk(None, usage=self.pending_usage) if self.usage and self.pending_usage else b""
+        return tail + b"data: [DONE]\n\n"
