@@ -52,9 +52,11 @@ def _upstream_body(inbound: Codec, payload: dict[str, Any], target: Target) -> t
     request = inbound.decode_request({"max_tokens": 1, **payload})
     request.model = model
     generate = orjson.loads(UPSTREAM[wire].encode_request(request))
-    return f"{prefix}/{model}:countTokens", orjson.dumps(
-        {"generateContentRequest": {"model": f"models/{model}", **generate}}
-    )
+    generate.pop("generationConfig", None)
+    if wire is Wire.VERTEX:  # Vertex counts the request's own fields; Gemini wants them wrapped
+        return f"{prefix}/{model}:countTokens", orjson.dumps(generate)
+    wrapped = {"generateContentRequest": {"model": f"models/{model}", **generate}}
+    return f"{prefix}/{model}:countTokens", orjson.dumps(wrapped)
 
 
 async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec, payload: dict[str, Any],

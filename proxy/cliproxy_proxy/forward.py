@@ -305,6 +305,8 @@ class Exchange:
             body = b""  # in the provider's format, not the client's: only its message travels on
         status = upstream.status
         reason = classify(status)
+        if status == 400 and b"API_KEY_INVALID" in body:
+            reason = "auth"  # Google answers a wrong key with 400, not 401: it is the key, not the request
         if reason is None:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
