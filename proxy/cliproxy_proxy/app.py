@@ -360,7 +360,8 @@ def create_app(
     app.router.add_post("/v1/completions", _forwarder(OPENAI_COMPLETIONS))
     app.router.add_post("/v1/messages", _forwarder(ANTHROPIC))
     app.router.add_post("/v1/responses", _forwarder(RESPONSES))
-    app.router.add_post("/v1beta/models/{tail:.+}", gemini)
+    for path in ("/v1beta/models/{tail:.+}", "/v1/models/{tail:.+}"):  # google-genai speaks v1 by default
+        app.router.add_post(path, gemini)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)
     app.router.add_post("/v1/messages/count_tokens", _counter(ANTHROPIC))

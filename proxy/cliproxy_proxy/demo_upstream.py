@@ -91,7 +91,7 @@ def _reply_text(body: dict[str, Any]) -> str:
 def _tool_call(body: dict[str, Any], text: str) -> dict[str, Any] | None:
     """With tools offered and no tool result yet, the demo calls the first tool with the user's words."""
     tools, messages = body.get("tools"), body.get("messages")
-    if not tools or not isinstance(messages, list) or (messages and messages[-1].get("role") == "tool"):
+    if not tools or not isinstance(messages, list) or any(m.get("role") == "tool" for m in messages):
         return None
     name = tools[0].get("function", {}).get("name", "tool")
     arguments = orjson.dumps({"query": text.removeprefix("echo: ")}).decode()

@@ -298,7 +298,8 @@ def _call_target(body: dict[str, Any]) -> dict[str, Any] | None:
     tools: list[dict[str, Any]] = [t for t in body.get("tools") or [] if t.get("type") == "function"]
     choice = body.get("tool_choice", "auto")
     items = body["input"]
-    answered = isinstance(items, list) and items and items[-1].get("type") == "function_call_output"
+    # Once a tool has answered, the fake replies in text (a follow-up user turn may come after the output).
+    answered = isinstance(items, list) and any(item.get("type") == "function_call_output" for item in items)
     if not tools or choice == "none" or answered:
         return None
     if isinstance(choice, dict):

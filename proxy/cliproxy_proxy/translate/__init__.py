@@ -37,7 +37,7 @@ def codec_for_path(path: str) -> Codec:
     """The client's format, judged by the endpoint it called: errors must come back in that format."""
     if path.startswith("/v1/messages"):
         return ANTHROPIC
-    if path.startswith("/v1beta/"):
+    if path.startswith("/v1beta/") or (path.startswith("/v1/models/") and ":" in path):
         return GEMINI
     return OPENAI_CHAT
 
