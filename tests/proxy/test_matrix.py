@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 
 from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
-from ..fakes.anthropic_upstream import start_anthropic
-from ..fakes.gemini_upstream import GEMINI_KEY, start_gemini
+from ..fakes.anthropic_upstream import AnthropicUpstream, start_anthropic
+from ..fakes.anthropic_upstream import Fault as AnthropicFault
+from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, GeminiUpstream, start_gemini
 from ..fakes.responses_upstream import KEYS as RESPONSES_KEYS
 from ..fakes.responses_upstream import start_responses
 
@@ -32,6 +34,8 @@ PROVIDERS = ("openai", "anthropic", "gemini", "responses")
 class Providers:
     received: dict[str, Any]  # provider → its fake's list of received requests
     config: dict[str, Any]
+    claude: AnthropicUpstream
+    gemini: GeminiUpstream
 
 
 @pytest.fixture
@@ -50,7 +54,7 @@ async def providers(provider: FakeProvider, aiohttp_server) -> Providers:
     })  # fmt: skip
     received = {"openai": provider.received, "anthropic": claude.received, "gemini": gemini.received,
                 "responses": codex.received}  # fmt: skip
-    return Providers(received, config)
+    return Providers(received, config, claude, gemini)
 
 
 def carries_image(body: Any) -> bool:
@@ -172,3 +176,67 @@ async def test_gemini_client(upstream: str, providers: Providers, start_proxy) -
     calls = [call async for chunk in stream for call in (chunk.function_calls or [])]
     assert [c.name for c in calls] == ["get_weather"]
     assert isinstance(calls[0].args, dict)
+
+
+async def test_parallel_tool_calls_keep_their_order_in_a_translated_stream(providers: Providers, start_proxy) -> None:
+    providers.claude.parallel_calls = 2
+    client = (await start_proxy(providers.config)).client()
+    tools = [{"type": "function", "function": {"name": name, "parameters": SCHEMA}} for name in ("first", "second")]
+    stream = await client.chat.completions.create(
+        model="m-anthropic", messages=[{"role": "user", "content": "both please"}], tools=tools, stream=True
+    )
+    calls: dict[int, dict[str, str]] = {}
+    async for chunk in stream:
+        for delta in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+            call["name"] += (delta.function.name or "") if delta.function else ""
+            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+    assert [calls[i]["name"] for i in sorted(calls)] == ["first", "second"]
+    assert all(isinstance(json.loads(c["arguments"]), dict) for c in calls.values())
+
+
+async def test_reasoning_round_trips_with_its_signature_and_never_crosses_vendors(
+    providers: Providers, start_proxy
+) -> None:
+    running = await start_proxy(providers.config)
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    messages: list[Any] = [{"role": "user", "content": "think about the answer"}]
+    async with client.messages.stream(model="m-anthropic", max_tokens=2048, thinking=thinking,  # type: ignore[arg-type]
+                                      messages=messages) as stream:  # fmt: skip
+        first = await stream.get_final_message()
+    blocks = [b.model_dump(exclude_none=True) for b in first.content]
+    signed = next(b for b in blocks if b["type"] == "thinking")
+    assert signed["signature"] and signed["thinking"]
+
+    messages += [{"role": "assistant", "content": blocks}, {"role": "user", "content": "and again"}]
+    again = await client.messages.create(model="m-anthropic", max_tokens=2048, thinking=thinking,  # type: ignore[arg-type]
+                                         messages=messages)  # fmt: skip
+    assert again.stop_reason == "end_turn"  # the fake accepts only signatures it issued: it came back intact
+    replayed = providers.claude.received[-1].body["messages"][1]["content"][0]
+    assert (replayed["type"], replayed["signature"]) == ("thinking", signed["signature"])
+
+    await client.messages.create(model="m-gemini", max_tokens=2048, messages=messages)
+    assert signed["signature"] not in json.dumps(providers.gemini.received[-1].body)  # Claude's proof stays home
+
+    chat = await running.client().chat.completions.create(
+        model="m-anthropic(low)", messages=[{"role": "user", "content": "think it over"}]
+    )
+    assert chat.choices[0].message.model_extra.get("reasoning_content")  # type: ignore[union-attr]
+
+
+async def test_provider_errors_reach_each_client_in_its_own_format(providers: Providers, start_proxy) -> None:
+    running = await start_proxy(providers.config)
+    providers.claude.fail_next(AnthropicFault(status=529, message="Overloaded"))
+    with pytest.raises(openai.InternalServerError) as openai_error:
+        await running.client().chat.completions.create(model="m-anthropic", messages=[{"role": "user", "content": "x"}])
+    assert openai_error.value.status_code == 529 and "Overloaded" in openai_error.value.message
+    assert openai_error.value.body["type"] == "server_error"  # type: ignore[index]
+
+    providers.gemini.fail_next("*", GeminiFault(status=400, message="Invalid JSON payload received."))
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError) as anthropic_error:
+        await client.messages.create(model="m-gemini", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    body = anthropic_error.value.body
+    assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "Invalid JSON payload" in body["error"]["message"]  # type: ignore[index]
