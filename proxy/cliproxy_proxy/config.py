@@ -117,6 +117,17 @@ class ApiKeyCredential(_Routed, _KeySource):
     """A direct or aggregator API key: claude-api-key, openrouter, groq and the other keyed blocks."""
 
 
+class VertexCredential(ApiKeyCredential):
+    """Vertex AI: an API key (express mode), or with ``project`` an OAuth access token for that project's endpoint."""
+
+    project: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")] | None = None
+    location: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "us-central1"
+
+    @property
+    def scope(self) -> str | None:
+        return f"projects/{self.project}/locations/{self.location}" if self.project else None
+
+
 class SessionCredential(_Routed):
     """A key or an IDE session token file: minimax, roo and kilo accept either."""
 
@@ -241,7 +252,7 @@ class ProxyConfig(_Block):
     claude_api_key: tuple[ApiKeyCredential, ...] = ()
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()
     codex_api_key: tuple[ApiKeyCredential, ...] = ()
-    vertex_api_key: tuple[ApiKeyCredential, ...] = ()
+    vertex_api_key: tuple[VertexCredential, ...] = ()
     deepseek: tuple[ApiKeyCredential, ...] = ()
     groq: tuple[ApiKeyCredential, ...] = ()
     mistral: tuple[ApiKeyCredential, ...] = ()

@@ -69,7 +69,7 @@ async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec,
         raise CountError(400, str(error), "untranslatable_request") from None
     credential = target.credential
     try:
-        response = await pool.request(credential.endpoint, credential.head(path), body,
+        response = await pool.request(credential.endpoint, credential.head(credential.scoped(path)), body,
                                       connect_timeout=connect_timeout, read_timeout=read_timeout)  # fmt: skip
         try:
             answer = await response.read()

@@ -174,7 +174,7 @@ class Exchange:
         try:
             upstream = await self.keepalive(
                 self.proxy.pool.request(
-                    credential.endpoint, credential.head(path), body,
+                    credential.endpoint, credential.head(credential.scoped(path)), body,
                     connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                 )
             )  # fmt: skip

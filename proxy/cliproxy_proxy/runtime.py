@@ -25,6 +25,7 @@ from .config import (
     ProxyConfig,
     RateLimit,
     SessionCredential,
+    VertexCredential,
     _Routed,
 )
 from .loader import ConfigSource
@@ -56,10 +57,17 @@ class Credential:
     cooling: bool
     unsupported: str | None = None
     models_endpoint: str = "/models"
+    vertex_scope: str | None = None  # "projects/P/locations/L" for Vertex's project endpoints
 
     @property
     def discovers_models(self) -> bool:
         return not self.models and self.unsupported is None and self.wire is Wire.OPENAI_CHAT
+
+    def scoped(self, path: str) -> str:
+        """A Vertex path inside this credential's project, when it has one."""
+        if self.vertex_scope is None:
+            return path
+        return path.replace("/v1/publishers/", f"/v1/{self.vertex_scope}/publishers/", 1)
 
     def head(self, path: str) -> bytes:
         """The precomputed request line and headers for a POST to ``path``."""
@@ -105,10 +113,12 @@ class Runtime:
     loaded_at: float
 
 
-def _auth_headers(wire: Wire, key: str | None) -> dict[str, str]:
+def _auth_headers(wire: Wire, key: str | None, bearer: bool = False) -> dict[str, str]:
     """How each wire format presents its key."""
     if key is None:
         return {}
+    if bearer:
+        return {"Authorization": f"Bearer {key}"}
     if wire is Wire.ANTHROPIC:
         return {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
     if wire in (Wire.GEMINI, Wire.VERTEX):
@@ -155,7 +165,9 @@ class _Builder:
         sub: str = "",
     ) -> None:
         kind = KINDS[block]
-        headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key), **entry.headers}
+        scope = entry.scope if isinstance(entry, VertexCredential) else None
+        bearer = scope is not None  # a project endpoint takes an OAuth access token, not an API key
+        headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key, bearer), **entry.headers}
         cooling = not self.config.disable_cooling and not entry.disable_cooling
         proxy_url = self._proxy(proxy if proxy is not None else entry.proxy_url)
         endpoint = Endpoint.parse(base_url, proxy_url)
@@ -180,6 +192,7 @@ class _Builder:
                 cooling=cooling,
                 unsupported=unsupported,
                 models_endpoint=entry.models_endpoint if isinstance(entry, CompatProvider) else "/models",
+                vertex_scope=scope,
             )
         )
 
@@ -211,6 +224,9 @@ class _Builder:
                         )
                     continue
                 base_url = entry.base_url or kind.default_base_url or ""
+                if isinstance(entry, VertexCredential) and entry.project and not entry.base_url:
+                    host = "aiplatform" if entry.location == "global" else f"{entry.location}-aiplatform"
+                    base_url = f"https://{host}.googleapis.com"
                 unsupported = None
                 secret: str | None = None
                 if isinstance(entry, ApiKeyCredential | SessionCredential) and (

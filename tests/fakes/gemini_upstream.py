@@ -74,7 +74,9 @@ class GeminiReceived:
 
     @property
     def key(self) -> str:
-        return self.headers.get("x-goog-api-key", self.query.get("key", ""))
+        """The API key, or on Vertex's project paths the OAuth access token (``Authorization: Bearer``)."""
+        bearer = self.headers.get("authorization", self.headers.get("Authorization", "")).removeprefix("Bearer ")
+        return self.headers.get("x-goog-api-key", self.query.get("key", "")) or bearer
 
     @property
     def stream(self) -> bool:
@@ -570,6 +572,8 @@ def create_gemini_app(state: GeminiUpstream) -> web.Application:
     app[GEMINI_UPSTREAM] = state
     app.router.add_post("/{version}/models/{call}", _generate)
     app.router.add_post("/{version}/{publishers:publishers}/google/models/{call}", _generate)
+    project = "/{version}/projects/{project}/locations/{location}/{publishers:publishers}/google/models/{call}"
+    app.router.add_post(project, _generate)  # Vertex's project endpoints, authorised by an access token
     return app
 
 

@@ -85,6 +85,7 @@ def test_defaults_follow_cliproxyapi() -> None:
             "mistral[0].rate-limit.rpm: Input should be greater",
         ),
         ({"kiro": [{"region": "us-east-1"}]}, "kiro[0]: exactly one of token-file or access-token"),
+        ({"vertex-api-key": [{"api-key": "k", "project": "Bad Project"}]}, "vertex-api-key[0].project: String should"),
         ({"together": {"api-key": "k"}}, "together: Input should be a valid list"),
     ],
 )

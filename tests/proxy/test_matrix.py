@@ -240,3 +240,21 @@ async def test_provider_errors_reach_each_client_in_its_own_format(providers: Pr
     body = anthropic_error.value.body
     assert body["type"] == "error" and body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
     assert "Invalid JSON payload" in body["error"]["message"]  # type: ignore[index]
+
+
+async def test_vertex_project_endpoint_with_an_access_token(providers: Providers, start_proxy) -> None:
+    gemini_url = providers.config["gemini-api-key"][0]["base-url"]
+    vertex = {"api-key": GEMINI_KEY, "base-url": gemini_url, "project": "my-project-1", "location": "europe-west4",
+              "models": [{"name": "gemini-2.5-pro", "alias": "m-vertex"}]}  # fmt: skip
+    client = (await start_proxy({**providers.config, "vertex-api-key": [vertex]})).client()
+    reply = await client.chat.completions.create(
+        model="m-vertex", messages=[{"role": "user", "content": "hello vertex"}]
+    )
+    assert "hello vertex" in (reply.choices[0].message.content or "")
+    seen = providers.gemini.received[-1]
+    assert (
+        seen.path
+        == "/v1/projects/my-project-1/locations/europe-west4/publishers/google/models/gemini-2.5-pro:generateContent"
+    )
+    assert seen.headers.get("authorization", seen.headers.get("Authorization")) == f"Bearer {GEMINI_KEY}"
+    assert "x-goog-api-key" not in {name.lower() for name in seen.headers}
