@@ -214,3 +214,25 @@ async def test_broken_translated_stream_ends_in_the_clients_format(provider: Fak
     assert events[-1].type == "response.failed"
     assert "interrupted" in (events[-1].response.error.message if events[-1].response.error else "")  # type: ignore[union-attr]
     assert "cut" in "".join(e.delta for e in events if e.type == "response.output_text.delta")  # type: ignore[union-attr]
+
+
+async def test_legacy_completions_reach_a_claude_provider(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(base_config(**{"claude-api-key": [claude_block(provider)]}))
+    client = running.client()
+    completion = await client.completions.create(model="claude", prompt="say this", max_tokens=50)
+    assert (completion.object, completion.choices[0].text, completion.model) == (
+        "text_completion",
+        "echo: say this",
+        "claude",
+    )
+    assert completion.usage is not None and completion.usage.completion_tokens == 3
+    assert provider.received[-1].body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "say this"}]}
+    ]
+    stream = await client.completions.create(model="claude", prompt="stream this", max_tokens=50, stream=True)
+    chunks = [c async for c in stream]
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "echo: stream this"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.completions.create(model="claude", prompt="x", echo=True)
+    assert "echo: cannot be translated" in caught.value.message

@@ -1,15 +1,38 @@
-"""OpenAI's legacy ``/v1/completions``: passed through to OpenAI-shaped providers, never translated."""
+"""OpenAI's legacy ``/v1/completions`` as a client format: a prompt in, text out.
+
+OpenAI-shaped providers get the request as sent; any other provider gets the prompt as one user message. No
+provider speaks it natively any more, so it is never an upstream format.
+"""
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any, NoReturn
 
 import orjson
 
 from ..errors import error_body
-from .canonical import Request, Response, StreamDecoder, StreamEncoder, TranslationError
+from .canonical import (
+    Event,
+    Finish,
+    Message,
+    Request,
+    Response,
+    StreamDecoder,
+    StreamError,
+    Text,
+    TextDelta,
+    TranslationError,
+    Usage,
+)
 
-_ONLY = "legacy completions reach OpenAI-shaped providers only; use /v1/chat/completions"
+_UPSTREAM = "legacy completions is a client format only: no provider is called with it"
+_UNSUPPORTED = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
+
+
+def _usage(usage: Usage) -> dict[str, int]:
+    return {"prompt_tokens": usage.input, "completion_tokens": usage.output, "total_tokens": usage.total}
 
 
 class OpenAICompletionsCodec:
@@ -21,22 +44,82 @@ class OpenAICompletionsCodec:
     def encode_error(self, status: int, message: str, code: str | None) -> bytes:
         return orjson.dumps(error_body(status, message, code))
 
-    def stream_encoder(self, request: Request) -> StreamEncoder:
-        from .openai_chat import OpenAIChatCodec  # its in-stream error events are the same
+    def decode_request(self, body: dict[str, Any]) -> Request:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise TranslationError("prompt: only a single text prompt can be translated to this provider")
+        for key in _UNSUPPORTED:
+            value = body.get(key)
+            if value not in (None, False, 0, "", {}) and not (key == "best_of" and value == 1):
+                raise TranslationError(f"{key}: cannot be translated to this provider")
+        if body.get("n", 1) not in (1, None):
+            raise TranslationError("n: only one choice can be translated to this provider")
+        stop = body.get("stop")
+        options = body.get("stream_options")
+        return Request(
+            model=str(body.get("model", "")),
+            messages=[Message("user", [Text(prompt)])],
+            max_tokens=body.get("max_tokens", 16),  # the legacy API's own default
+            temperature=body.get("temperature"),
+            top_p=body.get("top_p"),
+            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            stream=body.get("stream") is True,
+            stream_usage=isinstance(options, dict) and options.get("include_usage") is True,
+        )
 
-        return OpenAIChatCodec().stream_encoder(request)
+    def encode_response(self, response: Response) -> bytes:
+        text = "".join(p.text for p in response.parts if isinstance(p, Text))
+        finish = "length" if response.finish == "length" else "stop"
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return orjson.dumps({
+            "id": f"cmpl-{response.id}", "object": "text_completion", "created": int(time.time()),
+            "model": response.model, "choices": [choice], "usage": _usage(response.usage),
+        })  # fmt: skip
 
-    def decode_request(self, body: dict[str, Any]) -> NoReturn:
-        raise TranslationError(_ONLY)
-
-    def encode_response(self, response: Response) -> NoReturn:
-        raise TranslationError(_ONLY)
+    def stream_encoder(self, request: Request) -> _StreamEncoder:
+        return _StreamEncoder(request.model, request.stream_usage)
 
     def encode_request(self, request: Request) -> NoReturn:
-        raise TranslationError(_ONLY)
+        raise TranslationError(_UPSTREAM)
 
     def decode_response(self, body: dict[str, Any]) -> NoReturn:
-        raise TranslationError(_ONLY)
+        raise TranslationError(_UPSTREAM)
 
     def stream_decoder(self) -> StreamDecoder:
-        raise TranslationError(_ONLY)
+        raise TranslationError(_UPSTREAM)
+
+
+class _StreamEncoder:
+    def __init__(self, model: str, usage: bool) -> None:
+        self.model = model
+        self.usage = usage
+        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.pending_usage: Usage | None = None
+
+    def _chunk(self, text: str | None, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        choices = [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
+        chunk: dict[str, Any] = {"id": self.id, "object": "text_completion", "created": self.created,
+                                 "model": self.model, "choices": choices}  # fmt: skip
+        if self.usage:
+            chunk["usage"] = _usage(usage) if usage is not None else None
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def encode(self, event: Event) -> bytes:
+        if isinstance(event, TextDelta):
+            return self._chunk(event.text)
+        if isinstance(event, Finish):
+            if event.usage is not None:
+                self.pending_usage = event.usage
+            if event.reason is None:
+                return b""
+            return self._chunk("", "length" if event.reason == "length" else "stop")
+        if isinstance(event, StreamError):
+            return b"data: " + orjson.dumps(error_body(event.status, event.message, "upstream_error")) + b"\n\n"
+        return b""  # MessageStart, reasoning and tool events have no place in a text completion
+
+    def close(self) -> bytes:
+        tail = self._chunk(None, usage=self.pending_usage) if self.usage and self.pending_usage else b""
+        return tail + b"data: [DONE]\n\n"
