@@ -92,6 +92,7 @@ class _Routed(_OneSource):
     priority: int = 0
     rate_limit: RateLimit | None = None
     disable_cooling: bool | None = None
+    force_model_prefix: bool | None = None  # overrides the top-level setting for this entry's models
 
     @field_validator("base_url")
     @classmethod
@@ -285,11 +286,9 @@ class ProxyConfig(_Block):
         return _Routed._proxy_url(value)
 
     @model_validator(mode="after")
-    def _unique_compat_names(self) -> ProxyConfig:
+    def _compat_names(self) -> ProxyConfig:
+        """A name may repeat (one provider, several entries with their own prefixes), but not shadow a block."""
         names = [p.name for p in self.openai_compatibility]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"openai-compatibility names must be unique: {', '.join(duplicates)}")
         clashes = sorted(set(names) & set(KINDS))
         if clashes:
             raise ValueError(f"openai-compatibility name clashes with a provider block: {', '.join(clashes)}")

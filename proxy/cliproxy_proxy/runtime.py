@@ -58,6 +58,7 @@ class Credential:
     unsupported: str | None = None
     models_endpoint: str = "/models"
     vertex_scope: str | None = None  # "projects/P/locations/L" for Vertex's project endpoints
+    force_prefix: bool | None = None  # this entry's force-model-prefix, when it overrides the top level
 
     @property
     def discovers_models(self) -> bool:
@@ -193,6 +194,7 @@ class _Builder:
                 unsupported=unsupported,
                 models_endpoint=entry.models_endpoint if isinstance(entry, CompatProvider) else "/models",
                 vertex_scope=scope,
+                force_prefix=entry.force_model_prefix,
             )
         )
 
@@ -253,7 +255,8 @@ def _routes(
             ids = []
             if credential.prefix:
                 ids.append(f"{credential.prefix}/{entry.exposed}")
-            if not credential.prefix or not config.force_model_prefix:
+            forced = config.force_model_prefix if credential.force_prefix is None else credential.force_prefix
+            if not credential.prefix or not forced:
                 ids.append(entry.exposed)
             else:
                 hints.setdefault(entry.exposed, []).append(ids[0])

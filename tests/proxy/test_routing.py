@@ -35,6 +35,14 @@ def test_prefix_registers_both_ids_unless_forced() -> None:
     assert forced.hints["llama"] == ("prod/llama",)
 
 
+def test_force_prefix_can_be_set_per_entry() -> None:
+    runtime = runtime_of(
+        {"groq": [groq("a", prefix="strict", **{"force-model-prefix": True}), groq("b", prefix="loose")]}
+    )
+    assert set(runtime.routes) == {"strict/llama", "loose/llama", "llama"}
+    assert [t.credential.secret for t in runtime.routes["llama"].targets] == ["b"]
+
+
 def test_force_prefix_keeps_unprefixed_credentials_bare() -> None:
     runtime = runtime_of({"force-model-prefix": True, "groq": [groq("a", prefix="prod"), groq("b")]})
     assert {t.credential.prefix for t in runtime.routes["llama"].targets} == {None}
