@@ -1,0 +1,154 @@
+"""The render function: CRs in, the proxy's own config out, loadable by the proxy, deterministic, secrets apart."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cliproxy_operator.render import CONFIG_KEY, render
+from cliproxy_proxy.loader import ConfigSource
+from cliproxy_proxy.runtime import build_runtime
+
+SECRETS = {"llm-keys": {"openrouter-a": "sk-or-AAA", "openrouter-b": "sk-or-BBB", "claude": "sk-ant-CCC",
+                        "vllm": "tok-DDD", "kiro": '{"accessToken": "kiro-EEE"}'}}  # fmt: skip
+
+
+def credential(name: str, provider: str, *keys: str, **spec: Any) -> dict[str, Any]:
+    refs = [{"secretKeyRef": {"name": "llm-keys", "key": k}} for k in keys]
+    body: dict[str, Any] = {"provider": provider, **({"apiKeys": refs} if refs else {}), **spec}
+    return {
+        "apiVersion": "cliproxy.io/v1alpha1",
+        "kind": "ProviderCredential",
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+def route(name: str, *creds: str | tuple[str, int], **spec: Any) -> dict[str, Any]:
+    refs = [{"name": c} if isinstance(c, str) else {"name": c[0], "priority": c[1]} for c in creds]
+    return {"apiVersion": "cliproxy.io/v1alpha1", "kind": "ProviderRoute", "metadata": {"name": name},
+            "spec": {"credentials": refs, **spec}}  # fmt: skip
+
+
+CREDENTIALS = [
+    credential("openrouter", "openrouter", "openrouter-a", "openrouter-b", baseURL="https://openrouter.ai/api/v1"),
+    credential("claude", "claude-api-key", "claude", prefix="claude-prod"),
+    credential("local-vllm", "openai-compatibility", "vllm", baseURL="http://vllm:8000/v1", providerName="vllm"),
+    credential("kiro", "kiro", tokenSecretRef={"name": "llm-keys", "key": "kiro"}),
+]
+ROUTES = [
+    route("team-a", ("openrouter", 1), "claude", prefix="team-a", forceModelPrefix=True,
+          models=[{"name": "anthropic/claude-3.5-sonnet", "alias": "sonnet"}, {"name": "openai/gpt-4o"}],
+          excludedModels=["*-preview"], policy={"requestRetry": 2, "readTimeoutSeconds": 120}),
+    route("local", "local-vllm", models=[{"name": "qwen3-32b", "alias": "team-default"}]),
+    route("ide", "kiro", models=[{"name": "claude-sonnet-4"}]),
+]  # fmt: skip
+
+
+def load(gateway: Any, tmp_path: Path) -> Any:
+    """Mount the rendered objects as the proxy would see them, and build its runtime from them."""
+    config_dir, secrets_dir = tmp_path / "config", tmp_path / "secrets"
+    config_dir.mkdir()
+    secrets_dir.mkdir()
+    (config_dir / CONFIG_KEY).write_text(gateway.config_yaml)
+    for name, value in gateway.secret_data.items():
+        (secrets_dir / name).write_text(value)
+    source = ConfigSource(config_dir, secrets_dir)
+    config, _ = source.read_config()
+    return build_runtime(config, source)
+
+
+def test_catalog_examples_render_into_a_config_the_proxy_loads(tmp_path: Path) -> None:
+    result = render(ROUTES, CREDENTIALS, SECRETS)
+    gateway = result.gateways["default"]
+    assert gateway.routes == ("ide", "local", "team-a")
+    runtime = load(gateway, tmp_path)
+    assert set(runtime.routes) == {"team-a/sonnet", "team-a/openai/gpt-4o", "team-default", "claude-sonnet-4"}
+    team = runtime.routes["team-a/sonnet"]
+    assert [[t.credential.provider for t in g] for g in team.groups] == [
+        ["openrouter", "openrouter"],
+        ["claude-api-key"],
+    ]
+    assert {t.credential.headers["Authorization"] for t in team.groups[0]} == {"Bearer sk-or-AAA", "Bearer sk-or-BBB"}
+    assert runtime.routes["team-a/sonnet"].groups[1][0].credential.headers["x-api-key"] == "sk-ant-CCC"
+    assert runtime.routes["team-default"].targets[0].credential.provider == "vllm"
+    assert runtime.config.request_retry == 2 and runtime.config.timeouts.read == 120
+    assert runtime.config.allow_unauthenticated
+    assert result.routes["team-a"].models == ["team-a/openai/gpt-4o", "team-a/sonnet"]
+
+
+def test_secrets_stay_out_of_the_config_and_every_message() -> None:
+    result = render([*ROUTES, route("broken", "missing")],
+                    [*CREDENTIALS, credential("bad", "groq", "nope")], SECRETS)  # fmt: skip
+    gateway = result.gateways["default"]
+    document = yaml.safe_load(gateway.config_yaml)
+    everything = gateway.config_yaml + repr(result.routes) + repr(result.credentials)
+    for value in SECRETS["llm-keys"].values():
+        assert value not in everything
+    assert document["openrouter"][0]["api-key-file"] == "openrouter.key-0"
+    assert gateway.secret_data["openrouter.key-1"] == "sk-or-BBB"
+    assert document["kiro"][0]["token-file"] == "kiro.token"
+
+
+def test_broken_routes_are_reported_and_the_rest_still_render() -> None:
+    routes = [*ROUTES, route("ghost", "missing"), route("keyless", "bad"),
+              route("zz-dup", "local-vllm", models=[{"name": "other", "alias": "team-default"}])]  # fmt: skip
+    result = render(routes, [*CREDENTIALS, credential("bad", "groq", "not-a-key")], SECRETS)
+    assert [p.reason for p in result.routes["ghost"].problems] == ["CredentialNotFound"]
+    assert [p.reason for p in result.routes["keyless"].problems] == ["CredentialNotReady"]
+    assert "has no key 'not-a-key'" in result.routes["keyless"].problems[0].message
+    assert [p.reason for p in result.credentials["bad"].problems] == ["SecretKeyNotFound"]
+    assert [p.reason for p in result.routes["zz-dup"].problems] == ["DuplicateModel"]
+    assert "team-default" in result.routes["zz-dup"].problems[0].message
+    assert all(result.routes[r].rendered for r in ("team-a", "local", "ide"))
+    assert result.gateways["default"].routes == ("ide", "local", "team-a")
+
+
+def test_missing_secret_is_named() -> None:
+    result = render([route("r", "c")], [credential("c", "groq", "k")], {})
+    assert result.credentials["c"].problems[0].reason == "SecretNotFound"
+    assert "llm-keys" in result.credentials["c"].problems[0].message
+    assert result.gateways == {}
+
+
+def test_output_is_deterministic_whatever_the_input_order() -> None:
+    first = render(ROUTES, CREDENTIALS, SECRETS).gateways["default"]
+    shuffled_routes, shuffled_creds = ROUTES[:], CREDENTIALS[:]
+    random.Random(7).shuffle(shuffled_routes)
+    random.Random(8).shuffle(shuffled_creds)
+    second = render(shuffled_routes, shuffled_creds, SECRETS).gateways["default"]
+    assert (first.config_yaml, first.digest, dict(first.secret_data)) == (
+        second.config_yaml, second.digest, dict(second.secret_data))  # fmt: skip
+
+
+def test_key_rotation_changes_only_the_secret_and_the_digest() -> None:
+    before = render(ROUTES, CREDENTIALS, SECRETS).gateways["default"]
+    rotated = {"llm-keys": {**SECRETS["llm-keys"], "claude": "sk-ant-NEW"}}
+    after = render(ROUTES, CREDENTIALS, rotated).gateways["default"]
+    assert after.config_yaml == before.config_yaml
+    assert after.secret_data["claude.key-0"] == "sk-ant-NEW" and after.digest != before.digest
+
+
+def test_gateways_render_apart_with_only_their_own_secrets() -> None:
+    routes = [route("a", "openrouter", gateway="alpha", models=[{"name": "x"}]),
+              route("b", "claude", gateway="beta", models=[{"name": "x"}])]  # fmt: skip
+    result = render(routes, CREDENTIALS, SECRETS, client_keys={"beta": ["client-1", "client-2"]})
+    assert set(result.gateways) == {"alpha", "beta"}
+    assert set(result.gateways["alpha"].secret_data) == {"openrouter.key-0", "openrouter.key-1"}
+    beta = result.gateways["beta"]
+    assert beta.secret_data["client-keys"] == "client-1\nclient-2\n"
+    assert yaml.safe_load(beta.config_yaml)["api-keys-file"] == "client-keys"
+
+
+def test_policy_conflicts_warn_and_the_first_route_wins() -> None:
+    conflicting = {"requestRetry": 5, "maxRetryInterval": 10}
+    routes = [route("a", "openrouter", models=[{"name": "x"}], policy={"requestRetry": 1}),
+              route("b", "claude", models=[{"name": "y"}], policy=conflicting)]  # fmt: skip
+    result = render(routes, CREDENTIALS, SECRETS)
+    document = yaml.safe_load(result.gateways["default"].config_yaml)
+    assert (document["request-retry"], document["max-retry-interval"]) == (1, 10)
+    assert [w.reason for w in result.routes["b"].warnings] == ["PolicyConflict"]
+    assert result.routes["b"].rendered
