@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import yaml
 
 from cliproxy_proxy.catalog import KINDS
 from cliproxy_proxy.config import ConfigError, parse_config
 
-CONFIG_KEY = "config.yaml"
+CONFIG_KEY = "config.json"  # JSON is YAML too; it renders and loads many times faster
 CLIENT_KEYS_FILE = "client-keys"
+COMPACT_ABOVE = 512 * 1024
 TOKEN_PROVIDERS = frozenset({"kiro", "cursor", "ampcode", "minimax", "roo", "kilo"})
 _POLICY_KEYS = {
     "requestRetry": ("request-retry",), "maxRetryInterval": ("max-retry-interval",),
@@ -59,7 +59,7 @@ class Gateway:
     """One gateway's rendered objects."""
 
     name: str
-    config_yaml: str
+    config_text: str
     secret_data: Mapping[str, str]
     routes: tuple[str, ...]  # the contributing routes: one owner reference each
     digest: str
@@ -250,7 +250,9 @@ def render(
             head["allow-unauthenticated"] = True
         ordered = {**head, **{k: document[k] for k in sorted(document) if k not in KINDS},
                    **{k: document[k] for k in KINDS if k in document}}  # fmt: skip
-        text = yaml.safe_dump(ordered, sort_keys=False, default_flow_style=False)
+        text = orjson.dumps(ordered, option=orjson.OPT_INDENT_2).decode() + "\n"
+        if len(text) > COMPACT_ABOVE:  # a large gateway trades readability for headroom under the 1 MiB limit
+            text = orjson.dumps(ordered).decode() + "\n"
         try:
             parse_config(ordered)
         except ConfigError as error:  # a bug in this function, not the user's: say so, render nothing for it

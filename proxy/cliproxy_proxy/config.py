@@ -11,6 +11,7 @@ import re
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
+import orjson
 import yaml
 from pydantic import (
     BaseModel,
@@ -299,6 +300,9 @@ class ProxyConfig(_Block):
         return [(block, getattr(self, block.replace("-", "_"))) for block in KINDS]
 
 
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
+
+
 class ConfigError(ValueError):
     """A config document that cannot be used; the message names each failing path."""
 
@@ -337,9 +341,14 @@ def parse_config(document: Any) -> ProxyConfig:
 
 
 def parse_config_text(text: bytes | str) -> ProxyConfig:
-    """Parse YAML (JSON is YAML too) into a validated config."""
+    """Parse YAML (JSON is YAML too, and rendered configs are JSON: parsed by the fast path) into a config."""
+    if text.lstrip()[:1] in (b"{", "{"):
+        try:
+            return parse_config(orjson.loads(text))
+        except orjson.JSONDecodeError as error:
+            raise ConfigError(f"(top level): not valid JSON at line {error.lineno}, column {error.colno}") from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -53,7 +53,7 @@ def load(gateway: Any, tmp_path: Path) -> Any:
     config_dir, secrets_dir = tmp_path / "config", tmp_path / "secrets"
     config_dir.mkdir()
     secrets_dir.mkdir()
-    (config_dir / CONFIG_KEY).write_text(gateway.config_yaml)
+    (config_dir / CONFIG_KEY).write_text(gateway.config_text)
     for name, value in gateway.secret_data.items():
         (secrets_dir / name).write_text(value)
     source = ConfigSource(config_dir, secrets_dir)
@@ -84,8 +84,8 @@ def test_secrets_stay_out_of_the_config_and_every_message() -> None:
     result = render([*ROUTES, route("broken", "missing")],
                     [*CREDENTIALS, credential("bad", "groq", "nope")], SECRETS)  # fmt: skip
     gateway = result.gateways["default"]
-    document = yaml.safe_load(gateway.config_yaml)
-    everything = gateway.config_yaml + repr(result.routes) + repr(result.credentials)
+    document = yaml.safe_load(gateway.config_text)
+    everything = gateway.config_text + repr(result.routes) + repr(result.credentials)
     for value in SECRETS["llm-keys"].values():
         assert value not in everything
     assert document["openrouter"][0]["api-key-file"] == "openrouter.key-0"
@@ -120,15 +120,15 @@ def test_output_is_deterministic_whatever_the_input_order() -> None:
     random.Random(7).shuffle(shuffled_routes)
     random.Random(8).shuffle(shuffled_creds)
     second = render(shuffled_routes, shuffled_creds, SECRETS).gateways["default"]
-    assert (first.config_yaml, first.digest, dict(first.secret_data)) == (
-        second.config_yaml, second.digest, dict(second.secret_data))  # fmt: skip
+    assert (first.config_text, first.digest, dict(first.secret_data)) == (
+        second.config_text, second.digest, dict(second.secret_data))  # fmt: skip
 
 
 def test_key_rotation_changes_only_the_secret_and_the_digest() -> None:
     before = render(ROUTES, CREDENTIALS, SECRETS).gateways["default"]
     rotated = {"llm-keys": {**SECRETS["llm-keys"], "claude": "sk-ant-NEW"}}
     after = render(ROUTES, CREDENTIALS, rotated).gateways["default"]
-    assert after.config_yaml == before.config_yaml
+    assert after.config_text == before.config_text
     assert after.secret_data["claude.key-0"] == "sk-ant-NEW" and after.digest != before.digest
 
 
@@ -140,7 +140,7 @@ def test_gateways_render_apart_with_only_their_own_secrets() -> None:
     assert set(result.gateways["alpha"].secret_data) == {"openrouter.key-0", "openrouter.key-1"}
     beta = result.gateways["beta"]
     assert beta.secret_data["client-keys"] == "client-1\nclient-2\n"
-    assert yaml.safe_load(beta.config_yaml)["api-keys-file"] == "client-keys"
+    assert yaml.safe_load(beta.config_text)["api-keys-file"] == "client-keys"
 
 
 def test_policy_conflicts_warn_and_the_first_route_wins() -> None:
@@ -148,7 +148,7 @@ def test_policy_conflicts_warn_and_the_first_route_wins() -> None:
     routes = [route("a", "openrouter", models=[{"name": "x"}], policy={"requestRetry": 1}),
               route("b", "claude", models=[{"name": "y"}], policy=conflicting)]  # fmt: skip
     result = render(routes, CREDENTIALS, SECRETS)
-    document = yaml.safe_load(result.gateways["default"].config_yaml)
+    document = yaml.safe_load(result.gateways["default"].config_text)
     assert (document["request-retry"], document["max-retry-interval"]) == (1, 10)
     assert [w.reason for w in result.routes["b"].warnings] == ["PolicyConflict"]
     assert result.routes["b"].rendered

@@ -1,0 +1,80 @@
+"""Operator render benchmark: 1,000 ProviderRoutes over 200 ProviderCredentials, rendered as one namespace.
+
+Reports the time ``render`` takes (median of several runs, on this machine), the objects it would write, and the
+rendered sizes against Kubernetes' 1 MiB object limit. ``make bench`` runs it after the proxy benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("operator", "proxy")]
+
+from cliproxy_operator.render import render  # noqa: E402
+
+PROVIDERS = ("openrouter", "groq", "claude-api-key", "gemini-api-key", "openai-compatibility")
+LIMIT = 1024 * 1024
+
+
+def inputs(routes: int, credentials: int, gateways: int) -> tuple[list[Any], list[Any], dict[str, dict[str, str]]]:
+    secrets = {"keys": {f"k{i}": f"sk-{i:06d}-" + "x" * 40 for i in range(credentials)}}
+    creds = []
+    for i in range(credentials):
+        provider = PROVIDERS[i % len(PROVIDERS)]
+        spec: dict[str, Any] = {"provider": provider, "apiKeys": [{"secretKeyRef": {"name": "keys", "key": f"k{i}"}}]}
+        if provider == "openai-compatibility":
+            spec["baseURL"] = f"http://vllm-{i}.internal:8000/v1"
+        creds.append({"metadata": {"name": f"cred-{i}", "uid": f"u{i}"}, "spec": spec})
+    rows = []
+    for i in range(routes):
+        models = [{"name": f"vendor/model-{i}-{m}", "alias": f"m{m}"} for m in range(3)]
+        refs = [{"name": f"cred-{(i + k) % credentials}", "priority": k} for k in range(2)]
+        spec = {"gateway": f"gw-{i % gateways}", "prefix": f"team-{i}", "forceModelPrefix": True,
+                "credentials": refs, "models": models, "excludedModels": ["*-preview"]}  # fmt: skip
+        rows.append({"metadata": {"name": f"route-{i:04d}", "uid": f"r{i}", "generation": 1}, "spec": spec})
+    return rows, creds, secrets
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--routes", type=int, default=1000)
+    parser.add_argument("--credentials", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "operator.json")
+    args = parser.parse_args()
+    report: dict[str, Any] = {"routes": args.routes, "credentials": args.credentials, "scenarios": []}
+    print(f"render: {args.routes} routes over {args.credentials} credentials, median of {args.runs} runs")
+    for gateways in (1, 10):
+        routes, creds, secrets = inputs(args.routes, args.credentials, gateways)
+        times = []
+        for _ in range(args.runs):
+            started = time.perf_counter()
+            result = render(routes, creds, secrets)
+            times.append(time.perf_counter() - started)
+        sizes = [len(g.config_text.encode()) for g in result.gateways.values()]
+        secret_sizes = [sum(len(v) for v in g.secret_data.values()) for g in result.gateways.values()]
+        problems = sum(len(s.problems) for s in result.routes.values())
+        row = {"gateways": gateways, "render_ms": round(1000 * statistics.median(times), 1),
+               "objects_written": 2 * len(result.gateways), "largest_configmap_bytes": max(sizes),
+               "largest_secret_bytes": max(secret_sizes), "route_problems": problems,
+               "fits_1mib": max(sizes) < LIMIT and max(secret_sizes) < LIMIT}  # fmt: skip
+        report["scenarios"].append(row)
+        print(f"  {gateways:>2} gateway(s): {row['render_ms']:.1f} ms, {row['objects_written']} objects, largest "
+              f"ConfigMap {row['largest_configmap_bytes'] / 1024:.0f} KiB, largest Secret "
+              f"{row['largest_secret_bytes'] / 1024:.0f} KiB, fits in 1 MiB: {row['fits_1mib']}")  # fmt: skip
+        if problems:
+            print(f"  unexpected problems: {problems}")
+            return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
