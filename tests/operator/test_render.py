@@ -152,3 +152,53 @@ def test_policy_conflicts_warn_and_the_first_route_wins() -> None:
     assert (document["request-retry"], document["max-retry-interval"]) == (1, 10)
     assert [w.reason for w in result.routes["b"].warnings] == ["PolicyConflict"]
     assert result.routes["b"].rendered
+
+
+def test_every_credential_field_reaches_the_config(tmp_path: Path) -> None:
+    creds = [
+        credential("vertex", "vertex-api-key", "vllm", vertex={"project": "my-project-1", "location": "europe-west4"},
+                   headers={"X-Team": "a"}, proxyURL="http://egress:3128", rateLimit={"rpm": 60, "tpm": 1000}),
+        credential("compat", "openai-compatibility", "vllm", "claude", baseURL="http://vllm:8000/v1",
+                   modelsEndpoint="/v1/models"),
+    ]  # fmt: skip
+    routes = [route("r", ("vertex", 3), "compat", models=[{"name": "gemini-2.5-pro"}], excludedModels=["*-exp"])]
+    gateway = render(routes, creds, SECRETS).gateways["default"]
+    document = yaml.safe_load(gateway.config_text)
+    vertex = document["vertex-api-key"][0]
+    assert vertex == {
+        "name": "r/vertex", "proxy-url": "http://egress:3128", "headers": {"X-Team": "a"}, "priority": 3,
+        "excluded-models": ["*-exp"], "models": [{"name": "gemini-2.5-pro"}], "rate-limit": {"rpm": 60, "tpm": 1000},
+        "project": "my-project-1", "location": "europe-west4", "api-key-file": "vertex.key-0",
+    }  # fmt: skip
+    compat = document["openai-compatibility"][0]
+    assert compat["name"] == "compat" and compat["models-endpoint"] == "/v1/models"
+    assert compat["api-key-entries"] == [{"api-key-file": "compat.key-0"}, {"api-key-file": "compat.key-1"}]
+    runtime = load(render(routes, creds, SECRETS).gateways["default"], tmp_path)
+    assert (
+        runtime.routes["gemini-2.5-pro"].groups[0][0].credential.vertex_scope
+        == "projects/my-project-1/locations/europe-west4"
+    )
+
+
+def test_one_credential_shared_by_routes_renders_once_per_route_with_one_secret_file() -> None:
+    routes = [route("a", "openrouter", prefix="a", forceModelPrefix=True, models=[{"name": "x"}]),
+              route("b", "openrouter", prefix="b", forceModelPrefix=True, models=[{"name": "x"}])]  # fmt: skip
+    gateway = render(routes, CREDENTIALS, SECRETS).gateways["default"]
+    document = yaml.safe_load(gateway.config_text)
+    assert [e["prefix"] for e in document["openrouter"]] == ["a", "a", "b", "b"]  # one entry per key and route
+    assert sorted(gateway.secret_data) == ["openrouter.key-0", "openrouter.key-1"]
+
+
+def test_a_route_without_prefix_force_or_models_still_renders_for_discovery() -> None:
+    result = render([route("open", "local-vllm")], CREDENTIALS, SECRETS)
+    document = yaml.safe_load(result.gateways["default"].config_text)
+    assert "models" not in document["openai-compatibility"][0]  # the proxy asks the upstream's /models
+    assert result.routes["open"].rendered and result.routes["open"].models == []
+
+
+def test_routes_without_credentials_or_with_unknown_providers_are_invalid() -> None:
+    result = render([route("none"), route("odd", "weird")], [credential("weird", "not-a-provider", "claude")], SECRETS)
+    assert [p.reason for p in result.routes["none"].problems] == ["InvalidSpec"]
+    assert [p.reason for p in result.credentials["weird"].problems] == ["InvalidSpec"]
+    assert [p.reason for p in result.routes["odd"].problems] == ["CredentialNotReady"]
+    assert result.gateways == {}
