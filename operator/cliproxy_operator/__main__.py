@@ -1,0 +1,46 @@
+"""``cliproxy-operator``: run the kopf operator with the usual kubeconfig or the pod's service account."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+import kopf
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cliproxy-operator", description=__doc__)
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("--namespace", "-n", action="append", help="watch this namespace (repeatable)")
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (the default)")
+    parser.add_argument("--peering", help="leader election through kopf peering under this name (else standalone)")
+    parser.add_argument("--priority", type=int, default=0, help="peering priority; the highest one is active")
+    parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe at this URL")
+    parser.add_argument("--log-format", choices=("json", "plain"), default="json")
+    parser.add_argument("--verbose", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN
+    kopf.configure(verbose=args.verbose, log_format=log_format)
+    from . import handlers  # noqa: F401  (registers the handlers)
+
+    asyncio.run(
+        kopf.operator(
+            standalone=args.peering is None,
+            peering_name=args.peering,
+            priority=args.priority,
+            namespaces=args.namespace or [],
+            clusterwide=not args.namespace,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The operator's writes to the Kubernetes API: rendered ConfigMaps and Secrets, statuses, and clean-up.
+
+Everything here is blocking (the official ``kubernetes`` client); the handlers run it in a thread.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from .render import CONFIG_KEY, Gateway
+
+GROUP, VERSION = "cliproxy.io", "v1alpha1"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "cliproxy-operator"}
+GATEWAY_LABEL = "cliproxy.io/gateway"
+DIGEST = "cliproxy.io/digest"
+
+
+def _body(document: dict[str, Any]) -> Any:
+    """A request body as a plain dict: the client serialises dicts as readily as its generated models."""
+    return document
+
+
+def object_name(gateway: str) -> str:
+    return f"cliproxy-{gateway}"
+
+
+def read_secrets(core: client.CoreV1Api, namespace: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The decoded data of each named Secret that exists; absent ones are left out (render names them)."""
+    found = {}
+    for name in sorted(set(names)):
+        try:
+            secret = core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                continue
+            raise
+        data = secret.data or {}
+        found[name] = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
+    return found
+
+
+def _metadata(gateway: Gateway, namespace: str, owners: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "name": object_name(gateway.name),
+        "namespace": namespace,
+        "labels": {**MANAGED_BY, GATEWAY_LABEL: gateway.name},
+        "annotations": {DIGEST: gateway.digest},
+        "ownerReferences": owners,
+    }
+
+
+def _owners_of(obj: Any) -> list[tuple[str, str]]:
+    return sorted((o.uid, o.name) for o in (obj.metadata.owner_references or []))
+
+
+def apply_gateway(core: client.CoreV1Api, namespace: str, gateway: Gateway, owners: list[dict[str, Any]]) -> bool:
+    """Make the gateway's ConfigMap and Secret match the rendering; True when anything was written.
+
+    The comparison is with the objects' actual data, not only their digest annotation, so a hand edit
+    (drift) is put back, while unchanged input writes nothing.
+    """
+    wanted_owners = sorted((o["uid"], o["name"]) for o in owners)
+    metadata = _metadata(gateway, namespace, owners)
+    name = metadata["name"]
+    config_data = {CONFIG_KEY: gateway.config_text}
+    secret_data = {k: base64.b64encode(v.encode()).decode() for k, v in gateway.secret_data.items()}
+    wrote = False
+    try:
+        current = core.read_namespaced_config_map(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        core.create_namespaced_config_map(namespace, _body({"metadata": metadata, "data": config_data}))
+        wrote = True
+    else:
+        if (
+            (current.data or {}) != config_data
+            or _annotation(current) != gateway.digest
+            or _owners_of(current) != wanted_owners
+        ):
+            core.replace_namespaced_config_map(name, namespace, _body({"metadata": metadata, "data": config_data}))
+            wrote = True
+    try:
+        current_secret = core.read_namespaced_secret(name, namespace)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+        body = {"metadata": metadata, "type": "Opaque", "data": secret_data}
+        core.create_namespaced_secret(namespace, _body(body))
+        return True
+    if (
+        (current_secret.data or {}) != secret_data
+        or _annotation(current_secret) != gateway.digest
+        or _owners_of(current_secret) != wanted_owners
+    ):
+        body = {"metadata": metadata, "type": "Opaque", "data": secret_data}
+        core.replace_namespaced_secret(name, namespace, _body(body))
+        wrote = True
+    return wrote
+
+
+def _annotation(obj: Any) -> str | None:
+    return (obj.metadata.annotations or {}).get(DIGEST)
+
+
+def remove_stale(core: client.CoreV1Api, namespace: str, keep: Iterable[str]) -> list[str]:
+    """Delete rendered objects of gateways that no longer have a renderable route; returns their names."""
+    keep_names = {object_name(g) for g in keep}
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
+    removed = []
+    for kind in ("config_map", "secret"):
+        listed = getattr(core, f"list_namespaced_{kind}")(namespace, label_selector=selector)
+        for item in listed.items:
+            labels = item.metadata.labels or {}
+            if not all(labels.get(k) == v for k, v in MANAGED_BY.items()):  # an API that ignored the selector
+                continue
+            if item.metadata.name not in keep_names:
+                try:
+                    getattr(core, f"delete_namespaced_{kind}")(item.metadata.name, namespace)
+                except ApiException as error:
+                    if error.status != 404:
+                        raise
+                removed.append(f"{kind}/{item.metadata.name}")
+    return removed
+
+
+def patch_status(
+    custom: client.CustomObjectsApi, namespace: str, plural: str, name: str, status: Mapping[str, Any]
+) -> None:
+    try:
+        custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": dict(status)})
+    except ApiException as error:
+        if error.status != 404:  # deleted meanwhile: nothing to report on
+            raise

@@ -1,0 +1,388 @@
+"""The operator end to end: an unmodified kopf operator against a Kubernetes API over loopback HTTP.
+
+Each test creates Secrets, ProviderCredentials and ProviderRoutes through the API, as a user would, and waits
+(by polling, with a deadline) for what the operator must make of them: the gateway's ConfigMap and Secret, the
+statuses, Events, clean-up, repair. The first tests check the API backend itself, so that a passing operator
+test means the operator behaves, not that the emulator is lenient.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import yaml
+
+from cliproxy_operator.render import CONFIG_KEY
+
+from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, ApiError, Cluster, OperatorRunner, b64, unb64, wait_for
+
+MANAGED = {"app.kubernetes.io/managed-by": "cliproxy-operator"}
+RENDERED = "cliproxy-default"  # the default gateway's ConfigMap and Secret
+WITHIN = 10.0  # seconds the operator gets to react; it normally takes well under one
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Builders and readers
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "type": "Opaque", "data": {k: b64(v) for k, v in data.items()}}
+
+
+def credential(name: str, provider: str, *keys: str, secret_name: str = "llm-keys", **spec: Any) -> dict[str, Any]:
+    refs = [{"secretKeyRef": {"name": secret_name, "key": key}} for key in keys]
+    return {"metadata": {"name": name}, "spec": {"provider": provider, "apiKeys": refs, **spec}}
+
+
+def route(name: str, *credentials: str, models: tuple[str | tuple[str, str], ...] = (), **spec: Any) -> dict[str, Any]:
+    listed = [{"name": m} if isinstance(m, str) else {"name": m[0], "alias": m[1]} for m in models]
+    body = {"credentials": [{"name": c} for c in credentials], **({"models": listed} if listed else {}), **spec}
+    return {"metadata": {"name": name}, "spec": body}
+
+
+def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
+    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return {}
+
+
+def config_of(configmap: dict[str, Any]) -> dict[str, Any]:
+    document = yaml.safe_load(configmap["data"][CONFIG_KEY])  # JSON or YAML: YAML reads both
+    assert isinstance(document, dict)
+    return document
+
+
+def named_files(document: Any) -> set[str]:
+    """Every secret file the proxy config names (``api-key-file``, ``token-file``, ``api-keys-file``...)."""
+    found: set[str] = set()
+    if isinstance(document, dict):
+        for key, value in document.items():
+            if key.endswith("-file") and isinstance(value, str):
+                found.add(value)
+            else:
+                found |= named_files(value)
+    elif isinstance(document, list):
+        for item in document:
+            found |= named_files(item)
+    return found
+
+
+def served_models(document: dict[str, Any]) -> set[str]:
+    """The upstream model names listed anywhere in the rendered config."""
+    names: set[str] = set()
+    for value in document.values():
+        for entry in value if isinstance(value, list) else []:
+            if isinstance(entry, dict):
+                names |= {m["name"] for m in entry.get("models") or [] if isinstance(m, dict)}
+    return names
+
+
+async def wait_condition(
+    cluster: Cluster, operator: OperatorRunner, resource: str, name: str, kind: str, status: str,
+    reason: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Wait until the object's condition ``kind`` has ``status`` (and ``reason``); return the object."""
+    seen: dict[str, Any] = {}
+
+    async def reached() -> dict[str, Any] | None:
+        nonlocal seen
+        obj = await cluster.get(resource, name)
+        seen = condition(obj, kind)
+        ok = seen.get("status") == status and (reason is None or seen.get("reason") == reason)
+        return obj if ok else None
+
+    return await wait_for(  # type: ignore[no-any-return]
+        reached, WITHIN, message=lambda: f"{name}: {kind} is {seen}, not {status}/{reason}\n{operator.describe()}"
+    )
+
+
+async def rendered_objects(cluster: Cluster, operator: OperatorRunner) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def both() -> tuple[dict[str, Any], dict[str, Any]] | None:
+        configmap, rendered_secret = await cluster.get(CONFIGMAPS, RENDERED), await cluster.get(SECRETS, RENDERED)
+        return (configmap, rendered_secret) if configmap and rendered_secret else None
+
+    return await wait_for(both, WITHIN, message=lambda: f"no {RENDERED} ConfigMap and Secret\n{operator.describe()}")  # type: ignore[no-any-return]
+
+
+async def wait_gone(cluster: Cluster, operator: OperatorRunner, resource: str, name: str) -> None:
+    async def gone() -> bool:
+        return await cluster.get(resource, name) is None
+
+    await wait_for(gone, WITHIN, message=lambda: f"{resource} {name} still exists\n{operator.describe()}")
+
+
+async def basic_setup(cluster: Cluster, operator: OperatorRunner) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One Secret with two OpenRouter keys, a credential over both, a route exposing two models."""
+    await cluster.create(SECRETS, secret("llm-keys", **{"openrouter-a": "sk-or-AAA", "openrouter-b": "sk-or-BBB"}))
+    await cluster.create(
+        CREDENTIALS,
+        credential("openrouter", "openrouter", "openrouter-a", "openrouter-b", baseURL="https://openrouter.ai/api/v1"),
+    )
+    await cluster.create(
+        ROUTES, route("team-a", "openrouter", models=(("openai/gpt-4o", "gpt"), "anthropic/claude-3.5-sonnet"))
+    )
+    await wait_condition(cluster, operator, ROUTES, "team-a", "Ready", "True")
+    return await rendered_objects(cluster, operator)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The API backend behaves like an API server (the same assertions hold on envtest's real one)
+
+
+async def test_api_server_semantics(cluster: Cluster) -> None:
+    body = route("r", "c", models=("m",))
+    body["status"] = {"ignored": True}
+    created = await cluster.create(ROUTES, body)
+    meta = created["metadata"]
+    assert created["apiVersion"] == "cliproxy.io/v1alpha1" and created["kind"] == "ProviderRoute"
+    assert meta["uid"] and meta["resourceVersion"] and meta["generation"] == 1 and meta["namespace"]
+    assert "status" not in created  # a status subresource: create ignores status
+    assert created["spec"]["gateway"] == "default"  # CRD defaulting
+
+    updated = await cluster.patch(ROUTES, "r", {"spec": {"prefix": "p"}, "status": {"ignored": True}})
+    assert updated["metadata"]["generation"] == 2 and "status" not in updated
+    status = await cluster.patch(
+        ROUTES, "r", {"spec": {"prefix": "q"}, "status": {"modelCount": 1}}, subresource="status"
+    )
+    assert status["spec"]["prefix"] == "p" and status["status"] == {"modelCount": 1}
+    assert status["metadata"]["generation"] == 2  # status writes do not bump the generation
+    again = await cluster.patch(ROUTES, "r", {"spec": {"prefix": "p"}})
+    assert again["metadata"]["resourceVersion"] == status["metadata"]["resourceVersion"]  # a no-op write
+
+    stale = {**again, "metadata": {**again["metadata"], "resourceVersion": meta["resourceVersion"]}}
+    with pytest.raises(ApiError) as conflict:
+        await cluster.replace(ROUTES, "r", stale)
+    assert conflict.value.status == 409
+    with pytest.raises(ApiError) as invalid:
+        await cluster.patch(ROUTES, "r", [{"op": "test", "path": "/metadata/resourceVersion", "value": "0"}])
+    assert invalid.value.status == 422
+    with pytest.raises(ApiError) as duplicate:
+        await cluster.create(ROUTES, route("r", "c"))
+    assert duplicate.value.status == 409
+
+    with pytest.raises(ApiError) as schema:  # CRD schema: at least one credential
+        await cluster.create(ROUTES, route("no-credentials"))
+    assert schema.value.status == 422
+    with pytest.raises(ApiError) as rule:  # CEL rule: apiKeys or tokenSecretRef
+        await cluster.create(CREDENTIALS, credential("no-keys", "openrouter"))
+    assert rule.value.status == 422
+    pruned = await cluster.create(ROUTES, {"metadata": {"name": "r2"}, "spec": {**route("r2", "c")["spec"], "x": 1}})
+    assert "x" not in pruned["spec"]  # unknown fields are pruned
+
+    await cluster.create(SECRETS, {"metadata": {"name": "s", "labels": MANAGED}, "stringData": {"k": "v"}})
+    await cluster.create(CONFIGMAPS, {"metadata": {"name": "plain"}, "data": {"a": "b"}})
+    stored = await cluster.get(SECRETS, "s")
+    assert stored is not None and unb64(stored["data"]) == {"k": "v"} and "stringData" not in stored
+    selector = ",".join(f"{k}={v}" for k, v in MANAGED.items())
+    assert [s["metadata"]["name"] for s in await cluster.list_objects(SECRETS, labelSelector=selector)] == ["s"]
+    assert await cluster.list_objects(CONFIGMAPS, labelSelector=selector) == []
+    await cluster.delete(SECRETS, "s")
+    assert await cluster.get(SECRETS, "s") is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The operator
+
+
+async def test_operator_watches_its_triggers(cluster: Cluster, operator: OperatorRunner) -> None:
+    for resource in (ROUTES, CREDENTIALS, SECRETS, CONFIGMAPS):
+        assert cluster.watching(resource), f"kopf does not watch {resource}"
+
+
+async def test_create_renders_configmap_secret_and_statuses(cluster: Cluster, operator: OperatorRunner) -> None:
+    configmap, rendered_secret = await basic_setup(cluster, operator)
+    team_a = await cluster.get(ROUTES, "team-a")
+    assert team_a is not None
+
+    document = config_of(configmap)
+    entries = document["openrouter"]
+    assert {e["api-key-file"] for e in entries} == {"openrouter.key-0", "openrouter.key-1"}
+    assert all(e.get("base-url") == "https://openrouter.ai/api/v1" for e in entries)
+    assert served_models(document) == {"openai/gpt-4o", "anthropic/claude-3.5-sonnet"}
+    assert unb64(rendered_secret["data"]) == {"openrouter.key-0": "sk-or-AAA", "openrouter.key-1": "sk-or-BBB"}
+    assert set(rendered_secret["data"]) == named_files(document)  # one data key per file the config names
+    assert "sk-or-" not in str(configmap)  # no secret value in the ConfigMap
+
+    from cliproxy_proxy.config import parse_config
+
+    parse_config(document)  # the proxy accepts what the operator wrote
+
+    digests = set()
+    for obj in (configmap, rendered_secret):
+        meta = obj["metadata"]
+        assert meta["labels"] == {**MANAGED, "cliproxy.io/gateway": "default"}
+        digests.add(meta["annotations"]["cliproxy.io/digest"])
+        owners = meta["ownerReferences"]
+        assert [(o["kind"], o["name"], o["uid"], o.get("controller")) for o in owners] == [
+            ("ProviderRoute", "team-a", team_a["metadata"]["uid"], False)
+        ]
+        assert owners[0]["apiVersion"] == "cliproxy.io/v1alpha1"
+    assert len(digests) == 1 and re.fullmatch(r"[0-9a-f]{64}", digests.pop())
+
+    status = team_a["status"]
+    assert condition(team_a, "Rendered")["status"] == "True"
+    assert status["models"] == ["anthropic/claude-3.5-sonnet", "gpt"] and status["modelCount"] == 2
+    assert status["observedGeneration"] == team_a["metadata"]["generation"]
+    cred = await wait_condition(cluster, operator, CREDENTIALS, "openrouter", "SecretsResolved", "True")
+    assert condition(cred, "Ready")["status"] == "True" and cred["status"]["usableKeys"] == 2
+    assert not [e for e in await cluster.events() if e.get("type") == "Warning"]
+
+
+async def test_route_update_rerenders(cluster: Cluster, operator: OperatorRunner) -> None:
+    configmap, _ = await basic_setup(cluster, operator)
+    digest = configmap["metadata"]["annotations"]["cliproxy.io/digest"]
+    await cluster.patch(ROUTES, "team-a", {"spec": {"models": [{"name": "openai/gpt-4.1"}]}})
+
+    async def updated() -> dict[str, Any] | None:
+        cm = await cluster.get(CONFIGMAPS, RENDERED)
+        return cm if cm and served_models(config_of(cm)) == {"openai/gpt-4.1"} else None
+
+    configmap = await wait_for(updated, WITHIN, message=operator.describe)
+    assert configmap["metadata"]["annotations"]["cliproxy.io/digest"] != digest
+
+    async def status_follows() -> dict[str, Any] | None:
+        obj = await cluster.get(ROUTES, "team-a")
+        status = (obj or {}).get("status") or {}
+        return obj if status.get("models") == ["openai/gpt-4.1"] and status.get("observedGeneration") == 2 else None
+
+    team_a = await wait_for(status_follows, WITHIN, message=operator.describe)
+    assert team_a["status"]["modelCount"] == 1 and condition(team_a, "Ready")["status"] == "True"
+
+
+async def test_key_rotation_updates_the_secret_only(cluster: Cluster, operator: OperatorRunner) -> None:
+    configmap, _ = await basic_setup(cluster, operator)
+    await cluster.patch(SECRETS, "llm-keys", {"data": {"openrouter-a": b64("sk-or-ROTATED")}})
+
+    async def rotated() -> bool:
+        obj = await cluster.get(SECRETS, RENDERED)
+        return obj is not None and unb64(obj["data"]).get("openrouter.key-0") == "sk-or-ROTATED"
+
+    await wait_for(rotated, 5.0, message=operator.describe)
+    after = await cluster.get(CONFIGMAPS, RENDERED)
+    assert after is not None and after["data"] == configmap["data"]  # the routing did not change
+    assert "sk-or-ROTATED" not in str(after)
+
+
+async def test_deleting_the_only_route_deletes_rendered_objects(cluster: Cluster, operator: OperatorRunner) -> None:
+    await basic_setup(cluster, operator)
+    await cluster.delete(ROUTES, "team-a")
+    await wait_gone(cluster, operator, CONFIGMAPS, RENDERED)
+    await wait_gone(cluster, operator, SECRETS, RENDERED)
+    await wait_gone(cluster, operator, ROUTES, "team-a")  # the finalizer was released
+    assert await cluster.get(SECRETS, "llm-keys") is not None  # the user's Secret is left alone
+
+
+async def test_deleting_one_of_two_routes_keeps_the_other(cluster: Cluster, operator: OperatorRunner) -> None:
+    await basic_setup(cluster, operator)
+    await cluster.create(ROUTES, route("team-b", "openrouter", models=("meta/llama-3.3-70b",)))
+
+    async def owners(expected: set[str]) -> dict[str, Any] | None:
+        """The ConfigMap, once it and the Secret are owned by exactly these routes."""
+        cm, sec = await cluster.get(CONFIGMAPS, RENDERED), await cluster.get(SECRETS, RENDERED)
+        found = [{o["name"] for o in (obj or {}).get("metadata", {}).get("ownerReferences") or []} for obj in (cm, sec)]
+        return cm if found == [expected, expected] else None
+
+    configmap = await wait_for(lambda: owners({"team-a", "team-b"}), WITHIN, message=operator.describe)
+    assert served_models(config_of(configmap)) == {"openai/gpt-4o", "anthropic/claude-3.5-sonnet", "meta/llama-3.3-70b"}
+
+    await cluster.delete(ROUTES, "team-a")
+    configmap = await wait_for(lambda: owners({"team-b"}), WITHIN, message=operator.describe)
+    assert served_models(config_of(configmap)) == {"meta/llama-3.3-70b"}
+    team_b = await wait_condition(cluster, operator, ROUTES, "team-b", "Ready", "True")
+    assert team_b["status"]["models"] == ["meta/llama-3.3-70b"]
+
+
+async def test_drift_is_repaired(cluster: Cluster, operator: OperatorRunner) -> None:
+    configmap, rendered_secret = await basic_setup(cluster, operator)
+    await cluster.patch(CONFIGMAPS, RENDERED, {"data": {CONFIG_KEY: "port: 1\n", "extra": "x"}})
+
+    async def restored() -> bool:
+        cm = await cluster.get(CONFIGMAPS, RENDERED)
+        return cm is not None and cm["data"] == configmap["data"]
+
+    await wait_for(restored, WITHIN, message=operator.describe)
+
+    await cluster.delete(SECRETS, RENDERED)
+
+    async def recreated() -> bool:
+        obj = await cluster.get(SECRETS, RENDERED)
+        return obj is not None and obj["data"] == rendered_secret["data"]
+
+    await wait_for(recreated, WITHIN, message=operator.describe)
+
+
+async def test_missing_credential_is_reported_and_others_render(cluster: Cluster, operator: OperatorRunner) -> None:
+    await basic_setup(cluster, operator)
+    await cluster.create(ROUTES, route("broken", "no-such-credential", models=("x/y",)))
+    broken = await wait_condition(cluster, operator, ROUTES, "broken", "Ready", "False", "CredentialNotFound")
+    assert condition(broken, "Rendered")["status"] == "False"
+    assert "no-such-credential" in condition(broken, "Ready")["message"]
+
+    async def event() -> list[dict[str, Any]]:
+        return [e for e in await cluster.events("broken") if e.get("reason") == "CredentialNotFound"]
+
+    events = await wait_for(event, WITHIN, message=lambda: f"no CredentialNotFound Event\n{operator.describe()}")
+    assert events[0]["type"] == "Warning" and events[0]["involvedObject"]["kind"] == "ProviderRoute"
+
+    configmap = await cluster.get(CONFIGMAPS, RENDERED)
+    assert configmap is not None
+    assert served_models(config_of(configmap)) == {"openai/gpt-4o", "anthropic/claude-3.5-sonnet"}
+    assert [o["name"] for o in configmap["metadata"]["ownerReferences"]] == ["team-a"]
+    assert condition(await cluster.get(ROUTES, "team-a"), "Ready")["status"] == "True"
+
+
+async def test_missing_secret_key_is_reported_then_fixed(cluster: Cluster, operator: OperatorRunner) -> None:
+    await basic_setup(cluster, operator)
+    await cluster.create(CREDENTIALS, credential("groq", "groq", "groq-key"))
+    await cluster.create(ROUTES, route("fast", "groq", models=("llama-3.1-8b-instant",)))
+    cred = await wait_condition(cluster, operator, CREDENTIALS, "groq", "SecretsResolved", "False", "SecretKeyNotFound")
+    assert condition(cred, "Ready")["status"] == "False" and cred["status"]["usableKeys"] == 0
+    assert "groq-key" in condition(cred, "SecretsResolved")["message"]
+    fast = await wait_condition(cluster, operator, ROUTES, "fast", "Ready", "False")
+    assert condition(fast, "Ready")["reason"] == "CredentialNotReady"
+
+    async def event() -> list[dict[str, Any]]:
+        return [e for e in await cluster.events("groq") if e.get("reason") == "SecretKeyNotFound"]
+
+    await wait_for(event, WITHIN, message=lambda: f"no SecretKeyNotFound Event\n{operator.describe()}")
+    configmap = await cluster.get(CONFIGMAPS, RENDERED)
+    assert configmap is not None and "groq" not in config_of(configmap)  # the others still render
+
+    await cluster.patch(SECRETS, "llm-keys", {"data": {"groq-key": b64("gsk-GGG")}})  # the user adds the key
+    await wait_condition(cluster, operator, CREDENTIALS, "groq", "SecretsResolved", "True")
+    await wait_condition(cluster, operator, ROUTES, "fast", "Ready", "True")
+    rendered_secret = await cluster.get(SECRETS, RENDERED)
+    assert rendered_secret is not None and "gsk-GGG" in unb64(rendered_secret["data"]).values()
+
+
+async def test_unchanged_input_writes_nothing(cluster: Cluster, operator: OperatorRunner) -> None:
+    await basic_setup(cluster, operator)
+    await cluster.settle()
+    since = cluster.mark()
+    await cluster.patch(ROUTES, "team-a", {"metadata": {"labels": {"team": "a"}}})  # kopf sees a change
+    await cluster.patch(SECRETS, "llm-keys", {"metadata": {"labels": {"touched": "yes"}}})  # same data
+    await wait_for(lambda: cluster.requests(SECRETS, "llm-keys", since=since), WITHIN, message=operator.describe)
+    await cluster.settle(since=since)
+    assert cluster.writes(CONFIGMAPS, RENDERED, since=since) == 0
+    assert cluster.writes(SECRETS, RENDERED, since=since) == 0
+
+
+async def test_restart_writes_nothing(cluster: Cluster, operator: OperatorRunner) -> None:
+    await basic_setup(cluster, operator)
+    await wait_condition(cluster, operator, CREDENTIALS, "openrouter", "Ready", "True")
+    await cluster.settle()
+    await operator.stop()
+
+    since = cluster.mark()
+    await operator.start()
+    # The resumed handlers did look (they read the rendered objects) and found nothing to change.
+    await wait_for(lambda: cluster.requests(CONFIGMAPS, RENDERED, since=since), WITHIN, message=operator.describe)
+    await cluster.settle(since=since)
+    assert cluster.writes(CONFIGMAPS, RENDERED, since=since) == 0
+    assert cluster.writes(SECRETS, RENDERED, since=since) == 0
+    status_writes = [r for r in cluster.requests(since=since, writes=True) if r.subresource == "status"]
+    assert status_writes == [], "unchanged statuses were written again"
+    assert not [e for e in await cluster.events() if e.get("type") == "Warning"]
