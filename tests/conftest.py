@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 
-# The kubernetes client reads $KUBECONFIG when first imported: point it at a file the operator tests write.
-os.environ.setdefault("KUBECONFIG", os.path.join(tempfile.mkdtemp(prefix="cliproxy-kube-"), "kubeconfig"))
+# The kubernetes client reads $KUBECONFIG when first imported: always a file the operator tests write,
+# never a developer's real cluster.
+os.environ["KUBECONFIG"] = os.path.join(tempfile.mkdtemp(prefix="cliproxy-kube-"), "kubeconfig")
 
 import asyncio
 from collections.abc import Awaitable, Callable

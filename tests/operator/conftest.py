@@ -11,6 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import kmock
 import pytest
@@ -36,6 +37,14 @@ ENVTEST_MISSING = (
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "handlers(module): the kopf handler module the operator fixture runs")
+
+
+def kubeconfig_path() -> str:
+    """The kubeconfig the tests may write: only the temporary one the root conftest chose, never a user's own."""
+    path = os.environ.get("KUBECONFIG", "")
+    if not path or not Path(path).parent.name.startswith("cliproxy-kube-"):
+        pytest.skip(f"KUBECONFIG={path!r} is not the tests' temporary kubeconfig: unset it to run the operator tests")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -65,13 +74,13 @@ async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
         async with Emulator() as emulator, kmock.Server(emulator) as server:
             setup_emulator(emulator)
             url = str(server.url).rstrip("/")
-            write_kubeconfig(os.environ["KUBECONFIG"], url)
+            write_kubeconfig(kubeconfig_path(), url)
             async with Cluster("emulator", url, namespace, emulator_log(emulator), emulator=emulator) as api:
                 yield api
     else:
         env: EnvTest = request.getfixturevalue("envtest_server")
         assert env.proxy is not None
-        write_kubeconfig(os.environ["KUBECONFIG"], env.proxy.url, env.token)
+        write_kubeconfig(kubeconfig_path(), env.proxy.url, env.token)
         async with Cluster("envtest", env.proxy.url, namespace, env.proxy.log, token=env.token) as api:
             await api.ensure_namespace(namespace)
             try:

@@ -62,10 +62,6 @@ CREDENTIALS = f"{GROUP}/{VERSION}/providercredentials"
 CONFIGMAPS, SECRETS, EVENTS = "v1/configmaps", "v1/secrets", "v1/events"
 TEST_AGENT = "cliproxy-tests"  # the tests' own requests; everything else is the operator's
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_FALLBACK_CRDS = {  # when deploy/crds/ is not there (yet): plural -> kind
-    "providerroutes": "ProviderRoute",
-    "providercredentials": "ProviderCredential",
-}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -570,6 +566,8 @@ class Emulator(kmock.KubernetesEmulator):
             if not isinstance(body, dict):
                 raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body must be an object")
             self._check_rv(body, current)
+            if self._is_custom(resource) and not (body.get("metadata") or {}).get("resourceVersion"):
+                raise _Invalid("metadata.resourceVersion: Invalid value: 0: must be specified for an update")
             new = copy.deepcopy(body)
         elif content_type == "application/json-patch+json" or isinstance(body, list):
             if not isinstance(body, list):
@@ -706,17 +704,13 @@ class Emulator(kmock.KubernetesEmulator):
 
 
 def setup_emulator(emulator: Emulator, crds: list[dict[str, Any]] | None = None) -> list[str]:
-    """Load kmock's bundled built-in resources and serve the project's CRDs (or a minimal stand-in)."""
+    """Load kmock's bundled built-in resources and serve the project's CRDs."""
     with warnings.catch_warnings():  # kmock 0.8 reads its bundle with a deprecated importlib call
         warnings.simplefilter("ignore", DeprecationWarning)
         emulator.resources.load_bundled()  # v1/namespaces (kopf needs it), configmaps, secrets, events, ...
     documents = load_crds() if crds is None else crds
-    if not documents:  # deploy/crds/ not written yet: the same names, no schema
-        documents = [
-            {"spec": {"group": GROUP, "scope": "Namespaced", "names": {"plural": plural, "kind": kind},
-                      "versions": [{"name": VERSION, "subresources": {"status": {}}}]}}
-            for plural, kind in _FALLBACK_CRDS.items()
-        ]  # fmt: skip
+    if not documents:
+        raise RuntimeError(f"no CustomResourceDefinition in {CRD_DIR}")
     registered = []
     for crd in documents:
         registered += emulator.register_crd(crd)

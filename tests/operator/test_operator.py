@@ -156,6 +156,11 @@ async def test_api_server_semantics(cluster: Cluster) -> None:
     with pytest.raises(ApiError) as conflict:
         await cluster.replace(ROUTES, "r", stale)
     assert conflict.value.status == 409
+    with pytest.raises(ApiError) as unconditional:  # custom resources need a resourceVersion to be replaced
+        await cluster.replace(
+            ROUTES, "r", {k: v for k, v in again.items() if k != "metadata"} | {"metadata": {"name": "r"}}
+        )
+    assert unconditional.value.status == 422
     with pytest.raises(ApiError) as invalid:
         await cluster.patch(ROUTES, "r", [{"op": "test", "path": "/metadata/resourceVersion", "value": "0"}])
     assert invalid.value.status == 422
