@@ -272,7 +272,7 @@ def fields_match(obj: Mapping[str, Any], selector: str) -> bool:
     return True
 
 
-def _apply_defaults(schema: Mapping[str, Any] | None, value: Any) -> Any:
+def apply_defaults(schema: Mapping[str, Any] | None, value: Any) -> Any:
     """Structural-schema defaulting, as the API server does for CRDs (objects and arrays, recursively)."""
     if not schema:
         return value
@@ -281,12 +281,12 @@ def _apply_defaults(schema: Mapping[str, Any] | None, value: Any) -> Any:
             if key not in value and "default" in sub:
                 value[key] = copy.deepcopy(sub["default"])
             if key in value:
-                value[key] = _apply_defaults(sub, value[key])
+                value[key] = apply_defaults(sub, value[key])
         if isinstance(schema.get("additionalProperties"), dict):
             for key in value:
-                value[key] = _apply_defaults(schema["additionalProperties"], value[key])
+                value[key] = apply_defaults(schema["additionalProperties"], value[key])
     elif isinstance(value, list) and schema.get("items"):
-        return [_apply_defaults(schema["items"], item) for item in value]
+        return [apply_defaults(schema["items"], item) for item in value]
     return value
 
 
@@ -371,7 +371,7 @@ def admit(schema: Mapping[str, Any] | None, obj: dict[str, Any]) -> dict[str, An
         return obj
     for part in ("spec", "status"):
         if isinstance(obj.get(part), dict):
-            obj[part] = _apply_defaults((schema.get("properties") or {}).get(part), obj[part])
+            obj[part] = apply_defaults((schema.get("properties") or {}).get(part), obj[part])
     obj = _prune(schema, obj, root=True)
     validator = _validators.get(id(schema))
     if validator is None:
@@ -1244,6 +1244,6 @@ class EnvTest:
 __all__ = [
     "CONFIGMAPS", "CREDENTIALS", "EVENTS", "ROUTES", "SECRETS", "TEST_AGENT",
     "ApiError", "Cluster", "Emulator", "EnvTest", "OperatorRunner", "Recorded", "RecordingProxy",
-    "b64", "emulator_log", "envtest_assets", "get_object", "load_crds", "merge_patch", "parse_path",
+    "apply_defaults", "b64", "emulator_log", "envtest_assets", "get_object", "load_crds", "merge_patch", "parse_path",
     "resource_path", "setup_emulator", "unb64", "wait_for", "write_kubeconfig",
 ]  # fmt: skip

@@ -32,6 +32,8 @@ import yaml
 from cliproxy_proxy.catalog import KINDS
 from cliproxy_proxy.config import _PREFIX_PATTERN
 
+from .kube import apply_defaults
+
 ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = ROOT / "deploy" / "crds"
 EXAMPLES_DIR = ROOT / "deploy" / "examples"
@@ -262,22 +264,6 @@ def to_json_schema(node: Json) -> Json:
     if node.get("type") == "object" and closed:
         out["additionalProperties"] = False
     return out
-
-
-def apply_defaults(node: Json, value: Any) -> Any:
-    """Structural defaulting: fill absent declared fields that have a default, recursively."""
-    if isinstance(value, dict):
-        for name, child in node.get("properties", {}).items():
-            if name not in value and "default" in child:
-                value[name] = copy.deepcopy(child["default"])
-            if name in value:
-                value[name] = apply_defaults(child, value[name])
-        if isinstance(node.get("additionalProperties"), dict):
-            for name in value:
-                value[name] = apply_defaults(node["additionalProperties"], value[name])
-    elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [apply_defaults(node["items"], item) for item in value]
-    return value
 
 
 def schema_errors(kind: str, obj: Json) -> list[jsonschema.ValidationError]:
