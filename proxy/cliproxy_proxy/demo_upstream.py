@@ -222,15 +222,24 @@ def _anthropic_event(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
 
 
-async def _messages(request: web.Request) -> web.StreamResponse:
-    """Anthropic's Messages API, text only: enough to demo and benchmark a Claude-shaped provider."""
+async def _anthropic_body(request: web.Request) -> dict[str, Any] | web.Response:
+    """The request body once the ``x-api-key`` checks out, else Anthropic's 401."""
     upstream = request.app[UPSTREAM]
     if upstream.keys and request.headers.get("x-api-key") not in upstream.keys:
         error = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
         return web.json_response(error, status=401)
-    body = orjson.loads(await request.read())
+    body: dict[str, Any] = orjson.loads(await request.read())
     if upstream.record:
         upstream.received.append(Received(request.path, dict(request.headers), body))
+    return body
+
+
+async def _messages(request: web.Request) -> web.StreamResponse:
+    """Anthropic's Messages API, text only: enough to demo and benchmark a Claude-shaped provider."""
+    upstream = request.app[UPSTREAM]
+    body = await _anthropic_body(request)
+    if isinstance(body, web.Response):
+        return body
     text = _reply_text(body)
     usage = _usage(body, text)
     ident = f"msg_{uuid.uuid4().hex[:12]}"
@@ -265,13 +274,9 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 
 
 async def _count_tokens(request: web.Request) -> web.Response:
-    upstream = request.app[UPSTREAM]
-    if upstream.keys and request.headers.get("x-api-key") not in upstream.keys:
-        error = {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}
-        return web.json_response(error, status=401)
-    body = orjson.loads(await request.read())
-    if upstream.record:
-        upstream.received.append(Received(request.path, dict(request.headers), body))
+    body = await _anthropic_body(request)
+    if isinstance(body, web.Response):
+        return body
     return web.json_response({"input_tokens": _usage(body, "")["prompt_tokens"]})
 
 
