@@ -124,6 +124,7 @@ async def test_openai_client_reaches_a_claude_provider(provider: FakeProvider, s
         model="claude", messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "hi there"}]
     )
     assert (completion.choices[0].message.content, completion.model) == ("echo: hi there", "claude")
+    assert completion.id.startswith("chatcmpl-")  # OpenAI's id shape, whatever the provider's was
     assert completion.choices[0].finish_reason == "stop"
     seen = provider.received[-1]
     assert seen.path == "/v1/messages" and seen.headers["x-api-key"] == "key-a"

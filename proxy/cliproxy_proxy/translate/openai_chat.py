@@ -178,8 +178,9 @@ class OpenAIChatCodec:
             message["tool_calls"] = [
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls
             ]
+        ident = response.id if response.id.startswith("chatcmpl") else f"chatcmpl-{response.id}"
         return orjson.dumps({
-            "id": response.id, "object": "chat.completion", "created": int(time.time()), "model": response.model,
+            "id": ident, "object": "chat.completion", "created": int(time.time()), "model": response.model,
             "choices": [{"index": 0, "message": message, "finish_reason": response.finish, "logprobs": None}],
             "usage": _usage(response.usage),
         })  # fmt: skip
