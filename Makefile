@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PORT ?= 18080
+IMAGE_TAG ?= dev
 
-.PHONY: venv run test lint bench clean
+.PHONY: venv run test lint bench images e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/operator_bench.py
+
+images:
+	docker build -f deploy/docker/proxy.Dockerfile -t cliproxy-proxy:$(IMAGE_TAG) .
+	docker build -f deploy/docker/operator.Dockerfile -t cliproxy-operator:$(IMAGE_TAG) .
+
+e2e:
+	deploy/e2e/kind-e2e.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,95 @@
+{{/* Chart name, truncated to 63 characters. */}}
+{{- define "cliproxy.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Fully qualified app name: <release>-<chart>, or the release name if it already holds the chart name. */}}
+{{- define "cliproxy.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cliproxy.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "proxy"). */}}
+{{- define "cliproxy.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cliproxy.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Standard labels; call with (dict "ctx" $ "component" "proxy"). */}}
+{{- define "cliproxy.labels" -}}
+helm.sh/chart: {{ include "cliproxy.chart" .ctx }}
+{{ include "cliproxy.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: cliproxy
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Image of one component; call with (dict "ctx" $ "component" "proxy"). */}}
+{{- define "cliproxy.image" -}}
+{{- $image := index .ctx.Values.image .component }}
+{{- printf "%s:%s" $image.repository (default .ctx.Chart.AppVersion $image.tag) }}
+{{- end }}
+
+{{- define "cliproxy.operator.fullname" -}}
+{{- printf "%s-operator" (include "cliproxy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cliproxy.proxy.fullname" -}}
+{{- printf "%s-proxy" (include "cliproxy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cliproxy.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create }}
+{{- default (include "cliproxy.operator.fullname" .) .Values.operator.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.operator.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "cliproxy.proxy.serviceAccountName" -}}
+{{- if .Values.proxy.serviceAccount.create }}
+{{- default (include "cliproxy.proxy.fullname" .) .Values.proxy.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.proxy.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Name of the ConfigMap and Secret the operator renders for the proxy's gateway. */}}
+{{- define "cliproxy.gatewayObjectName" -}}
+{{- printf "cliproxy-%s" .Values.proxy.gateway }}
+{{- end }}
+
+{{/* Namespaces the operator watches when namespaced. */}}
+{{- define "cliproxy.operator.watchNamespaces" -}}
+{{- if .Values.operator.watchNamespaces }}
+{{- toJson .Values.operator.watchNamespaces }}
+{{- else }}
+{{- toJson (list .Release.Namespace) }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's least-privilege rules, read verbatim from files/operator-rbac.yaml (= deploy/rbac/operator.yaml). */}}
+{{- define "cliproxy.operator.rules" -}}
+{{- (.Files.Get "files/operator-rbac.yaml" | fromYaml).rules | toYaml }}
+{{- end }}
+
+{{/* PromQL label matcher selecting this release's proxy pods. */}}
+{{- define "cliproxy.proxy.promSelector" -}}
+{{- printf "namespace=\"%s\",pod=~\"%s-.*\"" .Release.Namespace (include "cliproxy.proxy.fullname" .) }}
+{{- end }}

@@ -1,0 +1,443 @@
+"""The Helm chart in deploy/helm/cliproxy: lint, render its variants offline, and validate what comes out.
+
+helm-python-sdk embeds the real Helm Go library (no helm binary, no cluster); kubernetes-validate checks every
+rendered object against the bundled Kubernetes OpenAPI schemas. KEDA and Prometheus Operator kinds have no
+bundled schema, so they are checked structurally.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk is not installed")
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "cliproxy"
+KUBE_VERSION = "1.33"
+RELEASE, NAMESPACE = "rel", "cliproxy"
+PROXY, OPERATOR = f"{RELEASE}-cliproxy-proxy", f"{RELEASE}-cliproxy-operator"
+CRD_KINDS = {"keda.sh", "monitoring.coreos.com"}  # API groups validated structurally, not by kubernetes-validate
+STANDARD_LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/managed-by",
+    "helm.sh/chart",
+)
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "keda": {"autoscaling": {"keda": {"enabled": True, "providers": [{"name": "openai", "threshold": "16"}]}}},
+    "hpa-inflight": {"autoscaling": {"hpa": {"inFlight": {"enabled": True}}}},
+    "no-autoscaling": {"autoscaling": {"enabled": False}},
+    "servicemonitor": {"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kps"}}},
+    "dashboard": {"dashboard": {"enabled": True}},
+    "sidecar": {"proxy": {"enabled": False}},
+    "namespaced": {"operator": {"namespaced": True, "watchNamespaces": ["team-a", "team-b"]}},
+    "peering": {"operator": {"peering": "cliproxy", "priority": 5}},
+    "everything": {
+        "autoscaling": {"keda": {"enabled": True}},
+        "serviceMonitor": {"enabled": True},
+        "dashboard": {"enabled": True},
+        "proxy": {"gateway": "team-a", "podDisruptionBudget": {"maxUnavailable": 1}},
+    },
+}
+
+
+def render(values: dict[str, Any] | None = None) -> dict[str, str]:
+    with helm.Chart.load(str(CHART)) as chart:
+        return chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+
+
+def objects(out: dict[str, str]) -> list[dict[str, Any]]:
+    docs = []
+    for path, text in out.items():
+        if path.endswith(".txt"):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: objects(render(values)) for name, values in VARIANTS.items()}
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {len(found)}"
+    return found[0]
+
+
+def container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def rbac_rules() -> list[dict[str, Any]]:
+    return yaml.safe_load((ROOT / "deploy" / "rbac" / "operator.yaml").read_text())["rules"]
+
+
+# --- lint and schema -----------------------------------------------------------------------------------------
+
+
+def test_lint_strict_is_clean() -> None:
+    report = helm.lint(str(CHART), strict=True, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_lint_variants(name: str) -> None:
+    report = helm.lint(str(CHART), VARIANTS[name], strict=True)
+    assert report["errors"] == [] and [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize(
+    ("values", "where"),
+    [
+        ({"proxy": {"port": "8317"}}, "/proxy/port"),
+        ({"proxy": {"enabled": "yes"}}, "/proxy/enabled"),
+        ({"autoscaling": {"maxReplicas": "ten"}}, "/autoscaling/maxReplicas"),
+        ({"operator": {"watchNamespaces": "team-a"}}, "/operator/watchNamespaces"),
+        ({"proxy": {"gateway": "Not_A_DNS_Name"}}, "/proxy/gateway"),
+        ({"autoscaling": {"keda": {"providers": [{"name": "openai"}]}}}, "/autoscaling/keda/providers/0"),
+        ({"unknownTopLevelKey": True}, "unknownTopLevelKey"),
+    ],
+)
+def test_schema_rejects_wrong_values(values: dict[str, Any], where: str) -> None:
+    with pytest.raises(helm.HelmValuesError, match=where):
+        render(values)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"proxy": {"terminationGracePeriodSeconds": 30}}, "terminationGracePeriodSeconds must exceed"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 3}}, "maxReplicas must be >= "),
+        ({"autoscaling": {"minReplicas": 0}}, "scale to zero needs KEDA"),
+        ({"autoscaling": {"hpa": {"targetCPUUtilizationPercentage": 0}}}, "the HPA needs a metric"),
+    ],
+)
+def test_inconsistent_values_fail_rendering(values: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=message):
+        render(values)
+
+
+def test_keda_may_scale_to_zero() -> None:
+    docs = objects(render({"autoscaling": {"minReplicas": 0, "keda": {"enabled": True}}}))
+    assert one(docs, "ScaledObject", PROXY)["spec"]["minReplicaCount"] == 0
+
+
+def test_values_yaml_is_documented_and_valid() -> None:
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    lines = text.splitlines()
+
+    def documented(i: int) -> bool:
+        """A `# --` comment right above line i or above one of its parent keys."""
+        indent = len(lines[i]) - len(lines[i].lstrip())
+        while True:
+            j = i - 1
+            while j >= 0 and lines[j].strip().startswith("#"):
+                if lines[j].strip().startswith("# --"):
+                    return True
+                j -= 1
+            if indent == 0:
+                return False
+            i = max(j for j in range(i) if lines[j].strip() and len(lines[j]) - len(lines[j].lstrip()) < indent)
+            indent = len(lines[i]) - len(lines[i].lstrip())
+
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("#", "-")) or not stripped.split(":", 1)[1].strip():
+            continue  # comments, list items and parent keys; every key with a value must be documented
+        assert documented(i), f"values.yaml line {i + 1} lacks a '# --' comment: {line!r}"
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2" and chart["name"] == "cliproxy"
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.validate(values, schema)
+
+
+# --- copies kept in step ---------------------------------------------------------------------------------------
+
+
+def test_crds_are_identical_copies() -> None:
+    source = sorted(p.name for p in (ROOT / "deploy" / "crds").glob("*.yaml"))
+    copies = sorted(p.name for p in (CHART / "crds").glob("*.yaml"))
+    assert source and source == copies
+    for name in source:
+        assert (CHART / "crds" / name).read_bytes() == (ROOT / "deploy" / "crds" / name).read_bytes(), name
+        kubernetes_validate.validate(yaml.safe_load((CHART / "crds" / name).read_text()), KUBE_VERSION, strict=True)
+
+
+def test_rbac_file_is_identical_copy() -> None:
+    copy = CHART / "files" / "operator-rbac.yaml"
+    assert copy.read_bytes() == (ROOT / "deploy" / "rbac" / "operator.yaml").read_bytes()
+
+
+def test_cluster_role_rules_match_deploy_rbac(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default"]
+    role = one(docs, "ClusterRole", OPERATOR)
+    assert role["rules"] == rbac_rules()
+    binding = one(docs, "ClusterRoleBinding", OPERATOR)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
+    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+
+
+def test_namespaced_operator_uses_roles(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["namespaced"]
+    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    roles = find(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert all(r["rules"] == rbac_rules() for r in roles)
+    bindings = find(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
+    args = container(one(docs, "Deployment", OPERATOR), "operator")["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args and "--all-namespaces" not in args
+
+
+# --- every rendered object is valid ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_rendered_objects_validate(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered[name]
+    assert docs
+    for doc in docs:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        labels = doc["metadata"].get("labels", {})
+        for label in STANDARD_LABELS:
+            assert label in labels, f"{where} lacks label {label}"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        if doc["apiVersion"].split("/")[0] in CRD_KINDS:
+            check_structurally(doc)
+        else:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+
+
+def check_structurally(doc: dict[str, Any]) -> None:
+    if doc["kind"] == "ScaledObject":
+        assert doc["apiVersion"] == "keda.sh/v1alpha1"
+        spec = doc["spec"]
+        assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": PROXY}
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+        assert down["stabilizationWindowSeconds"] >= 300
+        assert spec["triggers"]
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
+            meta = trigger["metadata"]
+            assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values must be strings"
+            assert meta["serverAddress"].startswith("http")
+            assert meta["query"].startswith("sum(cliproxy_in_flight_requests{")
+            assert f'namespace="{NAMESPACE}"' in meta["query"] and f'pod=~"{PROXY}-.*"' in meta["query"]
+            assert float(meta["threshold"]) > 0
+    elif doc["kind"] == "ServiceMonitor":
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1"
+        spec = doc["spec"]
+        assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "proxy"
+        assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        assert spec["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+    else:
+        raise AssertionError(f"unexpected custom kind {doc['apiVersion']} {doc['kind']}")
+
+
+# --- proxy properties ------------------------------------------------------------------------------------------
+
+
+def test_proxy_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    deployment = one(rendered["default"], "Deployment", PROXY)
+    pod = deployment["spec"]["template"]["spec"]
+    proxy = container(deployment, "proxy")
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    assert proxy["command"] == ["cliproxy-proxy"]
+    assert proxy["args"][:4] == [
+        "--config=/etc/cliproxy/config",
+        "--secrets-dir=/etc/cliproxy/secrets",
+        "--host=0.0.0.0",
+        "--port=8317",
+    ]
+    assert proxy["ports"] == [{"name": "http", "containerPort": 8317, "protocol": "TCP"}]
+    assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # Graceful shutdown: preStop sleep, then the drain, all inside the grace period.
+    sleep = proxy["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert sleep > 0 and pod["terminationGracePeriodSeconds"] > sleep + 60
+    assert proxy["resources"]["requests"] and proxy["resources"]["limits"]
+    # Security.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = proxy["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["runAsNonRoot"] is True and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    # Volumes: the operator-rendered ConfigMap and Secret, optional, mounted as whole directories.
+    mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
+    assert set(mounts) >= {"/etc/cliproxy/config", "/etc/cliproxy/secrets"}
+    assert all("subPath" not in m and "subPathExpr" not in m for m in proxy["volumeMounts"])
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config = volumes[mounts["/etc/cliproxy/config"]["name"]]
+    secrets = volumes[mounts["/etc/cliproxy/secrets"]["name"]]
+    assert config["configMap"] == {"name": "cliproxy-default", "optional": True}
+    assert "items" not in config["configMap"] and "items" not in secrets["secret"]
+    assert secrets["secret"]["secretName"] == "cliproxy-default" and secrets["secret"]["optional"] is True
+    assert mounts["/etc/cliproxy/config"]["readOnly"] and mounts["/etc/cliproxy/secrets"]["readOnly"]
+    # Spread, scrape annotations.
+    spread = pod["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(c["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"] for c in spread)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "8317"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_proxy_gateway_value(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    pod = one(rendered["everything"], "Deployment", PROXY)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["config"]["configMap"]["name"] == "cliproxy-team-a"
+    assert volumes["secrets"]["secret"]["secretName"] == "cliproxy-team-a"
+    assert one(rendered["everything"], "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_proxy_service_and_pdb(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default"]
+    service = one(docs, "Service", PROXY)
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8317, "targetPort": "http", "protocol": "TCP"}]
+    selector = one(docs, "Deployment", PROXY)["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == selector
+    pdb = one(docs, "PodDisruptionBudget", PROXY)
+    assert pdb["spec"]["selector"]["matchLabels"] == selector and pdb["spec"]["minAvailable"] == 1
+
+
+def test_operator_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    deployment = one(rendered["default"], "Deployment", OPERATOR)
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    operator = container(deployment, "operator")
+    assert operator["command"] == ["cliproxy-operator"]
+    assert "--all-namespaces" in operator["args"] and "--log-format=json" in operator["args"]
+    assert not any(a.startswith("--peering") for a in operator["args"])
+    assert operator["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == OPERATOR
+    peering = container(one(rendered["peering"], "Deployment", OPERATOR), "operator")["args"]
+    assert "--peering=cliproxy" in peering and "--priority=5" in peering
+
+
+# --- autoscaling, monitoring, sidecar ---------------------------------------------------------------------------
+
+
+def test_default_hpa_on_cpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    hpa = one(rendered["default"], "HorizontalPodAutoscaler", PROXY)
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert hpa["spec"]["scaleTargetRef"]["name"] == PROXY
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource"]
+    assert hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+    assert not find(rendered["default"], "ScaledObject")
+
+
+def test_hpa_in_flight_metric(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    hpa = one(rendered["hpa-inflight"], "HorizontalPodAutoscaler", PROXY)
+    pods = [m for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert pods == [
+        {
+            "type": "Pods",
+            "pods": {
+                "metric": {"name": "cliproxy_in_flight_requests"},
+                "target": {"type": "AverageValue", "averageValue": "32"},
+            },
+        }
+    ]
+
+
+def test_keda_replaces_hpa(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["keda"]
+    assert not find(docs, "HorizontalPodAutoscaler")
+    scaled = one(docs, "ScaledObject", PROXY)
+    queries = [t["metadata"]["query"] for t in scaled["spec"]["triggers"]]
+    assert len(queries) == 2 and 'provider="openai"' in queries[1]
+    assert "replicas" not in one(docs, "Deployment", PROXY)["spec"]
+
+
+def test_no_autoscaling_sets_replicas(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["no-autoscaling"]
+    assert not find(docs, "HorizontalPodAutoscaler") and not find(docs, "ScaledObject")
+    assert one(docs, "Deployment", PROXY)["spec"]["replicas"] == 2
+
+
+def test_service_monitor(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert not find(rendered["default"], "ServiceMonitor")
+    monitor = one(rendered["servicemonitor"], "ServiceMonitor", PROXY)
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+
+
+def test_dashboard(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert not find(rendered["default"], "ConfigMap")
+    configmap = one(rendered["dashboard"], "ConfigMap")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["cliproxy.json"])
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    for metric in (
+        "cliproxy_requests_total",
+        "cliproxy_errors_total",
+        "cliproxy_request_duration_seconds_bucket",
+        "cliproxy_tokens_total",
+        "cliproxy_in_flight_requests",
+        "cliproxy_credential_cooldowns_total",
+    ):
+        assert metric in exprs, metric
+    assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+def test_sidecar_mode_skips_proxy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["sidecar"]
+    assert [d["metadata"]["name"] for d in find(docs, "Deployment")] == [OPERATOR]
+    for kind in ("Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject", "ServiceMonitor"):
+        assert not find(docs, kind), kind
+    assert "sidecar" in render({"proxy": {"enabled": False}})["cliproxy/templates/NOTES.txt"].lower()
+    readme = (CHART / "README.md").read_text()
+    assert "proxy.enabled=false" in readme and "/etc/cliproxy/secrets" in readme
+
+
+def test_images_per_component() -> None:
+    values = {"image": {"proxy": {"repository": "p", "tag": "e2e"}, "operator": {"repository": "o", "tag": "e2e"}}}
+    docs = objects(render(values))
+    assert container(one(docs, "Deployment", PROXY), "proxy")["image"] == "p:e2e"
+    assert container(one(docs, "Deployment", OPERATOR), "operator")["image"] == "o:e2e"
+    default = objects(render())
+    assert container(one(default, "Deployment", PROXY), "proxy")["image"].endswith("/cliproxy-proxy:0.1.0")
+
+
+def test_notes_for_namespaced_operator() -> None:
+    notes = render(VARIANTS["namespaced"])["cliproxy/templates/NOTES.txt"]
+    assert "watches namespaces team-a, team-b" in notes
+    assert f"WARNING: the operator does not watch {NAMESPACE}" in notes
+    assert "WARNING" not in render({"operator": {"namespaced": True}})["cliproxy/templates/NOTES.txt"]
+
+
+def test_notes_tell_how_to_reach_the_proxy() -> None:
+    notes = render()["cliproxy/templates/NOTES.txt"]
+    assert f"http://{PROXY}.{NAMESPACE}.svc:8317/v1" in notes
+    assert "port-forward" in notes and "/v1/models" in notes
+
+
+def test_sidecar_snippet_in_readme_is_valid() -> None:
+    readme = (CHART / "README.md").read_text()
+    snippet = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"}, **yaml.safe_load(snippet)}
+    pod["spec"]["containers"][0] = {"name": "app", "image": "app:1"}
+    kubernetes_validate.validate(pod, KUBE_VERSION, strict=True)
