@@ -391,3 +391,42 @@ async def test_restart_writes_nothing(cluster: Cluster, operator: OperatorRunner
     status_writes = [r for r in cluster.requests(since=since, writes=True) if r.subresource == "status"]
     assert status_writes == [], "unchanged statuses were written again"
     assert not [e for e in await cluster.events() if e.get("type") == "Warning"]
+
+
+def _rbac_rules() -> list[dict[str, Any]]:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "rbac" / "operator.yaml"
+    return list(yaml.safe_load(path.read_text())["rules"])
+
+
+def _rbac_verb(request: Any) -> str:
+    if request.method == "GET":
+        return "watch" if request.watch else ("get" if request.name and request.subresource != "status" else "list")
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[request.method]
+
+
+async def test_the_operator_needs_no_permission_beyond_its_rbac(cluster: Cluster, operator: OperatorRunner) -> None:
+    """Every call of a full lifecycle (create, update, rotation, drift, delete) is one deploy/rbac grants."""
+    await basic_setup(cluster, operator)
+    await cluster.patch(ROUTES, "team-a", {"spec": {"models": [{"name": "openai/gpt-4.1"}]}})
+    await cluster.patch(SECRETS, "llm-keys", {"data": {"openrouter-a": b64("sk-or-ROTATED")}})
+    await cluster.patch(CONFIGMAPS, RENDERED, {"data": {CONFIG_KEY: "{}"}})
+    await cluster.delete(ROUTES, "team-a")
+    await wait_gone(cluster, operator, CONFIGMAPS, RENDERED)
+    rules = _rbac_rules()
+    used: set[tuple[str, str, str]] = set()
+    for request in cluster.log():
+        if not request.by_operator or request.resource is None:
+            continue
+        parts = request.resource.split("/")
+        group = "" if len(parts) == 2 else parts[0]
+        resource = parts[-1] + (f"/{request.subresource}" if request.subresource else "")
+        used.add((group, resource, _rbac_verb(request)))
+    assert {("cliproxy.io", "providerroutes/status", "patch"), ("", "configmaps", "create"),
+            ("", "configmaps", "delete"), ("", "secrets", "update")} <= used  # the lifecycle really ran  # fmt: skip
+    denied = sorted(
+        (group, resource, verb) for group, resource, verb in used
+        if not any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules)
+    )  # fmt: skip
+    assert denied == []
