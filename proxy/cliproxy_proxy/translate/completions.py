@@ -26,6 +26,7 @@ from .canonical import (
     TranslationError,
     Usage,
 )
+from .openai_chat import OpenAIStreamEncoder
 
 _UPSTREAM = "legacy completions is a client format only: no provider is called with it"
 _UNSUPPORTED = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
@@ -91,21 +92,17 @@ class OpenAICompletionsCodec:
         raise TranslationError(_UPSTREAM)
 
 
-class _StreamEncoder:
-    def __init__(self, model: str, usage: bool) -> None:
-        self.model = model
-        self.usage = usage
-        self.id = f"cmpl-{uuid.uuid4().hex[:24]}"
-        self.created = int(time.time())
-        self.pending_usage: Usage | None = None
+class _StreamEncoder(OpenAIStreamEncoder):
+    OBJECT = "text_completion"
 
-    def _chunk(self, text: str | None, finish: str | None = None, usage: Usage | None = None) -> bytes:
-        choices = [] if text is None else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]
-        chunk: dict[str, Any] = {"id": self.id, "object": "text_completion", "created": self.created,
-                                 "model": self.model, "choices": choices}  # fmt: skip
-        if self.usage:
-            chunk["usage"] = _usage(usage) if usage is not None else None
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+    def __init__(self, model: str, usage: bool) -> None:
+        super().__init__(model, usage, f"cmpl-{uuid.uuid4().hex[:24]}")
+
+    def _choice(self, payload: Any, finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": payload, "logprobs": None, "finish_reason": finish}
+
+    def _usage(self, usage: Usage) -> dict[str, Any]:
+        return _usage(usage)
 
     def encode(self, event: Event) -> bytes:
         if isinstance(event, TextDelta):
@@ -119,7 +116,3 @@ class _StreamEncoder:
         if isinstance(event, StreamError):
             return b"data: " + orjson.dumps(error_body(event.status, event.message, "upstream_error")) + b"\n\n"
         return b""  # MessageStart, reasoning and tool events have no place in a text completion
-
-    def close(self) -> bytes:
-        tail = self._chunk(None, usage=self.pending_usage) if self.usage and self.pending_usage else b""
-        return tail + b"data: [DONE]\n\n"

@@ -185,8 +185,8 @@ class OpenAIChatCodec:
             "usage": _usage(response.usage),
         })  # fmt: skip
 
-    def stream_encoder(self, request: Request) -> _StreamEncoder:
-        return _StreamEncoder(request.model, request.stream_usage)
+    def stream_encoder(self, request: Request) -> OpenAIStreamEncoder:
+        return OpenAIStreamEncoder(request.model, request.stream_usage)
 
     def encode_error(self, status: int, message: str, code: str | None) -> bytes:
         return orjson.dumps(error_body(status, message, code))
@@ -348,20 +348,30 @@ class _StreamDecoder:
         return events
 
 
-class _StreamEncoder:
-    def __init__(self, model: str, usage: bool) -> None:
+class OpenAIStreamEncoder:
+    """OpenAI's chunk stream; legacy completions share it and only shape their choices and usage differently."""
+
+    OBJECT = "chat.completion.chunk"
+
+    def __init__(self, model: str, usage: bool, ident: str = "chatcmpl-proxy") -> None:
         self.model = model
         self.usage = usage
-        self.id = "chatcmpl-proxy"
+        self.id = ident
         self.created = int(time.time())
         self.pending_usage: Usage | None = None
 
-    def _chunk(self, delta: dict[str, Any] | None, finish: str | None = None, usage: Usage | None = None) -> bytes:
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]
-        chunk: dict[str, Any] = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+    def _choice(self, payload: Any, finish: str | None) -> dict[str, Any]:
+        return {"index": 0, "delta": payload, "finish_reason": finish, "logprobs": None}
+
+    def _usage(self, usage: Usage) -> dict[str, Any]:
+        return _usage(usage)
+
+    def _chunk(self, payload: Any, finish: str | None = None, usage: Usage | None = None) -> bytes:
+        choices = [] if payload is None else [self._choice(payload, finish)]
+        chunk: dict[str, Any] = {"id": self.id, "object": self.OBJECT, "created": self.created,
                                  "model": self.model, "choices": choices}  # fmt: skip
         if self.usage:
-            chunk["usage"] = _usage(usage) if usage is not None else None
+            chunk["usage"] = self._usage(usage) if usage is not None else None
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def encode(self, event: Event) -> bytes:
