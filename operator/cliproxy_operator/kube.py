@@ -64,44 +64,33 @@ def apply_gateway(core: client.CoreV1Api, namespace: str, gateway: Gateway, owne
     The comparison is with the objects' actual data, not only their digest annotation, so a hand edit
     (drift) is put back, while unchanged input writes nothing.
     """
-    wanted_owners = sorted((o["uid"], o["name"]) for o in owners)
     metadata = _metadata(gateway, namespace, owners)
-    name = metadata["name"]
-    config_data = {CONFIG_KEY: gateway.config_text}
     secret_data = {k: base64.b64encode(v.encode()).decode() for k, v in gateway.secret_data.items()}
-    wrote = False
+    wrote_config = _ensure(core, "config_map", {"metadata": metadata, "data": {CONFIG_KEY: gateway.config_text}})
+    wrote_secret = _ensure(core, "secret", {"metadata": metadata, "type": "Opaque", "data": secret_data})
+    return wrote_config or wrote_secret
+
+
+def _ensure(core: client.CoreV1Api, kind: str, body: dict[str, Any]) -> bool:
+    """Create or replace one object (``kind`` names the client's methods) unless it already matches ``body``."""
+    metadata = body["metadata"]
+    name, namespace = metadata["name"], metadata["namespace"]
     try:
-        current = core.read_namespaced_config_map(name, namespace)
+        current = getattr(core, f"read_namespaced_{kind}")(name, namespace)
     except ApiException as error:
         if error.status != 404:
             raise
-        core.create_namespaced_config_map(namespace, _body({"metadata": metadata, "data": config_data}))
-        wrote = True
-    else:
-        if (
-            (current.data or {}) != config_data
-            or _annotation(current) != gateway.digest
-            or _owners_of(current) != wanted_owners
-        ):
-            core.replace_namespaced_config_map(name, namespace, _body({"metadata": metadata, "data": config_data}))
-            wrote = True
-    try:
-        current_secret = core.read_namespaced_secret(name, namespace)
-    except ApiException as error:
-        if error.status != 404:
-            raise
-        body = {"metadata": metadata, "type": "Opaque", "data": secret_data}
-        core.create_namespaced_secret(namespace, _body(body))
+        getattr(core, f"create_namespaced_{kind}")(namespace, _body(body))
         return True
+    wanted_owners = sorted((o["uid"], o["name"]) for o in metadata["ownerReferences"])
     if (
-        (current_secret.data or {}) != secret_data
-        or _annotation(current_secret) != gateway.digest
-        or _owners_of(current_secret) != wanted_owners
+        (current.data or {}) == body["data"]
+        and _annotation(current) == metadata["annotations"][DIGEST]
+        and _owners_of(current) == wanted_owners
     ):
-        body = {"metadata": metadata, "type": "Opaque", "data": secret_data}
-        core.replace_namespaced_secret(name, namespace, _body(body))
-        wrote = True
-    return wrote
+        return False
+    getattr(core, f"replace_namespaced_{kind}")(name, namespace, _body(body))
+    return True
 
 
 def _annotation(obj: Any) -> str | None:
