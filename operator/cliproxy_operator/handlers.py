@@ -15,7 +15,17 @@ from typing import Any, cast
 import kopf
 from kubernetes import client, config
 
-from .kube import GROUP, MANAGED_BY, VERSION, apply_gateway, patch_status, read_secrets, remove_stale
+from .kube import (
+    CLIENT_KEYS_LABEL,
+    GROUP,
+    MANAGED_BY,
+    VERSION,
+    apply_gateway,
+    patch_status,
+    read_client_keys,
+    read_secrets,
+    remove_stale,
+)
 from .render import Problem, render
 
 ROUTES, CREDENTIALS = "providerroutes", "providercredentials"
@@ -105,7 +115,8 @@ async def reconcile(namespace: str, route_index: kopf.Index[str, Any], credentia
         credentials = list(credential_index.get(namespace, []))
         core, custom = _clients["core"], _clients["custom"]
         secrets = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
-        rendering = render(routes, credentials, secrets)
+        client_keys = await asyncio.to_thread(read_client_keys, core, namespace)
+        rendering = render(routes, credentials, secrets, client_keys)
         by_name = {r["metadata"]["name"]: r for r in routes}
         for gateway in rendering.gateways.values():
             owners = [
@@ -115,7 +126,8 @@ async def reconcile(namespace: str, route_index: kopf.Index[str, Any], credentia
             ]  # fmt: skip
             if await asyncio.to_thread(apply_gateway, core, namespace, gateway, owners):
                 logger.info(f"gateway {gateway.name!r} rendered ({len(gateway.routes)} routes, {gateway.digest[:12]})")
-        removed = await asyncio.to_thread(remove_stale, core, namespace, rendering.gateways)
+        keep = set(rendering.gateways) | rendering.held  # a gateway that failed to render keeps its last objects
+        removed = await asyncio.to_thread(remove_stale, core, namespace, keep)
         if removed:
             logger.info(f"removed {', '.join(removed)}: no renderable route left")
         for route in routes:
@@ -182,12 +194,12 @@ async def resource_changed(namespace: str | None, logger: kopf.Logger, **kwargs:
 async def secret_changed(
     namespace: str | None, name: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any
 ) -> None:
-    """A rotated key re-renders at once; a hand-edited rendered Secret is put back."""
+    """A rotated key (provider or client) re-renders at once; a hand-edited rendered Secret is put back."""
     routes, credentials = _indexes(kwargs)
     if namespace is None:
         return
     rendered = all(labels.get(k) == v for k, v in MANAGED_BY.items())
-    if rendered or name in _referenced_secrets(list(credentials.get(namespace, []))):
+    if rendered or CLIENT_KEYS_LABEL in labels or name in _referenced_secrets(list(credentials.get(namespace, []))):
         await reconcile(namespace, routes, credentials, logger)
 
 

@@ -12,12 +12,13 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .render import CONFIG_KEY, Gateway
+from .render import Gateway
 
 GROUP, VERSION = "cliproxy.io", "v1alpha1"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "cliproxy-operator"}
 GATEWAY_LABEL = "cliproxy.io/gateway"
 DIGEST = "cliproxy.io/digest"
+CLIENT_KEYS_LABEL = "cliproxy.io/client-keys-for"  # on a user's Secret: its values are that gateway's client keys
 
 
 def _body(document: dict[str, Any]) -> Any:
@@ -44,6 +45,20 @@ def read_secrets(core: client.CoreV1Api, namespace: str, names: Iterable[str]) -
     return found
 
 
+def read_client_keys(core: client.CoreV1Api, namespace: str) -> dict[str, list[str]]:
+    """Each gateway's client keys: every line of every value of the Secrets labelled for it, sorted."""
+    keys: dict[str, set[str]] = {}
+    for secret in core.list_namespaced_secret(namespace, label_selector=CLIENT_KEYS_LABEL).items:
+        gateway = ((secret.metadata.labels if secret.metadata else None) or {}).get(CLIENT_KEYS_LABEL)
+        if not gateway:
+            continue
+        found = keys.setdefault(gateway, set())
+        for value in (secret.data or {}).values():
+            text = base64.b64decode(value).decode("utf-8", "replace")
+            found.update(line.strip() for line in text.splitlines() if line.strip())
+    return {gateway: sorted(found) for gateway, found in keys.items() if found}
+
+
 def _metadata(gateway: Gateway, namespace: str, owners: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "name": object_name(gateway.name),
@@ -66,7 +81,7 @@ def apply_gateway(core: client.CoreV1Api, namespace: str, gateway: Gateway, owne
     """
     metadata = _metadata(gateway, namespace, owners)
     secret_data = {k: base64.b64encode(v.encode()).decode() for k, v in gateway.secret_data.items()}
-    wrote_config = _ensure(core, "config_map", {"metadata": metadata, "data": {CONFIG_KEY: gateway.config_text}})
+    wrote_config = _ensure(core, "config_map", {"metadata": metadata, **gateway.config_payload})
     wrote_secret = _ensure(core, "secret", {"metadata": metadata, "type": "Opaque", "data": secret_data})
     return wrote_config or wrote_secret
 
@@ -84,7 +99,8 @@ def _ensure(core: client.CoreV1Api, kind: str, body: dict[str, Any]) -> bool:
         return True
     wanted_owners = sorted((o["uid"], o["name"]) for o in metadata["ownerReferences"])
     if (
-        (current.data or {}) == body["data"]
+        (current.data or {}) == body.get("data", {})
+        and (getattr(current, "binary_data", None) or {}) == body.get("binaryData", {})
         and _annotation(current) == metadata["annotations"][DIGEST]
         and _owners_of(current) == wanted_owners
     ):
@@ -98,7 +114,7 @@ def _annotation(obj: Any) -> str | None:
 
 
 def remove_stale(core: client.CoreV1Api, namespace: str, keep: Iterable[str]) -> list[str]:
-    """Delete rendered objects of gateways that no longer have a renderable route; returns their names."""
+    """Delete rendered objects of gateways not in ``keep`` (no route left); returns their names."""
     keep_names = {object_name(g) for g in keep}
     selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
     removed = []

@@ -7,6 +7,8 @@ so unchanged input writes nothing. A broken route or credential is reported and 
 
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +20,9 @@ from cliproxy_proxy.catalog import KINDS
 from cliproxy_proxy.config import ConfigError, parse_config
 
 CONFIG_KEY = "config.json"  # JSON is YAML too; it renders and loads many times faster
+PACKED_KEY = "config.json.gz"  # the same document gzipped, in binaryData, when it is too large to keep plain
+INLINE_LIMIT = 900 * 1024  # plain JSON up to here (readable with kubectl); Kubernetes caps an object at 1 MiB
+PACKED_LIMIT = 1000 * 1024  # room left for metadata under the cap
 CLIENT_KEYS_FILE = "client-keys"
 COMPACT_ABOVE = 512 * 1024
 TOKEN_PROVIDERS = frozenset({"kiro", "cursor", "ampcode", "minimax", "roo", "kilo"})
@@ -60,6 +65,7 @@ class Gateway:
 
     name: str
     config_text: str
+    config_payload: Mapping[str, Mapping[str, str]]  # the ConfigMap's ``data`` or ``binaryData``
     secret_data: Mapping[str, str]
     routes: tuple[str, ...]  # the contributing routes: one owner reference each
     digest: str
@@ -70,6 +76,16 @@ class Rendering:
     gateways: dict[str, Gateway]
     credentials: dict[str, CredentialState]
     routes: dict[str, RouteState]
+    held: set[str] = field(default_factory=set)  # gateways that failed to render: their last objects stay
+
+
+def config_payload(text: str) -> dict[str, dict[str, str]] | None:
+    """The ConfigMap content for a rendered document: plain, else gzipped (16x on large configs), else None."""
+    raw = text.encode()
+    if len(raw) <= INLINE_LIMIT:
+        return {"data": {CONFIG_KEY: text}}
+    packed = base64.b64encode(gzip.compress(raw, 6, mtime=0)).decode()  # mtime=0: same input, same bytes
+    return {"binaryData": {PACKED_KEY: packed}} if len(packed) <= PACKED_LIMIT else None
 
 
 def _name(resource: Resource) -> str:
@@ -239,6 +255,7 @@ def render(
         state.models, state.rendered = ids, True
         contributors.setdefault(gateway, []).append(name)
     gateways = {}
+    held: set[str] = set()
     for gateway, document in documents.items():
         secret_data = {f: files[f] for f in sorted(used_files.get(gateway, ()))}
         keys = (client_keys or {}).get(gateway)
@@ -253,13 +270,22 @@ def render(
         text = orjson.dumps(ordered, option=orjson.OPT_INDENT_2).decode() + "\n"
         if len(text) > COMPACT_ABOVE:  # a large gateway trades readability for headroom under the 1 MiB limit
             text = orjson.dumps(ordered).decode() + "\n"
+        problem = None
         try:
             parse_config(ordered)
         except ConfigError as error:  # a bug in this function, not the user's: say so, render nothing for it
+            problem = Problem("RenderFailed", f"rendered config is invalid: {error}")
+        payload = config_payload(text)
+        if payload is None and problem is None:
+            problem = Problem("ConfigTooLarge", f"gateway {gateway!r} renders {len(text) // 1024} KiB, "
+                                         "over 1 MiB even gzipped: split its routes across gateways")  # fmt: skip
+        if problem is not None:
             for contributor in contributors[gateway]:
-                states[contributor].problems.append(Problem("RenderFailed", f"rendered config is invalid: {error}"))
+                states[contributor].problems.append(problem)
                 states[contributor].rendered = False
+            held.add(gateway)
             continue
+        assert payload is not None
         digest = hashlib.sha256(text.encode() + orjson.dumps(secret_data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        gateways[gateway] = Gateway(gateway, text, secret_data, tuple(contributors[gateway]), digest)
-    return Rendering(gateways, creds, states)
+        gateways[gateway] = Gateway(gateway, text, payload, secret_data, tuple(contributors[gateway]), digest)
+    return Rendering(gateways, creds, states, held)

@@ -202,3 +202,52 @@ def test_routes_without_credentials_or_with_unknown_providers_are_invalid() -> N
     assert [p.reason for p in result.credentials["weird"].problems] == ["InvalidSpec"]
     assert [p.reason for p in result.routes["odd"].problems] == ["CredentialNotReady"]
     assert result.gateways == {}
+
+
+def many_routes(count: int) -> list[dict[str, Any]]:
+    return [
+        route(f"r{i:05d}", "openrouter", prefix=f"team-{i:05d}", models=[{"name": f"vendor/model-{i:05d}-{n}"}
+                                                                       for n in range(8)])
+        for i in range(count)
+    ]  # fmt: skip
+
+
+def test_a_large_gateway_is_gzipped_into_binary_data_and_loads(tmp_path: Path) -> None:
+    import base64
+    import gzip
+
+    from cliproxy_operator.render import INLINE_LIMIT, PACKED_KEY
+
+    gateway = render(many_routes(1500), CREDENTIALS, SECRETS).gateways["default"]
+    assert len(gateway.config_text.encode()) > INLINE_LIMIT
+    packed = gateway.config_payload["binaryData"][PACKED_KEY]
+    assert "data" not in gateway.config_payload and len(packed) < 1024 * 1024
+    assert gzip.decompress(base64.b64decode(packed)).decode() == gateway.config_text
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / PACKED_KEY).write_bytes(base64.b64decode(packed))
+    config, _ = ConfigSource(config_dir).read_config()
+    assert len(config.openrouter) == 1500 * 2  # one entry per route and key
+
+
+def test_a_small_gateway_stays_plain_and_readable() -> None:
+    gateway = render(ROUTES, CREDENTIALS, SECRETS).gateways["default"]
+    assert gateway.config_payload == {"data": {CONFIG_KEY: gateway.config_text}}
+
+
+def test_a_gateway_too_large_even_gzipped_is_held_with_a_reason(monkeypatch: Any) -> None:
+    import cliproxy_operator.render as module
+
+    monkeypatch.setattr(module, "PACKED_LIMIT", 1024)
+    monkeypatch.setattr(module, "INLINE_LIMIT", 1024)
+    rendering = render(many_routes(50), CREDENTIALS, SECRETS)
+    assert "default" not in rendering.gateways and rendering.held == {"default"}
+    state = rendering.routes["r00000"]
+    assert not state.rendered and state.problems[0].reason == "ConfigTooLarge"
+    assert "split its routes across gateways" in state.problems[0].message
+
+
+def test_client_keys_render_into_the_secret_only() -> None:
+    gateway = render(ROUTES, CREDENTIALS, SECRETS, {"default": ["ck-1", "ck-2"]}).gateways["default"]
+    assert gateway.secret_data["client-keys"] == "ck-1\nck-2\n"
+    assert "ck-1" not in gateway.config_text and '"api-keys-file": "client-keys"' in gateway.config_text
