@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from .app import PROXY, create_app
-from .config import ConfigError
+from .config import ConfigError, ProxyConfig
+from .kubesource import ApiServer, KubeSource, in_cluster_namespace
 from .loader import ConfigSource
 from .runtime import build_credentials, build_runtime
 
@@ -41,7 +42,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--access-log", action="store_true", help="log every request")
+    kube = parser.add_argument_group("Kubernetes source", "read the rendered ConfigMap and Secret through the API")
+    kube.add_argument("--kube-name", help="name of the ConfigMap and Secret to watch (cliproxy-<gateway>)")
+    kube.add_argument("--kube-namespace", help="their namespace (default: the pod's own)")
+    kube.add_argument("--kube-api", help="API server URL (default: the in-cluster service account)")
     return parser
+
+
+def _source(args: argparse.Namespace) -> ConfigSource:
+    if not args.kube_name:
+        return ConfigSource(args.config, args.secrets_dir)
+    api = ApiServer(args.kube_api) if args.kube_api else ApiServer.in_cluster()
+    namespace = args.kube_namespace or in_cluster_namespace()
+    if not namespace:
+        raise ConfigError("(kubernetes): pass --kube-namespace, the pod's namespace is not known outside a cluster")
+    return KubeSource(args.config, args.secrets_dir, api=api, namespace=namespace, name=args.kube_name)
 
 
 def _setup_logging(fmt: str, level: str) -> None:
@@ -53,9 +68,19 @@ def _setup_logging(fmt: str, level: str) -> None:
 
 
 def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
-    """Validate the initial config (raising ConfigError) and build the application around it."""
-    config, _ = source.read_config()
-    credentials = build_credentials(config, source)
+    """Validate the initial config (raising ConfigError) and build the application around it.
+
+    A Kubernetes source may start from an empty or invalid volume: the API may hold a good config, so the
+    proxy starts empty and not ready, and waits for it.
+    """
+    try:
+        config, _ = source.read_config()
+        credentials = build_credentials(config, source)
+    except ConfigError as error:
+        if not isinstance(source, KubeSource):
+            raise
+        logging.getLogger("cliproxy.proxy").warning("no usable config in the volume (%s); waiting for the API", error)
+        return create_app(build_runtime(ProxyConfig(), None), source, reload_interval=reload_interval, configured=False)
     runtime = build_runtime(config, source, fingerprint=source.fingerprint(credentials[1]), credentials=credentials)
     return create_app(runtime, source, reload_interval=reload_interval)
 
@@ -63,8 +88,8 @@ def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _setup_logging(args.log_format, args.log_level)
-    source = ConfigSource(args.config, args.secrets_dir)
     try:
+        source = _source(args)
         app = load_app(source, args.reload_interval)
     except ConfigError as error:
         print(f"cliproxy-proxy: invalid config: {error}", file=sys.stderr)

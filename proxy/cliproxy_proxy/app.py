@@ -37,8 +37,9 @@ _OPEN_PATHS = frozenset({"/v1/metrics/providers"})
 class Proxy:
     """Everything requests share: the live snapshot, credential health, metrics and the upstream pool."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, *, configured: bool = True) -> None:
         self.runtime = runtime
+        self.configured = configured  # False: started empty, waiting for a first config from the Kubernetes API
         self.generation = 1
         self.health = Health()
         self.metrics = Metrics()
@@ -56,6 +57,7 @@ class Proxy:
         """Make a new snapshot live: one assignment; requests in flight keep the one they started with."""
         self.health.sync(runtime.credentials)
         self.runtime = runtime
+        self.configured = True
         self.generation += 1
         self._mark_loaded()
 
@@ -320,6 +322,10 @@ async def readyz(request: web.Request) -> web.Response:
     proxy = request.app[PROXY]
     if proxy.draining:
         return web.json_response({"status": "draining"}, status=503)
+    if not proxy.configured:
+        reloader = request.app.get(RELOADER)
+        error = reloader.last_error if reloader is not None else ""
+        return web.json_response({"status": "waiting for config", "error": error or None}, status=503)
     return web.json_response({"status": "ready", "generation": proxy.generation, "models": len(proxy.runtime.routes)})
 
 
@@ -345,13 +351,16 @@ async def index(request: web.Request) -> web.Response:
 
 
 def create_app(
-    runtime: Runtime, source: ConfigSource | None = None, *, reload_interval: float = 1.0
+    runtime: Runtime, source: ConfigSource | None = None, *, reload_interval: float = 1.0, configured: bool = True
 ) -> web.Application:
-    """An application serving ``runtime``; with a ``source`` it also watches and reloads it."""
+    """An application serving ``runtime``; with a ``source`` it also watches and reloads it.
+
+    ``configured=False`` serves ``runtime`` (empty) as not ready until the source yields a first config.
+    """
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=runtime.config.max_body_bytes
     )
-    proxy = Proxy(runtime)
+    proxy = Proxy(runtime, configured=configured)
     app[PROXY] = proxy
     if source is not None:
         app[RELOADER] = Reloader(proxy, source, reload_interval)
@@ -380,8 +389,11 @@ def create_app(
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
     reloader = app.get(RELOADER)
-    if reloader is not None and any(c.discovers_models for c in proxy.runtime.credentials):
-        await reloader.check(force=True)  # learn the upstreams' model lists before serving
+    if reloader is not None:
+        await reloader.source.start(reloader.wake.set)
+        discovers = any(c.discovers_models for c in proxy.runtime.credentials)
+        if discovers or reloader.source.using_api:
+            await reloader.check(force=discovers)  # the API's objects, and the upstreams' model lists, before serving
     watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
     loop = asyncio.get_running_loop()
     if reloader is not None:
@@ -392,6 +404,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+    if reloader is not None:
+        await reloader.source.stop()
     await proxy.close()
 
 

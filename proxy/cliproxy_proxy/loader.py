@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import ConfigError, ProxyConfig, parse_config_text
 
-CONFIG_NAMES = ("config.yaml", "config.yml", "config.json")
+#: File names a config directory may hold; the operator gzips a rendered config too large for one ConfigMap.
+CONFIG_NAMES = ("config.yaml", "config.yml", "config.json", "config.json.gz")
+
+
+def decode_config(name: str, raw: bytes) -> ProxyConfig:
+    """Parse a config document, gunzipping it first when its name says so."""
+    if name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error):
+            raise ConfigError(f"(top level): {name} is not valid gzip") from None
+    return parse_config_text(raw)
 
 
 class ConfigSource:
@@ -44,7 +57,7 @@ class ConfigSource:
             raw = file.read_bytes()
         except OSError as error:
             raise ConfigError(f"(top level): cannot read {file}: {error.strerror}") from None
-        return parse_config_text(raw), raw
+        return decode_config(file.name, raw), raw
 
     def read_secret(self, name: str, where: str) -> str:
         """The stripped content of a secret file; errors name the file, never its content."""
@@ -57,6 +70,17 @@ class ConfigSource:
         if not value:
             raise ConfigError(f"{where}: secret file {path} is empty")
         return value
+
+    @property
+    def using_api(self) -> bool:
+        """Whether the config comes from somewhere other than these files right now."""
+        return False
+
+    async def start(self, changed: Callable[[], None]) -> None:
+        """Begin watching; ``changed`` is called when a reload should not wait for the next poll."""
+
+    async def stop(self) -> None:
+        """Stop what :meth:`start` began."""
 
     def watched_files(self) -> list[Path]:
         """Files whose change means a reload: the config file and every visible file of the secrets dir."""

@@ -7,6 +7,7 @@ an editor's save, with no inotify dependency and nothing to miss.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -35,6 +36,7 @@ class Reloader:
         self.last_attempt = ""
         self.last_error = ""
         self.last_discovery = time.monotonic()
+        self.wake = asyncio.Event()  # a source that is told of changes (the Kubernetes API) sets it
 
     async def load(self, fingerprint: str, *, refresh: bool = False) -> Runtime:
         """Read, validate and build a snapshot; raises ConfigError and leaves the proxy untouched."""
@@ -81,7 +83,9 @@ class Reloader:
 
     async def watch(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.interval)
+            self.wake.clear()
             refresh = time.monotonic() - self.last_discovery > self.discovery_interval and any(
                 c.discovers_models for c in self.proxy.runtime.credentials
             )

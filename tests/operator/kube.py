@@ -133,6 +133,7 @@ class Recorded:
     subresource: str | None
     watch: bool
     agent: str
+    selector: str | None = None  # the fieldSelector of a list or watch
 
     @classmethod
     def of(cls, method: str, path: str, params: Mapping[str, str], agent: str, data: Any) -> Recorded:
@@ -141,7 +142,8 @@ class Recorded:
             meta = data.get("metadata") or {}
             name = meta.get("name") or meta.get("generateName")
             namespace = namespace or meta.get("namespace")
-        return cls(method, path, resource, namespace, name, sub, params.get("watch") in ("true", "1"), agent)
+        watch = params.get("watch") in ("true", "1")
+        return cls(method, path, resource, namespace, name, sub, watch, agent, params.get("fieldSelector"))
 
     @property
     def by_operator(self) -> bool:
