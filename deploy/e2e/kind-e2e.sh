@@ -6,7 +6,9 @@
 #
 # Knobs (environment): CLUSTER (kind cluster name), NAMESPACE, RELEASE (Helm release), TAG (image tag),
 # PROXY_SERVICE (the chart's proxy Service; default "<release>-proxy"), CLIENT_KEY (a client API key, if the
-# chart's gateway requires one), KEEP_CLUSTER=1 (leave the cluster up for debugging), TIMEOUT (seconds per wait).
+# chart's gateway requires one), KEEP_CLUSTER=1 (leave the cluster up for debugging), TIMEOUT (seconds per wait),
+# ROTATION_TIMEOUT (seconds a rotated upstream key may take to reach the proxy: the chart's default API source
+# applies it within a second or two of the operator's re-render; the kubelet's volume sync would take minutes).
 set -euo pipefail
 
 CLUSTER=${CLUSTER:-cliproxy-e2e}
@@ -20,6 +22,7 @@ PROXY_PORT=8317
 CLIENT_KEY=${CLIENT_KEY:-}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 TIMEOUT=${TIMEOUT:-180}
+ROTATION_TIMEOUT=${ROTATION_TIMEOUT:-15}
 CURL_IMAGE=curlimages/curl:8.11.1
 MODEL=e2e-small # the alias the ProviderRoute below gives the fake's "demo-small"
 
@@ -78,15 +81,17 @@ chat() { # chat STREAM(true|false) -> prints the HTTP status on the last line
         "$(proxy_url /v1/chat/completions)"
 }
 
-# wait_until DESCRIPTION COMMAND...: retry COMMAND every 2s until it succeeds or TIMEOUT passes.
-wait_until() {
-    local what=$1 deadline=$((SECONDS + TIMEOUT))
-    shift
+# wait_within LIMIT DESCRIPTION COMMAND...: retry COMMAND every second until it succeeds or LIMIT seconds pass.
+wait_within() {
+    local limit=$1 what=$2 deadline=$((SECONDS + $1))
+    shift 2
     until "$@"; do
-        ((SECONDS < deadline)) || fail "timed out after ${TIMEOUT}s waiting for: $what"
-        sleep 2
+        ((SECONDS < deadline)) || fail "timed out after ${limit}s waiting for: $what"
+        sleep 1
     done
 }
+# wait_until DESCRIPTION COMMAND...: the same, within TIMEOUT.
+wait_until() { wait_within "$TIMEOUT" "$@"; }
 
 step "Creating kind cluster '$CLUSTER'"
 if kind get clusters 2> /dev/null | grep -qx "$CLUSTER"; then
@@ -114,13 +119,20 @@ else
     echo "chart takes one shared image (image.repository/tag): using ${OPERATOR_IMAGE}:${TAG} for both components"
     image_values=(--set image.repository="$OPERATOR_IMAGE" --set image.tag="$TAG")
 fi
+# No --wait: the proxy pods stay not ready (/readyz 503) until the operator renders a first config, which needs the
+# ProviderRoute applied below. Wait for the operator here and for the proxy once it serves the model.
 helm install "$RELEASE" "$CHART" --kube-context "kind-$CLUSTER" --namespace "$NAMESPACE" --create-namespace \
-    "${image_values[@]}" --wait --timeout "${TIMEOUT}s"
+    "${image_values[@]}"
+kc wait --for=condition=Available deployment \
+    -l "app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=operator" --timeout "${TIMEOUT}s"
 for crd in providercredentials.cliproxy.io providerroutes.cliproxy.io; do
     kc get crd "$crd" > /dev/null || fail "the chart did not install CRD $crd"
     kubectl --context "kind-$CLUSTER" wait --for=condition=Established "crd/$crd" --timeout "${TIMEOUT}s"
 done
 kc get service "$PROXY_SERVICE" > /dev/null || fail "no proxy Service '$PROXY_SERVICE' (set PROXY_SERVICE=...)"
+proxy_args=$(kc get deployment -l "app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=proxy" \
+    -o jsonpath='{.items[*].spec.template.spec.containers[*].args}')
+grep -q -- '--kube-name=' <<< "$proxy_args" || fail "the proxy does not use the API source (no --kube-name): $proxy_args"
 
 step "Deploying the in-cluster fake upstream (cliproxy-demo-upstream, accepts demo-key-1 and demo-key-2)"
 kc apply -f - << EOF
@@ -204,7 +216,7 @@ EOF
 kc wait --for=condition=Ready providercredential.cliproxy.io/e2e-fake --timeout "${TIMEOUT}s"
 kc wait --for=condition=Ready providerroute.cliproxy.io/e2e --timeout "${TIMEOUT}s"
 
-step "Waiting for the proxy to serve '$MODEL' (the operator's ConfigMap reaches the pod via the kubelet)"
+step "Waiting for the proxy to serve '$MODEL' (the operator's ConfigMap reaches the pods through the API watch)"
 serves_model() { incluster ${auth[@]+"${auth[@]}"} "$(proxy_url /v1/models)" 2> /dev/null | grep -q "\"$MODEL\""; }
 wait_until "proxy lists $MODEL" serves_model
 
@@ -229,15 +241,17 @@ step "GET /v1/metrics/providers (before rotation)"
 incluster --fail "$(proxy_url /v1/metrics/providers)"
 echo
 
-# Rotation, honestly: point the Secret at demo-key-2, then restart the fake so it accepts ONLY demo-key-2 (the
-# fake is what restarts, never the proxy). A direct request proves the fake now refuses demo-key-1, so a proxied
-# request that succeeds afterwards can only have carried the rotated key; the proxy pods' UIDs and restart
-# counts must be unchanged.
-step "Rotating the upstream key: Secret -> demo-key-2; fake upstream -> accepts demo-key-2 only"
+# Rotation, honestly and promptly. First restart the fake so it accepts ONLY demo-key-2 (the fake is what restarts,
+# never the proxy) while the Secret still holds demo-key-1; a direct request proves the fake refuses demo-key-1, so
+# a proxied request that succeeds afterwards can only have carried the rotated key. Then point the Secret at
+# demo-key-2 and start the clock: the operator re-renders cliproxy-default and the proxy's API watch applies it, so
+# a proxied chat must succeed within ROTATION_TIMEOUT seconds (the kubelet's volume sync alone takes 1-2 minutes).
+# Proxied attempts with the old key fail meanwhile; their cooldown is per key, so it cannot hold up the new one.
+# The proxy pods' UIDs and restart counts must be unchanged.
+step "Rotating the upstream key: fake upstream -> accepts demo-key-2 only; then Secret -> demo-key-2"
 pods_before=$(kc get pods -l "app.kubernetes.io/instance=$RELEASE" -o \
     jsonpath='{range .items[*]}{.metadata.uid}:{range .status.containerStatuses[*]}{.restartCount},{end} {end}')
 [[ -n "$pods_before" ]] || fail "no pods labelled app.kubernetes.io/instance=$RELEASE to watch for restarts"
-kc create secret generic e2e-upstream-key --from-literal=key=demo-key-2 --dry-run=client -o yaml | kc apply -f -
 kc patch deployment e2e-fake-upstream --type=json -p \
     '[{"op":"replace","path":"/spec/template/spec/containers/0/args","value":["--host","0.0.0.0","--port","18080","--key","demo-key-2"]}]'
 kc rollout status deployment/e2e-fake-upstream --timeout "${TIMEOUT}s"
@@ -249,9 +263,13 @@ echo "fake upstream: demo-key-1 -> $old_status, demo-key-2 -> $new_status"
 [[ "$old_status" == 401 ]] || fail "the fake still accepts the old key (HTTP $old_status); the check would prove nothing"
 [[ "$new_status" == 200 ]] || fail "the fake refuses the new key (HTTP $new_status)"
 
-step "Waiting for a proxied chat completion to succeed with the rotated key (no proxy restart)"
+kc create secret generic e2e-upstream-key --from-literal=key=demo-key-2 --dry-run=client -o yaml | kc apply -f -
+rotated_at=$SECONDS
+
+step "Expecting a proxied chat completion with the rotated key within ${ROTATION_TIMEOUT}s (no proxy restart)"
 chat_ok() { [[ "$(chat false 2> /dev/null | tail -n1)" == 200 ]]; }
-wait_until "a chat completion through the proxy after rotation" chat_ok
+wait_within "$ROTATION_TIMEOUT" "a chat completion through the proxy with the rotated key" chat_ok
+echo "the rotated key was in use $((SECONDS - rotated_at))s after the Secret changed"
 pods_after=$(kc get pods -l "app.kubernetes.io/instance=$RELEASE" -o \
     jsonpath='{range .items[*]}{.metadata.uid}:{range .status.containerStatuses[*]}{.restartCount},{end} {end}')
 echo "release pods before: $pods_before"

@@ -316,5 +316,40 @@ def test_script_uses_the_chart_values_and_console_scripts():
     assert text.count("--for=condition=Ready") >= 2
 
 
+def test_script_expects_the_rotated_key_within_seconds():
+    """The chart's API source applies a rotated key within a second: allow ~15 s, not the kubelet's minutes."""
+    text = SCRIPT.read_text()
+    match = re.search(r"^ROTATION_TIMEOUT=\$\{ROTATION_TIMEOUT:-(\d+)\}$", text, re.MULTILINE)
+    assert match and 5 <= int(match.group(1)) <= 15
+    waits = [line for line in text.splitlines() if "chat_ok" in line and line.lstrip().startswith("wait_")]
+    assert waits == [
+        'wait_within "$ROTATION_TIMEOUT" "a chat completion through the proxy with the rotated key" chat_ok'
+    ]
+    # The clock starts at the Secret change, after the fake already refuses the old key: it times the proxy alone.
+    fake_restart = text.index('"--key","demo-key-2"]')
+    rotate = text.index("--from-literal=key=demo-key-2")
+    assert fake_restart < text.index("the fake still accepts the old key") < rotate < text.index(waits[0])
+    assert "--kube-name=" in text, "the script checks that the chart enabled the API source"
+    # helm --wait would hang: proxy pods stay not ready until the first config, which needs the route applied later.
+    install = text[text.index('helm install "$RELEASE"') :].split("\n\n", 1)[0]
+    assert "--wait" not in install
+
+
+def test_script_wait_within_times_out(tmp_path):
+    text = SCRIPT.read_text()
+    helper = re.search(r"^wait_within\(\) \{\n.*?^\}$", text, re.MULTILINE | re.DOTALL)
+    assert helper
+    script = tmp_path / "wait.sh"
+    script.write_text(
+        'fail() { echo "FAIL: $*"; exit 1; }\n' + helper.group(0) + "\n"
+        'wait_within 5 "a marker file" test -e "$1"\necho ok\nwait_within 1 "never" false\n'
+    )
+    marker = tmp_path / "marker"
+    marker.touch()
+    result = subprocess.run(["bash", str(script), str(marker)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == ["ok", "FAIL: timed out after 1s waiting for: never"]
+
+
 if __name__ == "__main__":
     sys.stdout.write(render_requirements())

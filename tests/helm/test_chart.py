@@ -40,6 +40,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "servicemonitor": {"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kps"}}},
     "dashboard": {"dashboard": {"enabled": True}},
     "sidecar": {"proxy": {"enabled": False}},
+    "sidecar-rbac": {
+        "proxy": {"enabled": False, "gateway": "team-a"},
+        "sidecar": {"rbac": {"serviceAccountName": "my-app"}},
+    },
+    "no-kube-source": {"proxy": {"kubeSource": {"enabled": False}}},
+    "existing-sa": {"proxy": {"serviceAccount": {"create": False, "name": "shared-sa"}}},
     "namespaced": {"operator": {"namespaced": True, "watchNamespaces": ["team-a", "team-b"]}},
     "peering": {"operator": {"peering": "cliproxy", "priority": 5}},
     "everything": {
@@ -108,6 +114,10 @@ def test_lint_variants(name: str) -> None:
     [
         ({"proxy": {"port": "8317"}}, "/proxy/port"),
         ({"proxy": {"enabled": "yes"}}, "/proxy/enabled"),
+        ({"proxy": {"kubeSource": {"enabled": "yes"}}}, "/proxy/kubeSource/enabled"),
+        ({"proxy": {"kubeSource": {"enabled": 1}}}, "/proxy/kubeSource/enabled"),
+        ({"proxy": {"kubeSource": True}}, "/proxy/kubeSource"),
+        ({"sidecar": {"rbac": {"serviceAccountName": "My_App"}}}, "/sidecar/rbac/serviceAccountName"),
         ({"autoscaling": {"maxReplicas": "ten"}}, "/autoscaling/maxReplicas"),
         ({"operator": {"watchNamespaces": "team-a"}}, "/operator/watchNamespaces"),
         ({"proxy": {"gateway": "Not_A_DNS_Name"}}, "/proxy/gateway"),
@@ -194,16 +204,16 @@ def test_cluster_role_rules_match_deploy_rbac(rendered: dict[str, list[dict[str,
     binding = one(docs, "ClusterRoleBinding", OPERATOR)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": OPERATOR}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": OPERATOR, "namespace": NAMESPACE}]
-    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+    assert not find(docs, "Role", OPERATOR) and not find(docs, "RoleBinding", OPERATOR)
 
 
 def test_namespaced_operator_uses_roles(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["namespaced"]
     assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
-    roles = find(docs, "Role")
+    roles = find(docs, "Role", OPERATOR)
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert all(r["rules"] == rbac_rules() for r in roles)
-    bindings = find(docs, "RoleBinding")
+    bindings = find(docs, "RoleBinding", OPERATOR)
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["subjects"][0]["namespace"] == NAMESPACE for b in bindings)
     args = container(one(docs, "Deployment", OPERATOR), "operator")["args"]
@@ -285,7 +295,7 @@ def test_proxy_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["runAsNonRoot"] is True and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["automountServiceAccountToken"] is False
+    assert pod["automountServiceAccountToken"] is True, "the API source (kubeSource, on by default) needs the token"
     # Volumes: the operator-rendered ConfigMap and Secret, optional, mounted as whole directories.
     mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
     assert set(mounts) >= {"/etc/cliproxy/config", "/etc/cliproxy/secrets"}
@@ -441,3 +451,142 @@ def test_sidecar_snippet_in_readme_is_valid() -> None:
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"}, **yaml.safe_load(snippet)}
     pod["spec"]["containers"][0] = {"name": "app", "image": "app:1"}
     kubernetes_validate.validate(pod, KUBE_VERSION, strict=True)
+
+
+# --- the proxy's Kubernetes API source (proxy.kubeSource) and its least-privilege Role ---------------------------
+
+READ_VERBS = {"get", "list", "watch"}
+
+
+def proxy_rules(name: str) -> list[dict[str, Any]]:
+    return [
+        {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [name], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [name], "verbs": ["get", "list", "watch"]},
+    ]
+
+
+def proxy_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment", PROXY)["spec"]["template"]["spec"]
+
+
+def test_kube_source_on_by_default(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["default"]
+    pod = proxy_pod(docs)
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    configmap, secret = volumes["config"]["configMap"]["name"], volumes["secrets"]["secret"]["secretName"]
+    assert configmap == secret == "cliproxy-default"
+    args = container(one(docs, "Deployment", PROXY), "proxy")["args"]
+    assert "--kube-name=cliproxy-default" in args
+    assert not any(a.startswith(("--kube-namespace", "--kube-api")) for a in args), "in-cluster defaults"
+    assert pod["automountServiceAccountToken"] is True
+    # The ServiceAccount keeps its own automount off: only the proxy pod opts in.
+    account = one(docs, "ServiceAccount", pod["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+    role = one(docs, "Role")
+    assert role["metadata"] == {**role["metadata"], "name": PROXY, "namespace": NAMESPACE}
+    assert role["metadata"]["labels"]["app.kubernetes.io/component"] == "proxy"
+    assert role["rules"] == proxy_rules(configmap)
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) == READ_VERBS and rule["resourceNames"] == [configmap]
+    binding = one(docs, "RoleBinding")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": PROXY}
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": pod["serviceAccountName"], "namespace": NAMESPACE}
+    ]
+    notes = render()["cliproxy/templates/NOTES.txt"]
+    assert "through the Kubernetes API (watch) within a second" in notes
+
+
+def test_kube_source_disabled(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["no-kube-source"]
+    assert not find(docs, "Role", PROXY) and not find(docs, "RoleBinding", PROXY)
+    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+    pod = proxy_pod(docs)
+    assert pod["automountServiceAccountToken"] is False
+    assert not any(a.startswith("--kube-") for a in container(one(docs, "Deployment", PROXY), "proxy")["args"])
+    assert one(docs, "ServiceAccount", pod["serviceAccountName"])["automountServiceAccountToken"] is False
+    notes = render(VARIANTS["no-kube-source"])["cliproxy/templates/NOTES.txt"]
+    assert "kubelet's volume sync, typically 1-2 minutes" in notes and "within a second" not in notes
+
+
+def test_kube_source_follows_the_gateway(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["everything"]  # proxy.gateway=team-a
+    assert "--kube-name=cliproxy-team-a" in container(one(docs, "Deployment", PROXY), "proxy")["args"]
+    assert one(docs, "Role", PROXY)["rules"] == proxy_rules("cliproxy-team-a")
+
+
+def test_kube_source_binds_a_named_existing_service_account(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["existing-sa"]
+    assert not find(docs, "ServiceAccount", "shared-sa"), "create=false: the chart does not create it"
+    assert proxy_pod(docs)["serviceAccountName"] == "shared-sa"
+    subjects = one(docs, "RoleBinding", PROXY)["subjects"]
+    assert subjects == [{"kind": "ServiceAccount", "name": "shared-sa", "namespace": NAMESPACE}]
+
+
+def test_kube_source_never_binds_the_default_service_account() -> None:
+    values = {"proxy": {"serviceAccount": {"create": False}}}
+    docs = objects(render(values))
+    assert proxy_pod(docs)["serviceAccountName"] == "default"
+    assert not find(docs, "Role") and not find(docs, "RoleBinding")
+    assert "WARNING: proxy.serviceAccount.create=false" in render(values)["cliproxy/templates/NOTES.txt"]
+
+
+def test_sidecar_rbac_for_a_named_service_account(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert not find(rendered["sidecar"], "Role") and not find(rendered["sidecar"], "RoleBinding")
+    docs = rendered["sidecar-rbac"]
+    assert not find(docs, "Deployment", PROXY) and not find(docs, "ServiceAccount", PROXY)
+    assert one(docs, "Role", PROXY)["rules"] == proxy_rules("cliproxy-team-a")
+    binding = one(docs, "RoleBinding", PROXY)
+    assert binding["roleRef"]["name"] == PROXY
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "my-app", "namespace": NAMESPACE}]
+    notes = render(VARIANTS["sidecar-rbac"])["cliproxy/templates/NOTES.txt"]
+    assert "ServiceAccount my-app may get/list/watch" in notes and "--kube-name=cliproxy-team-a" in notes
+    # With the chart's proxy too, one Role serves both ServiceAccounts.
+    both = objects(render({"sidecar": {"rbac": {"serviceAccountName": "my-app"}}}))
+    assert [s["name"] for s in one(both, "RoleBinding", PROXY)["subjects"]] == [PROXY, "my-app"]
+
+
+def test_readme_sidecar_role_matches_the_chart(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    readme = (CHART / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    pod = yaml.safe_load(blocks[0])["spec"]
+    sidecar = next(c for c in pod["containers"] if c["name"] == "cliproxy")
+    assert "--kube-name=cliproxy-team-a" in sidecar["args"] and pod["automountServiceAccountToken"] is True
+    rbac = [d for d in yaml.safe_load_all(blocks[1]) if d]
+    assert [d["kind"] for d in rbac] == ["Role", "RoleBinding"]
+    for doc in rbac:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    role, binding = rbac
+    assert role["rules"] == one(rendered["sidecar-rbac"], "Role", PROXY)["rules"] == proxy_rules("cliproxy-team-a")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
+    assert "sidecar.rbac.serviceAccountName" in readme
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_no_role_grants_the_proxy_more_than_reading_its_own_objects(
+    name: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    """Whatever binds the proxy's (or the sidecar's) ServiceAccount may only read cliproxy-<gateway>."""
+    docs = rendered[name]
+    values = VARIANTS[name]
+    gateway = values.get("proxy", {}).get("gateway", "default")
+    own = f"cliproxy-{gateway}"
+    accounts = {values.get("sidecar", {}).get("rbac", {}).get("serviceAccountName")}
+    if find(docs, "Deployment", PROXY):
+        accounts.add(proxy_pod(docs)["serviceAccountName"])
+    accounts.discard(None)
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in docs if "rules" in d}
+    for binding in find(docs, "RoleBinding") + find(docs, "ClusterRoleBinding"):
+        if not any(s["kind"] == "ServiceAccount" and s["name"] in accounts for s in binding["subjects"]):
+            continue
+        ref = binding["roleRef"]
+        namespace = binding["metadata"].get("namespace") if ref["kind"] == "Role" else None
+        role = roles[(ref["kind"], namespace, ref["name"])]
+        assert ref["kind"] == "Role" and role["metadata"]["namespace"] == NAMESPACE, "namespaced only"
+        for rule in role["rules"]:
+            assert set(rule["verbs"]) <= READ_VERBS, f"{name}: write verbs {rule['verbs']}"
+            assert rule["apiGroups"] == [""] and set(rule["resources"]) <= {"configmaps", "secrets"}
+            assert rule.get("resourceNames") == [own], f"{name}: {rule} reaches beyond {own}"
+            assert "nonResourceURLs" not in rule
