@@ -15,6 +15,7 @@ from .app import PROXY, create_app
 from .config import ConfigError, ProxyConfig
 from .kubesource import ApiServer, KubeSource, in_cluster_namespace
 from .loader import ConfigSource
+from .oauth.vendors import Sessions
 from .runtime import build_credentials, build_runtime
 
 
@@ -73,15 +74,17 @@ def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
     A Kubernetes source may start from an empty or invalid volume: the API may hold a good config, so the
     proxy starts empty and not ready, and waits for it.
     """
+    sessions = Sessions()
     try:
         config, _ = source.read_config()
-        credentials = build_credentials(config, source)
+        credentials = build_credentials(config, source, sessions)
     except ConfigError as error:
         if not isinstance(source, KubeSource):
             raise
         logging.getLogger("cliproxy.proxy").warning("no usable config in the volume (%s); waiting for the API", error)
         return create_app(build_runtime(ProxyConfig(), None), source, reload_interval=reload_interval, configured=False)
-    runtime = build_runtime(config, source, fingerprint=source.fingerprint(credentials[1]), credentials=credentials)
+    fingerprint = source.fingerprint(credentials[1])
+    runtime = build_runtime(config, source, fingerprint=fingerprint, credentials=credentials, sessions=sessions)
     return create_app(runtime, source, reload_interval=reload_interval)
 
 

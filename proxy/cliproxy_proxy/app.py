@@ -20,7 +20,7 @@ from .count import CountError, count_tokens
 from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
 from .loader import ConfigSource
-from .metrics import UNRESOLVED, Metrics
+from .metrics import UNRESOLVED, Metrics, SessionRow
 from .reload import Reloader
 from .runtime import Runtime
 from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES, codec_for_path
@@ -47,10 +47,12 @@ class Proxy:
         self.draining = False
         self.pool = Pool()
         self.health.sync(runtime.credentials)
-        self.metrics.watch_credentials(self.credential_states)
+        self.metrics.watch_credentials(self.credential_states, self.session_states)
         self._mark_loaded()
 
     async def close(self) -> None:
+        await self.runtime.sessions.retire(set())
+        self.runtime.sessions.pool.close()
         self.pool.close()
 
     def apply(self, runtime: Runtime) -> None:
@@ -65,6 +67,13 @@ class Proxy:
         self.metrics.reloads.labels("success").inc()
         self.metrics.generation.set(self.generation)
         self.metrics.last_reload.set(self.runtime.loaded_at)
+
+    def session_states(self) -> list[SessionRow]:
+        return [
+            (c.provider, c.label, c.session.state, c.session.expires_at, c.session.refresh_count)
+            for c in self.runtime.credentials
+            if c.session is not None
+        ]
 
     def credential_states(self) -> dict[str, tuple[int, int]]:
         states: dict[str, tuple[int, int]] = {}
@@ -247,10 +256,6 @@ async def _exchange(
         route = runtime.routes.get(base) if reasoning is not None else None
     if route is None:
         return _model_not_found(runtime, model, inbound)
-    unsupported = [t.credential.unsupported for t in route.targets if t.credential.unsupported]
-    if len(unsupported) == len(route.targets):
-        message = f"Model '{model}' cannot be served yet: {unsupported[0]}."
-        return _error(inbound, 501, message, "provider_not_supported")
     return Exchange(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
 
 

@@ -18,8 +18,6 @@ class Wire(StrEnum):
     VERTEX = "vertex"
     RESPONSES = "openai-responses"
     KIRO = "kiro"
-    CURSOR = "cursor"
-    AMP = "ampcode"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,15 +42,14 @@ _KINDS = (
     ProviderKind("siliconflow", Wire.OPENAI_CHAT, "https://api.siliconflow.cn/v1", "aggregator"),
     ProviderKind("openai-compatibility", Wire.OPENAI_CHAT, None, "compatibility"),
     ProviderKind("vertex-api-key", Wire.VERTEX, "https://aiplatform.googleapis.com", "compatibility"),
-    ProviderKind("minimax", Wire.OPENAI_CHAT, "https://api.minimax.chat/v1", "oauth"),
-    ProviderKind("roo", Wire.OPENAI_CHAT, "https://api.roocode.com/v1", "oauth"),
-    ProviderKind("kilo", Wire.OPENAI_CHAT, "https://api.kilo.ai/v1", "oauth"),
-    ProviderKind("kiro", Wire.KIRO, "https://codewhisperer.us-east-1.amazonaws.com", "oauth"),
-    ProviderKind("cursor", Wire.CURSOR, "http://127.0.0.1:3000", "oauth"),
-    ProviderKind("ampcode", Wire.AMP, "https://ampcode.com", "oauth"),
+    # The session blocks' endpoints as their vendors' own tools call them (docs/providers.md): cliproxyapi++'s
+    # providers.json has roo without /proxy, kilo at /v1 and minimax at its old domain.
+    ProviderKind("minimax", Wire.OPENAI_CHAT, "https://api.minimax.io/v1", "oauth"),
+    ProviderKind("roo", Wire.OPENAI_CHAT, "https://api.roocode.com/proxy/v1", "oauth"),
+    ProviderKind("kilo", Wire.OPENAI_CHAT, "https://api.kilo.ai/api/gateway", "oauth"),
+    ProviderKind("kiro", Wire.KIRO, "https://q.us-east-1.amazonaws.com", "oauth"),
+    ProviderKind("cursor", Wire.OPENAI_CHAT, "http://127.0.0.1:3000/v1", "oauth"),  # a cursor-api sidecar
+    ProviderKind("ampcode", Wire.ANTHROPIC, "https://ampcode.com/api/provider/anthropic", "oauth"),
 )
 
 KINDS: dict[str, ProviderKind] = {kind.block: kind for kind in _KINDS}
-
-#: Wire formats the proxy can forward today; the rest answer a clear "not yet supported" error.
-SUPPORTED_WIRES = frozenset({Wire.OPENAI_CHAT, Wire.ANTHROPIC, Wire.GEMINI, Wire.VERTEX, Wire.RESPONSES})

@@ -171,6 +171,12 @@ class KiroCredential(_Routed):
     region: str = "us-east-1"
     agent_task_type: Literal["", "vibe", "dev", "chat"] = ""
     preferred_endpoint: Literal["", "ide", "cli", "codewhisperer", "amazonq"] = ""
+    refresh_url: str | None = None  # where tokens are refreshed, instead of Kiro's own hosts (tests, private proxies)
+
+    @field_validator("refresh_url")
+    @classmethod
+    def _refresh_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
 
     SOURCES = (("token_file",), ("access_token", "refresh_token"))
 
@@ -250,6 +256,8 @@ class ProxyConfig(_Block):
     streaming: Streaming = Streaming()
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     proxy_url: str | None = None
+    # False where someone else (the Kubernetes operator) refreshes session tokens: the proxy only adopts them.
+    token_refresh: bool = True
 
     claude_api_key: tuple[ApiKeyCredential, ...] = ()
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()

@@ -20,11 +20,14 @@ import orjson
 from aiohttp import ClientConnectionResetError, web
 
 from .health import classify
+from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
 from .translate import UPSTREAM, for_upstream, passes_through
 from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError
-from .translate.relay import TranslatingRelay
+from .translate.canonical import Response as Answer
+from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
+from .translate.relay import FramedRelay, TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
 
 if TYPE_CHECKING:
@@ -157,8 +160,15 @@ class Exchange:
 
     async def _call(self, target: Target) -> web.StreamResponse | Failure:
         credential = target.credential
+        if credential.session is not None:
+            try:
+                await self.keepalive(credential.session.ensure_fresh())  # waits only when the token has expired
+            except RefreshRejected:
+                return self.failed(target, 401, "token_rejected")
+            except TokenError:
+                return self.failed(target, None, "token_refresh")
         timeouts = self.runtime.config.timeouts
-        upstream_codec = UPSTREAM[credential.wire]
+        upstream_codec = credential.codec or UPSTREAM[credential.wire]
         model = target.upstream_model
         translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)
         if translating:
@@ -206,7 +216,9 @@ class Exchange:
         content_type = upstream.headers.get("content-type", "application/json")
         if codec is not None:
             try:
-                answer = codec.decode_response(orjson.loads(body))
+                answer = _decode_body(codec, body)
+            except KiroStreamFailed as error:
+                return self.failed(target, error.status, "upstream_error", error.message)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 return self.failed(target, None, "bad_response")
             answer.model = self.route.model
@@ -231,7 +243,9 @@ class Exchange:
             relay = SSERelay(target.rewrite)
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
-            relay = TranslatingRelay(codec.stream_decoder(), encoder, self.route.model)
+            decoder = codec.stream_decoder()
+            framed = isinstance(decoder, KiroStreamDecoder)  # binary frames, not SSE
+            relay = (FramedRelay if framed else TranslatingRelay)(decoder, encoder, self.route.model)  # type: ignore[arg-type]
         waited_from = perf_counter()
         try:
             first = await self.keepalive(upstream.readany())
@@ -297,7 +311,7 @@ class Exchange:
             body = await upstream.read()
         except UpstreamError:
             body = b""
-        secret = target.credential.secret
+        secret = target.credential.current_secret()
         if secret:
             body = body.replace(secret.encode(), b"***")
         message = self._upstream_message(body, upstream.status)
@@ -307,6 +321,12 @@ class Exchange:
         reason = classify(status)
         if status == 400 and b"API_KEY_INVALID" in body:
             reason = "auth"  # Google answers a wrong key with 400, not 401: it is the key, not the request
+        session = target.credential.session
+        if reason == "auth" and session is not None and session.refresh:
+            # A session token refused before its expiry (revoked, or Kiro's 403 for a stale one): refresh it now
+            # and rest the credential briefly, rather than for the half hour a bad API key gets.
+            session.request_refresh()
+            reason = "transient"
         if reason is None:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
@@ -429,6 +449,13 @@ class Exchange:
             tokens_in, tokens_out,
         )  # fmt: skip
         return response
+
+
+def _decode_body(codec: Codec, body: bytes) -> Answer:
+    """A whole upstream answer in the canonical model; Kiro answers in frames even then."""
+    if isinstance(codec, KiroCodec):
+        return codec.decode_body(body)
+    return codec.decode_response(orjson.loads(body))
 
 
 def _is_json_error(body: bytes) -> bool:

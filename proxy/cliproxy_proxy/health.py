@@ -112,7 +112,7 @@ class Health:
         for group in route.groups:
             ready = [
                 t for t in group
-                if id(t) not in tried and not t.credential.unsupported and self.blocked_for(t, now) == 0
+                if id(t) not in tried and self.blocked_for(t, now) == 0
             ]  # fmt: skip
             if ready:
                 if strategy == "fill-first":
@@ -125,7 +125,7 @@ class Health:
     def soonest(self, route: Route) -> float:
         """Seconds until any supported target of the route may be tried again (0: one is ready now)."""
         now = self.clock()
-        waits = [self.blocked_for(t, now) for t in route.targets if not t.credential.unsupported]
+        waits = [self.blocked_for(t, now) for t in route.targets]
         return min(waits, default=math.inf)
 
     def charge_request(self, credential: Credential) -> None:

@@ -6,13 +6,14 @@ that did not resolve, never anything secret.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -61,6 +62,31 @@ class _CredentialStates(Collector):
             family.add_metric([provider, "healthy"], healthy)
             family.add_metric([provider, "cooling"], cooling)
         yield family
+
+
+SessionRow = tuple[str, str, str, float | None, int]  # provider, credential label, state, expires_at, refreshes
+
+
+class _SessionStates(Collector):
+    """OAuth / session tokens: state, seconds to expiry and refreshes, per credential (labels never hold tokens)."""
+
+    def __init__(self, rows: Callable[[], list[SessionRow]]) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        labels = ["provider", "credential"]
+        state = GaugeMetricFamily("cliproxy_oauth_session_state", "1 for the session's current state",
+                                  labels=[*labels, "state"])  # fmt: skip
+        expiry = GaugeMetricFamily("cliproxy_oauth_token_expiry_seconds", "Seconds until the access token expires",
+                                   labels=labels)  # fmt: skip
+        refreshes = CounterMetricFamily("cliproxy_oauth_refreshes", "Successful token refreshes", labels=labels)
+        now = time.time()
+        for provider, label, current, expires_at, count in self.rows():
+            state.add_metric([provider, label, current], 1)
+            if expires_at is not None:
+                expiry.add_metric([provider, label], expires_at - now)
+            refreshes.add_metric([provider, label], count)
+        yield from (state, expiry, refreshes)
 
 
 class Metrics:
@@ -126,8 +152,10 @@ class Metrics:
         self.providers: dict[str, _Provider] = {}
         self._models: dict[tuple[str, str], _Model] = {}
 
-    def watch_credentials(self, states: Callable[[], dict[str, tuple[int, int]]]) -> None:
+    def watch_credentials(self, states: Callable[[], dict[str, tuple[int, int]]],
+                          sessions: Callable[[], list[SessionRow]]) -> None:  # fmt: skip
         self.registry.register(_CredentialStates(states))
+        self.registry.register(_SessionStates(sessions))
 
     def provider(self, name: str) -> _Provider:
         """The provider's resolved series: ``labels()`` takes a lock and a lookup, so it runs once per name."""

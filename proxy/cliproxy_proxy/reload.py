@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .config import ConfigError, ProxyConfig
 from .discovery import discover
 from .loader import ConfigSource
+from .oauth.vendors import Sessions
 from .runtime import Credential, Runtime, build_credentials, build_runtime
 
 if TYPE_CHECKING:
@@ -40,15 +41,16 @@ class Reloader:
 
     async def load(self, fingerprint: str, *, refresh: bool = False) -> Runtime:
         """Read, validate and build a snapshot; raises ConfigError and leaves the proxy untouched."""
-        config, credentials, files = await asyncio.to_thread(self._read)
+        sessions = self.proxy.runtime.sessions
+        config, credentials, files = await asyncio.to_thread(self._read, sessions)
         found = await discover(self.proxy.pool, credentials, self.proxy.discovered, refresh=refresh)
         self.proxy.discovered = found
         return build_runtime(config, self.source, fingerprint=fingerprint, discovered=found,
-                             credentials=(credentials, files))  # fmt: skip
+                             credentials=(credentials, files), sessions=sessions)  # fmt: skip
 
-    def _read(self) -> tuple[ProxyConfig, list[Credential], list[Path]]:
+    def _read(self, sessions: Sessions) -> tuple[ProxyConfig, list[Credential], list[Path]]:
         config, _raw = self.source.read_config()
-        credentials, files = build_credentials(config, self.source)
+        credentials, files = build_credentials(config, self.source, sessions)
         return config, credentials, files
 
     def fingerprint(self) -> str:
@@ -70,6 +72,7 @@ class Reloader:
             self._refuse(str(error))
             return False
         self.proxy.apply(runtime)
+        await runtime.sessions.retire({c.session for c in runtime.credentials if c.session is not None})
         self.last_error = ""
         log.info("config generation %d in force (%d models)", self.proxy.generation, len(runtime.routes))
         return True

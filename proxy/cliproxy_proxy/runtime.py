@@ -16,11 +16,14 @@ from pathlib import Path
 
 import orjson
 
-from .catalog import KINDS, SUPPORTED_WIRES, Wire
+from .catalog import KINDS, Wire
 from .config import (
+    AmpCredential,
     ApiKeyCredential,
     CompatProvider,
     ConfigError,
+    CursorCredential,
+    KiroCredential,
     ModelEntry,
     ProxyConfig,
     RateLimit,
@@ -29,7 +32,21 @@ from .config import (
     _Routed,
 )
 from .loader import ConfigSource
+from .oauth.base import TokenError
+from .oauth.session import Session
+from .oauth.vendors import (
+    Sessions,
+    SessionSpec,
+    base_url_of,
+    content_source,
+    inline_document,
+    session_headers,
+    token_format,
+)
 from .relay import ModelRewrite
+from .translate.canonical import Codec
+from .translate.kiro import KiroCodec
+from .translate.kiro import request_headers as kiro_request_headers
 from .upstream import Endpoint
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -55,14 +72,15 @@ class Credential:
     excluded: tuple[str, ...]
     rate_limit: RateLimit | None
     cooling: bool
-    unsupported: str | None = None
     models_endpoint: str = "/models"
     vertex_scope: str | None = None  # "projects/P/locations/L" for Vertex's project endpoints
     force_prefix: bool | None = None  # this entry's force-model-prefix, when it overrides the top level
+    session: Session | None = field(default=None, repr=False)  # an OAuth / session token, kept fresh
+    codec: Codec | None = None  # a codec of its own (Kiro's carries the account's profile ARN)
 
     @property
     def discovers_models(self) -> bool:
-        return not self.models and self.unsupported is None and self.wire is Wire.OPENAI_CHAT
+        return not self.models and self.session is None and self.wire is Wire.OPENAI_CHAT
 
     def scoped(self, path: str) -> str:
         """A Vertex path inside this credential's project, when it has one."""
@@ -71,11 +89,23 @@ class Credential:
         return path.replace("/v1/publishers/", f"/v1/{self.vertex_scope}/publishers/", 1)
 
     def head(self, path: str) -> bytes:
-        """The precomputed request line and headers for a POST to ``path``."""
+        """The precomputed request line and headers for a POST to ``path``; a session's token is current."""
+        if self.session is not None:  # tokens change on refresh: never cached
+            return self.endpoint.head("POST", path, {**self.headers, **self.session_auth(self.session)})
         head = self.heads.get(path)
         if head is None:
             head = self.heads[path] = self.endpoint.head("POST", path, self.headers)
         return head
+
+    def session_auth(self, session: Session) -> dict[str, str]:
+        headers = _auth_headers(self.wire, session.access_token())
+        if self.wire is Wire.KIRO:
+            headers.update(kiro_request_headers())  # a fresh invocation id per call, as the Kiro IDE sends
+        return headers
+
+    def current_secret(self) -> str | None:
+        """The key or token upstream error bodies must be scrubbed of."""
+        return self.session.access_token() if self.session is not None else self.secret
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -112,6 +142,7 @@ class Runtime:
     client_keys: tuple[bytes, ...] = field(repr=False)
     secret_files: tuple[Path, ...]
     loaded_at: float
+    sessions: Sessions = field(default_factory=Sessions, repr=False)
 
 
 def _auth_headers(wire: Wire, key: str | None, bearer: bool = False) -> dict[str, str]:
@@ -138,9 +169,10 @@ def _credential_id(*parts: str) -> str:
 class _Builder:
     """Turns config blocks into credentials, reading secret files through the source."""
 
-    def __init__(self, config: ProxyConfig, source: ConfigSource | None) -> None:
+    def __init__(self, config: ProxyConfig, source: ConfigSource | None, sessions: Sessions | None = None) -> None:
         self.config = config
         self.source = source
+        self.sessions = sessions or Sessions()
         self.secret_files: list[Path] = []
         self.credentials: list[Credential] = []
 
@@ -161,14 +193,17 @@ class _Builder:
         key: str | None,
         provider: str,
         base_url: str,
-        unsupported: str | None,
         proxy: str | None,
         sub: str = "",
+        session: Session | None = None,
+        codec: Codec | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> None:
         kind = KINDS[block]
         scope = entry.scope if isinstance(entry, VertexCredential) else None
         bearer = scope is not None  # a project endpoint takes an OAuth access token, not an API key
-        headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key, bearer), **entry.headers}
+        headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key, bearer), **(extra_headers or {}),
+                   **entry.headers}  # fmt: skip
         cooling = not self.config.disable_cooling and not entry.disable_cooling
         proxy_url = self._proxy(proxy if proxy is not None else entry.proxy_url)
         endpoint = Endpoint.parse(base_url, proxy_url)
@@ -191,12 +226,43 @@ class _Builder:
                 excluded=entry.excluded_models,
                 rate_limit=entry.rate_limit,
                 cooling=cooling,
-                unsupported=unsupported,
                 models_endpoint=entry.models_endpoint if isinstance(entry, CompatProvider) else "/models",
                 vertex_scope=scope,
                 force_prefix=entry.force_model_prefix,
+                session=session,
+                codec=codec,
             )
         )
+
+    def add_session(self, block: str, index: int, entry: _Routed, where: str) -> None:
+        """A session credential: its tokens parsed now (a broken file is a config error), kept fresh later."""
+        raw, path = self._token_source(entry, where)
+        fmt = token_format(block, entry)
+        try:
+            fmt.parse(raw)
+        except TokenError as error:
+            raise ConfigError(f"{where}.token-file: {error}") from None
+        refresh = self.config.token_refresh
+        proxy_url = self._proxy(entry.proxy_url)
+        origin = str(path) if path is not None and refresh else content_source(raw)
+        session = self.sessions.get(SessionSpec(block, where, origin, refresh, proxy_url), fmt, raw, path)
+        kind = KINDS[block]
+        tokens = session.tokens
+        codec = KiroCodec(profile_arn=tokens.extra.get("profile_arn")) if kind.wire is Wire.KIRO else None
+        base_url = base_url_of(entry, tokens, kind.default_base_url or "")
+        self.add(block, index, entry, None, block, base_url, None, session=session, codec=codec,
+                 extra_headers=session_headers(block, tokens))  # fmt: skip
+
+    def _token_source(self, entry: _Routed, where: str) -> tuple[bytes, Path | None]:
+        inline = inline_document(entry)
+        if inline is not None:
+            return inline, None
+        file = getattr(entry, "token_file", None)
+        if self.source is None or not isinstance(file, str):
+            raise ConfigError(f"{where}.token-file: needs a config file to resolve against")
+        path = self.source.secret_path(file)
+        self.secret_files.append(path)
+        return self.source.read_secret(file, f"{where}.token-file").encode(), path
 
     def _proxy(self, value: str | None) -> str | None:
         if value in ("direct", "none", ""):
@@ -220,26 +286,22 @@ class _Builder:
                             key,
                             entry.name,
                             entry.base_url,
-                            None,
                             item.proxy_url,
                             sub=f".api-key-entries[{k}]",
                         )
+                    continue
+                if isinstance(entry, KiroCredential | CursorCredential | AmpCredential) or (
+                    isinstance(entry, SessionCredential) and entry.token_file is not None
+                ):
+                    self.add_session(block, index, entry, where)
                     continue
                 base_url = entry.base_url or kind.default_base_url or ""
                 if isinstance(entry, VertexCredential) and entry.project and not entry.base_url:
                     host = "aiplatform" if entry.location == "global" else f"{entry.location}-aiplatform"
                     base_url = f"https://{host}.googleapis.com"
-                unsupported = None
-                secret: str | None = None
-                if isinstance(entry, ApiKeyCredential | SessionCredential) and (
-                    entry.api_key is not None or entry.api_key_file is not None
-                ):
-                    secret = self.secret(entry.api_key, entry.api_key_file, where)
-                else:
-                    unsupported = f"{block} token-file sessions are not yet supported"
-                if kind.wire not in SUPPORTED_WIRES:
-                    unsupported = f"the {kind.wire.value} wire format of {block} is not yet supported"
-                self.add(block, index, entry, secret, block, base_url, unsupported, None)
+                assert isinstance(entry, ApiKeyCredential | SessionCredential)  # one key source, by validation
+                secret = self.secret(entry.api_key, entry.api_key_file, where)
+                self.add(block, index, entry, secret, block, base_url, None)
 
 
 def _routes(
@@ -294,9 +356,14 @@ def _anthropic_models_body(routes: Mapping[str, Route], created: int) -> bytes:
     })  # fmt: skip
 
 
-def build_credentials(config: ProxyConfig, source: ConfigSource | None) -> tuple[list[Credential], list[Path]]:
-    """Every credential of the config, secrets resolved; raises ConfigError naming the failing path."""
-    builder = _Builder(config, source)
+def build_credentials(
+    config: ProxyConfig, source: ConfigSource | None, sessions: Sessions | None = None
+) -> tuple[list[Credential], list[Path]]:
+    """Every credential of the config, secrets resolved; raises ConfigError naming the failing path.
+
+    ``sessions`` holds the live token sessions of the config in force, so a reload keeps them.
+    """
+    builder = _Builder(config, source, sessions)
     builder.build()
     return builder.credentials, builder.secret_files
 
@@ -308,8 +375,10 @@ def build_runtime(
     fingerprint: str = "",
     discovered: Mapping[str, tuple[str, ...]] | None = None,
     credentials: tuple[list[Credential], list[Path]] | None = None,
+    sessions: Sessions | None = None,
 ) -> Runtime:
-    creds, secret_files = credentials or build_credentials(config, source)
+    sessions = sessions or Sessions()
+    creds, secret_files = credentials or build_credentials(config, source, sessions)
     client_keys = [k.get_secret_value() for k in config.api_keys]
     if config.api_keys_file is not None:
         builder = _Builder(config, source)
@@ -329,4 +398,5 @@ def build_runtime(
         client_keys=tuple(k.encode() for k in client_keys),
         secret_files=tuple(secret_files),
         loaded_at=now,
+        sessions=sessions,
     )

@@ -24,12 +24,10 @@ async def post(url: str, data: bytes, path: str = "/v1/chat/completions") -> tup
         (b'{"messages": []}', 400, "missing_model"),
         (b'{"model": 42, "messages": []}', 400, "missing_model"),
         (b'{"model": "no-such-model", "messages": []}', 404, "model_not_found"),
-        (b'{"model": "kiro-model", "messages": []}', 501, "provider_not_supported"),
     ],
 )
 async def test_bad_requests(provider: FakeProvider, start_proxy, body: bytes, status: int, code: str) -> None:
-    kiro = [{"token-file": "kiro.json", "models": [{"name": "kiro-model"}]}]
-    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)], "kiro": kiro}))
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)]}))
     got_status, document = await post(running.url, body)
     assert got_status == status
     assert document["error"]["code"] == code

@@ -98,16 +98,55 @@ def test_models_list_body_carries_prefixed_ids_and_owner() -> None:
         ("llama", "groq", "model"), ("p/llama", "groq", "model")]  # fmt: skip
 
 
-def test_wire_formats_not_yet_translated_are_marked() -> None:
-    minimax = [{"token-file": "t.json", "models": [{"name": "m"}]}]
-    kilo = [{"api-key": "anonymous", "models": [{"name": "free"}]}]
-    cursor = [{"auth-token": "t", "models": [{"name": "c"}]}]
-    runtime = runtime_of({"claude-api-key": [groq("k")], "minimax": minimax, "kilo": kilo, "cursor": cursor})
-    unsupported = {c.provider: c.unsupported for c in runtime.credentials}
-    assert unsupported["claude-api-key"] is None
-    assert "cursor" in (unsupported["cursor"] or "")
-    assert "token-file" in (unsupported["minimax"] or "")
-    assert unsupported["kilo"] is None
+SESSION_FILES = {
+    "kiro": '{"accessToken": "aoa-1", "refreshToken": "aor-1", "expiresAt": "2099-01-01T00:00:00.000Z", '
+    '"authMethod": "social", "provider": "Github", "region": "eu-central-1", "profileArn": "arn:aws:p"}',
+    "minimax": '{"access_token": "mm-1"}',
+    "roo": '{"token": "roo-1", "userId": "u"}',
+    "kilo": '{"kilo": {"type": "oauth", "access": "kilo-1", "refresh": "kilo-1", "accountId": "org-7"}}',
+    "ampcode": '{"apiKey@https://ampcode.com/": "sgamp_1"}',
+}
+
+
+def test_session_blocks_read_their_vendors_token_files(tmp_path: Any) -> None:
+    """Each OAuth / session block reads its vendor's own file and is called the way that vendor's tool calls."""
+    from cliproxy_proxy.loader import ConfigSource
+    from cliproxy_proxy.translate.kiro import KiroCodec
+
+    document: dict[str, Any] = {"cursor": [{"auth-token": "sk-cursor-1", "models": [{"name": "c"}]}]}
+    for block, text in SESSION_FILES.items():
+        (tmp_path / f"{block}.json").write_text(text)
+        document[block] = [{"token-file": f"{block}.json", "models": [{"name": f"{block}-model"}]}]
+    runtime = build_runtime(parse_config(document), ConfigSource(tmp_path / "config.yaml"))
+    by_block = {c.provider: c for c in runtime.credentials}
+    expected = {
+        "kiro": ("kiro", "https://q.eu-central-1.amazonaws.com", "Authorization: Bearer aoa-1"),
+        "minimax": ("openai-chat", "https://api.minimax.io/v1", "Authorization: Bearer mm-1"),
+        "roo": ("openai-chat", "https://api.roocode.com/proxy/v1", "Authorization: Bearer roo-1"),
+        "kilo": ("openai-chat", "https://api.kilo.ai/api/gateway", "Authorization: Bearer kilo-1"),
+        "ampcode": ("anthropic-messages", "https://ampcode.com/api/provider/anthropic", "x-api-key: sgamp_1"),
+        "cursor": ("openai-chat", "http://127.0.0.1:3000/v1", "Authorization: Bearer sk-cursor-1"),
+    }
+    for block, (wire, base_url, auth) in expected.items():
+        credential = by_block[block]
+        assert (credential.wire.value, credential.base_url) == (wire, base_url), block
+        assert credential.session is not None and credential.secret is None, block
+        assert auth in credential.head("/chat/completions").decode(), block
+    assert "X-KILOCODE-ORGANIZATIONID: org-7" in by_block["kilo"].head("/x").decode()
+    kiro = by_block["kiro"]
+    assert isinstance(kiro.codec, KiroCodec) and kiro.codec.profile_arn == "arn:aws:p"
+    assert "amz-sdk-invocation-id" in kiro.head("/generateAssistantResponse").decode()
+    assert all(not c.discovers_models for c in runtime.credentials)
+
+
+def test_a_broken_token_file_is_a_config_error_naming_the_entry(tmp_path: Any) -> None:
+    from cliproxy_proxy.config import ConfigError
+    from cliproxy_proxy.loader import ConfigSource
+
+    (tmp_path / "kiro.json").write_text('{"refreshToken": "aor-secret"}')
+    with pytest.raises(ConfigError) as raised:
+        build_runtime(parse_config({"kiro": [{"token-file": "kiro.json"}]}), ConfigSource(tmp_path / "c.yaml"))
+    assert str(raised.value) == "kiro[0].token-file: Kiro token file has no accessToken"
 
 
 def test_proxy_url_direct_overrides_the_global_proxy() -> None:

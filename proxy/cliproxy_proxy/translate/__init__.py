@@ -9,6 +9,7 @@ from .anthropic import AnthropicCodec
 from .canonical import Codec, Message, Request, Thinking
 from .completions import OpenAICompletionsCodec
 from .gemini import GeminiCodec, VertexCodec
+from .kiro import KiroCodec
 from .openai_chat import OpenAIChatCodec
 from .responses import ResponsesCodec
 
@@ -25,6 +26,7 @@ UPSTREAM: dict[Wire, Codec] = {
     Wire.GEMINI: GEMINI,
     Wire.VERTEX: VertexCodec(),
     Wire.RESPONSES: RESPONSES,
+    Wire.KIRO: KiroCodec(),  # each Kiro credential has its own, carrying its profile ARN
 }
 
 

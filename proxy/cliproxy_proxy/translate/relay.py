@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from .canonical import Event, Finish, MessageStart, StreamDecoder, StreamEncoder
 from .sse import SSEParser
 
@@ -25,11 +27,10 @@ class TranslatingRelay:
         return self._translate(self.parser.flush()) + self.encoder.close()
 
     def _translate(self, raw: list[tuple[str | None, bytes]]) -> bytes:
-        out = []
-        for name, data in raw:
-            for event in self.decoder.feed(name, data):
-                out.append(self.encoder.encode(self._observe(event)))
-        return b"".join(out)
+        return self._encode([event for name, data in raw for event in self.decoder.feed(name, data)])
+
+    def _encode(self, events: list[Event]) -> bytes:
+        return b"".join(self.encoder.encode(self._observe(event)) for event in events)
 
     def _observe(self, event: Event) -> Event:
         if isinstance(event, MessageStart):
@@ -37,3 +38,35 @@ class TranslatingRelay:
         elif isinstance(event, Finish) and event.usage is not None:
             self.usage = (event.usage.input, event.usage.output)
         return event
+
+
+class FramedDecoder(Protocol):
+    """A decoder of a binary framed stream (Kiro's AWS event-stream), fed bytes rather than SSE events."""
+
+    def feed_bytes(self, chunk: bytes) -> list[Event]: ...
+
+    def close(self) -> list[Event]: ...
+
+
+class FramedRelay(TranslatingRelay):
+    """A :class:`TranslatingRelay` for upstreams that stream binary frames instead of SSE."""
+
+    __slots__ = ("framed",)
+
+    def __init__(self, decoder: FramedDecoder, encoder: StreamEncoder, exposed_model: str) -> None:
+        super().__init__(_NO_SSE, encoder, exposed_model)
+        self.framed = decoder
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._encode(self.framed.feed_bytes(chunk))
+
+    def flush(self) -> bytes:
+        return self._encode(self.framed.close()) + self.encoder.close()
+
+
+class _NoSSE:
+    def feed(self, event: str | None, data: bytes) -> list[Event]:
+        raise TypeError("a framed stream has no SSE events")
+
+
+_NO_SSE = _NoSSE()
