@@ -15,6 +15,7 @@ from typing import Any, cast
 import kopf
 from kubernetes import client, config
 
+from . import tokens
 from .kube import (
     CLIENT_KEYS_LABEL,
     GROUP,
@@ -208,3 +209,27 @@ async def rendered_config_changed(namespace: str | None, logger: kopf.Logger, **
     """Drift repair: a rendered ConfigMap edited or deleted by hand is rendered again."""
     if namespace is not None:
         await reconcile(namespace, *_indexes(kwargs), logger)
+
+
+def _holds_token(spec: kopf.Spec, **_: Any) -> bool:
+    return bool(spec.get("tokenSecretRef"))
+
+
+@kopf.timer(GROUP, VERSION, CREDENTIALS, interval=tokens.CHECK_SECONDS, when=_holds_token)
+async def keep_token_fresh(
+    spec: kopf.Spec, status: kopf.Status, namespace: str | None, body: kopf.Body, patch: kopf.Patch,
+    logger: kopf.Logger, **_: Any,
+) -> None:  # fmt: skip
+    """The single refresher of this credential's token (proxies render with ``token-refresh: false``)."""
+    if namespace is None:
+        return
+    report = {"message": None, **await tokens.check(_clients["core"], namespace, _plain(spec))}
+    previous = dict(status.get("token") or {})
+    if report["state"] == "refreshed":
+        logger.info(f"token refreshed; it expires at {report.get('expiresAt', 'an unknown time')}")
+        report["state"] = "valid"
+    elif report["state"] in ("failing", "rejected") and report["message"] != previous.get("message"):
+        reason = "TokenRefreshRejected" if report["state"] == "rejected" else "TokenRefreshFailed"
+        kopf.event(body, type="Warning", reason=reason, message=str(report["message"]))
+    if any(previous.get(k) != v for k, v in report.items()):
+        patch.status["token"] = report

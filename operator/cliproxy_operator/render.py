@@ -145,6 +145,7 @@ def _entries(route: Resource, credential: Resource, state: CredentialState, prio
     prefix = rspec.get("prefix") or spec.get("prefix")
     for key, value in (
         ("prefix", prefix), ("base-url", spec.get("baseURL")), ("proxy-url", spec.get("proxyURL")),
+        ("refresh-url", spec.get("refreshURL") if provider == "kiro" else None),
         ("headers", spec.get("headers") or None), ("priority", priority or None),
         ("force-model-prefix", rspec.get("forceModelPrefix") if prefix else None),
         ("excluded-models", rspec.get("excludedModels") or None),
@@ -259,7 +260,7 @@ def render(
     for gateway, document in documents.items():
         secret_data = {f: files[f] for f in sorted(used_files.get(gateway, ()))}
         keys = (client_keys or {}).get(gateway)
-        head: dict[str, Any] = {"port": 8317}
+        head: dict[str, Any] = {"port": 8317, "token-refresh": False}  # the operator refreshes; proxies adopt
         if keys:
             head["api-keys-file"] = CLIENT_KEYS_FILE
             secret_data[CLIENT_KEYS_FILE] = "\n".join(keys) + "\n"

@@ -501,8 +501,8 @@ def test_route_status_declares_models_and_count() -> None:
 def test_credential_spec_fields_and_contract() -> None:
     spec = _schema("ProviderCredential")["properties"]["spec"]
     assert set(spec["properties"]) == {
-        "provider", "providerName", "baseURL", "apiKeys", "tokenSecretRef", "headers", "proxyURL", "prefix",
-        "rateLimit", "modelsEndpoint", "vertex",
+        "provider", "providerName", "baseURL", "refreshURL", "apiKeys", "tokenSecretRef", "headers", "proxyURL",
+        "prefix", "rateLimit", "modelsEndpoint", "vertex",
     }  # fmt: skip
     assert spec["required"] == ["provider"]
     props = spec["properties"]

@@ -29,9 +29,10 @@ KEY_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-def token_format(block: str, entry: _Routed) -> TokenFormat:
-    if isinstance(entry, KiroCredential):
-        return KiroTokenFormat(social_url=entry.refresh_url, oidc_url=entry.refresh_url)
+def token_format(block: str, refresh_url: str | None = None) -> TokenFormat:
+    """The token file format of a session block; ``refresh_url`` replaces the vendor's refresh host."""
+    if block == "kiro":
+        return KiroTokenFormat(social_url=refresh_url, oidc_url=refresh_url)
     return StaticKeyFormat(block, *KEY_PATHS[block])
 
 
