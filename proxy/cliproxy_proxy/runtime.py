@@ -237,7 +237,7 @@ class _Builder:
     def add_session(self, block: str, index: int, entry: _Routed, where: str) -> None:
         """A session credential: its tokens parsed now (a broken file is a config error), kept fresh later."""
         raw, path = self._token_source(entry, where)
-        fmt = token_format(block, getattr(entry, "refresh_url", None))
+        fmt = token_format(block, getattr(entry, "refresh_url", None), path if self.config.token_refresh else None)
         try:
             fmt.parse(raw)
         except TokenError as error:

@@ -172,3 +172,27 @@ async def test_proxy_never_refreshes_when_told_someone_else_does(
     completion = await running.client().chat.completions.create(model="sonnet", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert vendor.refreshes == []
+
+
+async def test_an_idc_login_refreshes_with_the_client_registration_beside_it(
+    aiohttp_server: Serve, start_proxy: Any, tmp_path: Path
+) -> None:
+    """AWS Builder ID / IdC logins: the Kiro IDE keeps the OIDC client in ``<clientIdHash>.json`` next door."""
+    from ..fakes.kiro import CLIENT_ID, CLIENT_SECRET
+
+    vendor, url = await start_kiro(aiohttp_server, token_ttl=600)
+    token_file = tmp_path / "kiro-auth-token.json"
+    kiro_token_file(token_file, vendor, ttl=1.0)
+    document = json.loads(token_file.read_text())
+    document.update(authMethod="IdC", provider="BuilderId", clientIdHash="0a1b2c")
+    token_file.write_text(json.dumps(document))
+    (tmp_path / "0a1b2c.json").write_text(json.dumps({"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET,
+                                                      "expiresAt": "2099-01-01T00:00:00Z"}))  # fmt: skip
+    running = await start_proxy(base_config(kiro=[kiro_block(token_file, url)]))
+    await asyncio.sleep(1.1)
+    completion = await running.client().chat.completions.create(model="sonnet", messages=MESSAGES)
+    assert completion.choices[0].message.content
+    assert [r["path"] for r in vendor.refreshes] == ["/token"]
+    assert vendor.refreshes[0]["body"]["clientId"] == CLIENT_ID
+    written = json.loads(token_file.read_text())
+    assert written["clientIdHash"] == "0a1b2c" and "clientSecret" not in written  # the secret stays in its file

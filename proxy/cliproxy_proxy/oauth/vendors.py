@@ -29,11 +29,27 @@ KEY_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-def token_format(block: str, refresh_url: str | None = None) -> TokenFormat:
+def token_format(block: str, refresh_url: str | None = None, token_file: Path | None = None) -> TokenFormat:
     """The token file format of a session block; ``refresh_url`` replaces the vendor's refresh host."""
     if block == "kiro":
-        return KiroTokenFormat(social_url=refresh_url, oidc_url=refresh_url)
+        registration = kiro_registration(token_file) if token_file is not None else None
+        return KiroTokenFormat(social_url=refresh_url, oidc_url=refresh_url, registration=registration)
     return StaticKeyFormat(block, *KEY_PATHS[block])
+
+
+def kiro_registration(token_file: Path) -> bytes | None:
+    """An IdC / Builder ID login's client registration, which the Kiro IDE keeps beside the token file as
+    ``<clientIdHash>.json``: refreshing needs its client id and secret."""
+    try:
+        hashed = orjson.loads(token_file.read_bytes()).get("clientIdHash")
+    except (OSError, orjson.JSONDecodeError, AttributeError):
+        return None
+    if not isinstance(hashed, str) or not hashed.isalnum():
+        return None
+    try:
+        return (token_file.parent / f"{hashed}.json").read_bytes()
+    except OSError:
+        return None
 
 
 def base_url_of(entry: _Routed, tokens: TokenSet, default: str) -> str:

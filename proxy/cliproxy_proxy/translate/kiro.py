@@ -556,9 +556,11 @@ class KiroTokenFormat:
 
     name = "kiro"
 
-    def __init__(self, social_url: str | None = None, oidc_url: str | None = None) -> None:
+    def __init__(self, social_url: str | None = None, oidc_url: str | None = None,
+                 registration: bytes | None = None) -> None:  # fmt: skip
         self.social_url = social_url.rstrip("/") if social_url else None
         self.oidc_url = oidc_url.rstrip("/") if oidc_url else None
+        self.registration = registration  # the IdC client registration file, applied to every parse
 
     def parse(self, raw: bytes) -> TokenSet:
         try:
@@ -585,7 +587,10 @@ class KiroTokenFormat:
         if isinstance(secret, str) and secret:
             extra["client_secret"] = Secret(secret)
         refresh_token = refresh if isinstance(refresh, str) and refresh else None
-        return TokenSet(access, refresh_token, _epoch(document.get(names["expires"])), extra)
+        tokens = TokenSet(access, refresh_token, _epoch(document.get(names["expires"])), extra)
+        if self.registration is not None and "client_id" not in extra:
+            tokens = self.with_registration(tokens, self.registration)
+        return tokens
 
     @staticmethod
     def with_registration(tokens: TokenSet, raw: bytes) -> TokenSet:
