@@ -33,6 +33,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/operator_bench.py
+	$(BIN)/python bench/propagation_bench.py
 
 images:
 	docker build -f deploy/docker/proxy.Dockerfile -t cliproxy-proxy:$(IMAGE_TAG) .

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from ..config import AmpCredential, CursorCredential, KiroCredential, SessionCredential, _Routed
+from ..config import AmpCredential, CursorCredential, KiroCredential, _Routed
 from ..translate.kiro import KiroTokenFormat, api_base
 from ..upstream import Pool
 from .base import TokenFormat, TokenSet
@@ -83,9 +83,7 @@ def inline_document(entry: _Routed) -> bytes | None:
     secret = getattr(entry, "auth_token", None) or getattr(entry, "upstream_api_key", None)
     if isinstance(entry, CursorCredential | AmpCredential) and secret is not None:
         return str(secret.get_secret_value()).encode()
-    if isinstance(entry, SessionCredential) and entry.api_key is not None:
-        return entry.api_key.get_secret_value().encode()
-    return None
+    return None  # a token file
 
 
 @dataclass(frozen=True, slots=True)
