@@ -196,3 +196,19 @@ async def test_an_idc_login_refreshes_with_the_client_registration_beside_it(
     assert vendor.refreshes[0]["body"]["clientId"] == CLIENT_ID
     written = json.loads(token_file.read_text())
     assert written["clientIdHash"] == "0a1b2c" and "clientSecret" not in written  # the secret stays in its file
+
+
+async def test_ampcode_reads_the_amp_cli_secrets_and_speaks_anthropic(
+    aiohttp_server: Serve, start_proxy: Any, tmp_path: Path
+) -> None:
+    """The Amp CLI's secrets.json key, sent to Amp's Anthropic pass-through (a strict Anthropic fake here)."""
+    from ..fakes.anthropic_upstream import DEFAULT_MODELS, start_anthropic
+
+    claude, url = await start_anthropic(aiohttp_server, keys=frozenset({"sgamp_user_1"}))
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"apiKey@https://ampcode.com/": "sgamp_user_1", "other@https://x/": "y"}))
+    entry = {"token-file": str(secrets), "base-url": url, "models": [{"name": DEFAULT_MODELS[0], "alias": "amp"}]}
+    running = await start_proxy(base_config(ampcode=[entry]))
+    completion = await running.client().chat.completions.create(model="amp", messages=MESSAGES)
+    assert completion.choices[0].message.content
+    assert claude.invalid == [] and claude.bodies[-1]["model"] == DEFAULT_MODELS[0]
