@@ -43,8 +43,8 @@ async def _post(request: RefreshRequest) -> tuple[int, bytes]:
         return response.status, await response.read()
 
 
-def _read(core: client.CoreV1Api, namespace: str, name: str, key: str) -> tuple[bytes, str] | None:
-    """The token file in the Secret's key and the Secret's resourceVersion; None when either is missing."""
+def _read(core: client.CoreV1Api, namespace: str, name: str, key: str) -> bytes | None:
+    """The token file in the Secret's key; None when either is missing."""
     try:
         secret = core.read_namespaced_secret(name, namespace)
     except ApiException as error:
@@ -52,18 +52,28 @@ def _read(core: client.CoreV1Api, namespace: str, name: str, key: str) -> tuple[
             return None
         raise
     value = (secret.data or {}).get(key)
-    if value is None or secret.metadata is None:
-        return None
-    return base64.b64decode(value), str(secret.metadata.resource_version)
+    return None if value is None else base64.b64decode(value)
 
 
-def _write(core: client.CoreV1Api, namespace: str, name: str, key: str, raw: bytes, version: str) -> None:
-    """Replace the key, failing (409) if anyone changed the Secret since it was read: never lose their write."""
-    secret = core.read_namespaced_secret(name, namespace)
-    if secret.metadata is None or secret.metadata.resource_version != version:
-        raise ApiException(status=409, reason="the Secret changed while its token was refreshed")
-    secret.data = {**(secret.data or {}), key: base64.b64encode(raw).decode()}
-    core.replace_namespaced_secret(name, namespace, secret)
+def _write(core: client.CoreV1Api, namespace: str, name: str, key: str, fresh: bytes, read: bytes) -> bool:
+    """Put the refreshed file in the key unless someone replaced the token meanwhile (a newer login stands).
+
+    The vendor has already spent the old refresh token, so a conflict on another key is retried, never dropped;
+    each replace carries the resourceVersion it read, a compare-and-swap.
+    """
+    for _ in range(5):
+        secret = core.read_namespaced_secret(name, namespace)
+        current = (secret.data or {}).get(key)
+        if current is None or base64.b64decode(current) != read:
+            return False
+        secret.data = {**(secret.data or {}), key: base64.b64encode(fresh).decode()}
+        try:
+            core.replace_namespaced_secret(name, namespace, secret)
+            return True
+        except ApiException as error:
+            if error.status != 409:
+                raise
+    raise ApiException(status=409, reason="the Secret kept changing while the refreshed token was written")
 
 
 async def check(core: client.CoreV1Api, namespace: str, spec: Mapping[str, Any], now: float | None = None,
@@ -72,10 +82,18 @@ async def check(core: client.CoreV1Api, namespace: str, spec: Mapping[str, Any],
     now = time.time() if now is None else now
     margin = REFRESH_MARGIN if margin is None else margin
     ref = spec["tokenSecretRef"]
+    try:
+        return await _check(core, namespace, spec, ref, now, margin)
+    except ApiException as error:  # its body may echo the Secret: report the status line only
+        return {"state": "failing", "message": f"Kubernetes API: HTTP {error.status} {error.reason}"}
+
+
+async def _check(core: client.CoreV1Api, namespace: str, spec: Mapping[str, Any], ref: Mapping[str, str],
+                 now: float, margin: float) -> dict[str, Any]:  # fmt: skip
     found = await asyncio.to_thread(_read, core, namespace, ref["name"], ref["key"])
     if found is None:
         return {"state": "failing", "message": f"Secret {ref['name']!r} has no key {ref['key']!r}"}
-    raw, version = found
+    raw = found
     fmt = token_format(spec["provider"], spec.get("refreshURL"))
     try:
         tokens = fmt.parse(raw)
@@ -91,7 +109,8 @@ async def check(core: client.CoreV1Api, namespace: str, spec: Mapping[str, Any],
         return _failed("rejected", error, tokens)
     except (TokenError, aiohttp.ClientError, TimeoutError) as error:
         return _failed("failing", error, tokens)
-    await asyncio.to_thread(_write, core, namespace, ref["name"], ref["key"], fmt.dump(fresh, raw), version)
+    if not await asyncio.to_thread(_write, core, namespace, ref["name"], ref["key"], fmt.dump(fresh, raw), raw):
+        return {"state": "valid", "message": "the token in the Secret was replaced during the refresh; it stands"}
     report = {"state": "refreshed", "lastRefresh": _stamp(now)}
     if fresh.expires_at is not None:
         report["expiresAt"] = _stamp(fresh.expires_at)

@@ -116,3 +116,43 @@ async def test_one_operator_refreshes_for_every_replica_and_no_request_fails(
 async def _token_state(cluster: Cluster, state: str) -> bool:
     credential: Any = await cluster.get(CREDENTIALS, "kiro")
     return bool(credential and credential.get("status", {}).get("token", {}).get("state") == state)
+
+
+class FlakySecrets:
+    """A CoreV1Api stand-in for one Secret: answers 409 ``conflicts`` times, as a concurrent writer would cause."""
+
+    def __init__(self, value: bytes, conflicts: int = 0) -> None:
+        import base64
+
+        from kubernetes import client
+
+        self.secret = client.V1Secret(metadata=client.V1ObjectMeta(name="s", resource_version="1"),
+                                      data={"token": base64.b64encode(value).decode(), "other": "eA=="})  # fmt: skip
+        self.conflicts = conflicts
+        self.replaced = 0
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> Any:
+        import copy
+
+        return copy.deepcopy(self.secret)
+
+    def replace_namespaced_secret(self, name: str, namespace: str, body: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ApiException(status=409, reason="Conflict")
+        self.secret, self.replaced = body, self.replaced + 1
+
+
+def test_a_refreshed_token_survives_conflicting_writes_but_never_overwrites_a_new_login() -> None:
+    import base64
+
+    from cliproxy_operator.tokens import _write
+
+    core = FlakySecrets(b"old", conflicts=2)
+    assert _write(core, "ns", "s", "token", b"fresh", b"old")  # type: ignore[arg-type]
+    assert base64.b64decode(core.secret.data["token"]) == b"fresh" and core.secret.data["other"] == "eA=="
+    relogged = FlakySecrets(b"someone's new login")
+    assert not _write(relogged, "ns", "s", "token", b"fresh", b"old")  # type: ignore[arg-type]
+    assert relogged.replaced == 0
