@@ -336,6 +336,11 @@ class Exchange:
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:
         model = self.route.model
+        if failure.reason in ("token_refresh", "token_rejected"):
+            return await self.reply_error(
+                502, f"No credential for model '{model}' has a usable session token: its login must be refreshed "
+                "or renewed.", "upstream_token_unavailable",
+            )  # fmt: skip
         if failure.status is None:
             if failure.reason == "timeout":
                 return await self.reply_error(504, f"The upstream for model '{model}' timed out.", "upstream_timeout")

@@ -198,6 +198,7 @@ class _Builder:
         session: Session | None = None,
         codec: Codec | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        session_origin: str = "",
     ) -> None:
         kind = KINDS[block]
         scope = entry.scope if isinstance(entry, VertexCredential) else None
@@ -210,7 +211,9 @@ class _Builder:
         label = entry.name if entry.name and block != "openai-compatibility" else f"{block}[{index}]{sub}"
         self.credentials.append(
             Credential(
-                id=_credential_id(block, provider, base_url, key or label),
+                id=_credential_id(
+                    block, provider, base_url, key or (session_origin and label + session_origin) or label
+                ),
                 provider=provider,
                 label=label,
                 wire=kind.wire,
@@ -250,8 +253,9 @@ class _Builder:
         tokens = session.tokens
         codec = KiroCodec(profile_arn=tokens.extra.get("profile_arn")) if kind.wire is Wire.KIRO else None
         base_url = base_url_of(entry, tokens, kind.default_base_url or "")
+        # A token delivered anew (the operator's refresh) is a new credential: no cooldown of the old one carries over.
         self.add(block, index, entry, None, block, base_url, None, session=session, codec=codec,
-                 extra_headers=session_headers(block, tokens))  # fmt: skip
+                 extra_headers=session_headers(block, tokens), session_origin=origin)  # fmt: skip
 
     def _token_source(self, entry: _Routed, where: str) -> tuple[bytes, Path | None]:
         inline = inline_document(entry)

@@ -160,15 +160,15 @@ async def test_proxy_never_refreshes_when_told_someone_else_does(
     running = await start_proxy(base_config(**{"token-refresh": False, "kiro": [kiro_block(token_file, url)]}))
     proxy = running.app[PROXY]
     await asyncio.sleep(1.1)
-    with pytest.raises(openai.APIStatusError):  # expired, and nobody has delivered a new one yet
+    with pytest.raises(openai.APIStatusError) as raised:  # expired, and nobody has delivered a new one yet
         await running.client().chat.completions.create(model="sonnet", messages=MESSAGES)
+    assert raised.value.status_code == 502 and raised.value.code == "upstream_token_unavailable"
     kiro_token_file(token_file, vendor, ttl=600)  # the operator's refresh reaches the Secret
     generation = proxy.generation
     for _ in range(100):
         if proxy.generation > generation:
             break
         await asyncio.sleep(0.05)
-    proxy.health.cooldowns.clear()
     completion = await running.client().chat.completions.create(model="sonnet", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert vendor.refreshes == []
