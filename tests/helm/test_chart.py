@@ -346,6 +346,13 @@ def test_operator_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == OPERATOR
     peering = container(one(rendered["peering"], "Deployment", OPERATOR), "operator")["args"]
     assert "--peering=cliproxy" in peering and "--priority=5" in peering
+    # The token refresher's cadence reaches the operator as the environment cliproxy_operator.tokens reads.
+    from cliproxy_operator import tokens
+
+    env = {e["name"]: e["value"] for e in operator["env"]}
+    assert env == {"CLIPROXY_TOKEN_CHECK_SECONDS": "30", "CLIPROXY_TOKEN_REFRESH_MARGIN_SECONDS": "300"}
+    assert (float(env["CLIPROXY_TOKEN_CHECK_SECONDS"]), float(env["CLIPROXY_TOKEN_REFRESH_MARGIN_SECONDS"])) == (
+        tokens.CHECK_SECONDS, tokens.REFRESH_MARGIN)  # fmt: skip
 
 
 # --- autoscaling, monitoring, sidecar ---------------------------------------------------------------------------
