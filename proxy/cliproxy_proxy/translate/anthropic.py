@@ -211,18 +211,6 @@ def _dumps(value: Any) -> str:
 # -- encoding: what Anthropic upstreams receive -----------------------------------------------------------
 
 
-def _arguments(call: ToolCall, where: str) -> dict[str, Any]:
-    if not call.arguments.strip():
-        return {}
-    try:
-        value = orjson.loads(call.arguments)
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise TranslationError(f"{where}.arguments: tool call {call.id!r} arguments are not a JSON object")
-    return value
-
-
 def _image_block(image: Image, where: str) -> dict[str, Any]:
     if image.url is not None and image.data is None:
         return {"type": "image", "source": {"type": "url", "url": image.url}}
@@ -269,7 +257,9 @@ def _encode_blocks(message: Message, where: str) -> list[dict[str, Any]]:
         elif isinstance(part, Image):
             blocks.append(_image_block(part, at))
         elif isinstance(part, ToolCall):
-            blocks.append({"type": "tool_use", "id": part.id, "name": part.name, "input": _arguments(part, at)})
+            blocks.append(
+                {"type": "tool_use", "id": part.id, "name": part.name, "input": part.input(f"{at}.arguments")}
+            )
         elif message.role == "assistant" and (thinking := _thinking_block(part)) is not None:
             blocks.append(thinking)
     return results + blocks  # tool_result blocks must open the user turn that answers the calls

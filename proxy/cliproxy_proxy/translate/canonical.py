@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import orjson
+
 # -- content --------------------------------------------------------------------------------------------
 
 
@@ -41,6 +43,18 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text, as the model produced it
+
+    def input(self, where: str) -> dict[str, Any]:
+        """The arguments as the object vendors that take structured input (Anthropic, Kiro) need."""
+        if not self.arguments.strip():
+            return {}
+        try:
+            value = orjson.loads(self.arguments)
+        except orjson.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise TranslationError(f"{where}: tool call {self.id!r} arguments are not a JSON object")
+        return value
 
 
 @dataclass(slots=True)

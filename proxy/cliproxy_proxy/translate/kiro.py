@@ -141,18 +141,6 @@ def _image(image: Image, where: str) -> dict[str, Any]:
     return {"format": kind, "source": {"bytes": image.data}}
 
 
-def _arguments(call: ToolCall, where: str) -> dict[str, Any]:
-    if not call.arguments.strip():
-        return {}
-    try:
-        value = orjson.loads(call.arguments)
-    except orjson.JSONDecodeError:
-        value = None
-    if not isinstance(value, dict):
-        raise TranslationError(f"{where}: tool call {call.id!r} arguments are not a JSON object")
-    return value
-
-
 def _texts(parts: list[Text | Image]) -> str:
     return "\n".join(p.text for p in parts if isinstance(p, Text) and p.text)
 
@@ -228,7 +216,7 @@ class _Encoder:
             if isinstance(part, Text) and part.text:
                 texts.append(part.text)
             elif isinstance(part, ToolCall):
-                arguments = _arguments(part, f"{where}.parts[{index}]")
+                arguments = part.input(f"{where}.parts[{index}]")
                 uses.append({"toolUseId": part.id, "name": part.name, "input": arguments})
             # thinking and images cannot be replayed to Kiro; they are left out
         message: dict[str, Any] = {"content": "\n\n".join(texts) or "(empty)"}
