@@ -23,7 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from cliproxy_proxy.oauth.base import RefreshRejected, RefreshRequest, TokenError, TokenSet
 from cliproxy_proxy.oauth.session import refresh_once
-from cliproxy_proxy.oauth.vendors import token_format
+from cliproxy_proxy.oauth.vendors import registration_name, token_format
 
 #: Seconds between checks of each token, and how long before expiry a refresh is due (env: tests, tuning).
 CHECK_SECONDS = float(os.environ.get("CLIPROXY_TOKEN_CHECK_SECONDS", "30"))
@@ -94,7 +94,11 @@ async def _check(core: client.CoreV1Api, namespace: str, spec: Mapping[str, Any]
     if found is None:
         return {"state": "failing", "message": f"Secret {ref['name']!r} has no key {ref['key']!r}"}
     raw = found
-    fmt = token_format(spec["provider"], spec.get("refreshURL"))
+    registration = None
+    if spec["provider"] == "kiro" and (name := registration_name(raw)) is not None:
+        # An IdC login: its client registration rides in the same Secret, under the name the IDE gives it.
+        registration = await asyncio.to_thread(_read, core, namespace, ref["name"], name)
+    fmt = token_format(spec["provider"], spec.get("refreshURL"), registration)
     try:
         tokens = fmt.parse(raw)
     except TokenError as error:

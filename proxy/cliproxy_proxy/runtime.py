@@ -40,6 +40,7 @@ from .oauth.vendors import (
     base_url_of,
     content_source,
     inline_document,
+    kiro_registration,
     session_headers,
     token_format,
 )
@@ -240,7 +241,8 @@ class _Builder:
     def add_session(self, block: str, index: int, entry: _Routed, where: str) -> None:
         """A session credential: its tokens parsed now (a broken file is a config error), kept fresh later."""
         raw, path = self._token_source(entry, where)
-        fmt = token_format(block, getattr(entry, "refresh_url", None), path if self.config.token_refresh else None)
+        registration = kiro_registration(path, raw) if block == "kiro" and path and self.config.token_refresh else None
+        fmt = token_format(block, getattr(entry, "refresh_url", None), registration)
         try:
             fmt.parse(raw)
         except TokenError as error:

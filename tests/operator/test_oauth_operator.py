@@ -156,3 +156,28 @@ def test_a_refreshed_token_survives_conflicting_writes_but_never_overwrites_a_ne
     relogged = FlakySecrets(b"someone's new login")
     assert not _write(relogged, "ns", "s", "token", b"fresh", b"old")  # type: ignore[arg-type]
     assert relogged.replaced == 0
+
+
+async def test_an_idc_login_in_a_secret_refreshes_with_the_registration_beside_it(
+    fast_tokens: None, cluster: Cluster, operator: OperatorRunner, aiohttp_server: Serve
+) -> None:
+    """Seeded from ~/.aws/sso/cache as the README says: the token file and its ``<clientIdHash>.json``."""
+    from ..fakes.kiro import CLIENT_ID, CLIENT_SECRET
+
+    vendor, url = await start_kiro(aiohttp_server, token_ttl=600)
+    login = json.loads(ide_file(vendor, 1.0))
+    login.update(authMethod="IdC", provider="BuilderId", clientIdHash="0a1b2c")
+    registration = {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "expiresAt": "2099-01-01T00:00:00Z"}
+    await cluster.create(SECRETS, {"metadata": {"name": "kiro-login"}, "data": {
+        "kiro-auth-token.json": b64(json.dumps(login)), "0a1b2c.json": b64(json.dumps(registration))}})  # fmt: skip
+    await cluster.create(CREDENTIALS, {"metadata": {"name": "kiro"}, "spec": {
+        "provider": "kiro", "baseURL": url, "refreshURL": url,
+        "tokenSecretRef": {"name": "kiro-login", "key": "kiro-auth-token.json"}}})  # fmt: skip
+
+    async def refreshed() -> bool:
+        credential: Any = await cluster.get(CREDENTIALS, "kiro")
+        return bool(credential and credential.get("status", {}).get("token", {}).get("lastRefresh"))
+
+    await wait_for(refreshed, 15, message=operator.describe)
+    assert [r["path"] for r in vendor.refreshes] == ["/token"]
+    assert vendor.refreshes[0]["body"]["clientId"] == CLIENT_ID

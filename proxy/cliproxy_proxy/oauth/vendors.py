@@ -29,25 +29,31 @@ KEY_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
 }
 
 
-def token_format(block: str, refresh_url: str | None = None, token_file: Path | None = None) -> TokenFormat:
-    """The token file format of a session block; ``refresh_url`` replaces the vendor's refresh host."""
+def token_format(block: str, refresh_url: str | None = None, registration: bytes | None = None) -> TokenFormat:
+    """The token file format of a session block; ``refresh_url`` replaces the vendor's refresh host, and
+    ``registration`` is a Kiro IdC login's client registration (see :func:`kiro_registration`)."""
     if block == "kiro":
-        registration = kiro_registration(token_file) if token_file is not None else None
         return KiroTokenFormat(social_url=refresh_url, oidc_url=refresh_url, registration=registration)
     return StaticKeyFormat(block, *KEY_PATHS[block])
 
 
-def kiro_registration(token_file: Path) -> bytes | None:
-    """An IdC / Builder ID login's client registration, which the Kiro IDE keeps beside the token file as
-    ``<clientIdHash>.json``: refreshing needs its client id and secret."""
+def registration_name(token_file: bytes) -> str | None:
+    """Where an IdC / Builder ID login's client registration is: the Kiro IDE keeps it beside the token file
+    as ``<clientIdHash>.json``, and refreshing needs its client id and secret. None for other logins."""
     try:
-        hashed = orjson.loads(token_file.read_bytes()).get("clientIdHash")
-    except (OSError, orjson.JSONDecodeError, AttributeError):
+        document = orjson.loads(token_file)
+    except orjson.JSONDecodeError:
         return None
-    if not isinstance(hashed, str) or not hashed.isalnum():
+    hashed = document.get("clientIdHash") if isinstance(document, dict) else None
+    if not isinstance(hashed, str) or not hashed.isalnum() or document.get("clientId"):
         return None
+    return f"{hashed}.json"
+
+
+def kiro_registration(token_file: Path, raw: bytes) -> bytes | None:
+    name = registration_name(raw)
     try:
-        return (token_file.parent / f"{hashed}.json").read_bytes()
+        return (token_file.parent / name).read_bytes() if name else None
     except OSError:
         return None
 
