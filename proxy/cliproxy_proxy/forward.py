@@ -244,8 +244,10 @@ class Exchange:
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
             decoder = codec.stream_decoder()
-            framed = isinstance(decoder, KiroStreamDecoder)  # binary frames, not SSE
-            relay = (FramedRelay if framed else TranslatingRelay)(decoder, encoder, self.route.model)  # type: ignore[arg-type]
+            if isinstance(decoder, KiroStreamDecoder):  # binary frames, not SSE
+                relay = FramedRelay(decoder, encoder, self.route.model)
+            else:
+                relay = TranslatingRelay(decoder, encoder, self.route.model)
         waited_from = perf_counter()
         try:
             first = await self.keepalive(upstream.readany())

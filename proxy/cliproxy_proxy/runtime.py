@@ -212,9 +212,7 @@ class _Builder:
         label = entry.name if entry.name and block != "openai-compatibility" else f"{block}[{index}]{sub}"
         self.credentials.append(
             Credential(
-                id=_credential_id(
-                    block, provider, base_url, key or (session_origin and label + session_origin) or label
-                ),
+                id=_credential_id(block, provider, base_url, key or label + session_origin),
                 provider=provider,
                 label=label,
                 wire=kind.wire,

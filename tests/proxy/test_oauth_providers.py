@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from cliproxy_proxy.app import PROXY
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config
+from ..conftest import CLIENT_KEY, FakeProvider, base_config, eventually
 from ..fakes.kiro import KiroVendor, start_kiro
 
 Serve = Callable[..., Awaitable[TestServer]]
@@ -165,10 +165,7 @@ async def test_proxy_never_refreshes_when_told_someone_else_does(
     assert raised.value.status_code == 502 and raised.value.code == "upstream_token_unavailable"
     kiro_token_file(token_file, vendor, ttl=600)  # the operator's refresh reaches the Secret
     generation = proxy.generation
-    for _ in range(100):
-        if proxy.generation > generation:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: proxy.generation > generation)
     completion = await running.client().chat.completions.create(model="sonnet", messages=MESSAGES)
     assert completion.choices[0].message.content
     assert vendor.refreshes == []

@@ -40,7 +40,7 @@ class TranslatingRelay:
         return event
 
 
-class FramedDecoder(Protocol):
+class FramedDecoder(StreamDecoder, Protocol):
     """A decoder of a binary framed stream (Kiro's AWS event-stream), fed bytes rather than SSE events."""
 
     def feed_bytes(self, chunk: bytes) -> list[Event]: ...
@@ -54,19 +54,11 @@ class FramedRelay(TranslatingRelay):
     __slots__ = ("framed",)
 
     def __init__(self, decoder: FramedDecoder, encoder: StreamEncoder, exposed_model: str) -> None:
-        super().__init__(_NO_SSE, encoder, exposed_model)
-        self.framed = decoder
+        super().__init__(decoder, encoder, exposed_model)
+        self.framed = decoder  # the same decoder, typed for its byte interface
 
     def feed(self, chunk: bytes) -> bytes:
         return self._encode(self.framed.feed_bytes(chunk))
 
     def flush(self) -> bytes:
         return self._encode(self.framed.close()) + self.encoder.close()
-
-
-class _NoSSE:
-    def feed(self, event: str | None, data: bytes) -> list[Event]:
-        raise TypeError("a framed stream has no SSE events")
-
-
-_NO_SSE = _NoSSE()
