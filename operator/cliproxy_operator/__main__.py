@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -23,6 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def identity() -> str:
+    """Who this operator is among its peers, without the passwd database.
+
+    kopf's own guess asks ``getpass.getuser()``, which fails for a uid with no passwd entry: exactly how the
+    image runs (uid 10001 on a slim base). The pod's name (the chart passes ``POD_NAME``) says the most; outside
+    a pod, the host name and process id do.
+    """
+    pod = os.environ.get("POD_NAME") or os.environ.get("POD_ID")
+    return pod or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN
@@ -31,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     asyncio.run(
         kopf.operator(
+            identity=identity(),  # type: ignore[arg-type]  # kopf's Identity is a NewType of str it does not export
             standalone=args.peering is None,
             peering_name=args.peering,
             priority=args.priority,

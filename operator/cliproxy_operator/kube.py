@@ -81,9 +81,10 @@ def apply_gateway(core: client.CoreV1Api, namespace: str, gateway: Gateway, owne
     """
     metadata = _metadata(gateway, namespace, owners)
     secret_data = {k: base64.b64encode(v.encode()).decode() for k, v in gateway.secret_data.items()}
-    wrote_config = _ensure(core, "config_map", {"metadata": metadata, **gateway.config_payload})
+    # The Secret first: a proxy that sees a ConfigMap naming files its Secret does not hold yet refuses it.
     wrote_secret = _ensure(core, "secret", {"metadata": metadata, "type": "Opaque", "data": secret_data})
-    return wrote_config or wrote_secret
+    wrote_config = _ensure(core, "config_map", {"metadata": metadata, **gateway.config_payload})
+    return wrote_secret or wrote_config
 
 
 def _ensure(core: client.CoreV1Api, kind: str, body: dict[str, Any]) -> bool:
