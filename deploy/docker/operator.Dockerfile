@@ -20,10 +20,13 @@ RUN pip wheel --no-deps --wheel-dir /wheels /src \
  && pip wheel --wheel-dir /wheels -r /src/requirements.txt
 # requirements.txt is a constraints file: pip picks what `cliproxy[operator]` needs (kopf, kubernetes and the
 # proxy's own dependencies, which the operator imports), at the pinned versions, offline from /wheels.
+# The entry point runs as the runtime user (uid 10001, no passwd entry, no USER/LOGNAME/HOME), so what
+# crashes only there fails the build, not the pod.
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-index --find-links /wheels -c /src/requirements.txt "cliproxy[operator]" \
  && /opt/venv/bin/pip uninstall --yes pip setuptools \
- && /opt/venv/bin/cliproxy-operator --help > /dev/null
+ && setpriv --reuid=10001 --regid=10001 --clear-groups \
+      env -i PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin cliproxy-operator --check
 
 # ---- runtime: the venv only, non-root, exec-form entrypoint (no shell needed) ----
 FROM python:3.11.14-slim-bookworm AS runtime

@@ -23,6 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe at this URL")
     parser.add_argument("--log-format", choices=("json", "plain"), default="json")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--check", action="store_true",
+        help="resolve the identity and load the handlers, then exit without a cluster (the image build runs it "
+        "as the runtime user)",
+    )  # fmt: skip
     return parser
 
 
@@ -43,9 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.configure(verbose=args.verbose, log_format=log_format)
     from . import handlers  # noqa: F401  (registers the handlers)
 
+    me = identity()
+    if args.check:
+        print(f"cliproxy-operator: start-up check passed (identity {me})")
+        return 0
     asyncio.run(
         kopf.operator(
-            identity=identity(),  # type: ignore[arg-type]  # kopf's Identity is a NewType of str it does not export
+            identity=me,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str it does not export
             standalone=args.peering is None,
             peering_name=args.peering,
             priority=args.priority,

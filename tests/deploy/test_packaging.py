@@ -192,6 +192,14 @@ def test_dockerfile_runtime_runs_as_numeric_non_root_user(dockerfile):
     assert not [i for i in final_stage(instructions) if i.keyword == "RUN"], "final stage should need no shell"
 
 
+def test_dockerfile_build_runs_the_entry_point_as_the_runtime_user(dockerfile):
+    """--help as root in the builder proved nothing: the operator crashed only as uid 10001 with no passwd entry."""
+    name, instructions = dockerfile
+    runs = " ".join(i.args for i in instructions if i.keyword == "RUN" and i.stage == 0)
+    check = {"proxy": "cliproxy-proxy --help", "operator": "cliproxy-operator --check"}[name]
+    assert re.search(r"setpriv --reuid=10001 --regid=10001 --clear-groups +env -i PATH=\S+ " + re.escape(check), runs)
+
+
 def test_dockerfile_entrypoint_names_a_console_script(dockerfile):
     name, instructions = dockerfile
     final = final_stage(instructions)

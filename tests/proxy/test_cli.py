@@ -16,6 +16,8 @@ import openai
 import pytest
 import yaml
 
+from tests.support.runtime_user import as_runtime_user, check_runtime_user, runtime_user_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,7 +67,11 @@ def test_invalid_config_exits_2_naming_the_path(tmp_path: Path) -> None:
 
 
 def test_example_config_serves_and_drains_on_sigterm(tmp_path: Path, demo_upstream: str) -> None:
-    """The shipped example, re-pointed at this run's demo port, answers the SDK; SIGTERM lets a stream finish."""
+    """The shipped example, re-pointed at this run's demo port, answers the SDK; SIGTERM lets a stream finish.
+
+    The installed ``cliproxy-proxy`` runs as the image runs it: uid 10001 with no passwd entry, no USER or HOME.
+    """
+    check_runtime_user()
     example = yaml.safe_load((ROOT / "examples" / "config.yaml").read_text())
     for block in ("groq", "openai-compatibility", "claude-api-key"):
         for entry in example[block]:
@@ -74,8 +80,8 @@ def test_example_config_serves_and_drains_on_sigterm(tmp_path: Path, demo_upstre
     config.write_text(yaml.safe_dump(example))
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "cliproxy_proxy", "--config", str(config), "--port", str(port), "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        as_runtime_user(["cliproxy-proxy", "--config", str(config), "--port", str(port), "--log-format", "json"]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/", env=runtime_user_env(),
     )  # fmt: skip
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz")

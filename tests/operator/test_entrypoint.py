@@ -1,0 +1,75 @@
+"""The real ``cliproxy-operator`` entry point, run as the image runs it: a uid with no passwd entry.
+
+kopf's default peering identity asked the passwd database who we are, and crashed in the image only. This runs
+the installed console script as uid 10001 (``tests/support/runtime_user.py``) and waits until it renders a
+gateway, then stops it with SIGTERM as the kubelet would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.runtime_user import as_runtime_user, check_runtime_user, runtime_user_env
+
+from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, Cluster, b64, wait_for, write_kubeconfig
+
+
+async def test_operator_starts_and_renders_as_a_uid_without_passwd_entry(cluster: Cluster) -> None:
+    if cluster.kind != "emulator":
+        pytest.skip("one API backend is enough for the entry point")
+    check_runtime_user()
+    kubeconfig = Path(tempfile.mkdtemp(prefix="cliproxy-uid-")) / "kubeconfig"
+    write_kubeconfig(kubeconfig, cluster.url)
+    ns = cluster.namespace
+    await cluster.create(SECRETS, {"metadata": {"name": "keys", "labels": {}}, "data": {"k": b64("sk-uid")}})
+    await cluster.create(CREDENTIALS, {"metadata": {"name": "c"}, "spec": {
+        "provider": "groq", "apiKeys": [{"secretKeyRef": {"name": "keys", "key": "k"}}]}})  # fmt: skip
+    await cluster.create(ROUTES, {"metadata": {"name": "r"}, "spec": {
+        "credentials": [{"name": "c"}], "models": [{"name": "llama"}]}})  # fmt: skip
+
+    process = subprocess.Popen(
+        as_runtime_user(["cliproxy-operator", "--all-namespaces", "--log-format", "plain"]), cwd="/",
+        env=runtime_user_env(KUBECONFIG=str(kubeconfig)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+
+        async def rendered() -> bool:
+            assert process.poll() is None, f"the operator exited ({process.returncode})"
+            return await cluster.get(CONFIGMAPS, "cliproxy-default", ns) is not None
+
+        await wait_for(rendered, 30.0, message="the operator started as uid 10001 never rendered the gateway")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:  # in a thread: the emulator serves the operator's last requests on this loop meanwhile
+            output, _ = await asyncio.to_thread(process.communicate, timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    text = output.decode(errors="replace")
+    assert "getpwuid" not in text and "Traceback" not in text, text[-3000:]
+    assert process.returncode in (0, -signal.SIGTERM), text[-3000:]
+
+
+def test_check_flag_runs_the_start_up_path_as_the_runtime_user() -> None:
+    """What the image build runs (deploy/docker/operator.Dockerfile): identity and handlers, without a cluster."""
+    check_runtime_user()
+    result = subprocess.run(as_runtime_user(["cliproxy-operator", "--check"]), capture_output=True, text=True,
+                            cwd="/", env=runtime_user_env(), timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "start-up check passed" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_identity_prefers_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cliproxy_operator.__main__ import identity
+
+    monkeypatch.setenv("POD_NAME", "cliproxy-operator-7d9f-abcde")
+    assert identity() == "cliproxy-operator-7d9f-abcde"
+    monkeypatch.delenv("POD_NAME")
+    monkeypatch.delenv("POD_ID", raising=False)
+    assert identity() != identity(), "outside a pod two operators must not share an identity"
