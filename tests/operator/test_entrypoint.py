@@ -33,24 +33,24 @@ async def test_operator_starts_and_renders_as_a_uid_without_passwd_entry(cluster
     await cluster.create(ROUTES, {"metadata": {"name": "r"}, "spec": {
         "credentials": [{"name": "c"}], "models": [{"name": "llama"}]}})  # fmt: skip
 
-    process = subprocess.Popen(
-        as_runtime_user(["cliproxy-operator", "--all-namespaces", "--log-format", "plain"]), cwd="/",
+    process = await asyncio.create_subprocess_exec(
+        *as_runtime_user(["cliproxy-operator", "--all-namespaces", "--log-format", "plain"]), cwd="/",
         env=runtime_user_env(KUBECONFIG=str(kubeconfig)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
 
         async def rendered() -> bool:
-            assert process.poll() is None, f"the operator exited ({process.returncode})"
+            assert process.returncode is None, f"the operator exited ({process.returncode})"
             return await cluster.get(CONFIGMAPS, "cliproxy-default", ns) is not None
 
         await wait_for(rendered, 30.0, message="the operator started as uid 10001 never rendered the gateway")
     finally:
         process.send_signal(signal.SIGTERM)
-        try:  # in a thread: the emulator serves the operator's last requests on this loop meanwhile
-            output, _ = await asyncio.to_thread(process.communicate, timeout=20)
-        except subprocess.TimeoutExpired:
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), 20)
+        except TimeoutError:
             process.kill()
-            output, _ = process.communicate()
+            output, _ = await process.communicate()
     text = output.decode(errors="replace")
     assert "getpwuid" not in text and "Traceback" not in text, text[-3000:]
     assert process.returncode in (0, -signal.SIGTERM), text[-3000:]
