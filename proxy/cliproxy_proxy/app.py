@@ -17,6 +17,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .count import CountError, count_tokens
+from .discovery import Discovery
 from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
 from .loader import ConfigSource
@@ -43,11 +44,13 @@ class Proxy:
         self.generation = 1
         self.health = Health()
         self.metrics = Metrics()
-        self.discovered: dict[str, tuple[str, ...]] = {}
+        self.discovery = Discovery(self.metrics.discovered)
         self.draining = False
         self.pool = Pool()
         self.health.sync(runtime.credentials)
-        self.metrics.watch_credentials(self.credential_states, self.session_states)
+        self.metrics.watch_credentials(
+            self.credential_states, self.session_states, lambda: self.discovery.failing(self.runtime.credentials)
+        )
         self._mark_loaded()
 
     async def close(self) -> None:

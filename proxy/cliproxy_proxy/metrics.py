@@ -64,6 +64,21 @@ class _CredentialStates(Collector):
         yield family
 
 
+class _Undiscovered(Collector):
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "cliproxy_model_discovery_pending",
+            "Credentials whose model list could not be fetched yet (they serve no model; retried with backoff)",
+            labels=["provider"],
+        )
+        for provider, count in sorted(self.counts().items()):
+            family.add_metric([provider], count)
+        yield family
+
+
 SessionRow = tuple[str, str, str, float | None, int]  # provider, credential label, state, expires_at, refreshes
 
 
@@ -143,6 +158,10 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        self.discoveries = Counter(
+            "cliproxy_model_discovery", "Model list fetches (/models) by provider and result", ["provider", "result"],
+            registry=r,
+        )  # fmt: skip
         self.reloads = Counter("cliproxy_config_reloads", "Config reloads by result", ["result"], registry=r)
         self.generation = Gauge("cliproxy_config_generation", "Generation of the config in force", registry=r)
         self.last_reload = Gauge(
@@ -153,9 +172,14 @@ class Metrics:
         self._models: dict[tuple[str, str], _Model] = {}
 
     def watch_credentials(self, states: Callable[[], dict[str, tuple[int, int]]],
-                          sessions: Callable[[], list[SessionRow]]) -> None:  # fmt: skip
+                          sessions: Callable[[], list[SessionRow]],
+                          undiscovered: Callable[[], dict[str, int]]) -> None:  # fmt: skip
         self.registry.register(_CredentialStates(states))
         self.registry.register(_SessionStates(sessions))
+        self.registry.register(_Undiscovered(undiscovered))
+
+    def discovered(self, provider: str, ok: bool) -> None:
+        self.discoveries.labels(provider, "success" if ok else "failure").inc()
 
     def provider(self, name: str) -> _Provider:
         """The provider's resolved series: ``labels()`` takes a lock and a lookup, so it runs once per name."""

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, ProxyConfig
-from .discovery import discover
 from .loader import ConfigSource
 from .oauth.vendors import Sessions
-from .runtime import Credential, Runtime, build_credentials, build_runtime
+from .runtime import Credential, Runtime, build_credentials, build_runtime, rerouted
 
 if TYPE_CHECKING:
     from .app import Proxy
@@ -43,8 +42,7 @@ class Reloader:
         """Read, validate and build a snapshot; raises ConfigError and leaves the proxy untouched."""
         sessions = self.proxy.runtime.sessions
         config, credentials, files = await asyncio.to_thread(self._read, sessions)
-        found = await discover(self.proxy.pool, credentials, self.proxy.discovered, refresh=refresh)
-        self.proxy.discovered = found
+        found = await self.proxy.discovery.run(self.proxy.pool, credentials, refresh=refresh)
         return build_runtime(config, self.source, fingerprint=fingerprint, discovered=found,
                              credentials=(credentials, files), sessions=sessions)  # fmt: skip
 
@@ -74,8 +72,19 @@ class Reloader:
         self.proxy.apply(runtime)
         await runtime.sessions.retire({c.session for c in runtime.credentials if c.session is not None})
         self.last_error = ""
-        log.info("config generation %d in force (%d models)", self.proxy.generation, len(runtime.routes))
+        log.info("config generation %d in force (%d models)", self.proxy.generation,
+                     len(self.proxy.runtime.routes))  # fmt: skip
         return True
+
+    async def retry_discovery(self) -> None:
+        """Ask again for model lists that failed to arrive; new ones go live without reading any file again."""
+        runtime = self.proxy.runtime
+        missing = {c.id for c in runtime.credentials if c.discovers_models and c.id not in self.proxy.discovery.known}
+        found = await self.proxy.discovery.run(self.proxy.pool, list(runtime.credentials))
+        if self.proxy.runtime is runtime and missing & found.keys():  # a reload meanwhile already used them
+            self.proxy.apply(rerouted(runtime, found))
+            log.info("config generation %d in force (%d models, discovered)", self.proxy.generation,
+                     len(self.proxy.runtime.routes))  # fmt: skip
 
     def _refuse(self, message: str) -> None:
         """Count and log a refused config once; a later change of any watched file is tried again."""
@@ -96,5 +105,7 @@ class Reloader:
                 self.last_discovery = time.monotonic()
             try:
                 await self.check(force=refresh, refresh=refresh)
+                if self.proxy.discovery.retry_due(self.proxy.runtime.credentials):
+                    await self.retry_discovery()
             except Exception:  # the watcher must outlive any surprise; the old config keeps serving
                 log.exception("config reload failed unexpectedly")

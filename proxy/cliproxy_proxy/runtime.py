@@ -6,6 +6,7 @@ keeps the snapshot it started with while a reload happens.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping
@@ -404,3 +405,13 @@ def build_runtime(
         loaded_at=now,
         sessions=sessions,
     )
+
+
+def rerouted(runtime: Runtime, discovered: Mapping[str, tuple[str, ...]]) -> Runtime:
+    """The same snapshot with its routes rebuilt for newly discovered model lists; no file is read again."""
+    routes, hints = _routes(runtime.config, list(runtime.credentials), discovered)
+    now = time.time()
+    return dataclasses.replace(
+        runtime, routes=routes, hints=hints, models_body=_models_body(routes, int(now)),
+        anthropic_models_body=_anthropic_models_body(routes, int(now)), loaded_at=now,
+    )  # fmt: skip

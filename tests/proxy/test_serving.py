@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 import openai
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from cliproxy_proxy import discovery
 from cliproxy_proxy.app import _is_loopback, auth_middleware, key_matches
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
+from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 
 async def test_models_list_prefix_alias_and_exclusion(provider: FakeProvider, start_proxy) -> None:
@@ -137,6 +139,41 @@ async def test_models_are_discovered_when_not_listed(provider: FakeProvider, sta
     running = await start_proxy(base_config(**{"openai-compatibility": [block]}))
     ids = {m.id async for m in running.client().models.list()}
     assert ids == {"d/up-small", "d/up-large", "up-small", "up-large"}
+
+
+async def test_failed_discovery_is_retried_with_backoff_and_counted(
+    provider: FakeProvider, start_proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 401 (or an upstream down) at start must not leave the models missing until the 10-minute refresh."""
+    monkeypatch.setattr(discovery, "RETRY_BASE", 0.2)
+    block = compat_block(provider.url, keys=("key-late",), models=None, prefix="d")
+    running = await start_proxy(base_config(**{"openai-compatibility": [block]}))
+    client = running.client()
+    assert [m.id async for m in client.models.list()] == []
+    metrics = await _scrape(running)
+    assert 'cliproxy_model_discovery_pending{provider="fake"} 1.0' in metrics
+    assert 'cliproxy_model_discovery_total{provider="fake",result="failure"}' in metrics
+    generation = running.proxy.generation
+    await asyncio.sleep(0.7)  # retries at 0.2 s and 0.4 s fail again: nothing changes, nothing is re-applied
+    assert running.proxy.generation == generation
+    failed = re.search(
+        r'cliproxy_model_discovery_total\{provider="fake",result="failure"\} (\d+)', await _scrape(running)
+    )
+    assert failed and 2 <= int(failed.group(1)) <= 4, "retried, backing off (0.2 s, 0.4 s), not every reload tick"
+
+    provider.state.keys = provider.state.keys | {"key-late"}  # the upstream accepts the key now
+    await eventually(lambda: "d/up-small" in running.proxy.runtime.routes, within=10)
+    assert {m.id async for m in client.models.list()} >= {"d/up-small", "up-large"}
+    reply = await client.chat.completions.create(model="d/up-small", messages=[{"role": "user", "content": "x"}])
+    assert reply.choices[0].message.content == "echo: x"
+    metrics = await _scrape(running)
+    assert 'cliproxy_model_discovery_pending{provider="fake"} 0.0' in metrics
+    assert 'cliproxy_model_discovery_total{provider="fake",result="success"} 1.0' in metrics
+
+
+async def _scrape(running) -> str:  # type: ignore[no-untyped-def]
+    async with aiohttp.ClientSession() as session, session.get(f"{running.url}/metrics") as response:
+        return await response.text()
 
 
 @pytest.mark.parametrize(
