@@ -315,6 +315,15 @@ class ConfigError(ValueError):
     """A config document that cannot be used; the message names each failing path."""
 
 
+class ConfigPending(ConfigError):
+    """A config that is not there yet, or names objects that have not arrived yet (a Secret a moment behind its
+    ConfigMap). ``indefinite``: waiting is normal however long it takes (no ConfigMap before the first render)."""
+
+    def __init__(self, message: str, *, indefinite: bool = False) -> None:
+        super().__init__(message)
+        self.indefinite = indefinite
+
+
 def format_location(loc: tuple[int | str, ...]) -> str:
     path = ""
     for part in loc:

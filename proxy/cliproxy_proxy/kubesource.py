@@ -25,7 +25,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import ConfigError, ProxyConfig
+from .config import ConfigError, ConfigPending, ProxyConfig
 from .loader import CONFIG_NAMES, ConfigSource, decode_config
 
 log = logging.getLogger("cliproxy.kube")
@@ -286,7 +286,9 @@ class KubeSource(ConfigSource):
             return super().read_config()
         configmap = view[0]
         if configmap is None:
-            raise ConfigError(f"(top level): ConfigMap {self.namespace}/{self.name} does not exist (yet)")
+            raise ConfigPending(
+                f"(top level): ConfigMap {self.namespace}/{self.name} does not exist (yet)", indefinite=True
+            )
         name = next((n for n in CONFIG_NAMES if n in configmap), None)
         if name is None:
             raise ConfigError(f"(top level): ConfigMap {self.namespace}/{self.name} has no {' or '.join(CONFIG_NAMES)}")
@@ -297,10 +299,11 @@ class KubeSource(ConfigSource):
         if view is None or Path(name).expanduser().is_absolute():
             return super().read_secret(name, where)
         secret = view[1]
+        # The operator writes the Secret first, but the two watches may deliver its change after the ConfigMap's.
         if secret is None:
-            raise ConfigError(f"{where}: Secret {self.namespace}/{self.name} does not exist (yet)")
+            raise ConfigPending(f"{where}: Secret {self.namespace}/{self.name} does not exist (yet)")
         if name not in secret:
-            raise ConfigError(f"{where}: Secret {self.namespace}/{self.name} has no key {name}")
+            raise ConfigPending(f"{where}: Secret {self.namespace}/{self.name} has no key {name} (yet)")
         try:
             value = secret[name].decode().strip()
         except UnicodeDecodeError:

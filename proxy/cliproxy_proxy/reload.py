@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, ProxyConfig
+from .config import ConfigError, ConfigPending, ProxyConfig
 from .loader import ConfigSource
 from .oauth.vendors import Sessions
 from .runtime import Credential, Runtime, build_credentials, build_runtime, rerouted
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .app import Proxy
 
 log = logging.getLogger("cliproxy.reload")
+PENDING_GRACE = 10.0  # seconds a config may wait for a Secret it names before it is refused as broken
 
 
 class Reloader:
@@ -35,6 +36,7 @@ class Reloader:
         self.discovery_interval = discovery_interval
         self.last_attempt = ""
         self.last_error = ""
+        self.pending_since: float | None = None  # since when the config has waited for an object it names
         self.last_discovery = time.monotonic()
         self.wake = asyncio.Event()  # a source that is told of changes (the Kubernetes API) sets it
 
@@ -59,7 +61,7 @@ class Reloader:
         try:
             fingerprint = await asyncio.to_thread(self.fingerprint)  # file reads stay off the event loop
         except ConfigError as error:
-            self._refuse(str(error))
+            self._refuse(error)
             return False
         if not force and fingerprint in (self.proxy.runtime.fingerprint, self.last_attempt):
             return False
@@ -67,8 +69,9 @@ class Reloader:
         try:
             runtime = await self.load(fingerprint, refresh=refresh)
         except ConfigError as error:
-            self._refuse(str(error))
+            self._refuse(error)
             return False
+        self.pending_since = None
         self.proxy.apply(runtime)
         await runtime.sessions.retire({c.session for c in runtime.credentials if c.session is not None})
         self.last_error = ""
@@ -86,8 +89,24 @@ class Reloader:
             log.info("config generation %d in force (%d models, discovered)", self.proxy.generation,
                      len(self.proxy.runtime.routes))  # fmt: skip
 
-    def _refuse(self, message: str) -> None:
-        """Count and log a refused config once; a later change of any watched file is tried again."""
+    def _refuse(self, error: ConfigError) -> None:
+        """Count and log a refused config once; a later change of any watched file is tried again.
+
+        A config waiting for an object it names (:class:`ConfigPending`) is tried again every tick and is only
+        refused once it has waited ``PENDING_GRACE`` seconds; one that is not there at all waits quietly.
+        """
+        message = str(error)
+        if isinstance(error, ConfigPending):
+            now = time.monotonic()
+            self.pending_since = self.pending_since or now
+            if error.indefinite or now - self.pending_since < PENDING_GRACE:
+                if message != self.last_error:
+                    log.info("config waits for an object it names: %s", message)
+                self.last_error = message
+                self.last_attempt = ""  # not refused: the same content is tried again next tick
+                return
+            self.last_error = ""  # waited long enough: refused now, and said so
+        self.pending_since = None
         self.proxy.metrics.reloads.labels("failure").inc()
         if message != self.last_error:
             log.error("config refused, the last good config keeps serving: %s", message)

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cliproxy_operator.kube import CLIENT_KEYS_LABEL
+from cliproxy_proxy import reload
 from cliproxy_proxy.__main__ import load_app
 from cliproxy_proxy.app import PROXY, RELOADER
 from cliproxy_proxy.kubesource import USER_AGENT, ApiServer, KubeSource
@@ -123,6 +124,37 @@ async def test_the_proxy_serves_and_follows_its_objects_through_the_api(
         for watch in (False, True)
     }
     assert len(calls) == 4, "one list and one long watch per object, no relisting churn"
+
+
+async def test_a_configmap_ahead_of_its_secret_waits_instead_of_being_refused(
+    cluster: Cluster, provider: FakeProvider, aiohttp_server: Serve, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The two watches may deliver a ConfigMap before the Secret it names: that is not a broken config."""
+    monkeypatch.setattr(reload, "PENDING_GRACE", 0.5)
+    config_dir, secrets_dir = volume(tmp_path)
+    source = KubeSource(config_dir, secrets_dir, api=ApiServer(cluster.url), namespace=cluster.namespace, name=NAME)
+    async with proxy_for(aiohttp_server, source) as (app, url):
+        proxy, reloader = app[PROXY], app[RELOADER]
+        await cluster.create(CONFIGMAPS, {"metadata": {"name": NAME},
+                                          "data": {"config.json": json.dumps(rendered(provider))}})  # fmt: skip
+        await wait_for(lambda: "Secret" in reloader.last_error, 5, message="the ConfigMap never arrived")
+        assert not proxy.configured
+        assert not [r for r in caplog.records if "config refused" in r.getMessage()]
+        assert proxy.metrics.reloads.labels("failure")._value.get() == 0
+        data = {"fake-key": b64("key-a"), "client-keys": b64(CLIENT_KEY)}
+        await cluster.create(SECRETS, {"metadata": {"name": NAME}, "type": "Opaque", "data": data})
+        await wait_for(lambda: proxy.configured, 5, message="the Secret's arrival did not complete the config")
+        assert reloader.last_error == ""
+
+        # A Secret that stays without a key the config names is refused once the grace period is over.
+        generation = proxy.generation
+        await cluster.patch(CONFIGMAPS, NAME, {"data": {"config.json": json.dumps(
+            {**rendered(provider), "api-keys-file": "other-keys"})}})  # fmt: skip
+        await wait_for(lambda: [r for r in caplog.records if "config refused" in r.getMessage()], 5,
+                       message=lambda: f"never refused: {reloader.last_error!r} {reloader.pending_since}")  # fmt: skip
+        assert "has no key other-keys" in reloader.last_error and proxy.generation == generation
+        assert proxy.metrics.reloads.labels("failure")._value.get() >= 1
 
 
 async def test_a_proxy_waits_not_ready_until_its_configmap_exists(
