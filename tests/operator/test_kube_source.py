@@ -139,7 +139,8 @@ async def test_a_configmap_ahead_of_its_secret_waits_instead_of_being_refused(
         await cluster.create(CONFIGMAPS, {"metadata": {"name": NAME},
                                           "data": {"config.json": json.dumps(rendered(provider))}})  # fmt: skip
         await wait_for(lambda: "Secret" in reloader.last_error, 5, message="the ConfigMap never arrived")
-        assert not proxy.configured
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as response:
+            assert response.status == 503 and "Secret" in (await response.json())["error"]
         assert not [r for r in caplog.records if "config refused" in r.getMessage()]
         assert proxy.metrics.reloads.labels("failure")._value.get() == 0
         data = {"fake-key": b64("key-a"), "client-keys": b64(CLIENT_KEY)}
