@@ -4,9 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PORT ?= 18080
-IMAGE_TAG ?= dev
+KIND_CLUSTER ?= kind
+# PROXY_IMAGE, OPERATOR_IMAGE and IMAGE_TAG: the names the chart runs by default (override on the command line).
+include deploy/helm/cliproxy/images.env
+# Debian packages the tests run (shellcheck checks deploy/e2e/kind-e2e.sh); installed when missing.
+SYSTEM_PACKAGES := shellcheck
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv run test lint bench images e2e clean
+.PHONY: venv sysdeps run test lint bench images kind-load e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,13 +21,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+sysdeps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p > /dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get install -y -qq $$missing > /dev/null 2>&1 \
+		|| { $(SUDO) apt-get update -qq > /dev/null && $(SUDO) apt-get install -y -qq $$missing > /dev/null; }; \
+	fi
+
 run: $(STAMP)
 	@echo "starting the DEMO upstream on 127.0.0.1:$(DEMO_PORT) (a local fake, not a real provider)"
 	@$(BIN)/cliproxy-demo-upstream --port $(DEMO_PORT) --key demo-key-1 --key demo-key-2 & \
 	demo=$$!; trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
 	$(BIN)/cliproxy-proxy --config examples/config.yaml
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -36,8 +49,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/propagation_bench.py
 
 images:
-	docker build -f deploy/docker/proxy.Dockerfile -t cliproxy-proxy:$(IMAGE_TAG) .
-	docker build -f deploy/docker/operator.Dockerfile -t cliproxy-operator:$(IMAGE_TAG) .
+	docker build -f deploy/docker/proxy.Dockerfile -t $(PROXY_IMAGE):$(IMAGE_TAG) .
+	docker build -f deploy/docker/operator.Dockerfile -t $(OPERATOR_IMAGE):$(IMAGE_TAG) .
+
+kind-load: images
+	kind load docker-image --name $(KIND_CLUSTER) $(PROXY_IMAGE):$(IMAGE_TAG) $(OPERATOR_IMAGE):$(IMAGE_TAG)
 
 e2e:
 	deploy/e2e/kind-e2e.sh

@@ -4,19 +4,24 @@
 # Needs docker (with a running daemon), kind, kubectl and helm. When one is missing it prints "SKIPPED: ..." and
 # exits 0 without touching anything. Run from anywhere: paths are resolved from this file's location.
 #
-# Knobs (environment): CLUSTER (kind cluster name), NAMESPACE, RELEASE (Helm release), TAG (image tag),
+# Knobs (environment): CLUSTER (kind cluster name), NAMESPACE, RELEASE (Helm release), TAG (image tag; default the
+# chart's IMAGE_TAG from deploy/helm/cliproxy/images.env, which also names the images),
 # PROXY_SERVICE (the chart's proxy Service; default "<release>-proxy"), CLIENT_KEY (a client API key, if the
 # chart's gateway requires one), KEEP_CLUSTER=1 (leave the cluster up for debugging), TIMEOUT (seconds per wait),
 # ROTATION_TIMEOUT (seconds a rotated upstream key may take to reach the proxy: the chart's default API source
 # applies it within a second or two of the operator's re-render; the kubelet's volume sync would take minutes).
 set -euo pipefail
 
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+CHART="$REPO/deploy/helm/cliproxy"
+# PROXY_IMAGE, OPERATOR_IMAGE and IMAGE_TAG: the chart's default images, named in one place.
+# shellcheck source=SCRIPTDIR/../helm/cliproxy/images.env
+source "$CHART/images.env"
+
 CLUSTER=${CLUSTER:-cliproxy-e2e}
 NAMESPACE=${NAMESPACE:-cliproxy-e2e}
 RELEASE=${RELEASE:-cliproxy}
-TAG=${TAG:-e2e}
-PROXY_IMAGE=cliproxy-proxy
-OPERATOR_IMAGE=cliproxy-operator
+TAG=${TAG:-$IMAGE_TAG}
 PROXY_SERVICE=${PROXY_SERVICE:-${RELEASE}-proxy}
 PROXY_PORT=8317
 CLIENT_KEY=${CLIENT_KEY:-}
@@ -46,8 +51,6 @@ if ! docker info > /dev/null 2>&1; then
     exit 0
 fi
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-CHART="$REPO/deploy/helm/cliproxy"
 [[ -f "$CHART/Chart.yaml" ]] || fail "no Helm chart at $CHART"
 
 kc() { kubectl --context "kind-$CLUSTER" --namespace "$NAMESPACE" "$@"; }
@@ -219,6 +222,10 @@ kc wait --for=condition=Ready providerroute.cliproxy.io/e2e --timeout "${TIMEOUT
 step "Waiting for the proxy to serve '$MODEL' (the operator's ConfigMap reaches the pods through the API watch)"
 serves_model() { incluster ${auth[@]+"${auth[@]}"} "$(proxy_url /v1/models)" 2> /dev/null | grep -q "\"$MODEL\""; }
 wait_until "proxy lists $MODEL" serves_model
+
+step "Waiting for every pod of release '$RELEASE' to be Ready (operator and all proxy replicas)"
+kc wait --for=condition=Ready pod -l "app.kubernetes.io/instance=$RELEASE" --timeout "${TIMEOUT}s"
+kc get pods -l "app.kubernetes.io/instance=$RELEASE" -o wide
 
 step "GET /v1/models"
 incluster --fail ${auth[@]+"${auth[@]}"} "$(proxy_url /v1/models)"

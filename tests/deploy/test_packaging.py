@@ -284,6 +284,23 @@ def test_script_is_valid_bash():
     assert os.access(SCRIPT, os.X_OK)
 
 
+def test_script_passes_shellcheck():
+    """No Docker here to run it, so its shell is checked statically (`make test` installs Debian's shellcheck)."""
+    shellcheck = shutil.which("shellcheck")
+    assert shellcheck, "shellcheck is not installed: `make sysdeps` installs it (Debian package shellcheck)"
+    result = subprocess.run([shellcheck, "--external-sources", str(SCRIPT)], capture_output=True, text=True,
+                            check=False, cwd="/")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_script_waits_for_every_pod_of_the_release():
+    text = SCRIPT.read_text()
+    wait = 'kc wait --for=condition=Ready pod -l "app.kubernetes.io/instance=$RELEASE"'
+    assert wait in text
+    # After the route is applied (proxies stay not ready until their first config), before the first request.
+    assert text.index("kind: ProviderRoute") < text.index(wait) < text.index('step "GET /v1/models"')
+
+
 def test_script_skips_without_docker_and_kind(tmp_path):
     result = run_script(path_without(tmp_path, "docker", "kind"))
     assert result.returncode == 0, result.stderr

@@ -273,7 +273,8 @@ def test_proxy_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     deployment = one(rendered["default"], "Deployment", PROXY)
     pod = deployment["spec"]["template"]["spec"]
     proxy = container(deployment, "proxy")
-    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    # A first install starts at the autoscaler's minimum (an upgrade keeps the live count, through `lookup`).
+    assert deployment["spec"]["replicas"] == 2
     assert proxy["command"] == ["cliproxy-proxy"]
     assert proxy["args"][:4] == [
         "--config=/etc/cliproxy/config",
@@ -284,6 +285,10 @@ def test_proxy_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert proxy["ports"] == [{"name": "http", "containerPort": 8317, "protocol": "TCP"}]
     assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    # Readiness and liveness wait for the startup probe, whose first check comes after the start-up time.
+    startup = proxy["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "http"} and startup["initialDelaySeconds"] >= 1
+    assert startup["initialDelaySeconds"] + startup["periodSeconds"] * startup["failureThreshold"] >= 30
     # Graceful shutdown: preStop sleep, then the drain, all inside the grace period.
     sleep = proxy["lifecycle"]["preStop"]["sleep"]["seconds"]
     assert sleep > 0 and pod["terminationGracePeriodSeconds"] > sleep + 60
@@ -349,7 +354,9 @@ def test_operator_deployment(rendered: dict[str, list[dict[str, Any]]]) -> None:
     # The token refresher's cadence reaches the operator as the environment cliproxy_operator.tokens reads.
     from cliproxy_operator import tokens
 
-    env = {e["name"]: e["value"] for e in operator["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in operator["env"]}
+    # The pod's name is the operator's kopf identity: the image's uid has no passwd entry to name it.
+    assert env.pop("POD_NAME") == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env == {"CLIPROXY_TOKEN_CHECK_SECONDS": "30", "CLIPROXY_TOKEN_REFRESH_MARGIN_SECONDS": "300"}
     assert (float(env["CLIPROXY_TOKEN_CHECK_SECONDS"]), float(env["CLIPROXY_TOKEN_REFRESH_MARGIN_SECONDS"])) == (
         tokens.CHECK_SECONDS, tokens.REFRESH_MARGIN)  # fmt: skip
@@ -387,7 +394,7 @@ def test_keda_replaces_hpa(rendered: dict[str, list[dict[str, Any]]]) -> None:
     scaled = one(docs, "ScaledObject", PROXY)
     queries = [t["metadata"]["query"] for t in scaled["spec"]["triggers"]]
     assert len(queries) == 2 and 'provider="openai"' in queries[1]
-    assert "replicas" not in one(docs, "Deployment", PROXY)["spec"]
+    assert one(docs, "Deployment", PROXY)["spec"]["replicas"] == scaled["spec"]["minReplicaCount"]
 
 
 def test_no_autoscaling_sets_replicas(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -436,14 +443,46 @@ def test_images_per_component() -> None:
     assert container(one(docs, "Deployment", PROXY), "proxy")["image"] == "p:e2e"
     assert container(one(docs, "Deployment", OPERATOR), "operator")["image"] == "o:e2e"
     default = objects(render())
-    assert container(one(default, "Deployment", PROXY), "proxy")["image"].endswith("/cliproxy-proxy:0.1.0")
+    assert container(one(default, "Deployment", PROXY), "proxy")["image"] == "cliproxy-proxy:0.1.0"
+    assert container(one(default, "Deployment", OPERATOR), "operator")["image"] == "cliproxy-operator:0.1.0"
+
+
+def test_image_names_live_in_one_file_the_makefile_and_e2e_read() -> None:
+    """images.env names the images for the chart, `make images` and deploy/e2e/kind-e2e.sh alike."""
+    env = dict(line.split("=", 1) for line in (CHART / "images.env").read_text().splitlines() if "=" in line and
+               not line.startswith("#"))  # fmt: skip
+    assert env == {"PROXY_IMAGE": "cliproxy-proxy", "OPERATOR_IMAGE": "cliproxy-operator", "IMAGE_TAG": "0.1.0"}
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert env["IMAGE_TAG"] == chart["appVersion"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "include deploy/helm/cliproxy/images.env" in makefile
+    assert "$(PROXY_IMAGE):$(IMAGE_TAG)" in makefile and "$(OPERATOR_IMAGE):$(IMAGE_TAG)" in makefile
+    e2e = (ROOT / "deploy" / "e2e" / "kind-e2e.sh").read_text()
+    assert 'source "$CHART/images.env"' in e2e
+    assert "PROXY_IMAGE=cliproxy-proxy" not in e2e and "OPERATOR_IMAGE=cliproxy-operator" not in e2e
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["image"]["proxy"] == values["image"]["operator"] == {"repository": "", "tag": ""}
+
+
+def test_notes_say_how_to_get_the_images_and_what_autoscaling_needs() -> None:
+    notes = render()["cliproxy/templates/NOTES.txt"]
+    assert "make images" in notes and "make kind-load" in notes and "cliproxy-proxy:0.1.0" in notes
+    assert "metrics-server" in notes and "FailedGetResourceMetric" in notes
+    pushed = {"image": {"proxy": {"repository": "reg.io/p"}, "operator": {"repository": "reg.io/o"}}}
+    assert "make images" not in render(pushed)["cliproxy/templates/NOTES.txt"]
+    keda = render(VARIANTS["keda"])["cliproxy/templates/NOTES.txt"]
+    assert "needs KEDA installed" in keda and "metrics-server" not in keda
+    adapter = render({"autoscaling": {"hpa": {"targetCPUUtilizationPercentage": 0, "inFlight": {"enabled": True}}}})
+    assert "custom-metrics adapter" in adapter["cliproxy/templates/NOTES.txt"]
+    assert "Autoscaling" not in render(VARIANTS["no-autoscaling"])["cliproxy/templates/NOTES.txt"]
 
 
 def test_notes_for_namespaced_operator() -> None:
     notes = render(VARIANTS["namespaced"])["cliproxy/templates/NOTES.txt"]
     assert "watches namespaces team-a, team-b" in notes
     assert f"WARNING: the operator does not watch {NAMESPACE}" in notes
-    assert "WARNING" not in render({"operator": {"namespaced": True}})["cliproxy/templates/NOTES.txt"]
+    notes = render({"operator": {"namespaced": True}})["cliproxy/templates/NOTES.txt"]
+    assert "WARNING: the operator does not watch" not in notes
 
 
 def test_notes_tell_how_to_reach_the_proxy() -> None:

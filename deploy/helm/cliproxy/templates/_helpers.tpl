@@ -40,10 +40,21 @@ app.kubernetes.io/part-of: cliproxy
 {{- end }}
 {{- end }}
 
-{{/* Image of one component; call with (dict "ctx" $ "component" "proxy"). */}}
+{{/* Image of one component; call with (dict "ctx" $ "component" "proxy"). Defaults come from images.env. */}}
 {{- define "cliproxy.image" -}}
 {{- $image := index .ctx.Values.image .component }}
-{{- printf "%s:%s" $image.repository (default .ctx.Chart.AppVersion $image.tag) }}
+{{- $defaults := .ctx.Files.Get "images.env" }}
+{{- $repository := $image.repository | default (include "cliproxy.imagesEnv" (dict "text" $defaults "key" (printf "%s_IMAGE" (upper .component)))) }}
+{{- $tag := $image.tag | default (include "cliproxy.imagesEnv" (dict "text" $defaults "key" "IMAGE_TAG")) }}
+{{- if not (and $repository $tag) }}
+{{- fail (printf "no image for the %s: set image.%s.repository and tag (images.env is missing from the chart)" .component .component) }}
+{{- end }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/* One KEY=value line of images.env; call with (dict "text" <file> "key" "IMAGE_TAG"). */}}
+{{- define "cliproxy.imagesEnv" -}}
+{{- regexFind (printf "(?m)^%s=.*$" .key) .text | trimPrefix (printf "%s=" .key) | trim }}
 {{- end }}
 
 {{- define "cliproxy.operator.fullname" -}}
