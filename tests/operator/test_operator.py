@@ -227,6 +227,10 @@ async def test_create_renders_configmap_secret_and_statuses(cluster: Cluster, op
         assert owners[0]["apiVersion"] == "cliproxy.io/v1alpha1"
     assert len(digests) == 1 and re.fullmatch(r"[0-9a-f]{64}", digests.pop())
 
+    # The Secret is created before the ConfigMap that names its files: a proxy never sees a config ahead of its keys.
+    creates = [(r.resource, r.name) for r in cluster.requests(writes=True) if r.method == "POST"]
+    assert creates.index((SECRETS, RENDERED)) < creates.index((CONFIGMAPS, RENDERED))
+
     status = team_a["status"]
     assert condition(team_a, "Rendered")["status"] == "True"
     assert status["models"] == ["anthropic/claude-3.5-sonnet", "gpt"] and status["modelCount"] == 2
