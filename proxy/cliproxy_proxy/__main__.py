@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--secrets-dir", help="directory of secret files (a mounted Secret)")
     parser.add_argument("--host", help="bind address (overrides the config's host)")
     parser.add_argument("--port", type=int, help="listen port (overrides the config's port)")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics on this port instead (overrides metrics-port)")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config checks")
     parser.add_argument("--shutdown-timeout", type=float, default=60.0, help="seconds to drain in-flight requests")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -68,7 +69,8 @@ def _setup_logging(fmt: str, level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
+def load_app(source: ConfigSource, reload_interval: float, *, host: str | None = None,
+             metrics_port: int | None = None) -> web.Application:  # fmt: skip
     """Validate the initial config (raising ConfigError) and build the application around it.
 
     A Kubernetes source may start from an empty or invalid volume: the API may hold a good config, so the
@@ -82,10 +84,13 @@ def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
         if not isinstance(source, KubeSource):
             raise
         logging.getLogger("cliproxy.proxy").warning("no usable config in the volume (%s); waiting for the API", error)
-        return create_app(build_runtime(ProxyConfig(), None), source, reload_interval=reload_interval, configured=False)
+        empty = build_runtime(ProxyConfig(), None)
+        return create_app(empty, source, reload_interval=reload_interval, configured=False,
+                          host=host, metrics_port=metrics_port)  # fmt: skip
     fingerprint = source.fingerprint(credentials[1])
     runtime = build_runtime(config, source, fingerprint=fingerprint, credentials=credentials, sessions=sessions)
-    return create_app(runtime, source, reload_interval=reload_interval)
+    listen = host if host is not None else (config.host or None)
+    return create_app(runtime, source, reload_interval=reload_interval, host=listen, metrics_port=metrics_port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.log_format, args.log_level)
     try:
         source = _source(args)
-        app = load_app(source, args.reload_interval)
+        app = load_app(source, args.reload_interval, host=args.host, metrics_port=args.metrics_port)
     except ConfigError as error:
         print(f"cliproxy-proxy: invalid config: {error}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from time import perf_counter
 from typing import Any
 
 import orjson
+import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -32,7 +33,6 @@ from .upstream import Pool
 log = logging.getLogger("cliproxy.proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_OPEN_PATHS = frozenset({"/v1/metrics/providers"})
 
 
 class Proxy:
@@ -47,6 +47,8 @@ class Proxy:
         self.discovery = Discovery(self.metrics.discovered)
         self.draining = False
         self.pool = Pool()
+        self.metrics_port = runtime.config.metrics_port  # read at start, like the main port: a reload keeps it
+        self.metrics_host: str | None = None
         self.health.sync(runtime.credentials)
         self.metrics.watch_credentials(
             self.credential_states, self.session_states, lambda: self.discovery.failing(self.runtime.credentials)
@@ -156,13 +158,20 @@ def key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request.path
-    if not path.startswith(("/v1/", "/v1beta/")) or path in _OPEN_PATHS:
+    """Every route needs a client key but the few in ``PUBLIC_HANDLERS``.
+
+    The rule is decided on the route the router matched, never on the path's spelling, so no variant of a
+    path (case, slashes, percent-encoding, dot segments) reaches a handler the rule did not judge.
+    """
+    proxy = request.app[PROXY]
+    if _is_public(request, proxy):
         return await handler(request)
-    runtime = request.app[PROXY].runtime
-    codec = codec_for_path(path)
+    runtime = proxy.runtime
+    codec = codec_for_path(request.path)
     if not runtime.client_keys:
-        if runtime.config.allow_unauthenticated or _is_loopback(request.remote):
+        if runtime.config.allow_unauthenticated:
+            return await handler(request)
+        if _is_loopback(request.remote) and not _from_browser_elsewhere(request):
             return await handler(request)
         return _error(
             codec, 403, "No api-keys are configured, so only loopback clients are served; "
@@ -174,6 +183,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if not key_matches(presented.encode(), runtime.client_keys):
         return _error(codec, 401, "Invalid API key.", "invalid_api_key")
     return await handler(request)
+
+
+def _is_public(request: web.Request, proxy: Proxy) -> bool:
+    handler = request.match_info.route.handler
+    return handler in PUBLIC_HANDLERS or (handler is prometheus and not proxy.metrics_port)
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def _from_browser_elsewhere(request: web.Request) -> bool:
+    """A request a web page made (cross-site, or by DNS rebinding under a foreign name) rather than a local client.
+
+    A page in the user's browser can reach loopback ports; its requests carry an Origin or Sec-Fetch-Site
+    header, and after DNS rebinding a Host that is not a loopback name.
+    """
+    host = (request.host or "").lower()
+    name = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
+    if name not in _LOOPBACK_NAMES:
+        return True
+    if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and yarl.URL(origin).host not in _LOOPBACK_NAMES
 
 
 def _error(codec: Codec, status: int, message: str, code: str | None) -> web.Response:
@@ -338,8 +371,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def reload_now(request: web.Request) -> web.Response:
-    if not _is_loopback(request.remote):
-        return _error(OPENAI_CHAT, 403, "Reload is only accepted from loopback.", "forbidden")
+    """Past the client key (auth_middleware): only a local client, never a web page, may force a reload."""
+    if not _is_loopback(request.remote) or _from_browser_elsewhere(request):
+        return _error(OPENAI_CHAT, 403, "Reload is only accepted from a loopback client, not a browser.", "forbidden")
     reloader = request.app.get(RELOADER)
     if reloader is None:
         return _error(OPENAI_CHAT, 409, "This proxy was not started from a config source.", "no_config_source")
@@ -355,21 +389,35 @@ async def index(request: web.Request) -> web.Response:
     )})  # fmt: skip
 
 
+#: The routes served without a client key: the kubelet's probes, and Prometheus' scrape unless it has its own port.
+PUBLIC_HANDLERS = frozenset({healthz, readyz})
+
+
 # -- assembly -------------------------------------------------------------------------------------------
 
 
 def create_app(
-    runtime: Runtime, source: ConfigSource | None = None, *, reload_interval: float = 1.0, configured: bool = True
+    runtime: Runtime,
+    source: ConfigSource | None = None,
+    *,
+    reload_interval: float = 1.0,
+    configured: bool = True,
+    metrics_port: int | None = None,
+    host: str | None = None,
 ) -> web.Application:
     """An application serving ``runtime``; with a ``source`` it also watches and reloads it.
 
     ``configured=False`` serves ``runtime`` (empty) as not ready until the source yields a first config.
-    """
+    ``metrics_port`` (else the config's ``metrics-port``) serves ``/metrics`` on its own listener on ``host``.
+    """  # fmt: skip
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=runtime.config.max_body_bytes
     )
     proxy = Proxy(runtime, configured=configured)
+    if metrics_port is not None:
+        proxy.metrics_port = metrics_port
     app[PROXY] = proxy
+    proxy.metrics_host = host
     if source is not None:
         app[RELOADER] = Reloader(proxy, source, reload_interval)
     for path in ("/v1/chat/completions", "/chat/completions"):
@@ -402,6 +450,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         discovers = any(c.discovers_models for c in proxy.runtime.credentials)
         if discovers or reloader.source.using_api:
             await reloader.check(force=discovers)  # the API's objects, and the upstreams' model lists, before serving
+    metrics = await _metrics_listener(proxy) if proxy.metrics_port else None
     watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
     loop = asyncio.get_running_loop()
     if reloader is not None:
@@ -414,7 +463,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await watcher
     if reloader is not None:
         await reloader.source.stop()
+    if metrics is not None:
+        await metrics.cleanup()
     await proxy.close()
+
+
+async def _metrics_listener(proxy: Proxy) -> web.AppRunner:
+    """``/metrics`` alone on its own port: scraped without a client key, where a NetworkPolicy can fence it."""
+    app = web.Application()
+    app[PROXY] = proxy
+    app.router.add_get("/metrics", prometheus)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, proxy.metrics_host, proxy.metrics_port).start()
+    return runner
 
 
 async def _drain(app: web.Application) -> None:

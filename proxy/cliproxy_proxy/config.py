@@ -242,6 +242,8 @@ class ProxyConfig(_Block):
 
     host: str = ""
     port: Annotated[int, Field(ge=1, le=65535)] = 8317
+    # /metrics on its own port, without a client key; unset: on the main port, also without one (as before).
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     api_keys: tuple[SecretStr, ...] = ()
     api_keys_file: NonEmpty | None = None
     allow_unauthenticated: bool = False
