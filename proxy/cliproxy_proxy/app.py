@@ -17,6 +17,7 @@ import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
 from .discovery import Discovery
 from .forward import OVERHEAD_HEADER, Exchange
@@ -283,9 +284,10 @@ async def _exchange(
         return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
     if not isinstance(payload, dict):
         return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
-    model, stream = _model_and_stream(request, inbound, payload)
-    if not isinstance(model, str) or not model:
-        return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+    named, stream = _model_and_stream(request, inbound, payload)
+    model = _checked_model(named, inbound)
+    if isinstance(model, web.Response):
+        return model
     route, reasoning = runtime.routes.get(model), None
     if route is None:
         base, reasoning = split_thinking_suffix(model)
@@ -293,6 +295,15 @@ async def _exchange(
     if route is None:
         return _model_not_found(runtime, model, inbound)
     return Exchange(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
+
+
+def _checked_model(model: Any, inbound: Codec) -> str | web.Response:
+    """The model name, or the 400 for one no route could hold: missing, not a string, with CR/LF or other controls."""
+    if not isinstance(model, str) or not model:
+        return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+    if CONTROL_CHARACTERS.search(model):
+        return _error(inbound, 400, "The model name must not contain control characters.", "invalid_model")
+    return model
 
 
 def _counter(inbound: Codec) -> Handler:
@@ -305,9 +316,10 @@ def _counter(inbound: Codec) -> Handler:
             return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
         if not isinstance(payload, dict):
             return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
-        model = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
-        if not isinstance(model, str) or not model:
-            return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+        named = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
+        model = _checked_model(named, inbound)
+        if isinstance(model, web.Response):
+            return model
         route = runtime.routes.get(model) or runtime.routes.get(split_thinking_suffix(model)[0])
         if route is None:
             return _model_not_found(runtime, model, inbound)
@@ -425,7 +437,8 @@ def create_app(
     app.router.add_post("/v1/completions", _forwarder(OPENAI_COMPLETIONS))
     app.router.add_post("/v1/messages", _forwarder(ANTHROPIC))
     app.router.add_post("/v1/responses", _forwarder(RESPONSES))
-    for path in ("/v1beta/models/{tail:.+}", "/v1/models/{tail:.+}"):  # google-genai speaks v1 by default
+    # google-genai speaks v1 by default; [\s\S]: a model name with a line break is judged (400), not unrouted
+    for path in ("/v1beta/models/{tail:[\\s\\S]+}", "/v1/models/{tail:[\\s\\S]+}"):
         app.router.add_post(path, gemini)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/v1/models/{model:.+}", get_model)

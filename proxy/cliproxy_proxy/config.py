@@ -51,6 +51,7 @@ class _OneSource(_Block):
 
 
 _PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 Prefix = Annotated[str, Field(pattern=_PREFIX_PATTERN, max_length=63)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -99,6 +100,19 @@ class _Routed(_OneSource):
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else check_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        """Names are HTTP tokens and values Latin-1 text: what an HTTP/1.1 head can carry as written."""
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not an HTTP token")
+            try:
+                text.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name}: the value must be Latin-1 text") from None
+        return value
 
     @field_validator("proxy_url")
     @classmethod
@@ -347,12 +361,39 @@ def format_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+#: C0 controls and DEL: CR/LF in a header or URL would smuggle a second request onto a pooled connection.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def control_character_path(document: Any, loc: tuple[int | str, ...] = ()) -> tuple[int | str, ...] | None:
+    """Where the first string (key or value) holding a control character is, anywhere in the document."""
+    if isinstance(document, str):
+        return loc if CONTROL_CHARACTERS.search(document) else None
+    items = (
+        document.items() if isinstance(document, dict) else enumerate(document) if isinstance(document, list) else ()
+    )
+    for key, value in items:
+        if isinstance(key, str) and CONTROL_CHARACTERS.search(key):
+            return (*loc, key.encode("unicode_escape").decode())
+        found = control_character_path(value, (*loc, key))
+        if found is not None:
+            return found
+    return None
+
+
 def parse_config(document: Any) -> ProxyConfig:
-    """Validate a decoded document, raising :class:`ConfigError` with path-named messages."""
-    if document is None:
-        document = {}
+    """Validate a decoded document, raising :class:`ConfigError` with path-named messages.
+
+    An empty document is refused: it would drop every model and every client key at once (an editor's
+    truncated save, an empty volume), so the last good config keeps serving instead.
+    """
+    if document is None or document == {}:
+        raise ConfigError("(top level): the config is empty")
     if not isinstance(document, dict):
         raise ConfigError("(top level): the config must be a mapping")
+    unsafe = control_character_path(document)
+    if unsafe is not None:
+        raise ConfigError(f"{format_location(unsafe)}: must not contain control characters (CR, LF, NUL...)")
     try:
         return ProxyConfig.model_validate(document)
     except ValidationError as error:

@@ -19,6 +19,7 @@ import orjson
 
 from .catalog import KINDS, Wire
 from .config import (
+    CONTROL_CHARACTERS,
     AmpCredential,
     ApiKeyCredential,
     CompatProvider,
@@ -178,12 +179,16 @@ class _Builder:
         self.secret_files: list[Path] = []
         self.credentials: list[Credential] = []
 
-    def secret(self, inline: object, file: str | None, where: str) -> str:
+    def secret(self, inline: object, file: str | None, where: str, *, lines: bool = False) -> str:
+        """A key inline or from its file; one from a file (not one of ``lines``) is a single header-safe line."""
         if file is not None:
             if self.source is None:
                 raise ConfigError(f"{where}: api-key-file needs a config file to resolve against")
             self.secret_files.append(self.source.secret_path(file))
-            return self.source.read_secret(file, where)
+            value = self.source.read_secret(file, where)
+            if not lines and CONTROL_CHARACTERS.search(value):
+                raise ConfigError(f"{where}: the secret file holds control characters (CR, LF, NUL...) inside")
+            return value
         value = inline.get_secret_value() if inline is not None else ""  # type: ignore[attr-defined]
         return str(value)
 
@@ -387,7 +392,7 @@ def build_runtime(
     client_keys = [k.get_secret_value() for k in config.api_keys]
     if config.api_keys_file is not None:
         builder = _Builder(config, source)
-        text = builder.secret(None, config.api_keys_file, "api-keys-file")
+        text = builder.secret(None, config.api_keys_file, "api-keys-file", lines=True)
         client_keys.extend(line.strip() for line in text.splitlines() if line.strip())
         secret_files.extend(builder.secret_files)
     routes, hints = _routes(config, creds, discovered or {})

@@ -20,12 +20,18 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from .config import CONTROL_CHARACTERS
+
 IDLE_SECONDS = 30.0  # a pooled connection older than this is closed rather than reused
 HIGH_WATER = 1 << 20  # stop reading from an upstream that is this far ahead of its client
 
 
 class UpstreamError(Exception):
     """The upstream could not be reached or broke off; says nothing secret."""
+
+
+class UnsafeRequest(UpstreamError):
+    """A request head that would carry CR/LF or another control character: smuggling, never sent."""
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
@@ -75,6 +81,10 @@ class Endpoint:
         if self.proxy is not None and self.proxy[2] and self.scheme == "http":
             lines.append(f"Proxy-Authorization: {self.proxy[2]}")
         lines.extend(f"{name}: {value}" for name, value in headers.items())
+        if CONTROL_CHARACTERS.search(
+            "".join(lines)
+        ):  # a head is built once per credential and path, or per session token
+            raise UnsafeRequest("a header or path held a control character (CR, LF, NUL...): not sent")
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
