@@ -62,18 +62,22 @@ class _StreamBroken(Exception):
     """The upstream stream ended badly after the client already got data."""
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header, in either of its two forms."""
+def retry_after_seconds(value: str | None, cap: float) -> float | None:
+    """Seconds from a ``Retry-After`` header, in either of its two forms, at most ``cap``.
+
+    The upstream is not trusted with how long a credential rests: ``Retry-After: 100000000`` (or ``inf``)
+    would bench it for years. Callers pass the longest cooldown they allow (``cooldowns.quota-max``).
+    """
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
-    except (TypeError, ValueError):
-        return None
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return min(max(0.0, seconds), cap) if not math.isnan(seconds) else None
 
 
 class Exchange:
@@ -333,7 +337,8 @@ class Exchange:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
             return await self.reply_error(status, message, "upstream_error", body)
-        retry_after = retry_after_seconds(upstream.headers.get("retry-after")) if status == 429 else None
+        header = upstream.headers.get("retry-after") if status == 429 else None
+        retry_after = retry_after_seconds(header, self.runtime.config.cooldowns.quota_max)
         return self.failed(target, status, reason, message, body, retry_after)
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:
