@@ -8,9 +8,11 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
+from .accesslog import RedactingAccessLogger
 from .app import PROXY, create_app
 from .config import ConfigError, ProxyConfig
 from .kubesource import ApiServer, KubeSource, in_cluster_namespace
@@ -114,8 +116,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
         print=None,
         loop=_loop(),
+        **server_options(runtime.config),
     )
     return 0
+
+
+def server_options(config: ProxyConfig) -> dict[str, Any]:
+    """What the listener enforces on clients.
+
+    A connection waits at most ``client-timeouts.headers`` for a request's headers (aiohttp's keep-alive timer
+    runs from the connection's start and is not reset by bytes that trickle in); the rest of a refused body is
+    read away for at most a second; a client that leaves cancels its handler, and with it the upstream call.
+    """
+    return {
+        "keepalive_timeout": config.client_timeouts.headers,
+        "lingering_time": 1.0,
+        "handler_cancellation": True,
+        "access_log_class": RedactingAccessLogger,
+    }
 
 
 def _loop() -> asyncio.AbstractEventLoop:

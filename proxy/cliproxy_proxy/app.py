@@ -268,16 +268,39 @@ def _model_and_stream(request: web.Request, inbound: Codec, payload: dict[str, A
     return payload.get("model"), payload.get("stream") is True
 
 
+async def _read_body(request: web.Request, runtime: Runtime, inbound: Codec) -> bytearray | web.Response:
+    """The body within the live size limit and the client's body time, or the 408 that closes a slow one.
+
+    Chunks go straight into one buffer of the announced size, kept as read (aiohttp's ``read()`` would grow one
+    and copy it once more).
+    """
+    limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
+    announced = request.content_length or 0
+    if announced > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=announced)
+    body, size = bytearray(announced), 0
+    try:
+        async with asyncio.timeout(runtime.config.client_timeouts.body):
+            async for chunk in request.content.iter_any():
+                if size + len(chunk) > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size + len(chunk))
+                body[size : size + len(chunk)] = chunk  # in place while within the announced size
+                size += len(chunk)
+    except TimeoutError:
+        response = _error(inbound, 408, "The request body did not arrive in time.", "request_timeout")
+        response.force_close()  # whatever the client still sends is not read
+        return response
+    del body[size:]
+    return body
+
+
 async def _exchange(
     request: web.Request, proxy: Proxy, runtime: Runtime, inbound: Codec, started: float
 ) -> Exchange | web.Response:
     """The routed exchange for a request, or the error that stops it before any upstream is chosen."""
-    limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
-    if (request.content_length or 0) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0)
-    raw = await request.read()
-    if len(raw) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    raw = await _read_body(request, runtime, inbound)
+    if isinstance(raw, web.Response):
+        return raw
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -310,8 +333,11 @@ def _counter(inbound: Codec) -> Handler:
     async def count(request: web.Request) -> web.StreamResponse:
         proxy = request.app[PROXY]
         runtime = proxy.runtime
+        raw = await _read_body(request, runtime, inbound)
+        if isinstance(raw, web.Response):
+            return raw
         try:
-            payload = orjson.loads(await request.read())
+            payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
         if not isinstance(payload, dict):

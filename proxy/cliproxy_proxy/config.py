@@ -236,6 +236,17 @@ class Timeouts(_Block):
     read: Annotated[float, Field(gt=0)] = 600.0
 
 
+class ClientTimeouts(_Block):
+    """Seconds a client may take to send its request: slow-loris defence for a shared gateway.
+
+    ``headers`` bounds a connection's wait for a request's headers, idle keep-alive included (read at start);
+    ``body`` bounds reading the body once the headers are in (live).
+    """
+
+    headers: Annotated[float, Field(gt=0)] = 30.0
+    body: Annotated[float, Field(gt=0)] = 60.0
+
+
 class Streaming(_Block):
     keepalive_seconds: Annotated[float, Field(ge=0)] = 15.0
 
@@ -269,6 +280,7 @@ class ProxyConfig(_Block):
     disable_cooling: bool = False
     cooldowns: Cooldowns = Cooldowns()
     timeouts: Timeouts = Timeouts()
+    client_timeouts: ClientTimeouts = ClientTimeouts()
     streaming: Streaming = Streaming()
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     proxy_url: str | None = None

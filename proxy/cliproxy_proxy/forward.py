@@ -85,7 +85,8 @@ class Exchange:
 
     def __init__(
         self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route, inbound: Codec,
-        payload: dict[str, Any], raw: bytes, started: float, *, stream: bool, reasoning: Reasoning | None = None,
+        payload: dict[str, Any], raw: bytes | bytearray, started: float, *, stream: bool,
+        reasoning: Reasoning | None = None,
     ) -> None:  # fmt: skip
         self.proxy = proxy
         self.request = request
@@ -125,6 +126,10 @@ class Exchange:
         except _CLIENT_GONE:
             self.proxy.metrics.errors.labels(self.provider, "client_closed").inc()
             return self.finish(self.response or web.Response(status=499), status=499)
+        except asyncio.CancelledError:  # the client left: aiohttp cancels its handler, and so the upstream call
+            self.proxy.metrics.errors.labels(self.provider, "client_closed").inc()
+            self.finish(self.response or web.Response(status=499), status=499)
+            raise
 
     async def _run(self) -> web.StreamResponse:
         config = self.runtime.config
@@ -175,6 +180,7 @@ class Exchange:
         upstream_codec = credential.codec or UPSTREAM[credential.wire]
         model = target.upstream_model
         translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)
+        body: bytes | bytearray
         if translating:
             request = for_upstream(dataclasses.replace(self.canonical(), model=model), self.inbound, upstream_codec)
             body = upstream_codec.encode_request(request)
