@@ -158,6 +158,13 @@ async def test_a_client_that_leaves_cancels_the_upstream_call(serve) -> None:  #
 # -- memory -----------------------------------------------------------------------------------------------
 
 
+def _reset_peak_rss() -> int:
+    """Restart the peak (VmHWM) from what is resident now, and return that."""
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    return _rss("VmRSS")
+
+
 def _rss(field: str) -> int:
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith(field))
@@ -200,8 +207,7 @@ async def test_a_large_body_costs_under_three_times_its_size(serve, alias: str |
                    ).encode() + payload  # fmt: skip
         del payload
         gc.collect()
-        Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from what is resident now
-        before = _rss("VmRSS")
+        before = _reset_peak_rss()
         answer = await asyncio.to_thread(_post, port, request)
         peak = _rss("VmHWM") - before
     assert answer.startswith(b"HTTP/1.1 200 ")
