@@ -23,6 +23,7 @@ from .health import classify
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
+from .scrub import Scrubber, scrub
 from .translate import UPSTREAM, for_upstream, passes_through
 from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError
 from .translate.canonical import Response as Answer
@@ -239,6 +240,9 @@ class Exchange:
                 self.usage = usage_of(orjson.loads(body))
             if target.rewrite is not None:
                 body = target.rewrite(body)
+        secret = target.credential.current_secret()
+        if secret:
+            body = scrub(body, secret)  # after translation too: a decoded echo is re-encoded plainly
         self.proxy.health.succeed(target)
         headers = self.proxy_headers()
         headers["Content-Type"] = content_type
@@ -268,6 +272,8 @@ class Exchange:
             return self.failed(target, None, "transient")
         self.proxy.metrics.provider(target.credential.provider).ttft.observe(perf_counter() - self.started)
         response = await self.open_stream()
+        secret = target.credential.current_secret()
+        scrubber = Scrubber(secret) if secret else None
         chunk = first
         try:
             while chunk:
@@ -275,6 +281,8 @@ class Exchange:
                     ready = relay.feed(chunk)
                 except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
                     raise _StreamBroken from error  # the provider sent something its own format does not allow
+                if ready and scrubber is not None:
+                    ready = scrubber.feed(ready)
                 if ready:
                     await response.write(ready)
                 try:
@@ -282,6 +290,8 @@ class Exchange:
                 except UpstreamError as error:
                     raise _StreamBroken from error
             tail = relay.flush()
+            if scrubber is not None:
+                tail = scrubber.feed(tail) + scrubber.flush()
             if tail:
                 await response.write(tail)
         except _StreamBroken:
@@ -325,7 +335,7 @@ class Exchange:
             body = b""
         secret = target.credential.current_secret()
         if secret:
-            body = body.replace(secret.encode(), b"***")
+            body = scrub(body, secret)
         message = self._upstream_message(body, upstream.status)
         if not passed_through:
             body = b""  # in the provider's format, not the client's: only its message travels on

@@ -1,0 +1,85 @@
+"""An upstream's own key out of whatever it sends back, in every spelling JSON allows and across chunk boundaries.
+
+An upstream (or a proxy in front of it) may echo the request's ``Authorization`` header: plainly, JSON-escaped
+character by character (``\\u0073k-...``), with ``\\/`` for ``/``, and cut anywhere by the network.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+REDACTED = b"[REDACTED]"
+_BACKSLASH = ord("\\")
+_ESCAPE = 6  # the longest JSON spelling of one character: \uXXXX
+_HEX4 = re.compile(rb"[0-9a-fA-F]{4}")
+
+
+@lru_cache(maxsize=512)
+def _pattern(secret: str) -> re.Pattern[bytes]:
+    """Every spelling of ``secret``: each character plain, ``\\uXXXX`` in either case, or ``\\/`` for ``/``."""
+    parts = []
+    for char in secret:
+        forms = [re.escape(char.encode()), rb"\\u(?i:%04x)" % ord(char)]
+        if char == "/":
+            forms.append(rb"\\/")
+        parts.append(b"(?:" + b"|".join(forms) + b")")
+    return re.compile(b"".join(parts))
+
+
+def scrub(data: bytes, secret: str) -> bytes:
+    """``data`` with every spelling of ``secret`` replaced; the plain scan alone when no escape is present."""
+    if secret.encode() not in data and b"\\u" not in data and b"\\/" not in data:
+        return data  # the common case at memchr speed: no regular expression runs
+    return _pattern(secret).sub(REDACTED, data)
+
+
+class Scrubber:
+    """Scrubs a stream: a piece that may be the start of the secret waits for the next chunk, nothing else does.
+
+    Only a suffix that could still grow into a match is held back, so whole SSE events (ending in a blank
+    line) go out at once and a stream's latency is unchanged.
+    """
+
+    __slots__ = ("first", "pending", "secret")
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.first = secret.encode()[:1]
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = scrub(self.pending + chunk if self.pending else chunk, self.secret)
+        cut = self._open_match(data)
+        self.pending = data[cut:]
+        return data[:cut] if self.pending else data
+
+    def flush(self) -> bytes:
+        data, self.pending = self.pending, b""
+        return data
+
+    def _open_match(self, data: bytes) -> int:
+        """Where a spelling of the secret that the end of ``data`` cuts off would begin (``len(data)``: none)."""
+        for start in range(max(0, len(data) - _ESCAPE * len(self.secret)), len(data)):
+            if data[start : start + 1] in (self.first, b"\\") and self._runs_off(data, start):
+                return start
+        return len(data)
+
+    def _runs_off(self, data: bytes, at: int) -> bool:
+        """Whether the secret, spelled any way, matches from ``at`` until ``data`` ends in the middle of it."""
+        for char in self.secret:
+            rest = data[at : at + _ESCAPE]
+            if not rest:
+                return True
+            plain = char.encode()
+            if rest.startswith(plain):
+                at += len(plain)
+            elif rest[0] == _BACKSLASH and len(rest) < _ESCAPE and len(data) - at < _ESCAPE:
+                return True  # an escape the chunk cut short: wait for its end
+            elif rest[:2] == b"\\u" and _HEX4.fullmatch(rest, 2) and int(rest[2:], 16) == ord(char):
+                at += _ESCAPE
+            elif char == "/" and rest[:2] == b"\\/":
+                at += 2
+            else:
+                return plain.startswith(rest)  # a multi-byte character cut short, or no match
+        return False  # a whole match: scrub() already replaced it
