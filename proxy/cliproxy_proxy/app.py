@@ -33,6 +33,8 @@ log = logging.getLogger("cliproxy.proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN_PATHS = frozenset({"/v1/metrics/providers"})
+#: Request body encodings aiohttp decodes as it reads, a chunk at a time within client_max_size: a bomb stays small.
+_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
 class Proxy:
@@ -234,22 +236,43 @@ def _model_and_stream(request: web.Request, inbound: Codec, payload: dict[str, A
     return payload.get("model"), payload.get("stream") is True
 
 
-async def _exchange(
-    request: web.Request, proxy: Proxy, runtime: Runtime, inbound: Codec, started: float
-) -> Exchange | web.Response:
-    """The routed exchange for a request, or the error that stops it before any upstream is chosen."""
+async def _json_body(
+    request: web.Request, runtime: Runtime, inbound: Codec
+) -> tuple[dict[str, Any], bytes] | web.Response:
+    """The body as a JSON object (and its bytes, decoded from any Content-Encoding), or the client's 4xx."""
+    if request.headers.get("Content-Encoding", "").lower() not in _ENCODINGS:
+        return _error(inbound, 415, "Unsupported Content-Encoding: send the body plain, gzip, deflate, br or zstd.",
+                      "unsupported_content_encoding")  # fmt: skip
     limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
     if (request.content_length or 0) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0)
-    raw = await request.read()
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError:  # a body that is not in the encoding its Content-Encoding names
+        request.content.feed_eof()  # else aiohttp reads on after the answer and logs the failure as unhandled
+        refusal = _error(inbound, 400, "The request body does not decode as its Content-Encoding says.",
+                         "invalid_content_encoding")  # fmt: skip
+        refusal.force_close()  # what is left of the body cannot be told from a next request
+        return refusal
     if len(raw) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
-        payload = orjson.loads(raw)
+        payload = orjson.loads(raw)  # refuses invalid UTF-8, NaN, and nesting deeper than 1024
     except orjson.JSONDecodeError:
         return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
     if not isinstance(payload, dict):
         return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
+    return payload, raw
+
+
+async def _exchange(
+    request: web.Request, proxy: Proxy, runtime: Runtime, inbound: Codec, started: float
+) -> Exchange | web.Response:
+    """The routed exchange for a request, or the error that stops it before any upstream is chosen."""
+    read = await _json_body(request, runtime, inbound)
+    if isinstance(read, web.Response):
+        return read
+    payload, raw = read
     model, stream = _model_and_stream(request, inbound, payload)
     if not isinstance(model, str) or not model:
         return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
@@ -266,12 +289,10 @@ def _counter(inbound: Codec) -> Handler:
     async def count(request: web.Request) -> web.StreamResponse:
         proxy = request.app[PROXY]
         runtime = proxy.runtime
-        try:
-            payload = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
-        if not isinstance(payload, dict):
-            return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
+        read = await _json_body(request, runtime, inbound)
+        if isinstance(read, web.Response):
+            return read
+        payload, raw = read
         model = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
         if not isinstance(model, str) or not model:
             return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
@@ -281,7 +302,7 @@ def _counter(inbound: Codec) -> Handler:
         timeouts = runtime.config.timeouts
         try:
             tokens = await count_tokens(
-                proxy.pool, proxy.health, route, inbound, payload, timeouts.connect, timeouts.read
+                proxy.pool, proxy.health, route, inbound, payload, raw, timeouts.connect, timeouts.read
             )
         except CountError as error:
             return _error(inbound, error.status, error.message, error.code)
