@@ -34,6 +34,8 @@ from .upstream import Pool
 log = logging.getLogger("cliproxy.proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Request body encodings aiohttp decodes as it reads, a chunk at a time within client_max_size: a bomb stays small.
+_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
 class Proxy:
@@ -269,11 +271,14 @@ def _model_and_stream(request: web.Request, inbound: Codec, payload: dict[str, A
 
 
 async def _read_body(request: web.Request, runtime: Runtime, inbound: Codec) -> bytearray | web.Response:
-    """The body within the live size limit and the client's body time, or the 408 that closes a slow one.
+    """The body, decoded from its Content-Encoding, within the live size limit and the client's body time.
 
     Chunks go straight into one buffer of the announced size, kept as read (aiohttp's ``read()`` would grow one
-    and copy it once more).
+    and copy it once more). A slow body gets the 408 that closes it; a lying encoding the 400.
     """
+    if request.headers.get("Content-Encoding", "").lower() not in _ENCODINGS:
+        return _error(inbound, 415, "Unsupported Content-Encoding: send the body plain, gzip, deflate, br or zstd.",
+                      "unsupported_content_encoding")  # fmt: skip
     limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
     announced = request.content_length or 0
     if announced > limit:
@@ -290,23 +295,40 @@ async def _read_body(request: web.Request, runtime: Runtime, inbound: Codec) -> 
         response = _error(inbound, 408, "The request body did not arrive in time.", "request_timeout")
         response.force_close()  # whatever the client still sends is not read
         return response
+    except web.RequestPayloadError:  # a body that is not in the encoding its Content-Encoding names
+        request.content.feed_eof()  # else aiohttp reads on after the answer and logs the failure as unhandled
+        refusal = _error(inbound, 400, "The request body does not decode as its Content-Encoding says.",
+                         "invalid_content_encoding")  # fmt: skip
+        refusal.force_close()  # what is left of the body cannot be told from a next request
+        return refusal
     del body[size:]
     return body
+
+
+async def _json_body(
+    request: web.Request, runtime: Runtime, inbound: Codec
+) -> tuple[dict[str, Any], bytearray] | web.Response:
+    """The body as a JSON object (and its decoded bytes), or the client's 4xx."""
+    raw = await _read_body(request, runtime, inbound)
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        payload = orjson.loads(raw)  # refuses invalid UTF-8, NaN, and nesting deeper than 1024
+    except orjson.JSONDecodeError:
+        return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
+    if not isinstance(payload, dict):
+        return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
+    return payload, raw
 
 
 async def _exchange(
     request: web.Request, proxy: Proxy, runtime: Runtime, inbound: Codec, started: float
 ) -> Exchange | web.Response:
     """The routed exchange for a request, or the error that stops it before any upstream is chosen."""
-    raw = await _read_body(request, runtime, inbound)
-    if isinstance(raw, web.Response):
-        return raw
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
-    if not isinstance(payload, dict):
-        return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
+    read = await _json_body(request, runtime, inbound)
+    if isinstance(read, web.Response):
+        return read
+    payload, raw = read
     named, stream = _model_and_stream(request, inbound, payload)
     model = _checked_model(named, inbound)
     if isinstance(model, web.Response):
@@ -333,15 +355,10 @@ def _counter(inbound: Codec) -> Handler:
     async def count(request: web.Request) -> web.StreamResponse:
         proxy = request.app[PROXY]
         runtime = proxy.runtime
-        raw = await _read_body(request, runtime, inbound)
-        if isinstance(raw, web.Response):
-            return raw
-        try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return _error(inbound, 400, "The request body is not valid JSON.", "invalid_json")
-        if not isinstance(payload, dict):
-            return _error(inbound, 400, "The request body must be a JSON object.", "invalid_json")
+        read = await _json_body(request, runtime, inbound)
+        if isinstance(read, web.Response):
+            return read
+        payload, raw = read
         named = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
         model = _checked_model(named, inbound)
         if isinstance(model, web.Response):
@@ -352,7 +369,7 @@ def _counter(inbound: Codec) -> Handler:
         timeouts = runtime.config.timeouts
         try:
             tokens = await count_tokens(
-                proxy.pool, proxy.health, route, inbound, payload, timeouts.connect, timeouts.read
+                proxy.pool, proxy.health, route, inbound, payload, raw, timeouts.connect, timeouts.read
             )
         except CountError as error:
             return _error(inbound, error.status, error.message, error.code)

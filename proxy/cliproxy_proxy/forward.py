@@ -25,7 +25,7 @@ from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
 from .scrub import Scrubber, scrub
 from .translate import UPSTREAM, for_upstream, passes_through
-from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError
+from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError, reencode
 from .translate.canonical import Response as Answer
 from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
 from .translate.relay import FramedRelay, TranslatingRelay
@@ -189,7 +189,7 @@ class Exchange:
         else:
             body = self.raw
             if target.rewrite is not None and "model" in self.payload:
-                body = orjson.dumps({**self.payload, "model": model})
+                body = reencode(self.payload, model)
             path = self.inbound.upstream_path(model, self.stream)
         sent = perf_counter()
         try:

@@ -192,7 +192,7 @@ def validate_request(body: Any) -> dict[str, Any]:
         shapes = _by_type("input")
         for index, item in enumerate(items):
             kind = item.get("type", "message") if isinstance(item, dict) else None
-            if kind not in shapes:
+            if not isinstance(kind, str) or kind not in shapes:
                 raise Refused(400, f"Invalid value: {kind!r}. Supported values are item types.", "invalid_value",
                               f"input[{index}].type")  # fmt: skip
             if kind == "reasoning" and "id" not in item:
@@ -207,7 +207,7 @@ def validate_request(body: Any) -> dict[str, Any]:
         shapes = _by_type("tools")
         for index, tool in enumerate(tools):
             kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind not in shapes:
+            if not isinstance(kind, str) or kind not in shapes:
                 raise Refused(400, f"Invalid value: {kind!r}.", "invalid_value", f"tools[{index}].type")
             _check(shapes[kind], tool, f"tools[{index}]")
     if "model" not in body:
@@ -472,6 +472,8 @@ async def _responses(request: web.Request) -> web.StreamResponse:
         _check_semantics(state, body)
     except Refused as refused:
         return refused.response()
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):  # the live API's typed parser refuses it
+        return Refused(400, "We could not parse the JSON body of your request.", "invalid_json").response()
     answer = _answer(state, body)
     if body.get("stream") is True:
         return await _stream(request, answer, state.text_pieces, fault)

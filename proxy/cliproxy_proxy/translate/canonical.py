@@ -200,6 +200,14 @@ class TranslationError(ValueError):
     """A request or response one format cannot express in another; answered as a 400 in the client's format."""
 
 
+def reencode(payload: dict[str, Any], model: str) -> bytes:
+    """A client's body passed through with another model id; one too deep to write again is the client's error."""
+    try:
+        return orjson.dumps({**payload, "model": model})
+    except orjson.JSONEncodeError as error:
+        raise TranslationError(f"the request body cannot be passed on: {error}") from None
+
+
 # -- the codec interface --------------------------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import orjson
 
 from ..errors import error_body
+from . import fields
 from .canonical import (
     Event,
     Finish,
@@ -57,15 +58,15 @@ class OpenAICompletionsCodec:
                 raise TranslationError(f"{key}: cannot be translated to this provider")
         if body.get("n", 1) not in (1, None):
             raise TranslationError("n: only one choice can be translated to this provider")
-        stop = body.get("stop")
         options = body.get("stream_options")
+        limit = fields.integer(body.get("max_tokens"), "max_tokens")
         return Request(
             model=str(body.get("model", "")),
             messages=[Message("user", [Text(prompt)])],
-            max_tokens=body.get("max_tokens", 16),  # the legacy API's own default
-            temperature=body.get("temperature"),
-            top_p=body.get("top_p"),
-            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            max_tokens=16 if "max_tokens" not in body else limit,  # the legacy API's own default
+            temperature=fields.number(body.get("temperature"), "temperature"),
+            top_p=fields.number(body.get("top_p"), "top_p"),
+            stop=fields.texts(body.get("stop"), "stop"),
             stream=body.get("stream") is True,
             stream_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )

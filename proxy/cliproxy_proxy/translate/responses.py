@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from ..errors import error_body
+from . import fields
 from .canonical import (
     Event,
     Finish,
@@ -81,9 +82,9 @@ def _content(content: Any, where: str, images: bool) -> list[Text | Image]:
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind in ("input_text", "output_text", "text"):
-            parts.append(Text(str(part.get("text", ""))))
+            parts.append(Text(fields.text(part.get("text"), f"{where}[{index}].text")))
         elif kind == "refusal":
-            parts.append(Text(str(part.get("refusal", ""))))
+            parts.append(Text(fields.text(part.get("refusal"), f"{where}[{index}].refusal")))
         elif kind == "input_image" and images:
             url = part.get("image_url")
             if not isinstance(url, str):  # a file_id points at OpenAI's file store
@@ -112,11 +113,15 @@ def _tool_results(messages: list[Message]) -> Message:
     return messages[-1]
 
 
-def _reasoning_text(item: dict[str, Any]) -> str:
-    summary = [str(s.get("text", "")) for s in item.get("summary") or [] if isinstance(s, dict)]
+def _reasoning_text(item: dict[str, Any], where: str = "reasoning") -> str:
+    summary = [_part_text(s, f"{where}.summary") for s in fields.array(item.get("summary"), f"{where}.summary")]
     if any(summary):
         return "\n\n".join(summary)
-    return "\n\n".join(str(c.get("text", "")) for c in item.get("content") or [] if isinstance(c, dict))
+    return "\n\n".join(_part_text(c, f"{where}.content") for c in fields.array(item.get("content"), f"{where}.content"))
+
+
+def _part_text(part: Any, where: str) -> str:
+    return fields.text(part.get("text"), f"{where}[].text") if isinstance(part, dict) else ""
 
 
 def _decode_item(item: Any, where: str, system: list[Text], messages: list[Message]) -> None:
@@ -134,13 +139,16 @@ def _decode_item(item: Any, where: str, system: list[Text], messages: list[Messa
         else:
             raise TranslationError(f"{where}.role: {role!r} is not a message role")
     elif kind == "function_call":
-        call = ToolCall(str(item.get("call_id", "")), str(item.get("name", "")), str(item.get("arguments") or "{}"))
+        arguments = fields.text(item.get("arguments"), f"{where}.arguments") or "{}"
+        call = ToolCall(fields.text(item.get("call_id"), f"{where}.call_id"),
+                        fields.text(item.get("name"), f"{where}.name"), arguments)  # fmt: skip
         _assistant(messages).parts.append(call)
     elif kind == "function_call_output":
         content = _content(item.get("output"), f"{where}.output", images=True)
-        _tool_results(messages).parts.append(ToolResult(str(item.get("call_id", "")), content))
+        call_id = fields.text(item.get("call_id"), f"{where}.call_id")
+        _tool_results(messages).parts.append(ToolResult(call_id, content))
     elif kind == "reasoning":
-        text, signature = _reasoning_text(item), item.get("encrypted_content")
+        text, signature = _reasoning_text(item, where), item.get("encrypted_content")
         if text or signature:  # an item with neither is an id only OpenAI's store could resolve
             _assistant(messages).parts.append(Thinking(text, signature if isinstance(signature, str) else None))
     elif kind == "item_reference":
@@ -169,12 +177,15 @@ def _decode_input(body: dict[str, Any]) -> tuple[list[Text], list[Message]]:
 
 def _decode_tools(tools: Any) -> list[Tool]:
     decoded = []
-    for index, tool in enumerate(tools or []):
+    for index, tool in enumerate(fields.array(tools, "tools")):
         kind = tool.get("type") if isinstance(tool, dict) else None
         if kind != "function":
             raise TranslationError(f"tools[{index}]: {kind!r} tools run on OpenAI's side and cannot be translated")
         parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-        decoded.append(Tool(str(tool.get("name", "")), tool.get("description"), parameters))  # strict: no equivalent
+        where = f"tools[{index}]"
+        decoded.append(Tool(fields.text(tool.get("name"), f"{where}.name"),  # strict: no equivalent
+                            fields.optional_text(tool.get("description"), f"{where}.description"),
+                            fields.json_object(parameters, f"{where}.parameters")))  # fmt: skip
     return decoded
 
 
@@ -422,20 +433,19 @@ class ResponsesCodec:
     def decode_request(self, body: dict[str, Any]) -> Request:
         _check_stateless(body)
         system, messages = _decode_input(body)
-        reasoning = body.get("reasoning")
-        effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+        effort = fields.mapping(body.get("reasoning"), "reasoning").get("effort")
         return Request(
             model=str(body.get("model", "")),
             messages=messages,
             system=system,
             tools=_decode_tools(body.get("tools")),
             tool_choice=_decode_tool_choice(body.get("tool_choice")),
-            max_tokens=body.get("max_output_tokens"),
-            temperature=body.get("temperature"),
-            top_p=body.get("top_p"),
+            max_tokens=fields.integer(body.get("max_output_tokens"), "max_output_tokens"),
+            temperature=fields.number(body.get("temperature"), "temperature"),
+            top_p=fields.number(body.get("top_p"), "top_p"),
             stream=body.get("stream") is True,
             reasoning=Reasoning(effort=effort) if isinstance(effort, str) else None,
-            parallel_tool_calls=body.get("parallel_tool_calls"),
+            parallel_tool_calls=fields.flag(body.get("parallel_tool_calls"), "parallel_tool_calls"),
             stream_usage=True,  # a Responses stream always ends with the usage in response.completed
         )
 
