@@ -524,7 +524,9 @@ def test_credential_spec_fields_and_contract() -> None:
 def test_route_spec_fields_and_contract() -> None:
     spec = _schema("ProviderRoute")["properties"]["spec"]
     props = spec["properties"]
-    assert set(props) == {"gateway", "prefix", "forceModelPrefix", "credentials", "models", "excludedModels", "policy"}
+    assert set(props) == {"gateway", "prefix", "forceModelPrefix", "allowUnauthenticated", "credentials", "models",
+                          "excludedModels", "policy"}  # fmt: skip
+    assert props["allowUnauthenticated"] == {**props["allowUnauthenticated"], "type": "boolean", "default": False}
     assert spec["required"] == ["credentials"]
     assert (props["gateway"]["default"], props["gateway"]["maxLength"]) == ("default", 40)
     assert props["prefix"]["pattern"] == _PREFIX_PATTERN
@@ -734,6 +736,26 @@ SCHEMA_REJECTS = [
     _bad(PR, "policy", {"connectTimeoutSeconds": 0}, "minimum", "policy.connectTimeoutSeconds"),
     _bad(PR, "policy", {"readTimeoutSeconds": 0}, "minimum", "policy.readTimeoutSeconds"),
     _bad(PR, "policy", {"retries": 2}, "additionalProperties"),
+    # Control characters (CR/LF smuggle a second request onto a pooled upstream connection; NUL and DEL too).
+    _bad(PC, "headers", {"X-Team": "a\r\nX-Evil: 1"}, "pattern", "headers.X-Team"),
+    _bad(PC, "headers", {"X-Team": "a\x00b"}, "pattern", "headers.X-Team"),
+    _bad(PC, "headers", {"X-Team": "v" * 4097}, "maxLength", "headers.X-Team"),
+    _bad(PC, "baseURL", "https://example.com/\x7f", "pattern"),
+    _bad(PC, "baseURL", "https://example.com/\x00", "pattern"),
+    _bad(
+        PC,
+        "refreshURL",
+        "https://example.com/\r\nHost: evil",
+        "pattern",
+        provider="kiro",
+        apiKeys=[],
+        tokenSecretRef={"name": "t", "key": "k"},
+    ),
+    _bad(PC, "proxyURL", "http://proxy:3128/\x1b", "pattern"),
+    _bad(PC, "modelsEndpoint", "/models\r\nX: y", "pattern", provider="openai-compatibility", baseURL="http://x"),
+    _bad(PR, "models", [{"name": "gpt-4o\r\nX-Evil: 1"}], "pattern", "models.0.name"),
+    _bad(PR, "models", [{"name": "m", "alias": "a\x00"}], "pattern", "models.0.alias"),
+    _bad(PR, "excludedModels", ["ok", "bad\x7f"], "pattern", "excludedModels.1"),
 ]
 
 
