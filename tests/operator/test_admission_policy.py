@@ -45,7 +45,7 @@ class StubAuthorizer:
             return add
 
         def check(request: celtypes.MapType, verb: celtypes.StringType) -> celtypes.BoolType:
-            asked = tuple(str(request.get(celtypes.StringType(k), "")) for k in ("g", "r", "ns", "n")) + (str(verb),)
+            asked = (*(str(request.get(celtypes.StringType(k), "")) for k in ("g", "r", "ns", "n")), str(verb))
             self.asked.append(asked)
             return celtypes.BoolType(asked in self.grants)
 
