@@ -134,7 +134,7 @@ async def reconcile(namespace: str, route_index: kopf.Index[str, Any], credentia
         for route in routes:
             state = rendering.routes[route["metadata"]["name"]]
             ok, reason, message = _summary(state.problems, "Rendered", f"serving {len(state.models)} model ids")
-            clean, why, warned = _summary(state.warnings, "NoWarnings", "no model conflict, the gateway has keys")
+            clean, why, warned = _summary(state.warnings + state.notices, "NoWarnings", "no model conflict, keys set")
             await _report(custom, namespace, ROUTES, route, {
                 "conditions": _conditions(route, ("Ready", ok, reason, message),
                                           ("Rendered", state.rendered, reason, message),

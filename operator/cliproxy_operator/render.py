@@ -66,7 +66,8 @@ class RouteState:
     models: list[str] = field(default_factory=list)  # exposed ids, when the route lists its models
     rendered: bool = False
     problems: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # a condition and a Warning Event
+    notices: list[Problem] = field(default_factory=list)  # a condition only: the normal state of a new gateway
 
 
 @dataclass(frozen=True)
@@ -243,11 +244,13 @@ def _open_gateways(routes: list[Resource], states: Mapping[str, RouteState], con
             opened.add(gateway)
             continue
         for n in names:
-            states[n].warnings.append(Problem(
-                "GatewayClosed" if n in asks else "NoClientKeys",
-                f"gateway {gateway!r} has no client keys and refuses callers: label a Secret "
-                f"cliproxy.io/client-keys-for={gateway}" + (", or set allowUnauthenticated: true on every one of its "
-                "routes (closed wins)" if n in asks else "")))  # fmt: skip
+            message = (f"gateway {gateway!r} has no client keys and refuses callers: label a Secret "
+                       f"cliproxy.io/client-keys-for={gateway}")  # fmt: skip
+            if n in asks:
+                states[n].warnings.append(Problem("GatewayClosed", message + ", or set allowUnauthenticated: true "
+                                                  "on every one of its routes (closed wins)"))  # fmt: skip
+            else:
+                states[n].notices.append(Problem("NoClientKeys", message))
     return opened
 
 

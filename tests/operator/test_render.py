@@ -78,7 +78,9 @@ def test_catalog_examples_render_into_a_config_the_proxy_loads(tmp_path: Path) -
     assert (team.policy.request_retry, team.policy.read) == (2, 120)
     assert (runtime.config.request_retry, runtime.routes["team-default"].policy.request_retry) == (3, 3)
     assert not runtime.config.allow_unauthenticated and not runtime.client_keys  # no client keys: closed
-    assert [w.reason for w in result.routes["local"].warnings] == ["NoClientKeys"]
+    assert [w.reason for w in result.routes["local"].notices] == ["NoClientKeys"] and not result.routes[
+        "local"
+    ].warnings
     assert result.routes["team-a"].models == ["team-a/openai/gpt-4o", "team-a/sonnet"]
 
 
@@ -157,7 +159,7 @@ def test_a_routes_policy_governs_only_its_own_models(tmp_path: Path) -> None:
     x, y = runtime.routes["x"].policy, runtime.routes["y"].policy
     assert (x.request_retry, x.connect) == (1, runtime.config.timeouts.connect)
     assert (y.request_retry, y.connect) == (5, 2)
-    assert [w.reason for w in result.routes["b"].warnings] == ["NoClientKeys"] and result.routes["b"].rendered
+    assert not result.routes["b"].warnings and result.routes["b"].rendered
 
 
 def stamped(resource: dict[str, Any], when: str) -> dict[str, Any]:
@@ -169,7 +171,7 @@ def test_a_contested_model_costs_only_that_model_on_the_newer_route(tmp_path: Pa
     grabber = stamped(route("aa-grabber", "claude", models=[{"name": "x"}, {"name": "y"}]), "2026-02-01T00:00:00Z")
     result = render([grabber, victim], CREDENTIALS, SECRETS)
     assert result.routes["zz-victim"].models == ["w", "x"]
-    assert [w.reason for w in result.routes["zz-victim"].warnings] == ["NoClientKeys"]
+    assert not result.routes["zz-victim"].warnings
     assert result.routes["aa-grabber"].models == ["claude-prod/y", "y"] and result.routes["aa-grabber"].rendered
     conflict = next(w for w in result.routes["aa-grabber"].warnings if w.reason == "DuplicateModel")
     assert "'x'" in conflict.message and "zz-victim" in conflict.message
@@ -333,4 +335,5 @@ def test_a_keyless_gateway_opens_only_when_every_route_asks() -> None:
     both = render([one, {**two, "spec": {**two["spec"], "allowUnauthenticated": True}}], CREDENTIALS, SECRETS)
     assert yaml.safe_load(both.gateways["default"].config_text)["allow-unauthenticated"] is True
     keyed = render([one], CREDENTIALS, SECRETS, {"default": ["ck"]})
-    assert "allow-unauthenticated" not in keyed.gateways["default"].config_text and not keyed.routes["one"].warnings
+    assert "allow-unauthenticated" not in keyed.gateways["default"].config_text
+    assert not keyed.routes["one"].warnings and not keyed.routes["one"].notices
