@@ -29,6 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cliproxy_operator.secret_rules import OPT_IN_LABEL, opted_in
 from cliproxy_proxy.catalog import KINDS
 from cliproxy_proxy.config import _PREFIX_PATTERN
 
@@ -562,6 +563,7 @@ def test_examples_are_the_documented_set() -> None:
         ("ProviderCredential", "openrouter"),
         ("ProviderRoute", "shared"),
         ("ProviderRoute", "team-a"),
+        ("Secret", "cliproxy-demo-clients"),
         ("Secret", "cliproxy-demo-keys"),
     ]
     readme = (EXAMPLES_DIR / "README.md").read_text()
@@ -581,7 +583,8 @@ def test_examples_are_namespace_less_and_well_named(file: str, doc: Json) -> Non
 
 
 def test_example_secret_has_two_demo_keys() -> None:
-    (secret,) = [doc for _, doc in EXAMPLES if doc["kind"] == "Secret"]
+    (secret,) = [doc for _, doc in EXAMPLES if doc["metadata"]["name"] == "cliproxy-demo-keys"]
+    assert secret["metadata"]["labels"] == {OPT_IN_LABEL: "true"}  # the owner's opt-in
     assert secret["type"] == "Opaque"
     assert "data" not in secret
     assert len(secret["stringData"]) == 2
@@ -597,7 +600,8 @@ def test_example_is_admitted_by_schema_and_cel(name: str, doc: Json) -> None:
 
 
 def test_example_references_resolve() -> None:
-    secrets = {doc["metadata"]["name"]: doc["stringData"] for _, doc in EXAMPLES if doc["kind"] == "Secret"}
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for _, doc in EXAMPLES
+               if doc["kind"] == "Secret" and opted_in(doc["metadata"].get("labels"))}  # fmt: skip
     credentials = {doc["metadata"]["name"]: doc["spec"] for _, doc in EXAMPLES if doc["kind"] == "ProviderCredential"}
     routes = {doc["metadata"]["name"]: doc["spec"] for _, doc in EXAMPLES if doc["kind"] == "ProviderRoute"}
     refs = [k["secretKeyRef"] for spec in credentials.values() for k in spec.get("apiKeys", [])]
