@@ -117,6 +117,18 @@ def _resolve(ref: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]], w
     return value.strip()
 
 
+def _refused(what: str, ref: Mapping[str, Any], spec: Mapping[str, Any], consent: SecretConsent) -> Problem | None:
+    """The Secret owner's consent: the opt-in label first, then, for a token, where it may be refreshed."""
+    secret = str(ref.get("name"))
+    if secret in consent.not_opted_in:
+        return Problem("SecretNotOptedIn", f"{what}: Secret {secret!r} lacks the label {OPT_IN_LABEL}=true "
+                       "that lets it back a credential")  # fmt: skip
+    if what == "tokenSecretRef":
+        refusal = refresh_url_refusal(spec["provider"], spec.get("refreshURL"), consent.refresh_urls.get(secret))
+        return None if refusal is None else Problem("RefreshURLNotAllowed", refusal)
+    return None
+
+
 def _credentials(
     credentials: list[Resource],
     secrets: Mapping[str, Mapping[str, str]],
@@ -136,17 +148,8 @@ def _credentials(
         ]
         if spec.get("tokenSecretRef"):
             refs.append(("tokenSecretRef", spec["tokenSecretRef"], f"{name}.token"))
-            allowed = consent.refresh_urls.get(str(spec["tokenSecretRef"].get("name")))
-            refusal = refresh_url_refusal(spec["provider"], spec.get("refreshURL"), allowed)
-            if refusal is not None:
-                state.problems.append(Problem("RefreshURLNotAllowed", refusal))
-                continue
         for what, ref, file in refs:
-            if str(ref.get("name")) in consent.not_opted_in:
-                state.problems.append(Problem("SecretNotOptedIn", f"{what}: Secret {ref.get('name')!r} lacks the "
-                                              f"label {OPT_IN_LABEL}=true that lets it back a credential"))  # fmt: skip
-                continue
-            value = _resolve(ref, secrets, what)
+            value = _refused(what, ref, spec, consent) or _resolve(ref, secrets, what)
             if isinstance(value, Problem):
                 state.problems.append(value)
             else:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from cliproxy_operator.secret_rules import OPT_IN_LABEL
+import pytest
+
+from cliproxy_operator.secret_rules import OPT_IN_LABEL, REFRESH_URL_ANNOTATION
 
 from ..fakes.kiro import start_kiro
 from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, Cluster, OperatorRunner, b64, unb64, wait_for
@@ -71,22 +73,35 @@ async def test_a_secret_without_the_opt_in_label_backs_no_credential(
     await wait_condition(cluster, operator, CREDENTIALS, "thief", "Ready", "True")
 
 
-async def test_a_refresh_url_the_token_secret_does_not_allow_receives_nothing(
+@pytest.mark.parametrize(
+    ("labelled", "allows_url", "reason", "says"),
+    [
+        (True, False, "RefreshURLNotAllowed", "cliproxy.io/refresh-url"),  # opted in, but not to this URL
+        (False, True, "SecretNotOptedIn", OPT_IN_LABEL),  # an annotation alone is no opt-in
+    ],
+)
+async def test_a_token_secret_the_owner_did_not_open_to_this_url_sends_nothing(
     fast_tokens: None,  # noqa: F811
     cluster: Cluster,
     operator: OperatorRunner,
     aiohttp_server: Serve,
+    labelled: bool,
+    allows_url: bool,
+    reason: str,
+    says: str,
 ) -> None:
     collector, url = await start_kiro(aiohttp_server, token_ttl=600)  # the attacker's server, speaking Kiro
     login = ide_file(collector, 1.0)  # due for a refresh at once
-    labelled = {"name": "kiro-login", "labels": {OPT_IN_LABEL: "true"}}  # opted in, but allows no refresh URL
-    await cluster.create(SECRETS, {"metadata": labelled, "data": {"kiro-auth-token.json": b64(login)}})
+    metadata: dict[str, Any] = {"name": "kiro-login", "labels": {OPT_IN_LABEL: "true"} if labelled else {}}
+    if allows_url:
+        metadata["annotations"] = {REFRESH_URL_ANNOTATION: url}
+    await cluster.create(SECRETS, {"metadata": metadata, "data": {"kiro-auth-token.json": b64(login)}})
     await cluster.create(CREDENTIALS, {"metadata": {"name": "thief"}, "spec": {
         "provider": "kiro", "refreshURL": url,
         "tokenSecretRef": {"name": "kiro-login", "key": "kiro-auth-token.json"}}})  # fmt: skip
-    thief = await wait_condition(cluster, operator, CREDENTIALS, "thief", "Ready", "False", "RefreshURLNotAllowed")
-    assert "cliproxy.io/refresh-url" in condition(thief, "SecretsResolved")["message"]
-    await warning(cluster, operator, "thief", "RefreshURLNotAllowed")
+    thief = await wait_condition(cluster, operator, CREDENTIALS, "thief", "Ready", "False", reason)
+    assert says in condition(thief, "SecretsResolved")["message"]
+    await warning(cluster, operator, "thief", reason)
 
     async def checked() -> dict[str, Any] | None:
         obj = await cluster.get(CREDENTIALS, "thief")
@@ -94,7 +109,7 @@ async def test_a_refresh_url_the_token_secret_does_not_allow_receives_nothing(
         return token if token.get("state") == "failing" else None
 
     token = await wait_for(checked, WITHIN, message=operator.describe)
-    assert "refresh-url" in token["message"]
+    assert says in token["message"]
     assert collector.refreshes == []  # the victim's refresh token never left
     stored = await cluster.get(SECRETS, "kiro-login")
     assert stored is not None and unb64(stored["data"])["kiro-auth-token.json"] == login
