@@ -366,7 +366,7 @@ def _counter(inbound: Codec) -> Handler:
         route = runtime.routes.get(model) or runtime.routes.get(split_thinking_suffix(model)[0])
         if route is None:
             return _model_not_found(runtime, model, inbound)
-        timeouts = runtime.config.timeouts
+        timeouts = route.policy
         try:
             tokens = await count_tokens(
                 proxy.pool, proxy.health, route, inbound, payload, raw, timeouts.connect, timeouts.read

@@ -81,6 +81,20 @@ class RateLimit(_Block):
     tpm: Annotated[int, Field(gt=0)] | None = None
 
 
+class EntryPolicy(_Block):
+    """Retry and timeout values for the models of one entry, over the top-level ones (a route's own policy).
+
+    Retries follow the policy of a model's first target (highest priority, config order); timeouts follow each
+    target's own entry.
+    """
+
+    request_retry: Annotated[int, Field(ge=0, le=10)] | None = None
+    max_retry_interval: Annotated[float, Field(ge=0)] | None = None
+    max_retry_credentials: Annotated[int, Field(ge=0)] | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] | None = None
+    read_timeout: Annotated[float, Field(gt=0)] | None = None
+
+
 class _Routed(_OneSource):
     """Keys every credential-bearing block shares: routing scope and network options."""
 
@@ -95,6 +109,7 @@ class _Routed(_OneSource):
     rate_limit: RateLimit | None = None
     disable_cooling: bool | None = None
     force_model_prefix: bool | None = None  # overrides the top-level setting for this entry's models
+    policy: EntryPolicy | None = None
 
     @field_validator("base_url")
     @classmethod

@@ -133,15 +133,15 @@ class Exchange:
             raise
 
     async def _run(self) -> web.StreamResponse:
-        config = self.runtime.config
+        strategy, policy = self.runtime.config.routing.strategy, self.route.policy
         health = self.proxy.health
-        per_round = config.max_retry_credentials or math.inf
+        per_round = policy.max_retry_credentials or math.inf
         failure: Failure | None = None
         wait = 0.0
-        for round_ in range(config.request_retry + 1):
+        for round_ in range(policy.request_retry + 1):
             tried: set[int] = set()
             while len(tried) < per_round:
-                target = health.pick(self.route, config.routing.strategy, tried)
+                target = health.pick(self.route, strategy, tried)
                 if target is None:
                     break
                 tried.add(id(target))
@@ -150,7 +150,7 @@ class Exchange:
                     return outcome
                 failure = outcome
             wait = health.soonest(self.route)
-            if round_ == config.request_retry or wait > config.max_retry_interval:
+            if round_ == policy.request_retry or wait > policy.max_retry_interval:
                 break
             await self.keepalive(asyncio.sleep(wait + TIMER_SLACK))
         if failure is not None:
@@ -177,7 +177,7 @@ class Exchange:
                 return self.failed(target, 401, "token_rejected")
             except TokenError:
                 return self.failed(target, None, "token_refresh")
-        timeouts = self.runtime.config.timeouts
+        timeouts = credential.policy
         upstream_codec = credential.codec or UPSTREAM[credential.wire]
         model = target.upstream_model
         translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)

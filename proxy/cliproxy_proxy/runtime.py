@@ -25,6 +25,7 @@ from .config import (
     CompatProvider,
     ConfigError,
     CursorCredential,
+    EntryPolicy,
     KiroCredential,
     ModelEntry,
     ProxyConfig,
@@ -55,6 +56,30 @@ from .upstream import Endpoint
 ANTHROPIC_VERSION = "2023-06-01"
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The retry and timeout values in force for one entry's models: its own policy over the top level."""
+
+    request_retry: int
+    max_retry_interval: float
+    max_retry_credentials: int
+    connect: float
+    read: float
+
+    @classmethod
+    def of(cls, config: ProxyConfig, own: EntryPolicy | None) -> Policy:
+        given = own.model_dump(exclude_none=True) if own is not None else {}
+        top = {"request_retry": config.request_retry, "max_retry_interval": config.max_retry_interval,
+               "max_retry_credentials": config.max_retry_credentials,
+               "connect_timeout": config.timeouts.connect, "read_timeout": config.timeouts.read}  # fmt: skip
+        merged = {**top, **given}
+        return cls(merged["request_retry"], merged["max_retry_interval"], merged["max_retry_credentials"],
+                   merged["connect_timeout"], merged["read_timeout"])  # fmt: skip
+
+
+DEFAULT_POLICY = Policy.of(ProxyConfig(), None)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Credential:
     """One upstream key with everything needed to call it. ``headers`` holds the secret: never log it."""
@@ -80,6 +105,7 @@ class Credential:
     force_prefix: bool | None = None  # this entry's force-model-prefix, when it overrides the top level
     session: Session | None = field(default=None, repr=False)  # an OAuth / session token, kept fresh
     codec: Codec | None = None  # a codec of its own (Kiro's carries the account's profile ARN)
+    policy: Policy = DEFAULT_POLICY  # the retry and timeout values of its entry
 
     @property
     def discovers_models(self) -> bool:
@@ -131,6 +157,11 @@ class Route:
     @property
     def targets(self) -> tuple[Target, ...]:
         return tuple(t for group in self.groups for t in group)
+
+    @property
+    def policy(self) -> Policy:
+        """Retries follow the first target's entry: in Kubernetes, every target of a model is one route's."""
+        return self.groups[0][0].credential.policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +270,7 @@ class _Builder:
                 force_prefix=entry.force_model_prefix,
                 session=session,
                 codec=codec,
+                policy=Policy.of(self.config, entry.policy),
             )
         )
 

@@ -49,6 +49,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "existing-sa": {"proxy": {"serviceAccount": {"create": False, "name": "shared-sa"}}},
     "namespaced": {"operator": {"namespaced": True, "watchNamespaces": ["team-a", "team-b"]}},
     "peering": {"operator": {"peering": "cliproxy", "priority": 5}},
+    "no-policies": {"admissionPolicy": {"enabled": False}, "networkPolicy": {"enabled": False}},
+    "network-from": {
+        "networkPolicy": {"allowSameNamespace": False, "from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}
+    },
     "everything": {
         "autoscaling": {"keda": {"enabled": True}},
         "serviceMonitor": {"enabled": True},
