@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .health import classify
+from .health import capped_retry_after, classify
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
@@ -240,7 +240,7 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            relay = SSERelay(target.rewrite)
+            relay = SSERelay(target.rewrite, self.inbound.stream_end)
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
             decoder = codec.stream_decoder()
@@ -274,9 +274,12 @@ class Exchange:
             tail = relay.flush()
             if tail:
                 await response.write(tail)
+            if not relay.complete:  # a clean close before the terminal event is a cut, not an answer
+                raise _StreamBroken
         except _StreamBroken:
             self.usage = relay.usage
-            self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns)
+            if self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns, self.route) > 0:
+                self.proxy.metrics.cooldowns.labels(target.credential.provider, "transient").inc()
             self.proxy.metrics.errors.labels(target.credential.provider, "stream_interrupted").inc()
             message = "The upstream stream was interrupted; the response is incomplete."
             # A translated stream ends through its own encoder: it knows what the client has already seen.
@@ -302,7 +305,7 @@ class Exchange:
         reason = classify(status) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
-        if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns) > 0:
+        if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns, self.route) > 0:
             self.proxy.metrics.cooldowns.labels(provider, reason).inc()
         return Failure(status, kind, message, body, retry_after)
 
@@ -334,6 +337,8 @@ class Exchange:
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
             return await self.reply_error(status, message, "upstream_error", body)
         retry_after = retry_after_seconds(upstream.headers.get("retry-after")) if status == 429 else None
+        if retry_after is not None:
+            retry_after = capped_retry_after(retry_after, self.runtime.config.cooldowns)
         return self.failed(target, status, reason, message, body, retry_after)
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:

@@ -16,6 +16,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import mimetypes
+import re
 import uuid
 from typing import Any
 
@@ -376,6 +377,7 @@ def _response_block(part: Part) -> dict[str, Any] | None:
 
 class AnthropicCodec:
     name = "anthropic-messages"
+    stream_end = re.compile(rb'"type"\s*:\s*"(?:message_stop|error)"')
 
     # -- inbound ------------------------------------------------------------------------------------------
 

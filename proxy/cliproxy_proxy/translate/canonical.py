@@ -8,6 +8,7 @@ model produced, so nothing is re-serialised or reordered on the way through.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -221,6 +222,9 @@ class Codec(Protocol):
     """Everything one wire format needs, as the client's format (inbound) and as the provider's (upstream)."""
 
     name: str
+    #: What ends a stream of this format (its terminal or error event), in a run of whole SSE events: a stream
+    #: passed through without it was cut short, however cleanly the connection closed.
+    stream_end: re.Pattern[bytes]
 
     # inbound: what clients send and receive
     def decode_request(self, body: dict[str, Any]) -> Request: ...

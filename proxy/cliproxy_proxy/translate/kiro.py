@@ -430,6 +430,7 @@ class KiroCodec:
     """
 
     name = "kiro"
+    stream_end = re.compile(rb"")  # never passed through; its decoder judges the end (no frame left half-read)
 
     def __init__(self, profile_arn: str | None = None, origin: str = ORIGIN) -> None:
         self.profile_arn = profile_arn

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -137,8 +138,13 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
     raise TranslationError("tool_choice: must be auto, none, required or a named function")
 
 
+#: A finish reason, ``[DONE]`` or an error: what ends an OpenAI stream (chat and legacy completions alike).
+STREAM_END = re.compile(rb'^data:\s*\[DONE\]|"finish_reason"\s*:\s*"|^data:\s*\{\s*"error"', re.MULTILINE)
+
+
 class OpenAIChatCodec:
     name = "openai-chat"
+    stream_end = STREAM_END
 
     # -- inbound ------------------------------------------------------------------------------------------
 

@@ -416,6 +416,7 @@ def _response_id(upstream_id: str) -> str:
 
 class ResponsesCodec:
     name = "openai-responses"
+    stream_end = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 
     # -- inbound ------------------------------------------------------------------------------------------
 

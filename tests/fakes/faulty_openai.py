@@ -1,0 +1,124 @@
+"""An OpenAI chat completions upstream that fails a share of its requests at random: the fault-injection load.
+
+Faults are drawn from a seeded RNG, so a run is repeatable up to the order concurrency imposes. Each fault is
+what providers really do under load: ``429`` and ``500`` with OpenAI's error bodies, and dropped connections, a
+reset (RST) before the answer or part-way through a stream, or, for streams, a clean FIN part-way through.
+Its streams are close-delimited (no length, no chunking: ``Connection: close``, as behind some load balancers),
+so a stream cut with a clean FIN looks complete at the HTTP level: only the missing ``[DONE]`` and
+``finish_reason`` tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+KINDS = ("429", "500", "reset", "fin")
+
+
+def _error(status: int, message: str, kind: str, code: str | None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+@dataclass
+class FaultyUpstream:
+    """One upstream: its key, its model, its fault rate and RNG, and a count of what it did."""
+
+    key: str
+    model: str
+    rate: float = 0.1
+    seed: int = 0
+    fault_delay: float = 0.02  # an overloaded upstream fails after working on the request a while
+    outcomes: Counter[str] = field(default_factory=Counter)
+    rng: random.Random = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    def fault(self, stream: bool) -> str | None:
+        if self.rng.random() >= self.rate:
+            return None
+        kind = self.rng.choice(KINDS)
+        return "reset" if kind == "fin" and not stream else kind  # a whole body with a length cannot end early
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.complete)
+        return app
+
+    async def complete(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Authorization") != f"Bearer {self.key}":
+            return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        body = orjson.loads(await request.read())
+        if body.get("model") != self.model:
+            return _error(404, f"The model `{body.get('model')}` does not exist.", "invalid_request_error",
+                          "model_not_found")  # fmt: skip
+        stream = body.get("stream") is True
+        fault = self.fault(stream)
+        self.outcomes[fault or "ok"] += 1
+        if fault is not None and self.fault_delay:
+            await asyncio.sleep(self.fault_delay)
+        if fault == "429":
+            return _error(429, "Rate limit reached for requests per min (RPM).", "requests", "rate_limit_exceeded")
+        if fault == "500":
+            message = "The server had an error while processing your request. Sorry about that!"
+            return _error(500, message, "server_error", None)
+        if fault == "reset" and not stream:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()  # never sent: the connection is gone
+        words = reply_words(body)
+        if not stream:
+            return web.json_response(self._completion(words))
+        return await self._stream(request, words, fault)
+
+    def _completion(self, words: list[str]) -> dict[str, Any]:
+        message = {"role": "assistant", "content": " ".join(words), "refusal": None}
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+            "model": self.model, "system_fingerprint": None,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": len(words), "total_tokens": 3 + len(words)},
+        }  # fmt: skip
+
+    async def _stream(self, request: web.Request, words: list[str], fault: str | None) -> web.StreamResponse:
+        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": self.model, "system_fingerprint": None}  # fmt: skip
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+            return b"data: " + orjson.dumps({**base, "choices": [choice]}) + b"\n\n"
+
+        events = [chunk({"role": "assistant", "content": ""})]
+        events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
+        events += [chunk({}, "stop"), b"data: [DONE]\n\n"]
+        cut = self.rng.randrange(len(events)) if fault in ("reset", "fin") else len(events)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        response._length_check = False  # close-delimited: no length, no chunking, the body ends at the FIN
+        response.force_close()
+        await response.prepare(request)
+        for event in events[:cut]:
+            await response.write(event)
+        assert request.transport is not None
+        if fault == "reset":
+            request.transport.abort()
+        elif fault == "fin":
+            request.transport.close()
+        else:
+            await response.write_eof()
+        return response
+
+
+def reply_words(body: dict[str, Any]) -> list[str]:
+    """The answer: the last user message, echoed word by word."""
+    content = body["messages"][-1].get("content")
+    return f"echo: {content}".split()
