@@ -38,6 +38,8 @@ class FaultyUpstream:
     rate: float = 0.1
     seed: int = 0
     fault_delay: float = 0.02  # an overloaded upstream fails after working on the request a while
+    kinds: tuple[str, ...] = KINDS
+    cut: int | None = None  # where a dropped stream stops, in events (else anywhere, at random)
     outcomes: Counter[str] = field(default_factory=Counter)
     rng: random.Random = field(init=False)
 
@@ -47,7 +49,7 @@ class FaultyUpstream:
     def fault(self, stream: bool) -> str | None:
         if self.rng.random() >= self.rate:
             return None
-        kind = self.rng.choice(KINDS)
+        kind = self.rng.choice(self.kinds)
         return "reset" if kind == "fin" and not stream else kind  # a whole body with a length cannot end early
 
     def app(self) -> web.Application:
@@ -101,7 +103,9 @@ class FaultyUpstream:
         events = [chunk({"role": "assistant", "content": ""})]
         events += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words)]
         events += [chunk({}, "stop"), b"data: [DONE]\n\n"]
-        cut = self.rng.randrange(len(events)) if fault in ("reset", "fin") else len(events)
+        cut = len(events)
+        if fault in ("reset", "fin"):
+            cut = self.rng.randrange(len(events)) if self.cut is None else self.cut
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         response._length_check = False  # close-delimited: no length, no chunking, the body ends at the FIN
         response.force_close()
