@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .health import capped_retry_after, classify
+from .health import REASONS, capped_retry_after, classify, names_missing_model
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
@@ -142,6 +142,8 @@ class Exchange:
             wait = health.soonest(self.route)
             if round_ == config.request_retry or wait > config.max_retry_interval:
                 break
+            if failure is not None and failure.reason == "no_endpoint":
+                break  # a 404 for the path is an answer: waiting will not make the endpoint appear
             await self.keepalive(asyncio.sleep(wait + TIMER_SLACK))
         if failure is not None:
             return await self.give_up(failure)
@@ -180,6 +182,9 @@ class Exchange:
             if target.rewrite is not None and "model" in self.payload:
                 body = orjson.dumps({**self.payload, "model": model})
             path = self.inbound.upstream_path(model, self.stream)
+        if not self.proxy.health.serves(target, path):
+            message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
+            return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
@@ -196,7 +201,7 @@ class Exchange:
         codec = upstream_codec if translating else None
         try:
             if upstream.status >= 400:
-                return await self.upstream_error(target, upstream, passed_through=not translating)
+                return await self.upstream_error(target, upstream, path, passed_through=not translating)
             if self.stream:
                 return await self.relay_stream(target, upstream, codec)
             return await self.relay_body(target, upstream, codec)
@@ -301,16 +306,22 @@ class Exchange:
     # -- failure paths --------------------------------------------------------------------------------
 
     def failed(self, target: Target, status: int | None, kind: str, message: str = "", body: bytes = b"",
-               retry_after: float | None = None) -> Failure:  # fmt: skip
-        reason = classify(status) or "transient"
+               retry_after: float | None = None, path: str = "") -> Failure:  # fmt: skip
+        """Count a failed attempt and rest what failed; ``kind`` is the cooldown reason when it names one."""
+        reason = kind if kind in REASONS else classify(status) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
-        if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns, self.route) > 0:
+        health, config = self.proxy.health, self.runtime.config.cooldowns
+        if reason == "no_endpoint":
+            rested = health.fail_endpoint(target, path, config)
+        else:
+            rested = health.fail(target, reason, retry_after, config, self.route)
+        if rested > 0:
             self.proxy.metrics.cooldowns.labels(provider, reason).inc()
         return Failure(status, kind, message, body, retry_after)
 
     async def upstream_error(
-        self, target: Target, upstream: Response, *, passed_through: bool
+        self, target: Target, upstream: Response, path: str, *, passed_through: bool
     ) -> web.StreamResponse | Failure:
         try:
             body = await upstream.read()
@@ -320,12 +331,14 @@ class Exchange:
         if secret:
             body = body.replace(secret.encode(), b"***")
         message = self._upstream_message(body, upstream.status)
-        if not passed_through:
-            body = b""  # in the provider's format, not the client's: only its message travels on
         status = upstream.status
         reason = classify(status)
         if status == 400 and b"API_KEY_INVALID" in body:
             reason = "auth"  # Google answers a wrong key with 400, not 401: it is the key, not the request
+        elif status == 404 and not names_missing_model(body, target.upstream_model):
+            reason = "no_endpoint"  # the path is unknown there, not the model: rest only this endpoint
+        if not passed_through:
+            body = b""  # in the provider's format, not the client's: only its message travels on
         session = target.credential.session
         if reason == "auth" and session is not None and session.refresh:
             # A session token refused before its expiry (revoked, or Kiro's 403 for a stale one): refresh it now
@@ -339,7 +352,7 @@ class Exchange:
         retry_after = retry_after_seconds(upstream.headers.get("retry-after")) if status == 429 else None
         if retry_after is not None:
             retry_after = capped_retry_after(retry_after, self.runtime.config.cooldowns)
-        return self.failed(target, status, reason, message, body, retry_after)
+        return self.failed(target, status, reason, message, body, retry_after, path)
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:
         model = self.route.model

@@ -82,6 +82,23 @@ def classify(status: int | None) -> str | None:
     return None
 
 
+#: Why a (credential, model) rests; also the ``reason`` label of ``cliproxy_credential_cooldowns_total``.
+REASONS = frozenset({"quota", "auth", "not_found", "no_endpoint", "transient"})
+
+
+def names_missing_model(body: bytes, model: str) -> bool:
+    """Whether a 404 says the model is unknown (rest it everywhere) rather than the endpoint (rest only that).
+
+    Providers that do not know a model say so and name it (OpenAI's ``model_not_found``, Anthropic's
+    ``model: x``, Gemini's ``models/x is not found``); a path they do not serve gets a bare "Not Found" page, or
+    OpenAI's "not supported in the v1/completions endpoint", which names the endpoint, not the model.
+    """
+    text = body.lower()
+    if b"model_not_found" in text:
+        return True
+    return model.lower().encode() in text and b"not supported" not in text and b"endpoint" not in text
+
+
 def capped_retry_after(seconds: float, config: Cooldowns) -> float:
     """An upstream's ``Retry-After``, bounded: a year-long (or infinite) one must not bench a key for good."""
     return min(seconds, config.quota_max)
@@ -95,6 +112,7 @@ class Health:
         self.cooldowns: dict[tuple[str, str], Cooldown] = {}
         self.cursors: dict[str, int] = {}
         self.limiters: dict[str, _Limiter] = {}
+        self.unserved: dict[tuple[str, str, str], float] = {}  # (credential, model, path) -> rest until
 
     def sync(self, credentials: tuple[Credential, ...]) -> None:
         """Adopt a new snapshot's credentials: keep state of the unchanged, drop that of the removed."""
@@ -108,6 +126,7 @@ class Health:
                 limiters[cid] = old if same and old else _Limiter(credential.rate_limit, now)
         self.limiters = limiters
         self.cooldowns = {k: v for k, v in self.cooldowns.items() if k[0] in live}
+        self.unserved = {k: v for k, v in self.unserved.items() if k[0] in live and v > now}
 
     def blocked_for(self, target: Target, now: float, panic: bool = False) -> float:
         """Seconds until this target may be tried: the longer of its cooldown and its rate limit.
@@ -223,6 +242,20 @@ class Health:
             state = self.cooldowns.get((t.credential.id, t.upstream_model))
             ejected += state is not None and state.reason == "transient" and state.until > now
         return ejected < allowed
+
+    def serves(self, target: Target, path: str) -> bool:
+        """False while this target's upstream is known not to serve ``path`` (it answered 404 for it)."""
+        if not self.unserved:
+            return True
+        until = self.unserved.get((target.credential.id, target.upstream_model, path))
+        return until is None or until <= self.clock()
+
+    def fail_endpoint(self, target: Target, path: str, config: Cooldowns) -> float:
+        """Rest one endpoint of the target for ``not-found`` seconds; its other endpoints keep serving."""
+        if not target.credential.cooling:
+            return 0.0
+        self.unserved[(target.credential.id, target.upstream_model, path)] = self.clock() + config.not_found
+        return config.not_found
 
     def cooling(self, credential: Credential) -> bool:
         """Whether any model of this credential is resting now (for the health gauges)."""

@@ -202,3 +202,42 @@ async def test_concurrent_requests_all_succeed_across_failures(provider: FakePro
 async def _text(url: str, path: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url + path) as response:
         return await response.text()
+
+
+LEGACY_404 = {"error": {"message": "This is a chat model and not supported in the v1/completions endpoint. Did you "
+                        "mean to use v1/chat/completions?", "type": "invalid_request_error", "param": "model",
+                        "code": None}}  # fmt: skip
+
+
+async def test_a_404_on_one_endpoint_rests_only_that_endpoint(provider: FakeProvider, start_proxy) -> None:
+    block = compat_block(provider.url, models=(("up-small", "small"), ("up-small", "other-alias")))
+    running = await start_proxy(base_config(**{"openai-compatibility": [block]}))
+    client = running.client()
+    provider.state.fail_next("*", Fault(status=404, body=LEGACY_404))
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.completions.create(model="small", prompt="legacy")
+    assert "v1/completions endpoint" in caught.value.message  # the provider's own answer
+    for model in ("small", "other-alias"):  # chat and Responses, through every alias, are untouched
+        completion = await client.chat.completions.create(model=model, messages=MESSAGES)
+        assert completion.choices[0].message.content == "echo: ping"
+        response = await client.responses.create(model=model, input="ping")
+        assert response.output_text == "echo: ping"
+    asked = len(provider.received)
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.completions.create(model="other-alias", prompt="legacy")
+    assert "does not serve this endpoint" in caught.value.message
+    assert len(provider.received) == asked  # known: not asked again
+    metrics = await _text(running.url, "/metrics")
+    assert 'cliproxy_credential_cooldowns_total{provider="fake",reason="no_endpoint"} 1.0' in metrics
+
+
+async def test_a_404_naming_the_model_still_rests_the_model(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)]}))
+    missing = {"error": {"message": "The model `up-small` does not exist or you do not have access to it.",
+                         "type": "invalid_request_error", "param": None, "code": "model_not_found"}}  # fmt: skip
+    provider.state.fail_next("*", Fault(status=404, body=missing))
+    with pytest.raises(openai.NotFoundError):
+        await chat(running)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await running.client().responses.create(model="small", input="ping")
+    assert caught.value.code == "model_cooldown"
