@@ -10,7 +10,6 @@ Everything runs in this process on 127.0.0.1, on uvloop as the proxy does in pro
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
@@ -60,7 +59,9 @@ async def main(requests: int, rate: float, seed: int) -> int:
         urls.append(url + "/v1")
     with tempfile.TemporaryDirectory(prefix="cliproxy-fault-bench-") as tmp:
         path = Path(tmp) / "config.yaml"
-        path.write_text(yaml.safe_dump(gateway_config(CLIENT_KEY, [(u, s.key) for u, s in zip(urls, upstreams)])))
+        path.write_text(
+            yaml.safe_dump(gateway_config(CLIENT_KEY, [(u, s.key) for u, s in zip(urls, upstreams, strict=True)]))
+        )
         proxy_runner, proxy_url = await serve(load_app(ConfigSource(path), 1.0))
         runners.append(proxy_runner)
         client = openai.AsyncOpenAI(base_url=f"{proxy_url}/v1", api_key=CLIENT_KEY, max_retries=0)
