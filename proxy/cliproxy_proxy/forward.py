@@ -7,7 +7,6 @@ rewritten by byte substitution, and streams go out event by event as they arrive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 from collections.abc import Awaitable
@@ -230,8 +229,10 @@ class Exchange:
             self.usage = (answer.usage.input, answer.usage.output)
             body, content_type = self.inbound.encode_response(answer), "application/json"
         else:
-            with contextlib.suppress(orjson.JSONDecodeError):
+            try:
                 self.usage = usage_of(orjson.loads(body))
+            except orjson.JSONDecodeError:  # cut short (a close-delimited body ends at any FIN): not an answer
+                return self.failed(target, None, "bad_response")
             if target.rewrite is not None:
                 body = target.rewrite(body)
         self.proxy.health.succeed(target)

@@ -2,10 +2,10 @@
 
 Faults are drawn from a seeded RNG, so a run is repeatable up to the order concurrency imposes. Each fault is
 what providers really do under load: ``429`` and ``500`` with OpenAI's error bodies, and dropped connections, a
-reset (RST) before the answer or part-way through a stream, or, for streams, a clean FIN part-way through.
-Its streams are close-delimited (no length, no chunking: ``Connection: close``, as behind some load balancers),
-so a stream cut with a clean FIN looks complete at the HTTP level: only the missing ``[DONE]`` and
-``finish_reason`` tell.
+reset (RST) before the answer or part-way through a stream, or a clean FIN part-way through a body or stream.
+What it cuts is close-delimited (no length, no chunking: ``Connection: close``, as behind some load balancers),
+so a clean FIN looks complete at the HTTP level: only the missing ``[DONE]`` and ``finish_reason`` of a stream,
+or the half-written JSON of a body, tell.
 """
 
 from __future__ import annotations
@@ -49,8 +49,7 @@ class FaultyUpstream:
     def fault(self, stream: bool) -> str | None:
         if self.rng.random() >= self.rate:
             return None
-        kind = self.rng.choice(self.kinds)
-        return "reset" if kind == "fin" and not stream else kind  # a whole body with a length cannot end early
+        return self.rng.choice(self.kinds)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -79,9 +78,24 @@ class FaultyUpstream:
             request.transport.abort()
             return web.Response()  # never sent: the connection is gone
         words = reply_words(body)
-        if not stream:
-            return web.json_response(self._completion(words))
-        return await self._stream(request, words, fault)
+        if stream:
+            return await self._stream(request, words, fault)
+        document = orjson.dumps(self._completion(words))
+        if fault != "fin":
+            return web.Response(body=document, content_type="application/json")
+        response = self._close_delimited(web.StreamResponse(headers={"Content-Type": "application/json"}))
+        await response.prepare(request)
+        await response.write(document[: len(document) // 2])
+        assert request.transport is not None
+        request.transport.close()  # half a body, then a clean FIN: with no length, nothing says it is short
+        return response
+
+    @staticmethod
+    def _close_delimited(response: web.StreamResponse) -> web.StreamResponse:
+        """No length, no chunking: the body ends where the connection does."""
+        response._length_check = False
+        response.force_close()
+        return response
 
     def _completion(self, words: list[str]) -> dict[str, Any]:
         message = {"role": "assistant", "content": " ".join(words), "refusal": None}
@@ -107,9 +121,7 @@ class FaultyUpstream:
         if fault in ("reset", "fin"):
             cut = self.rng.randrange(len(events)) if self.cut is None else self.cut
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-        response._length_check = False  # close-delimited: no length, no chunking, the body ends at the FIN
-        response.force_close()
-        await response.prepare(request)
+        await self._close_delimited(response).prepare(request)
         for event in events[:cut]:
             await response.write(event)
         assert request.transport is not None

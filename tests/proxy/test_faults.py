@@ -77,3 +77,17 @@ async def test_a_translated_stream_cut_short_never_fabricates_end_turn(aiohttp_s
     assert "message_stop" not in seen and "message_delta" not in seen
     assert "interrupted" in str(caught.value)
     assert EXPECTED.startswith(stream.current_message_snapshot.content[0].text)  # type: ignore[union-attr]
+
+
+async def test_a_body_cut_by_a_clean_fin_fails_over(aiohttp_server, start_proxy) -> None:  # type: ignore[no-untyped-def]
+    cutting = FaultyUpstream("sk-up-0", MODEL, rate=1.0, kinds=("fin",))
+    healthy = FaultyUpstream("sk-up-1", MODEL, rate=0.0)
+    servers = [await aiohttp_server(u.app()) for u in (cutting, healthy)]
+    urls = [(str(s.make_url("/v1")), u.key) for s, u in zip(servers, (cutting, healthy), strict=True)]
+    running = await start_proxy(gateway_config(CLIENT_KEY, urls))
+    for _ in range(4):
+        completion = await running.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": PROMPT}]
+        )
+        assert completion.choices[0].message.content == EXPECTED
+    assert cutting.outcomes["fin"] >= 1  # half bodies were sent, and none reached the client
