@@ -209,7 +209,7 @@ class Health:
             return self._eject(state, config, route, now)
         if reason == "quota":
             state.strikes += 1
-            backoff = min(config.quota_base * 2 ** (state.strikes - 1), config.quota_max)
+            backoff = min(config.quota_base * 2.0 ** min(state.strikes - 1, 64), config.quota_max)  # no overflow
             seconds = backoff if retry_after is None else capped_retry_after(retry_after, config)
         else:
             seconds = {"auth": config.auth, "not_found": config.not_found}.get(reason, config.transient)

@@ -175,8 +175,8 @@ def test_cooldown_durations_and_quota_backoff() -> None:
     assert health.fail(target, "auth", None, cfg) == 1800
     assert health.fail(target, "not_found", None, cfg) == 43200
     assert health.fail(target, "quota", 1e12, cfg) == 1800  # an absurd Retry-After is capped
-    for _ in range(20):
-        health.fail(target, "quota", None, cfg)
+    for _ in range(2000):  # a key answering 429 for hours: the exponent must not overflow a float
+        health.fail(target, "quota", 1, cfg)
     assert health.fail(target, "quota", None, cfg) == 1800
     assert health.blocked_for(target, clock.now) == 1800
     clock.now += 1800
