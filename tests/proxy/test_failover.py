@@ -241,3 +241,16 @@ async def test_a_404_naming_the_model_still_rests_the_model(provider: FakeProvid
     with pytest.raises(openai.RateLimitError) as caught:
         await running.client().responses.create(model="small", input="ping")
     assert caught.value.code == "model_cooldown"
+
+
+async def test_an_ejected_lone_key_is_still_tried_rather_than_refused(provider: FakeProvider, start_proxy) -> None:
+    block = compat_block(provider.url, keys=("key-a",))
+    running = await start_proxy(base_config(**{"openai-compatibility": [block], "request-retry": 0}))
+    provider.state.fail_next("key-a", *[Fault(status=503)] * 3)
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            await chat(running)
+    assert running.proxy.health.soonest(running.proxy.runtime.routes["small"]) == 0  # ejected, yet not waited for
+    completion = await chat(running)  # panic mode: the only key left is tried, and it has recovered
+    assert completion.choices[0].message.content == "echo: ping"
+    assert len(provider.received) == 4
