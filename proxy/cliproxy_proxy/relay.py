@@ -7,6 +7,7 @@ document itself: a byte substitution rewrites it without decoding and re-encodin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -61,7 +62,7 @@ class SSERelay:
 
     __slots__ = ("complete", "end", "pending", "rewrite", "usage")
 
-    def __init__(self, rewrite: ModelRewrite | None, end: re.Pattern[bytes]) -> None:
+    def __init__(self, rewrite: ModelRewrite | None, end: Callable[[bytes], bool]) -> None:
         self.rewrite = rewrite
         self.end = end
         self.complete = False
@@ -80,7 +81,7 @@ class SSERelay:
         return self._process(data) if data else b""
 
     def _process(self, events: bytes) -> bytes:
-        if not self.complete and self.end.search(events):
+        if not self.complete and self.end(events):
             self.complete = True
         if _carries_usage(events):
             self._read_usage(events)

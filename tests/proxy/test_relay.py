@@ -66,6 +66,7 @@ _SAYS_DONE = {"choices": [{"index": 0, "delta": {"content": 'data: [DONE] "finis
     [
         (OPENAI_CHAT, _event({"choices": [{"delta": {}, "finish_reason": "stop"}]}), True),
         (OPENAI_CHAT, b"data: [DONE]\n\n", True),
+        (OPENAI_CHAT, _event({"choices": [{"delta": {"content": "x"}}]}) + b"data:[DONE]\n\n", True),
         (OPENAI_CHAT, _event({"error": {"message": "overloaded"}}), True),
         (OPENAI_CHAT, _event({"choices": [{"delta": {"content": "hi"}, "finish_reason": None}]}), False),
         (OPENAI_CHAT, _event(_SAYS_DONE), False),  # text that quotes the terminal event is not one

@@ -16,7 +16,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import mimetypes
-import re
 import uuid
 from typing import Any
 
@@ -34,6 +33,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -377,7 +377,7 @@ def _response_block(part: Part) -> dict[str, Any] | None:
 
 class AnthropicCodec:
     name = "anthropic-messages"
-    stream_end = re.compile(rb'"type"\s*:\s*"(?:message_stop|error)"')
+    stream_end = StreamEnd(rb'"type"\s*:\s*"(?:message_stop|error)"')
 
     # -- inbound ------------------------------------------------------------------------------------------
 

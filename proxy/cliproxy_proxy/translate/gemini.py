@@ -41,6 +41,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -717,7 +718,7 @@ class GeminiCodec:
     """The Gemini API (``generativelanguage.googleapis.com``); auth is the caller's ``x-goog-api-key`` header."""
 
     name = "gemini"
-    stream_end = re.compile(rb'"finishReason"\s*:\s*"|"error"\s*:\s*\{')  # Gemini has no closing event
+    stream_end = StreamEnd(rb'"(?:finishReason"\s*:\s*"|error"\s*:\s*\{)')  # Gemini has no closing event
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
 

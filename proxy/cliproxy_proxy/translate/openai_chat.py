@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -139,7 +139,7 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
 
 
 #: A finish reason, ``[DONE]`` or an error: what ends an OpenAI stream (chat and legacy completions alike).
-STREAM_END = re.compile(rb'^data:\s*\[DONE\]|"finish_reason"\s*:\s*"|^data:\s*\{\s*"error"', re.MULTILINE)
+STREAM_END = StreamEnd(rb'"finish_reason"\s*:\s*"', line_start=rb'data:[ \t]*(?:\[DONE\]|\{\s*"error")')
 
 
 class OpenAIChatCodec:

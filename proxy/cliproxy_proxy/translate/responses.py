@@ -28,6 +28,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -416,7 +417,7 @@ def _response_id(upstream_id: str) -> str:
 
 class ResponsesCodec:
     name = "openai-responses"
-    stream_end = re.compile(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
+    stream_end = StreamEnd(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 
     # -- inbound ------------------------------------------------------------------------------------------
 
