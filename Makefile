@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/propagation_bench.py
+	$(BIN)/python bench/fault_bench.py
 
 images:
 	docker build -f deploy/docker/proxy.Dockerfile -t $(PROXY_IMAGE):$(IMAGE_TAG) .

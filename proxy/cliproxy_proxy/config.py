@@ -235,13 +235,22 @@ class Routing(_Block):
 
 
 class Cooldowns(_Block):
-    """Seconds a (credential, model) pair rests after each kind of failure; cliproxyapi++'s defaults."""
+    """How long a (credential, model) rests after each kind of failure, in seconds.
+
+    Transient faults (5xx, 408, dropped connections, timeouts) eject as Envoy's outlier detection does: only after
+    ``consecutive-failures`` in a row, for ``transient`` times the number of recent ejections up to ``transient-max``,
+    and never more than ``max-ejection-percent`` of a model's credentials at once. One 5xx among successes rests
+    nothing. 429, 401/402/403 and 404 keep cliproxyapi++'s verdicts: the provider said what is wrong.
+    """
 
     quota_base: Annotated[float, Field(ge=0)] = 1.0
-    quota_max: Annotated[float, Field(ge=0)] = 1800.0
+    quota_max: Annotated[float, Field(ge=0)] = 1800.0  # also caps an upstream's Retry-After
     auth: Annotated[float, Field(ge=0)] = 1800.0
     not_found: Annotated[float, Field(ge=0)] = 43200.0
-    transient: Annotated[float, Field(ge=0)] = 60.0
+    transient: Annotated[float, Field(ge=0)] = 30.0
+    transient_max: Annotated[float, Field(ge=0)] = 300.0
+    consecutive_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 50
 
 
 class Timeouts(_Block):

@@ -7,7 +7,6 @@ rewritten by byte substitution, and streams go out event by event as they arrive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
 from collections.abc import Awaitable
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .health import classify
+from .health import REASONS, classify, names_missing_model
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
@@ -152,6 +151,8 @@ class Exchange:
             wait = health.soonest(self.route)
             if round_ == policy.request_retry or wait > policy.max_retry_interval:
                 break
+            if failure is not None and failure.reason == "no_endpoint":
+                break  # a 404 for the path is an answer: waiting will not make the endpoint appear
             await self.keepalive(asyncio.sleep(wait + TIMER_SLACK))
         if failure is not None:
             return await self.give_up(failure)
@@ -191,6 +192,9 @@ class Exchange:
             if target.rewrite is not None and "model" in self.payload:
                 body = reencode(self.payload, model)
             path = self.inbound.upstream_path(model, self.stream)
+        if not self.proxy.health.serves(target, path):
+            message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
+            return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
@@ -207,7 +211,7 @@ class Exchange:
         codec = upstream_codec if translating else None
         try:
             if upstream.status >= 400:
-                return await self.upstream_error(target, upstream, passed_through=not translating)
+                return await self.upstream_error(target, upstream, path, passed_through=not translating)
             if self.stream:
                 return await self.relay_stream(target, upstream, codec)
             return await self.relay_body(target, upstream, codec)
@@ -236,8 +240,10 @@ class Exchange:
             self.usage = (answer.usage.input, answer.usage.output)
             body, content_type = self.inbound.encode_response(answer), "application/json"
         else:
-            with contextlib.suppress(orjson.JSONDecodeError):
+            try:
                 self.usage = usage_of(orjson.loads(body))
+            except orjson.JSONDecodeError:  # cut short (a close-delimited body ends at any FIN): not an answer
+                return self.failed(target, None, "bad_response")
             if target.rewrite is not None:
                 body = target.rewrite(body)
         secret = target.credential.current_secret()
@@ -254,7 +260,7 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            relay = SSERelay(target.rewrite)
+            relay = SSERelay(target.rewrite, self.inbound.stream_end)
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
             decoder = codec.stream_decoder()
@@ -294,9 +300,12 @@ class Exchange:
                 tail = scrubber.feed(tail) + scrubber.flush()
             if tail:
                 await response.write(tail)
+            if not relay.complete:  # a clean close before the terminal event is a cut, not an answer
+                raise _StreamBroken
         except _StreamBroken:
             self.usage = relay.usage
-            self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns)
+            if self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns, self.route) > 0:
+                self.proxy.metrics.cooldowns.labels(target.credential.provider, "transient").inc()
             self.proxy.metrics.errors.labels(target.credential.provider, "stream_interrupted").inc()
             message = "The upstream stream was interrupted; the response is incomplete."
             # A translated stream ends through its own encoder: it knows what the client has already seen.
@@ -318,16 +327,22 @@ class Exchange:
     # -- failure paths --------------------------------------------------------------------------------
 
     def failed(self, target: Target, status: int | None, kind: str, message: str = "", body: bytes = b"",
-               retry_after: float | None = None) -> Failure:  # fmt: skip
-        reason = classify(status) or "transient"
+               retry_after: float | None = None, path: str = "") -> Failure:  # fmt: skip
+        """Count a failed attempt and rest what failed; ``kind`` is the cooldown reason when it names one."""
+        reason = kind if kind in REASONS else classify(status) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
-        if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns) > 0:
+        health, config = self.proxy.health, self.runtime.config.cooldowns
+        if reason == "no_endpoint":
+            rested = health.fail_endpoint(target, path, config)
+        else:
+            rested = health.fail(target, reason, retry_after, config, self.route)
+        if rested > 0:
             self.proxy.metrics.cooldowns.labels(provider, reason).inc()
         return Failure(status, kind, message, body, retry_after)
 
     async def upstream_error(
-        self, target: Target, upstream: Response, *, passed_through: bool
+        self, target: Target, upstream: Response, path: str, *, passed_through: bool
     ) -> web.StreamResponse | Failure:
         try:
             body = await upstream.read()
@@ -337,12 +352,14 @@ class Exchange:
         if secret:
             body = scrub(body, secret)
         message = self._upstream_message(body, upstream.status)
-        if not passed_through:
-            body = b""  # in the provider's format, not the client's: only its message travels on
         status = upstream.status
         reason = classify(status)
         if status == 400 and b"API_KEY_INVALID" in body:
             reason = "auth"  # Google answers a wrong key with 400, not 401: it is the key, not the request
+        elif status == 404 and not names_missing_model(body, target.upstream_model):
+            reason = "no_endpoint"  # the path is unknown there, not the model: rest only this endpoint
+        if not passed_through:
+            body = b""  # in the provider's format, not the client's: only its message travels on
         session = target.credential.session
         if reason == "auth" and session is not None and session.refresh:
             # A session token refused before its expiry (revoked, or Kiro's 403 for a stale one): refresh it now
@@ -355,7 +372,7 @@ class Exchange:
             return await self.reply_error(status, message, "upstream_error", body)
         header = upstream.headers.get("retry-after") if status == 429 else None
         retry_after = retry_after_seconds(header, self.runtime.config.cooldowns.quota_max)
-        return self.failed(target, status, reason, message, body, retry_after)
+        return self.failed(target, status, reason, message, body, retry_after, path)
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:
         model = self.route.model

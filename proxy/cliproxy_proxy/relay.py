@@ -7,6 +7,7 @@ document itself: a byte substitution rewrites it without decoding and re-encodin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -55,13 +56,16 @@ def _carries_usage(data: bytes) -> bool:
 class SSERelay:
     """Cuts an SSE byte stream at event boundaries so each write holds whole events.
 
-    Bytes after the last boundary wait for the next chunk; everything before it goes out at once.
+    Bytes after the last boundary wait for the next chunk; everything before it goes out at once. ``complete``
+    turns true once the format's terminal event (``end``, the codec's ``stream_end``) has gone by.
     """
 
-    __slots__ = ("pending", "rewrite", "usage")
+    __slots__ = ("complete", "end", "pending", "rewrite", "usage")
 
-    def __init__(self, rewrite: ModelRewrite | None) -> None:
+    def __init__(self, rewrite: ModelRewrite | None, end: Callable[[bytes], bool]) -> None:
         self.rewrite = rewrite
+        self.end = end
+        self.complete = False
         self.pending = b""
         self.usage: Usage | None = None
 
@@ -77,6 +81,8 @@ class SSERelay:
         return self._process(data) if data else b""
 
     def _process(self, events: bytes) -> bytes:
+        if not self.complete and self.end(events):
+            self.complete = True
         if _carries_usage(events):
             self._read_usage(events)
         if self.rewrite is not None:

@@ -34,6 +34,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -388,6 +389,7 @@ def _response_block(part: Part) -> dict[str, Any] | None:
 
 class AnthropicCodec:
     name = "anthropic-messages"
+    stream_end = StreamEnd(rb'"type"\s*:\s*"(?:message_stop|error)"')
 
     # -- inbound ------------------------------------------------------------------------------------------
 

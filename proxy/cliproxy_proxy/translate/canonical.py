@@ -8,6 +8,7 @@ model produced, so nothing is re-serialised or reordered on the way through.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -196,6 +197,30 @@ class StreamError:
 Event = MessageStart | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish | StreamError
 
 
+class StreamEnd:
+    """Spots a format's terminal event in a run of whole SSE events, without parsing them.
+
+    Each pattern begins with a literal, which the regex engine scans for fast (this runs on every chunk of a
+    pass-through stream). ``line_start`` counts only at the start of a line: JSON escapes its newlines, so text
+    inside a string (a model explaining SSE) cannot land there. Quotes are escaped too, so ``"key": "`` with bare
+    quotes, as ``anywhere`` patterns are written, can only be a key of the document itself.
+    """
+
+    __slots__ = ("anywhere", "first_line", "later_line")
+
+    def __init__(self, anywhere: bytes | None = None, line_start: bytes | None = None) -> None:
+        self.anywhere = re.compile(anywhere) if anywhere else None
+        self.first_line = re.compile(line_start) if line_start else None
+        self.later_line = re.compile(b"\n" + line_start) if line_start else None
+
+    def __call__(self, events: bytes) -> bool:
+        if self.anywhere is not None and self.anywhere.search(events):
+            return True
+        if self.first_line is None or self.later_line is None:
+            return False
+        return bool(self.first_line.match(events) or self.later_line.search(events))
+
+
 class TranslationError(ValueError):
     """A request or response one format cannot express in another; answered as a 400 in the client's format."""
 
@@ -229,6 +254,9 @@ class Codec(Protocol):
     """Everything one wire format needs, as the client's format (inbound) and as the provider's (upstream)."""
 
     name: str
+    #: What ends a stream of this format (its terminal or error event): a stream passed through without it was
+    #: cut short, however cleanly the connection closed.
+    stream_end: StreamEnd
 
     # inbound: what clients send and receive
     def decode_request(self, body: dict[str, Any]) -> Request: ...

@@ -27,7 +27,7 @@ from .canonical import (
     TranslationError,
     Usage,
 )
-from .openai_chat import OpenAIStreamEncoder
+from .openai_chat import STREAM_END, OpenAIStreamEncoder
 
 _UPSTREAM = "legacy completions is a client format only: no provider is called with it"
 _UNSUPPORTED = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
@@ -39,6 +39,7 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 class OpenAICompletionsCodec:
     name = "openai-completions"
+    stream_end = STREAM_END
 
     def upstream_path(self, model: str, stream: bool) -> str:
         return "/completions"

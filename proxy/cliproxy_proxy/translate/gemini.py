@@ -42,6 +42,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -738,6 +739,7 @@ class GeminiCodec:
     """The Gemini API (``generativelanguage.googleapis.com``); auth is the caller's ``x-goog-api-key`` header."""
 
     name = "gemini"
+    stream_end = StreamEnd(rb'"(?:finishReason"\s*:\s*"|error"\s*:\s*\{)')  # Gemini has no closing event
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
 

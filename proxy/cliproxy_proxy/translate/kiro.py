@@ -45,6 +45,7 @@ from .canonical import (
     Request,
     Response,
     StreamEncoder,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -430,6 +431,7 @@ class KiroCodec:
     """
 
     name = "kiro"
+    stream_end = StreamEnd()  # never passed through (not SSE): its decoder judges the end, no frame half-read
 
     def __init__(self, profile_arn: str | None = None, origin: str = ORIGIN) -> None:
         self.profile_arn = profile_arn

@@ -20,6 +20,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -147,8 +148,13 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
     raise TranslationError("tool_choice: must be auto, none, required or a named function")
 
 
+#: A finish reason, ``[DONE]`` or an error: what ends an OpenAI stream (chat and legacy completions alike).
+STREAM_END = StreamEnd(rb'"finish_reason"\s*:\s*"', line_start=rb'data:[ \t]*(?:\[DONE\]|\{\s*"error")')
+
+
 class OpenAIChatCodec:
     name = "openai-chat"
+    stream_end = STREAM_END
 
     # -- inbound ------------------------------------------------------------------------------------------
 

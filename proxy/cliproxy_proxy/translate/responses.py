@@ -29,6 +29,7 @@ from .canonical import (
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -427,6 +428,7 @@ def _response_id(upstream_id: str) -> str:
 
 class ResponsesCodec:
     name = "openai-responses"
+    stream_end = StreamEnd(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
 
     # -- inbound ------------------------------------------------------------------------------------------
 
