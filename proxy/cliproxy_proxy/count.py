@@ -37,7 +37,9 @@ def _target(route: Route, health: Health) -> Target:
     return target
 
 
-def _upstream_body(inbound: Codec, payload: dict[str, Any], raw: bytes, target: Target) -> tuple[str, bytes]:
+def _upstream_body(
+    inbound: Codec, payload: dict[str, Any], raw: bytes | bytearray, target: Target
+) -> tuple[str, bytes | bytearray]:
     """The counting request in the target's format: passed through, or translated through the canonical model."""
     wire = target.credential.wire
     model = target.upstream_model
@@ -63,8 +65,8 @@ def _upstream_body(inbound: Codec, payload: dict[str, Any], raw: bytes, target: 
     return f"{prefix}/{model}:countTokens", orjson.dumps(wrapped)
 
 
-async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec, payload: dict[str, Any], raw: bytes,
-                       connect_timeout: float, read_timeout: float) -> int:  # fmt: skip
+async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec, payload: dict[str, Any],
+                       raw: bytes | bytearray, connect_timeout: float, read_timeout: float) -> int:  # fmt: skip
     """Input tokens of a request, as the provider counts them."""
     target = _target(route, health)
     try:
