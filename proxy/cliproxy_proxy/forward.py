@@ -40,7 +40,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
-KEEPALIVE = b": keep-alive\n\n"
 OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
 #: Event loop timers may fire a millisecond early (uvloop rounds to ms): never wake before a cooldown ends.
 TIMER_SLACK = 0.005
@@ -409,7 +408,7 @@ class Exchange:
     # -- plumbing -------------------------------------------------------------------------------------
 
     async def keepalive(self, awaitable: Awaitable[T]) -> T:
-        """Await something slow; for streams, keep the client's connection warm with SSE comments."""
+        """Await something slow; for streams, keep the client's connection warm with what its wire tolerates."""
         interval = self.runtime.config.streaming.keepalive_seconds
         if not self.stream or interval <= 0:
             return await awaitable
@@ -420,7 +419,7 @@ class Exchange:
                 if done:
                     return task.result()
                 response = await self.open_stream()
-                await response.write(KEEPALIVE)
+                await response.write(self.inbound.keepalive)
         except BaseException:
             task.cancel()
             raise

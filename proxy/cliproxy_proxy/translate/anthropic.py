@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from .canonical import (
+    SSE_COMMENT,
     THINKING_LEVELS,
     Event,
     Finish,
@@ -376,6 +377,7 @@ def _response_block(part: Part) -> dict[str, Any] | None:
 
 class AnthropicCodec:
     name = "anthropic-messages"
+    keepalive = SSE_COMMENT
 
     # -- inbound ------------------------------------------------------------------------------------------
 

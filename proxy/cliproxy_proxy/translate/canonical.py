@@ -217,10 +217,17 @@ class StreamEncoder(Protocol):
     def close(self) -> bytes: ...
 
 
+#: What keeps an idle client stream open: an SSE comment, which every SSE parser skips...
+SSE_COMMENT = b": keep-alive\n\n"
+#: ...except google-genai's and litellm's Gemini parsers, which take any non-``data:`` line for JSON.
+BLANK_LINE = b"\n"
+
+
 class Codec(Protocol):
     """Everything one wire format needs, as the client's format (inbound) and as the provider's (upstream)."""
 
     name: str
+    keepalive: bytes  # written to the client while the upstream is slow: what this wire's clients tolerate
 
     # inbound: what clients send and receive
     def decode_request(self, body: dict[str, Any]) -> Request: ...

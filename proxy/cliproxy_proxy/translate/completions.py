@@ -14,6 +14,7 @@ import orjson
 
 from ..errors import error_body
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     Message,
@@ -38,6 +39,7 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 class OpenAICompletionsCodec:
     name = "openai-completions"
+    keepalive = SSE_COMMENT
 
     def upstream_path(self, model: str, stream: bool) -> str:
         return "/completions"

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from .canonical import (
+    BLANK_LINE,
     THINKING_LEVELS,
     Event,
     Finish,
@@ -717,6 +718,7 @@ class GeminiCodec:
     """The Gemini API (``generativelanguage.googleapis.com``); auth is the caller's ``x-goog-api-key`` header."""
 
     name = "gemini"
+    keepalive = BLANK_LINE
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
 

@@ -35,6 +35,7 @@ import orjson
 
 from ..oauth.base import RefreshRejected, RefreshRequest, TokenError, TokenSet
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
@@ -430,6 +431,7 @@ class KiroCodec:
     """
 
     name = "kiro"
+    keepalive = SSE_COMMENT
 
     def __init__(self, profile_arn: str | None = None, origin: str = ORIGIN) -> None:
         self.profile_arn = profile_arn

@@ -9,6 +9,7 @@ import orjson
 
 from ..errors import error_body
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
@@ -139,6 +140,7 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
 
 class OpenAIChatCodec:
     name = "openai-chat"
+    keepalive = SSE_COMMENT
 
     # -- inbound ------------------------------------------------------------------------------------------
 

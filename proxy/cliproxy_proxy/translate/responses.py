@@ -18,6 +18,7 @@ import orjson
 
 from ..errors import error_body
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
@@ -416,6 +417,7 @@ def _response_id(upstream_id: str) -> str:
 
 class ResponsesCodec:
     name = "openai-responses"
+    keepalive = SSE_COMMENT
 
     # -- inbound ------------------------------------------------------------------------------------------
 
