@@ -37,8 +37,8 @@ async def test_google_genai_streams_survive_keepalives_while_the_upstream_is_slo
     text = "".join([chunk.text or "" async for chunk in stream])
 
     def sync_stream() -> str:
-        return "".join(chunk.text or "" for chunk in client.models.generate_content_stream(model="g-flash",
-                                                                                           contents="slow again"))  # fmt: skip
+        chunks = client.models.generate_content_stream(model="g-flash", contents="slow again")
+        return "".join(chunk.text or "" for chunk in chunks)
 
     again = await asyncio.to_thread(sync_stream)
     assert "slow hello" in text and "slow again" in again
