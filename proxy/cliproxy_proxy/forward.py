@@ -153,7 +153,16 @@ class Exchange:
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
         try:
-            return await self._call(target)
+            total = self.runtime.config.timeouts.total
+            if total is None or self.stream:
+                return await self._call(target)
+            try:
+                async with asyncio.timeout(total) as deadline:
+                    return await self._call(target)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                return self.failed(target, None, "timeout")
         finally:
             series.leave()
 
