@@ -28,6 +28,7 @@ from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPO
 from .translate.canonical import Codec
 from .translate.thinking import split_thinking_suffix
 from .upstream import Pool
+from .vendor_headers import forwarded
 
 log = logging.getLogger("cliproxy.proxy")
 
@@ -280,8 +281,9 @@ def _counter(inbound: Codec) -> Handler:
             return _model_not_found(runtime, model, inbound)
         timeouts = runtime.config.timeouts
         try:
+            vendor = forwarded(request.headers, inbound.vendor_headers)
             tokens = await count_tokens(
-                proxy.pool, proxy.health, route, inbound, payload, timeouts.connect, timeouts.read
+                proxy.pool, proxy.health, route, inbound, payload, timeouts.connect, timeouts.read, vendor
             )
         except CountError as error:
             return _error(inbound, error.status, error.message, error.code)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import perf_counter, time
@@ -29,6 +29,7 @@ from .translate.canonical import Response as Answer
 from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
 from .translate.relay import FramedRelay, TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
+from .vendor_headers import forwarded, passed_back
 
 if TYPE_CHECKING:
     from .app import Proxy
@@ -179,6 +180,7 @@ class Exchange:
         upstream_codec = credential.codec or UPSTREAM[credential.wire]
         model = target.upstream_model
         translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)
+        vendor = None if translating else forwarded(self.request.headers, self.inbound.vendor_headers)
         if translating:
             request = for_upstream(dataclasses.replace(self.canonical(), model=model), self.inbound, upstream_codec)
             body = upstream_codec.encode_request(request)
@@ -192,7 +194,7 @@ class Exchange:
         try:
             upstream = await self.keepalive(
                 self.proxy.pool.request(
-                    credential.endpoint, credential.head(credential.scoped(path)), body,
+                    credential.endpoint, credential.head(credential.scoped(path), vendor), body,
                     connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                 )
             )  # fmt: skip
@@ -238,7 +240,7 @@ class Exchange:
             if target.rewrite is not None:
                 body = target.rewrite(body)
         self.proxy.health.succeed(target)
-        headers = self.proxy_headers()
+        headers = {**self.proxy_headers(), **passed_back(upstream.headers)}
         headers["Content-Type"] = content_type
         return self.finish(web.Response(body=body, status=upstream.status, headers=headers))
 
@@ -265,7 +267,7 @@ class Exchange:
         if not first:
             return self.failed(target, None, "transient")
         self.proxy.metrics.provider(target.credential.provider).ttft.observe(perf_counter() - self.started)
-        response = await self.open_stream()
+        response = await self.open_stream(passed_back(upstream.headers))
         chunk = first
         try:
             while chunk:
@@ -433,9 +435,11 @@ class Exchange:
             task.cancel()
             raise
 
-    async def open_stream(self) -> web.StreamResponse:
+    async def open_stream(self, upstream_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+        """The client's stream, begun on first need; the upstream's headers reach it only if it had not begun."""
         if self.response is None:
-            response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.proxy_headers()})
+            headers = {**SSE_HEADERS, **self.proxy_headers(), **(upstream_headers or {})}
+            response = web.StreamResponse(status=200, headers=headers)
             await response.prepare(self.request)
             self.response = response
         return self.response

@@ -79,6 +79,8 @@ class Credential:
     force_prefix: bool | None = None  # this entry's force-model-prefix, when it overrides the top level
     session: Session | None = field(default=None, repr=False)  # an OAuth / session token, kept fresh
     codec: Codec | None = None  # a codec of its own (Kiro's carries the account's profile ARN)
+    defaults: Mapping[str, str] = field(default_factory=dict)  # lower-case headers a client's own may replace
+    pinned: frozenset[str] = frozenset()  # lower-case names of the headers no client header may replace
 
     @property
     def discovers_models(self) -> bool:
@@ -90,14 +92,25 @@ class Credential:
             return path
         return path.replace("/v1/publishers/", f"/v1/{self.vertex_scope}/publishers/", 1)
 
-    def head(self, path: str) -> bytes:
-        """The precomputed request line and headers for a POST to ``path``; a session's token is current."""
+    def head(self, path: str, vendor: Mapping[str, str] | None = None) -> bytes:
+        """The precomputed request line and headers for a POST to ``path``; a session's token is current.
+
+        ``vendor``: the client's vendor headers (lower-case names) on a same-format request. The key and the
+        configured headers win over them; a default (``anthropic-version``) does not.
+        """
+        extra = {name: value for name, value in vendor.items() if name not in self.pinned} if vendor else {}
         if self.session is not None:  # tokens change on refresh: never cached
-            return self.endpoint.head("POST", path, {**self.headers, **self.session_auth(self.session)})
+            return self.endpoint.head("POST", path, {**self.headers, **self.session_auth(self.session), **extra})
         head = self.heads.get(path)
         if head is None:
             head = self.heads[path] = self.endpoint.head("POST", path, self.headers)
-        return head
+        if not extra:
+            return head
+        if any(self.defaults.get(name, value) != value for name, value in extra.items()):
+            kept = {name: value for name, value in self.headers.items() if name.lower() not in extra}
+            return self.endpoint.head("POST", path, {**kept, **extra})  # the client's replaces a default: rare
+        added = "".join(f"{name}: {value}\r\n" for name, value in extra.items() if name not in self.defaults)
+        return head + added.encode("latin-1")
 
     def session_auth(self, session: Session) -> dict[str, str]:
         headers = _auth_headers(self.wire, session.access_token())
@@ -207,6 +220,9 @@ class _Builder:
         bearer = scope is not None  # a project endpoint takes an OAuth access token, not an API key
         headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key, bearer), **(extra_headers or {}),
                    **entry.headers}  # fmt: skip
+        names = {name.lower() for name in headers}
+        configured = {name.lower() for name in entry.headers}
+        defaults = {"anthropic-version": ANTHROPIC_VERSION} if "anthropic-version" in names - configured else {}
         cooling = not self.config.disable_cooling and not entry.disable_cooling
         proxy_url = self._proxy(proxy if proxy is not None else entry.proxy_url)
         endpoint = Endpoint.parse(base_url, proxy_url)
@@ -234,6 +250,8 @@ class _Builder:
                 force_prefix=entry.force_model_prefix,
                 session=session,
                 codec=codec,
+                defaults=defaults,
+                pinned=frozenset(names - set(defaults)),
             )
         )
 

@@ -378,6 +378,7 @@ def _response_block(part: Part) -> dict[str, Any] | None:
 class AnthropicCodec:
     name = "anthropic-messages"
     keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("anthropic-",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 

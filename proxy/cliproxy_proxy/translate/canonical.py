@@ -228,6 +228,7 @@ class Codec(Protocol):
 
     name: str
     keepalive: bytes  # written to the client while the upstream is slow: what this wire's clients tolerate
+    vendor_headers: tuple[str, ...]  # prefixes of the client headers a same-format upstream must see too
 
     # inbound: what clients send and receive
     def decode_request(self, body: dict[str, Any]) -> Request: ...

@@ -40,6 +40,7 @@ def _usage(usage: Usage) -> dict[str, int]:
 class OpenAICompletionsCodec:
     name = "openai-completions"
     keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     def upstream_path(self, model: str, stream: bool) -> str:
         return "/completions"

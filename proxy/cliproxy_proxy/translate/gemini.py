@@ -719,6 +719,7 @@ class GeminiCodec:
 
     name = "gemini"
     keepalive = BLANK_LINE
+    vendor_headers: tuple[str, ...] = ("x-goog-",)
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
 

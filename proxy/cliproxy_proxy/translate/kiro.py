@@ -432,6 +432,7 @@ class KiroCodec:
 
     name = "kiro"
     keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ()
 
     def __init__(self, profile_arn: str | None = None, origin: str = ORIGIN) -> None:
         self.profile_arn = profile_arn

@@ -141,6 +141,7 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
 class OpenAIChatCodec:
     name = "openai-chat"
     keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 

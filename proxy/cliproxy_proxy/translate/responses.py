@@ -418,6 +418,7 @@ def _response_id(upstream_id: str) -> str:
 class ResponsesCodec:
     name = "openai-responses"
     keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
