@@ -251,6 +251,8 @@ class ProxyConfig(_Block):
     streaming: Streaming = Streaming()
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     proxy_url: str | None = None
+    # What a translated request does with tools only OpenAI runs (web_search...): see hosted_tools.py.
+    hosted_tools: Literal["drop", "refuse"] = "drop"
     # False where someone else (the Kubernetes operator) refreshes session tokens: the proxy only adopts them.
     token_refresh: bool = True
     _ignored: tuple[str, ...] = PrivateAttr(default=())  # what the document held that cliproxy does not implement

@@ -20,11 +20,12 @@ import orjson
 from aiohttp import ClientConnectionResetError, web
 
 from .health import classify
+from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
 from .translate import UPSTREAM, for_upstream, passes_through
-from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError
+from .translate.canonical import Codec, Reasoning, Request, StreamError, ToolCall, TranslationError, restore_namespace
 from .translate.canonical import Response as Answer
 from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
 from .translate.relay import FramedRelay, TranslatingRelay
@@ -107,6 +108,7 @@ class Exchange:
             request.model, request.stream = self.route.model, self.stream
             if self.reasoning is not None:
                 request.reasoning = self.reasoning
+            apply_policy(request, self.runtime.config.hosted_tools)
             self._canonical = request
         return self._canonical
 
@@ -232,6 +234,10 @@ class Exchange:
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 return self.failed(target, None, "bad_response")
             answer.model = self.route.model
+            tools = self.canonical().tools
+            for part in answer.parts:
+                if isinstance(part, ToolCall):
+                    restore_namespace(part, tools)
             self.usage = (answer.usage.input, answer.usage.output)
             body, content_type = self.inbound.encode_response(answer), "application/json"
         else:
@@ -457,7 +463,8 @@ class Exchange:
     def proxy_headers(self) -> dict[str, str]:
         overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
         self.proxy.metrics.provider(self.provider).overhead.observe(overhead)
-        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider}
+        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider,
+                **dropped_header(self._canonical)}  # fmt: skip
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
         tokens_in, tokens_out = self.usage or (0, 0)

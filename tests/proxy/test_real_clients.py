@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import anthropic
+import openai
 import pytest
 from google import genai
 from google.genai import types as genai_types
@@ -94,3 +95,49 @@ def test_a_client_anthropic_version_replaces_the_default_and_keys_stay_the_proxy
     assert "anthropic-beta: b1" in head and "x-api-key: sk-proxy" in head and "sk-client" not in head
     same = credential.head("/v1/messages", {"anthropic-version": "2023-06-01"}).decode().lower()
     assert same.count("anthropic-version:") == 1
+
+
+SCHEMA = {"type": "object", "properties": {"task": {"type": "string"}}, "required": ["task"]}
+#: The tools Codex CLI's default config declares, in small: a namespace of functions it runs itself, web_search.
+CODEX_TOOLS: Any = [
+    {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+     "tools": [{"type": "function", "name": "spawn_agent", "description": "Spawn", "strict": False,
+                "parameters": SCHEMA}]},
+    {"type": "web_search", "external_web_access": False},
+]  # fmt: skip
+
+
+async def test_codex_namespace_tools_are_flattened_and_hosted_tools_dropped(claude_proxy, start_proxy) -> None:
+    claude, anthropic_client = claude_proxy
+    client = openai.AsyncOpenAI(base_url=f"{anthropic_client.base_url}".rstrip("/") + "/v1", api_key=CLIENT_KEY,
+                                max_retries=0)  # fmt: skip
+    raw = await client.responses.with_raw_response.create(model="c-sonnet", input="spawn one", tools=CODEX_TOOLS)
+    first = raw.parse()
+    call = next(item for item in first.output if item.type == "function_call")
+    assert (call.name, call.namespace) == ("spawn_agent", "multi_agent_v1")  # type: ignore[union-attr]
+    assert raw.headers["x-cliproxy-dropped-tools"] == "web_search"
+    assert [t["name"] for t in claude.received[-1].body["tools"]] == ["multi_agent_v1__spawn_agent"]
+
+    stream = await client.responses.create(model="c-sonnet", input="spawn again", tools=CODEX_TOOLS, stream=True)
+    done = [e.item async for e in stream if e.type == "response.output_item.done" and e.item.type == "function_call"]
+    assert done[0].namespace == "multi_agent_v1" and done[0].name == "spawn_agent"  # type: ignore[union-attr]
+
+    history: Any = [
+        {"role": "user", "content": "spawn one"},
+        {"type": "function_call", "call_id": call.call_id, "name": "spawn_agent", "namespace": "multi_agent_v1",  # type: ignore[union-attr]
+         "arguments": call.arguments},  # type: ignore[union-attr]
+        {"type": "function_call_output", "call_id": call.call_id, "output": "agent 7 started"},  # type: ignore[union-attr]
+    ]  # fmt: skip
+    last = await client.responses.create(model="c-sonnet", input=history, tools=CODEX_TOOLS)
+    assert last.status == "completed"
+    sent = claude.received[-1].body["messages"][1]["content"]
+    assert [b["name"] for b in sent if b["type"] == "tool_use"] == ["multi_agent_v1__spawn_agent"]
+
+
+async def test_hosted_tools_refused_when_configured(aiohttp_server, start_proxy) -> None:
+    claude, url = await start_anthropic(aiohttp_server)
+    block = {"api-key": ANTHROPIC_KEY, "base-url": url, "models": [{"name": "claude-sonnet-4-6", "alias": "c-sonnet"}]}
+    running = await start_proxy(base_config(**{"claude-api-key": [block], "hosted-tools": "refuse"}))
+    with pytest.raises(openai.BadRequestError) as refused:
+        await running.client().responses.create(model="c-sonnet", input="search", tools=CODEX_TOOLS)
+    assert "web_search" in refused.value.message and claude.received == []

@@ -43,6 +43,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text, as the model produced it
+    namespace: str | None = None  # Responses' namespace tools: the call's name is then the name inside it
 
     def input(self, where: str) -> dict[str, Any]:
         """The arguments as the object vendors that take structured input (Anthropic, Kiro) need."""
@@ -79,6 +80,21 @@ class Tool:
     name: str
     description: str | None
     parameters: dict[str, Any]  # a JSON Schema object
+    namespace: str | None = None  # a function of a Responses namespace, flattened: ``name`` is qualified
+
+
+def qualified(namespace: str, name: str) -> str:
+    """The plain function name a namespaced function goes by where namespaces do not exist (every vendor's limits)."""
+    return f"{namespace}__{name}"
+
+
+def restore_namespace(call: ToolCall, tools: list[Tool]) -> ToolCall:
+    """A call of a flattened namespace function, named again as the client declared it (namespace, then name)."""
+    for tool in tools:
+        if tool.namespace is not None and tool.name == call.name:
+            call.namespace, call.name = tool.namespace, call.name[len(tool.namespace) + 2 :]
+            break
+    return call
 
 
 ToolChoice = Literal["auto", "none", "required"] | str  # any other string names the one tool to call
@@ -113,6 +129,7 @@ class Request:
     reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
     stream_usage: bool = False  # the client asked for usage in the stream (OpenAI's stream_options)
+    hosted_tools: list[str] = field(default_factory=list)  # tools the vendor runs itself (web_search): left out
 
 
 # -- responses ------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from .canonical import (
     ToolResult,
     TranslationError,
     Usage,
+    qualified,
+    restore_namespace,
 )
 
 #: Effort levels the Responses API names; ``none`` is left out on the way up (older reasoning models reject it).
@@ -55,6 +57,7 @@ _OPENAI_SIGNATURE = re.compile(r"^gAAAAA")
 _REASONING_MODEL = re.compile(r"^(?!.*-chat)(.*/)?(o\d|gpt-5|.*codex)", re.IGNORECASE)
 _MIN_OUTPUT_TOKENS = 16  # the API rejects max_output_tokens below this
 _INCOMPLETE: dict[str, FinishReason] = {"max_output_tokens": "length", "content_filter": "content_filter"}
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a namespace or hosted tool type: safe in a function name or header
 _STATEFUL = "is stateful (stored on OpenAI's side) and cannot be translated"
 
 
@@ -135,7 +138,10 @@ def _decode_item(item: Any, where: str, system: list[Text], messages: list[Messa
         else:
             raise TranslationError(f"{where}.role: {role!r} is not a message role")
     elif kind == "function_call":
-        call = ToolCall(str(item.get("call_id", "")), str(item.get("name", "")), str(item.get("arguments") or "{}"))
+        name, namespace = str(item.get("name", "")), item.get("namespace")
+        if isinstance(namespace, str) and namespace:
+            name = qualified(namespace, name)  # as the namespace's functions were declared to the provider
+        call = ToolCall(str(item.get("call_id", "")), name, str(item.get("arguments") or "{}"))
         _assistant(messages).parts.append(call)
     elif kind == "function_call_output":
         content = _content(item.get("output"), f"{where}.output", images=True)
@@ -168,15 +174,34 @@ def _decode_input(body: dict[str, Any]) -> tuple[list[Text], list[Message]]:
     return system, messages
 
 
-def _decode_tools(tools: Any) -> list[Tool]:
-    decoded = []
+def _function(tool: dict[str, Any], namespace: str | None = None) -> Tool:
+    parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+    name = str(tool.get("name", ""))
+    if namespace is not None:
+        name = qualified(namespace, name)
+    return Tool(name, tool.get("description"), parameters, namespace)  # strict: no equivalent
+
+
+def _decode_tools(tools: Any) -> tuple[list[Tool], list[str]]:
+    """Function tools, namespaces' functions flattened (the client runs them all); and the hosted tools' types."""
+    decoded, hosted = [], []
     for index, tool in enumerate(tools or []):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function":
-            raise TranslationError(f"tools[{index}]: {kind!r} tools run on OpenAI's side and cannot be translated")
-        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-        decoded.append(Tool(str(tool.get("name", "")), tool.get("description"), parameters))  # strict: no equivalent
-    return decoded
+        if kind == "function":
+            decoded.append(_function(tool))
+        elif kind == "namespace":
+            namespace, inner = tool.get("name"), tool.get("tools")
+            if not isinstance(namespace, str) or not _NAME.fullmatch(namespace) or not isinstance(inner, list):
+                raise TranslationError(f"tools[{index}]: a namespace needs a name and a list of tools")
+            for number, function in enumerate(inner):
+                if not isinstance(function, dict) or function.get("type") != "function":
+                    raise TranslationError(f"tools[{index}].tools[{number}]: only function tools can be translated")
+                decoded.append(_function(function, namespace))
+        elif isinstance(kind, str) and _NAME.fullmatch(kind):
+            hosted.append(kind)  # run on OpenAI's side: what becomes of it is the proxy's hosted-tools policy
+        else:
+            raise TranslationError(f"tools[{index}]: a tool needs a type")
+    return decoded, hosted
 
 
 def _decode_tool_choice(choice: Any) -> ToolChoice | None:
@@ -325,8 +350,11 @@ def _reasoning_item(item_id: str, text: str, signature: str | None) -> dict[str,
 
 
 def _call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
+    item = {"id": item_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
             "arguments": call.arguments}  # fmt: skip
+    if call.namespace is not None:
+        item["namespace"] = call.namespace
+    return item
 
 
 def _output(parts: list[Part]) -> list[dict[str, Any]]:
@@ -427,11 +455,12 @@ class ResponsesCodec:
         system, messages = _decode_input(body)
         reasoning = body.get("reasoning")
         effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+        tools, hosted = _decode_tools(body.get("tools"))
         return Request(
             model=str(body.get("model", "")),
             messages=messages,
             system=system,
-            tools=_decode_tools(body.get("tools")),
+            tools=tools,
             tool_choice=_decode_tool_choice(body.get("tool_choice")),
             max_tokens=body.get("max_output_tokens"),
             temperature=body.get("temperature"),
@@ -440,6 +469,7 @@ class ResponsesCodec:
             reasoning=Reasoning(effort=effort) if isinstance(effort, str) else None,
             parallel_tool_calls=body.get("parallel_tool_calls"),
             stream_usage=True,  # a Responses stream always ends with the usage in response.completed
+            hosted_tools=hosted,
         )
 
     def encode_response(self, response: Response) -> bytes:
@@ -765,7 +795,7 @@ class _StreamEncoder:
         elif isinstance(event, ToolCallStart):
             out += self._close_current()
             item = self.calls[event.index] = self._open("function_call", "fc")
-            item.call = ToolCall(event.id, event.name, "")
+            item.call = restore_namespace(ToolCall(event.id, event.name, ""), self.request.tools)
             out += self._added(item, _call_item(item.id, item.call, "in_progress"))
         elif isinstance(event, ToolCallDelta) and event.index in self.calls:
             item = self.calls[event.index]
