@@ -24,7 +24,7 @@ from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
-from .translate import UPSTREAM, for_upstream, passes_through
+from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, UPSTREAM, for_upstream, passes_through
 from .translate.canonical import Codec, Reasoning, Request, StreamError, ToolCall, TranslationError, restore_namespace
 from .translate.canonical import Response as Answer
 from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
@@ -189,7 +189,11 @@ class Exchange:
             path = upstream_codec.upstream_path(model, self.stream)
         else:
             body = self.raw
-            if target.rewrite is not None and "model" in self.payload:
+            if self.counts_usage_itself(upstream_codec):
+                options = self.payload.get("stream_options")
+                asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                body = orjson.dumps({**self.payload, "model": model, "stream_options": asked})
+            elif target.rewrite is not None and "model" in self.payload:
                 body = orjson.dumps({**self.payload, "model": model})
             path = self.inbound.upstream_path(model, self.stream)
         sent = perf_counter()
@@ -214,6 +218,13 @@ class Exchange:
             return await self.relay_body(target, upstream, codec)
         finally:
             upstream.release()
+
+    def counts_usage_itself(self, upstream: Codec) -> bool:
+        """Whether an OpenAI-shaped stream must ask for the usage its client did not, so tokens are counted."""
+        if not self.stream or upstream is not OPENAI_CHAT or self.inbound not in (OPENAI_CHAT, OPENAI_COMPLETIONS):
+            return False
+        options = self.payload.get("stream_options")
+        return not isinstance(options, dict) or options.get("include_usage") is not True
 
     # -- success paths --------------------------------------------------------------------------------
 
@@ -256,7 +267,7 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            relay = SSERelay(target.rewrite)
+            relay = SSERelay(target.rewrite, drop_usage=self.counts_usage_itself(UPSTREAM[target.credential.wire]))
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
             decoder = codec.stream_decoder()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -346,7 +347,8 @@ def _routes(
             else:
                 hints.setdefault(entry.exposed, []).append(ids[0])
             for model_id in ids:
-                rewrite = ModelRewrite(entry.name, model_id) if entry.name != model_id else None
+                key = "modelVersion" if credential.wire in (Wire.GEMINI, Wire.VERTEX) else "model"
+                rewrite = ModelRewrite(entry.name, model_id, key) if entry.name != model_id else None
                 by_model.setdefault(model_id, []).append(Target(credential, entry.name, model_id, rewrite))
     routes = {}
     for model_id, targets in by_model.items():
@@ -369,10 +371,24 @@ def _models_body(routes: Mapping[str, Route], created: int) -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
+def anthropic_model(model_id: str, created: float) -> dict[str, str]:
+    """One model in Anthropic's shape."""
+    stamp = datetime.fromtimestamp(int(created), UTC).isoformat().replace("+00:00", "Z")
+    return {"id": model_id, "type": "model", "display_name": model_id, "created_at": stamp}
+
+
+def gemini_model(model_id: str, route: Route) -> dict[str, Any]:
+    """One model in Gemini's shape (google-genai's ``models.get`` and ``models.list``)."""
+    return {
+        "name": f"models/{model_id}", "displayName": model_id,
+        "description": f"{model_id}, served by {route.groups[0][0].credential.provider} through cliproxy",
+        "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+    }  # fmt: skip
+
+
 def _anthropic_models_body(routes: Mapping[str, Route], created: int) -> bytes:
     """The same list in Anthropic's shape, for clients that send ``anthropic-version``."""
-    stamp = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
-    data = [{"id": m, "type": "model", "display_name": m, "created_at": stamp} for m in sorted(routes)]
+    data = [anthropic_model(m, created) for m in sorted(routes)]
     return orjson.dumps({
         "data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import pytest
@@ -17,7 +18,7 @@ from google.genai import types as genai_types
 from cliproxy_proxy.config import parse_config
 from cliproxy_proxy.runtime import build_runtime
 
-from ..conftest import CLIENT_KEY, base_config
+from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
 from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, start_gemini
@@ -141,3 +142,53 @@ async def test_hosted_tools_refused_when_configured(aiohttp_server, start_proxy)
     with pytest.raises(openai.BadRequestError) as refused:
         await running.client().responses.create(model="c-sonnet", input="search", tools=CODEX_TOOLS)
     assert "web_search" in refused.value.message and claude.received == []
+
+
+async def test_streamed_usage_is_counted_when_the_client_did_not_ask_for_it(
+    provider: FakeProvider, start_proxy
+) -> None:
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)]}))
+    stream = await running.client().chat.completions.create(
+        model="small", messages=[{"role": "user", "content": "count these words"}], stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "echo: count these words"
+    assert all(c.choices and c.usage is None for c in chunks)  # not asked for: not relayed
+    assert provider.received[-1].body["stream_options"] == {"include_usage": True}
+    async with aiohttp.ClientSession() as session, session.get(running.url + "/metrics") as response:
+        metrics = await response.text()
+    assert 'cliproxy_tokens_total{model="small",provider="fake",type="output"} 4.0' in metrics
+
+    asked = await running.client().chat.completions.create(
+        model="small", messages=[{"role": "user", "content": "again"}], stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    usage = [c.usage async for c in asked if c.usage is not None]
+    assert len(usage) == 1 and usage[0].completion_tokens == 2
+
+
+async def test_google_genai_lists_and_gets_models_and_sees_the_alias(gemini_proxy) -> None:
+    _, running = gemini_proxy
+    client = genai_client(running.url)
+    listed = [model.name async for model in await client.aio.models.list()]
+    assert listed == ["models/g-flash"]
+    model = await client.aio.models.get(model="g-flash")
+    assert model.name == "models/g-flash" and model.display_name == "g-flash"
+    with pytest.raises(genai.errors.ClientError) as missing:
+        await client.aio.models.get(model="nope")
+    assert missing.value.code == 404
+
+    answer = await client.aio.models.generate_content(model="g-flash", contents="which model")
+    assert answer.model_version == "g-flash"  # the alias asked for, not the upstream's name
+    stream = await client.aio.models.generate_content_stream(model="g-flash", contents="which model")
+    assert {chunk.model_version async for chunk in stream} == {"g-flash"}
+
+
+async def test_anthropic_retrieves_a_model_in_its_own_shape(claude_proxy) -> None:
+    _, client = claude_proxy
+    model = await client.models.retrieve("c-sonnet")
+    assert (model.id, model.type, model.display_name) == ("c-sonnet", "model", "c-sonnet")
+    assert [m.id async for m in client.models.list()] == ["c-sonnet"]
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        await client.models.retrieve("nope")
+    assert missing.value.body["type"] == "error"  # type: ignore[index]
