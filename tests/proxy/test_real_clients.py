@@ -6,11 +6,13 @@ The upstreams are the strict vendor fakes of ``tests/fakes``; every test would f
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import aiohttp
 import anthropic
 import openai
+import pydantic
 import pytest
 from google import genai
 from google.genai import types as genai_types
@@ -22,6 +24,8 @@ from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
 from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, start_gemini
+from ..fakes.responses_upstream import KEYS as RESPONSES_KEYS
+from ..fakes.responses_upstream import start_responses
 
 
 def genai_client(url: str) -> genai.Client:
@@ -192,3 +196,39 @@ async def test_anthropic_retrieves_a_model_in_its_own_shape(claude_proxy) -> Non
     with pytest.raises(anthropic.NotFoundError) as missing:
         await client.models.retrieve("nope")
     assert missing.value.body["type"] == "error"  # type: ignore[index]
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    sunny: bool
+
+
+async def test_response_format_crosses_to_gemini_responses_and_anthropic(aiohttp_server, start_proxy) -> None:
+    gemini, gemini_url = await start_gemini(aiohttp_server)
+    claude, claude_url = await start_anthropic(aiohttp_server)
+    codex, codex_url = await start_responses(aiohttp_server)
+    running = await start_proxy(base_config(**{
+        "gemini-api-key": [{"api-key": GEMINI_KEY, "base-url": gemini_url, "models": [{"name": "gemini-2.5-flash"}]}],
+        "claude-api-key": [{"api-key": ANTHROPIC_KEY, "base-url": claude_url,
+                            "models": [{"name": "claude-sonnet-4-6"}]}],
+        "codex-api-key": [{"api-key": sorted(RESPONSES_KEYS)[0], "base-url": codex_url,
+                           "models": [{"name": "gpt-5-codex"}]}],
+    }))  # fmt: skip
+    client = running.client()
+    question: Any = [{"role": "user", "content": "Paris"}]
+    parsed = await client.chat.completions.parse(model="gemini-2.5-flash", messages=question, response_format=Weather)
+    assert parsed.choices[0].message.parsed == Weather(city="Paris", sunny=True)
+    config = gemini.last.body["generationConfig"]
+    assert config["responseMimeType"] == "application/json" and set(config["responseSchema"]["properties"]) == {
+        "city",
+        "sunny",
+    }
+
+    schema: Any = {"type": "json_schema", "json_schema": {"name": "weather", "schema": Weather.model_json_schema()}}
+    await client.chat.completions.create(model="gpt-5-codex", messages=question, response_format=schema)
+    form = codex.received[-1].body["text"]["format"]
+    assert form["type"] == "json_schema" and form["schema"]["properties"]["city"] == {"title": "City", "type": "string"}
+
+    await client.chat.completions.create(model="claude-sonnet-4-6", messages=question,
+                                         response_format={"type": "json_object"})  # fmt: skip
+    assert "Answer with one JSON object" in json.dumps(claude.received[-1].body["system"])

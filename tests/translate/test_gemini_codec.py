@@ -737,8 +737,8 @@ def test_decode_request_pairs_by_id_when_the_client_sends_ids() -> None:
          "no earlier functionCall named 'f'"),
         ({"contents": [{"parts": [{"text": "x"}]}], "tools": [{"googleSearch": {}}]},
          r"tools\[0\]: only functionDeclarations"),
-        ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"responseMimeType": "application/json"}},
-         "structured output"),
+        ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"responseMimeType": "text/x.enum"}},
+         "only text/plain or application/json"),
         ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 2}}, "one candidate"),
     ],
 )  # fmt: skip

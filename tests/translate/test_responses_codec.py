@@ -174,7 +174,7 @@ def test_decode_request_with_plain_string_input() -> None:
         ({"background": True}, "background: "),
         ({"tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "web_search"}]}]}, "tools[0].tools[0]: "),
         ({"tools": [{"name": "untyped"}]}, "tools[0]: a tool needs a type"),
-        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, "text.format: "),
+        ({"text": {"format": {"type": "json_schema", "name": "x"}}}, "text.format: "),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]: "),
         ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0].content[0]: "),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}, "input[0].content[0]"),

@@ -101,6 +101,22 @@ ToolChoice = Literal["auto", "none", "required"] | str  # any other string names
 
 
 @dataclass(slots=True)
+class JsonOutput:
+    """The answer must be one JSON object: of any shape (``schema`` None), or matching a JSON Schema."""
+
+    schema: dict[str, Any] | None = None
+    name: str = "response"
+    strict: bool | None = None
+
+    def instructions(self) -> Text:
+        """The constraint as a system instruction, for vendors without a JSON mode (Anthropic, Kiro)."""
+        text = "Answer with one JSON object and nothing else: no prose, no code fences."
+        if self.schema is not None:
+            text += " It must match this JSON Schema: " + orjson.dumps(self.schema).decode()
+        return Text(text)
+
+
+@dataclass(slots=True)
 class Reasoning:
     """How hard to think: a token ``budget``, an ``effort`` level, or both (0 turns thinking off)."""
 
@@ -129,6 +145,7 @@ class Request:
     reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
     stream_usage: bool = False  # the client asked for usage in the stream (OpenAI's stream_options)
+    output: JsonOutput | None = None  # structured output (response_format, text.format, responseSchema)
     hosted_tools: list[str] = field(default_factory=list)  # tools the vendor runs itself (web_search): left out
 
 

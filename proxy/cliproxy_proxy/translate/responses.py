@@ -23,6 +23,7 @@ from .canonical import (
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
@@ -45,6 +46,7 @@ from .canonical import (
     qualified,
     restore_namespace,
 )
+from .openai_chat import encode_response_format
 
 #: Effort levels the Responses API names; ``none`` is left out on the way up (older reasoning models reject it).
 _EFFORT_LEVELS = frozenset({"minimal", "low", "medium", "high", "xhigh", "max"})
@@ -212,16 +214,25 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
     raise TranslationError("tool_choice: must be auto, none, required or a named function")
 
 
+def _decode_text_format(text: Any) -> JsonOutput | None:
+    form = text.get("format") if isinstance(text, dict) else None
+    kind = form.get("type", "text") if isinstance(form, dict) else "text"
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonOutput()
+    assert isinstance(form, dict)
+    if kind != "json_schema" or not isinstance(form.get("schema"), dict):
+        raise TranslationError("text.format: must be text, json_object or json_schema with a schema object")
+    return JsonOutput(form["schema"], str(form.get("name") or "response"), form.get("strict"))
+
+
 def _check_stateless(body: dict[str, Any]) -> None:
     for key in ("previous_response_id", "conversation", "prompt"):
         if body.get(key):
             raise TranslationError(f"{key}: {_STATEFUL}")
     if body.get("background") is True:
         raise TranslationError(f"background: a background response {_STATEFUL}")
-    text = body.get("text")
-    form = text.get("format") if isinstance(text, dict) else None
-    if isinstance(form, dict) and form.get("type", "text") != "text":
-        raise TranslationError("text.format: structured output cannot be translated to this provider")
 
 
 # -- encoding for a provider ----------------------------------------------------------------------------
@@ -470,6 +481,7 @@ class ResponsesCodec:
             parallel_tool_calls=body.get("parallel_tool_calls"),
             stream_usage=True,  # a Responses stream always ends with the usage in response.completed
             hosted_tools=hosted,
+            output=_decode_text_format(body.get("text")),
         )
 
     def encode_response(self, response: Response) -> bytes:
@@ -504,6 +516,9 @@ class ResponsesCodec:
             body["tools"] = [_encode_tool(t) for t in request.tools]
         if request.tool_choice is not None:
             body["tool_choice"] = _encode_tool_choice(request.tool_choice)
+        if request.output is not None:
+            form = encode_response_format(request.output)
+            body["text"] = {"format": {"type": form["type"], **form.get("json_schema", {})}}
         if request.max_tokens is not None:
             body["max_output_tokens"] = max(request.max_tokens, _MIN_OUTPUT_TOKENS)
         for key, value in (("temperature", request.temperature), ("top_p", request.top_p),
