@@ -12,8 +12,9 @@ from collections.abc import Mapping
 
 from multidict import CIMultiDictProxy
 
-#: Client headers that match a wire's prefixes but name the caller's own account: never forwarded.
-NEVER_FORWARDED = frozenset({"x-goog-api-key", "x-goog-user-project", "openai-organization", "openai-project"})
+#: Client headers that match a wire's prefixes but carry a credential or name the caller's own account
+#: (x-goog-api-key, x-goog-iam-authorization-token, x-goog-user-project, openai-organization...): never forwarded.
+ACCOUNT_WORDS = ("key", "auth", "token", "project", "organization", "cookie")
 #: Upstream response headers a client reads: request ids for support tickets, rate limits to pace itself.
 PASSED_BACK = ("request-id", "x-request-id")
 PASSED_BACK_PREFIXES = ("anthropic-ratelimit-", "x-ratelimit-")
@@ -31,7 +32,7 @@ def forwarded(headers: CIMultiDictProxy[str], prefixes: tuple[str, ...]) -> dict
     found: dict[str, str] = {}
     for name in headers:
         lower = name.lower()
-        if lower.startswith(prefixes) and lower not in NEVER_FORWARDED and lower not in found:
+        if lower.startswith(prefixes) and lower not in found and not any(word in lower for word in ACCOUNT_WORDS):
             value = ", ".join(headers.getall(name))
             if _safe(value):
                 found[lower] = value

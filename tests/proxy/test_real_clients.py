@@ -232,3 +232,17 @@ async def test_response_format_crosses_to_gemini_responses_and_anthropic(aiohttp
     await client.chat.completions.create(model="claude-sonnet-4-6", messages=question,
                                          response_format={"type": "json_object"})  # fmt: skip
     assert "Answer with one JSON object" in json.dumps(claude.received[-1].body["system"])
+
+
+def test_vendor_headers_never_carry_the_clients_credentials_or_account() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from cliproxy_proxy.vendor_headers import forwarded
+
+    sent = CIMultiDict([("X-Goog-Api-Key", "k"), ("X-Goog-Iam-Authorization-Token", "t"), ("x-goog-user-project", "p"),
+                        ("X-Goog-Api-Client", "genai/1"), ("Authorization", "Bearer k")])  # fmt: skip
+    assert forwarded(CIMultiDictProxy(sent), ("x-goog-",)) == {"x-goog-api-client": "genai/1"}
+    betas = CIMultiDict([("anthropic-beta", "a"), ("Anthropic-Beta", "b"), ("anthropic-dangerous", "bad\x00value")])
+    assert forwarded(CIMultiDictProxy(betas), ("anthropic-",)) == {"anthropic-beta": "a, b"}
+    openai_sent = CIMultiDict([("OpenAI-Organization", "org"), ("OpenAI-Beta", "responses=v1")])
+    assert forwarded(CIMultiDictProxy(openai_sent), ("openai-beta",)) == {"openai-beta": "responses=v1"}
