@@ -181,7 +181,10 @@ def _genai(url: str, model: str) -> str:
 
 def _litellm(prefix: str) -> Callable[[str, str], str]:
     def run(url: str, model: str) -> str:
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # offline: no fetch of its price list
         import litellm
+
+        litellm.suppress_debug_info = True
 
         base = {"openai/": f"{url}/v1", "anthropic/": url, "gemini/": f"{url}/v1beta"}[prefix]
         messages = [{"role": "user", "content": "hello matrix"}]

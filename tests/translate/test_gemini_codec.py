@@ -983,3 +983,12 @@ async def test_sdk_sees_scripted_errors(aiohttp_server: Server) -> None:
     finally:
         await client.aio.aclose()
     assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
+
+
+def test_json_mode_with_a_schema_decodes_to_structured_output() -> None:
+    body = {"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": {
+        "responseMimeType": "application/json",
+        "responseSchema": {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}}}  # fmt: skip
+    output = GeminiCodec().decode_request(body).output
+    assert output is not None
+    assert output.schema == {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
