@@ -1,4 +1,5 @@
-"""Hosted tools (Responses' ``web_search``, ``file_search``...): run by OpenAI itself, which no other vendor can do.
+"""Hosted tools (Responses' ``web_search``, ``file_search``...; Anthropic's server tools such as
+``web_search_20250305``): run by the vendor itself, which no other vendor can do.
 
 Codex CLI declares ``web_search`` by default, so refusing it would break the default Codex config on every
 non-OpenAI model. By default (``hosted-tools: drop``) a translated request goes on without them: the answer
@@ -26,7 +27,8 @@ def apply_policy(request: Request, policy: HostedPolicy) -> None:
         return
     kinds = ", ".join(request.hosted_tools)
     if policy == "refuse":
-        raise TranslationError(f"tools: {kinds} run on OpenAI's side and cannot be translated (hosted-tools: refuse)")
+        message = f"tools: {kinds} run on the vendor's side and cannot be translated (hosted-tools: refuse)"
+        raise TranslationError(message)
     new = set(request.hosted_tools) - _logged
     if new:
         _logged.update(new)

@@ -246,3 +246,18 @@ def test_vendor_headers_never_carry_the_clients_credentials_or_account() -> None
     assert forwarded(CIMultiDictProxy(betas), ("anthropic-",)) == {"anthropic-beta": "a, b"}
     openai_sent = CIMultiDict([("OpenAI-Organization", "org"), ("OpenAI-Beta", "responses=v1")])
     assert forwarded(CIMultiDictProxy(openai_sent), ("openai-beta",)) == {"openai-beta": "responses=v1"}
+
+
+async def test_claude_server_tools_are_dropped_and_output_config_crosses(gemini_proxy) -> None:
+    gemini, running = gemini_proxy
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    raw = await client.messages.with_raw_response.create(
+        model="g-flash", max_tokens=64, messages=[{"role": "user", "content": "Paris"}],
+        tools=[{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}],
+        extra_body={"output_config": {"format": {"type": "json_schema", "schema": Weather.model_json_schema()}}},
+    )  # fmt: skip
+    assert raw.headers["x-cliproxy-dropped-tools"] == "web_search_20250305"
+    message = await raw.parse()
+    assert Weather.model_validate_json(message.content[0].text) == Weather(city="Paris", sunny=True)  # type: ignore[union-attr]
+    config = gemini.last.body["generationConfig"]
+    assert "tools" not in gemini.last.body and config["responseMimeType"] == "application/json"

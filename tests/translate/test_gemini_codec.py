@@ -986,9 +986,9 @@ async def test_sdk_sees_scripted_errors(aiohttp_server: Server) -> None:
 
 
 def test_json_mode_with_a_schema_decodes_to_structured_output() -> None:
-    body = {"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": {
-        "responseMimeType": "application/json",
-        "responseSchema": {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}}}  # fmt: skip
+    schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}
+    config = {"responseMimeType": "application/json", "responseSchema": schema}
+    body = {"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": config}
     output = GeminiCodec().decode_request(body).output
     assert output is not None
     assert output.schema == {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
