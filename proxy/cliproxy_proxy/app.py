@@ -25,11 +25,12 @@ from .health import Health
 from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics, SessionRow
 from .reload import Reloader
-from .runtime import Runtime
+from .runtime import Runtime, anthropic_model, gemini_model
 from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES, codec_for_path
 from .translate.canonical import Codec
 from .translate.thinking import split_thinking_suffix
 from .upstream import Pool
+from .vendor_headers import forwarded
 
 log = logging.getLogger("cliproxy.proxy")
 
@@ -220,21 +221,42 @@ def _error(codec: Codec, status: int, message: str, code: str | None) -> web.Res
 # -- handlers -------------------------------------------------------------------------------------------
 
 
+def _models_format(request: web.Request) -> Codec:
+    """Whose shape a model listing takes: each SDK lists models at the same path and reads its own vendor's."""
+    if (
+        request.path.startswith("/v1beta/")
+        or "X-Goog-Api-Key" in request.headers
+        or "X-Goog-Api-Client" in (request.headers)
+    ):
+        return GEMINI
+    return ANTHROPIC if "anthropic-version" in request.headers else OPENAI_CHAT
+
+
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[PROXY].runtime
-    anthropic = "anthropic-version" in request.headers  # Anthropic's SDK lists models in its own shape
-    body = runtime.anthropic_models_body if anthropic else runtime.models_body
+    shape = _models_format(request)
+    if shape is GEMINI:
+        models = [gemini_model(model, route) for model, route in sorted(runtime.routes.items())]
+        return web.Response(body=orjson.dumps({"models": models}), content_type="application/json")
+    body = runtime.anthropic_models_body if shape is ANTHROPIC else runtime.models_body
     return web.Response(body=body, content_type="application/json")
 
 
 async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[PROXY].runtime
-    model = request.match_info["model"]
+    shape = _models_format(request)
+    model = request.match_info["model"].removeprefix("models/")  # google-genai may send the full resource name
     route = runtime.routes.get(model)
     if route is None:
-        return _model_not_found(runtime, model, OPENAI_CHAT)
-    owner = route.groups[0][0].credential.provider
-    body = {"id": model, "object": "model", "created": int(runtime.loaded_at), "owned_by": owner}
+        return _model_not_found(runtime, model, shape)
+    body: dict[str, Any]
+    if shape is GEMINI:
+        body = gemini_model(model, route)
+    elif shape is ANTHROPIC:
+        body = anthropic_model(model, runtime.loaded_at)
+    else:
+        owner = route.groups[0][0].credential.provider
+        body = {"id": model, "object": "model", "created": int(runtime.loaded_at), "owned_by": owner}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -368,8 +390,9 @@ def _counter(inbound: Codec) -> Handler:
             return _model_not_found(runtime, model, inbound)
         timeouts = route.policy
         try:
+            vendor = forwarded(request.headers, inbound.vendor_headers)
             tokens = await count_tokens(
-                proxy.pool, proxy.health, route, inbound, payload, raw, timeouts.connect, timeouts.read
+                proxy.pool, proxy.health, route, inbound, payload, raw, timeouts.connect, timeouts.read, vendor
             )
         except CountError as error:
             return _error(inbound, error.status, error.message, error.code)
@@ -483,8 +506,9 @@ def create_app(
     # google-genai speaks v1 by default; [\s\S]: a model name with a line break is judged (400), not unrouted
     for path in ("/v1beta/models/{tail:[\\s\\S]+}", "/v1/models/{tail:[\\s\\S]+}"):
         app.router.add_post(path, gemini)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model:.+}", get_model)
+    for path in ("/v1/models", "/v1beta/models"):
+        app.router.add_get(path, list_models)
+        app.router.add_get(path + "/{model:.+}", get_model)
     app.router.add_post("/v1/messages/count_tokens", _counter(ANTHROPIC))
     app.router.add_get("/v1/metrics/providers", provider_metrics)
     app.router.add_get("/metrics", prometheus)

@@ -7,6 +7,7 @@ here, and imported by the operator. Secrets may be written inline (``api-key``) 
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
@@ -17,12 +18,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from . import compat
 from .catalog import KINDS
 
 
@@ -254,10 +257,13 @@ class Cooldowns(_Block):
 
 
 class Timeouts(_Block):
-    """Upstream timeouts in seconds. ``read`` bounds any silence of the upstream, the first byte included."""
+    """Upstream timeouts in seconds. ``read`` bounds any silence of the upstream, the first byte included;
+    ``total`` (off by default) one whole non-streaming attempt, from connecting to the last byte. A stream is
+    bounded by ``read`` alone: a long answer streams for as long as it keeps coming."""
 
     connect: Annotated[float, Field(gt=0)] = 10.0
     read: Annotated[float, Field(gt=0)] = 600.0
+    total: Annotated[float, Field(gt=0)] | None = None
 
 
 class ClientTimeouts(_Block):
@@ -273,17 +279,6 @@ class ClientTimeouts(_Block):
 
 class Streaming(_Block):
     keepalive_seconds: Annotated[float, Field(ge=0)] = 15.0
-
-
-#: cliproxyapi++ keys that this proxy accepts for compatibility but does not act on.
-IGNORED_KEYS = frozenset(
-    {
-        "auth-dir", "debug", "remote-management", "usage-statistics-enabled", "logging-to-file",
-        "logs-max-total-size-mb", "error-logs-max-files", "request-log", "ws-auth", "quota-exceeded",
-        "passthrough-headers", "nonstream-keepalive-interval", "commercial-mode", "pprof",
-        "incognito-browser", "save-cooldown-status", "auth-auto-refresh-workers",
-    }
-)  # fmt: skip
 
 
 class ProxyConfig(_Block):
@@ -308,8 +303,11 @@ class ProxyConfig(_Block):
     streaming: Streaming = Streaming()
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     proxy_url: str | None = None
+    # What a translated request does with tools only OpenAI runs (web_search...): see hosted_tools.py.
+    hosted_tools: Literal["drop", "refuse"] = "drop"
     # False where someone else (the Kubernetes operator) refreshes session tokens: the proxy only adopts them.
     token_refresh: bool = True
+    _ignored: tuple[str, ...] = PrivateAttr(default=())  # what the document held that cliproxy does not implement
 
     claude_api_key: tuple[ApiKeyCredential, ...] = ()
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()
@@ -331,35 +329,22 @@ class ProxyConfig(_Block):
     cursor: tuple[CursorCredential, ...] = ()
     ampcode: tuple[AmpCredential, ...] = ()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_ignored(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k not in IGNORED_KEYS}
-            amp = data.get("ampcode")
-            if isinstance(amp, dict):  # cliproxyapi++ writes one mapping, not a list
-                data["ampcode"] = [amp]
-        return data
-
     @field_validator("proxy_url")
     @classmethod
     def _proxy_url(cls, value: str | None) -> str | None:
         return _Routed._proxy_url(value)
 
-    @model_validator(mode="after")
-    def _compat_names(self) -> ProxyConfig:
-        """A name may repeat (one provider, several entries with their own prefixes), but not shadow a block."""
-        names = [p.name for p in self.openai_compatibility]
-        clashes = sorted(set(names) & set(KINDS))
-        if clashes:
-            raise ValueError(f"openai-compatibility name clashes with a provider block: {', '.join(clashes)}")
-        return self
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """One note per cliproxyapi++ key the document held that cliproxy does not implement (see ``compat``)."""
+        return self._ignored
 
     def blocks(self) -> list[tuple[str, tuple[_Routed, ...]]]:
         """Every provider block by its catalog name, in catalog order."""
         return [(block, getattr(self, block.replace("-", "_"))) for block in KINDS]
 
 
+log = logging.getLogger("cliproxy.config")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
 
 
@@ -431,9 +416,14 @@ def parse_config(document: Any) -> ProxyConfig:
     if unsafe is not None:
         raise ConfigError(f"{format_location(unsafe)}: must not contain control characters (CR, LF, NUL...)")
     try:
-        return ProxyConfig.model_validate(document)
+        stripped, ignored = compat.strip(document)
+        config = ProxyConfig.model_validate(stripped)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error)) from None
+    config._ignored = tuple(ignored.notes())
+    for note in config._ignored:
+        log.warning("config: %s", note)
+    return config
 
 
 def parse_config_text(text: bytes | str) -> ProxyConfig:

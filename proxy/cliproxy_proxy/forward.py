@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import perf_counter, time
@@ -19,16 +19,27 @@ import orjson
 from aiohttp import ClientConnectionResetError, web
 
 from .health import REASONS, classify, names_missing_model
+from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
 from .scrub import Scrubber, scrub
-from .translate import UPSTREAM, for_upstream, passes_through
-from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError, reencode
+from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, UPSTREAM, for_upstream, passes_through
+from .translate.canonical import (
+    Codec,
+    Reasoning,
+    Request,
+    StreamError,
+    ToolCall,
+    TranslationError,
+    reencode,
+    restore_namespace,
+)
 from .translate.canonical import Response as Answer
 from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
 from .translate.relay import FramedRelay, TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
+from .vendor_headers import forwarded, passed_back
 
 if TYPE_CHECKING:
     from .app import Proxy
@@ -40,7 +51,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
-KEEPALIVE = b": keep-alive\n\n"
 OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
 #: Event loop timers may fire a millisecond early (uvloop rounds to ms): never wake before a cooldown ends.
 TIMER_SLACK = 0.005
@@ -112,6 +122,7 @@ class Exchange:
             request.model, request.stream = self.route.model, self.stream
             if self.reasoning is not None:
                 request.reasoning = self.reasoning
+            apply_policy(request, self.runtime.config.hosted_tools)
             self._canonical = request
         return self._canonical
 
@@ -165,7 +176,16 @@ class Exchange:
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
         try:
-            return await self._call(target)
+            total = self.runtime.config.timeouts.total
+            if total is None or self.stream:
+                return await self._call(target)
+            try:
+                async with asyncio.timeout(total) as deadline:
+                    return await self._call(target)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                return self.failed(target, None, "timeout")
         finally:
             series.leave()
 
@@ -183,13 +203,18 @@ class Exchange:
         model = target.upstream_model
         translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)
         body: bytes | bytearray
+        vendor = None if translating else forwarded(self.request.headers, self.inbound.vendor_headers)
         if translating:
             request = for_upstream(dataclasses.replace(self.canonical(), model=model), self.inbound, upstream_codec)
             body = upstream_codec.encode_request(request)
             path = upstream_codec.upstream_path(model, self.stream)
         else:
             body = self.raw
-            if target.rewrite is not None and "model" in self.payload:
+            if self.counts_usage_itself(upstream_codec):
+                options = self.payload.get("stream_options")
+                asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                body = reencode({**self.payload, "stream_options": asked}, model)
+            elif target.rewrite is not None and "model" in self.payload:
                 body = reencode(self.payload, model)
             path = self.inbound.upstream_path(model, self.stream)
         if not self.proxy.health.serves(target, path):
@@ -199,7 +224,7 @@ class Exchange:
         try:
             upstream = await self.keepalive(
                 self.proxy.pool.request(
-                    credential.endpoint, credential.head(credential.scoped(path)), body,
+                    credential.endpoint, credential.head(credential.scoped(path), vendor), body,
                     connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                 )
             )  # fmt: skip
@@ -217,6 +242,13 @@ class Exchange:
             return await self.relay_body(target, upstream, codec)
         finally:
             upstream.release()
+
+    def counts_usage_itself(self, upstream: Codec) -> bool:
+        """Whether an OpenAI-shaped stream must ask for the usage its client did not, so tokens are counted."""
+        if not self.stream or upstream is not OPENAI_CHAT or self.inbound not in (OPENAI_CHAT, OPENAI_COMPLETIONS):
+            return False
+        options = self.payload.get("stream_options")
+        return not isinstance(options, dict) or options.get("include_usage") is not True
 
     # -- success paths --------------------------------------------------------------------------------
 
@@ -237,6 +269,10 @@ class Exchange:
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 return self.failed(target, None, "bad_response")
             answer.model = self.route.model
+            tools = self.canonical().tools
+            for part in answer.parts:
+                if isinstance(part, ToolCall):
+                    restore_namespace(part, tools)
             self.usage = (answer.usage.input, answer.usage.output)
             body, content_type = self.inbound.encode_response(answer), "application/json"
         else:
@@ -250,7 +286,7 @@ class Exchange:
         if secret:
             body = scrub(body, secret)  # after translation too: a decoded echo is re-encoded plainly
         self.proxy.health.succeed(target)
-        headers = self.proxy_headers()
+        headers = {**self.proxy_headers(), **passed_back(upstream.headers)}
         headers["Content-Type"] = content_type
         return self.finish(web.Response(body=body, status=upstream.status, headers=headers))
 
@@ -260,7 +296,8 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            relay = SSERelay(target.rewrite, self.inbound.stream_end)
+            drop_usage = self.counts_usage_itself(UPSTREAM[target.credential.wire])
+            relay = SSERelay(target.rewrite, self.inbound.stream_end, drop_usage=drop_usage)
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
             decoder = codec.stream_decoder()
@@ -277,7 +314,7 @@ class Exchange:
         if not first:
             return self.failed(target, None, "transient")
         self.proxy.metrics.provider(target.credential.provider).ttft.observe(perf_counter() - self.started)
-        response = await self.open_stream()
+        response = await self.open_stream(passed_back(upstream.headers))
         secret = target.credential.current_secret()
         scrubber = Scrubber(secret) if secret else None
         chunk = first
@@ -447,7 +484,7 @@ class Exchange:
     # -- plumbing -------------------------------------------------------------------------------------
 
     async def keepalive(self, awaitable: Awaitable[T]) -> T:
-        """Await something slow; for streams, keep the client's connection warm with SSE comments."""
+        """Await something slow; for streams, keep the client's connection warm with what its wire tolerates."""
         interval = self.runtime.config.streaming.keepalive_seconds
         if not self.stream or interval <= 0:
             return await awaitable
@@ -458,14 +495,16 @@ class Exchange:
                 if done:
                     return task.result()
                 response = await self.open_stream()
-                await response.write(KEEPALIVE)
+                await response.write(self.inbound.keepalive)
         except BaseException:
             task.cancel()
             raise
 
-    async def open_stream(self) -> web.StreamResponse:
+    async def open_stream(self, upstream_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+        """The client's stream, begun on first need; the upstream's headers reach it only if it had not begun."""
         if self.response is None:
-            response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.proxy_headers()})
+            headers = {**SSE_HEADERS, **self.proxy_headers(), **(upstream_headers or {})}
+            response = web.StreamResponse(status=200, headers=headers)
             await response.prepare(self.request)
             self.response = response
         return self.response
@@ -483,7 +522,8 @@ class Exchange:
     def proxy_headers(self) -> dict[str, str]:
         overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
         self.proxy.metrics.provider(self.provider).overhead.observe(overhead)
-        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider}
+        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider,
+                **dropped_header(self._canonical)}  # fmt: skip
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
         tokens_in, tokens_out = self.usage or (0, 0)

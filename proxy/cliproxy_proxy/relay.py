@@ -19,15 +19,17 @@ class ModelRewrite:
     """Replaces the upstream model id with the exposed one in a JSON body or a run of SSE events.
 
     The two spellings providers actually send (``"model":"x"`` and ``"model": "x"``) are plain byte
-    replacements; any other spacing falls back to a regular expression.
+    replacements; any other spacing falls back to a regular expression. ``key``: where the wire names the model
+    (Gemini answers with ``modelVersion``).
     """
 
     __slots__ = ("literals", "pattern", "replacement")
 
-    def __init__(self, upstream: str, exposed: str) -> None:
+    def __init__(self, upstream: str, exposed: str, key: str = "model") -> None:
         old, new = orjson.dumps(upstream), orjson.dumps(exposed)
-        self.literals = tuple((sep + old, sep + new) for sep in (b'"model":', b'"model": '))
-        self.pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(old))
+        name = orjson.dumps(key)
+        self.literals = tuple((sep + old, sep + new) for sep in (name + b":", name + b": "))
+        self.pattern = re.compile(b"(" + re.escape(name) + rb"\s*:\s*)" + re.escape(old))
         self.replacement = rb"\g<1>" + new.replace(b"\\", b"\\\\")
 
     def __call__(self, data: bytes) -> bytes:
@@ -58,14 +60,16 @@ class SSERelay:
 
     Bytes after the last boundary wait for the next chunk; everything before it goes out at once. ``complete``
     turns true once the format's terminal event (``end``, the codec's ``stream_end``) has gone by.
+    ``drop_usage``: the proxy asked for the usage the client did not (to count tokens); it is read, not relayed.
     """
 
-    __slots__ = ("complete", "end", "pending", "rewrite", "usage")
+    __slots__ = ("complete", "drop_usage", "end", "pending", "rewrite", "usage")
 
-    def __init__(self, rewrite: ModelRewrite | None, end: Callable[[bytes], bool]) -> None:
+    def __init__(self, rewrite: ModelRewrite | None, end: Callable[[bytes], bool], drop_usage: bool = False) -> None:
         self.rewrite = rewrite
         self.end = end
         self.complete = False
+        self.drop_usage = drop_usage
         self.pending = b""
         self.usage: Usage | None = None
 
@@ -85,6 +89,8 @@ class SSERelay:
             self.complete = True
         if _carries_usage(events):
             self._read_usage(events)
+            if self.drop_usage:
+                events = _without_usage(events)
         if self.rewrite is not None:
             events = self.rewrite(events)
         return events
@@ -98,3 +104,27 @@ class SSERelay:
                     continue
                 if found is not None:
                     self.usage = found
+
+
+def _without_usage(events: bytes) -> bytes:
+    """The events without their usage: a usage-only chunk goes, a chunk that also carries choices loses the field.
+
+    Runs once per stream (on the chunk that carries usage), so decoding that one chunk is cheap.
+    """
+    kept = []
+    for event in events.split(b"\n\n"):
+        data = event.removeprefix(b"data:").strip() if _carries_usage(event) else b""
+        if not data:
+            kept.append(event)
+            continue
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            kept.append(event)
+            continue
+        if isinstance(chunk, dict) and chunk.get("choices"):
+            chunk.pop("usage", None)
+            kept.append(b"data: " + orjson.dumps(chunk))
+        elif not isinstance(chunk, dict):
+            kept.append(event)
+    return b"\n\n".join(kept)

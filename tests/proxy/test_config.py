@@ -83,10 +83,7 @@ def test_transient_faults_default_to_envoy_style_outlier_detection() -> None:
             {"openai-compatibility": [{"name": "x", "base-url": "http://x", "api-key-entries": []}]},
             "openai-compatibility[0].api-key-entries: List should have at least 1 item",
         ),
-        (
-            {"openai-compatibility": [{"name": "groq", "base-url": "http://x", "api-key-entries": [{"api-key": "k"}]}]},
-            "clashes with a provider block: groq",
-        ),
+        ({"groq": [{"api-key": "k", "clok": {"mode": "auto"}}]}, "groq[0].clok: Extra inputs are not permitted"),
         (
             {"mistral": [{"api-key": "k", "rate-limit": {"rpm": 0}}]},
             "mistral[0].rate-limit.rpm: Input should be greater",

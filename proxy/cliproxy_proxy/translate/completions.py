@@ -15,6 +15,7 @@ import orjson
 from ..errors import error_body
 from . import fields
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     Message,
@@ -40,6 +41,8 @@ def _usage(usage: Usage) -> dict[str, int]:
 class OpenAICompletionsCodec:
     name = "openai-completions"
     stream_end = STREAM_END
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     def upstream_path(self, model: str, stream: bool) -> str:
         return "/completions"

@@ -31,11 +31,13 @@ import orjson
 
 from . import fields
 from .canonical import (
+    BLANK_LINE,
     THINKING_LEVELS,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
@@ -425,6 +427,12 @@ def _generation_config(request: Request) -> dict[str, Any]:
         config["stopSequences"] = request.stop
     if request.reasoning is not None:
         config["thinkingConfig"] = _thinking(request.reasoning)
+    if request.output is not None:
+        config["responseMimeType"] = "application/json"
+        schema = request.output.schema
+        if schema is not None:
+            defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+            config["responseSchema"] = _schema(schema, "response_format.schema", defs)
     return config
 
 
@@ -713,8 +721,19 @@ def _check_generation(config: dict[str, Any]) -> None:
     if _get(config, "candidateCount") not in (None, 1):
         raise TranslationError("generationConfig.candidateCount: only one candidate can be translated")
     mime = _get(config, "responseMimeType")
-    if mime not in (None, "text/plain") or _get(config, "responseSchema") or _get(config, "responseJsonSchema"):
-        raise TranslationError("generationConfig.responseSchema: structured output cannot be translated")
+    if mime not in (None, "text/plain", "application/json"):
+        raise TranslationError("generationConfig.responseMimeType: only text/plain or application/json translate")
+
+
+def _decode_output(config: dict[str, Any]) -> JsonOutput | None:
+    if _get(config, "responseMimeType") != "application/json":
+        return None
+    schema = _get(config, "responseJsonSchema")
+    if schema is None and _get(config, "responseSchema") is not None:
+        schema = _json_schema(_get(config, "responseSchema"), "generationConfig.responseSchema")
+    if schema is not None and not isinstance(schema, dict):
+        raise TranslationError("generationConfig.responseSchema: must be an object")
+    return JsonOutput(schema)
 
 
 # -- response encoding (canonical -> Gemini client) -----------------------------------------------------
@@ -740,6 +759,8 @@ class GeminiCodec:
 
     name = "gemini"
     stream_end = StreamEnd(rb'"(?:finishReason"\s*:\s*"|error"\s*:\s*\{)')  # Gemini has no closing event
+    keepalive = BLANK_LINE
+    vendor_headers: tuple[str, ...] = ("x-goog-",)
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
 
@@ -760,6 +781,7 @@ class GeminiCodec:
             stop=fields.texts(_get(config, "stopSequences"), "generationConfig.stopSequences"),
             reasoning=_decode_reasoning(_get(config, "thinkingConfig")),
             stream_usage=True,  # Gemini streams always carry usageMetadata
+            output=_decode_output(config),
         )
 
     def encode_response(self, response: Response) -> bytes:

@@ -35,6 +35,7 @@ import orjson
 
 from ..oauth.base import RefreshRejected, RefreshRequest, TokenError, TokenSet
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
@@ -432,6 +433,8 @@ class KiroCodec:
 
     name = "kiro"
     stream_end = StreamEnd()  # never passed through (not SSE): its decoder judges the end, no frame half-read
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ()
 
     def __init__(self, profile_arn: str | None = None, origin: str = ORIGIN) -> None:
         self.profile_arn = profile_arn
