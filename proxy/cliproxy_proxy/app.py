@@ -455,7 +455,7 @@ async def reload_now(request: web.Request) -> web.Response:
     reloader = request.app.get(RELOADER)
     if reloader is None:
         return _error(OPENAI_CHAT, 409, "This proxy was not started from a config source.", "no_config_source")
-    changed = await reloader.check(force=True)
+    changed = await asyncio.shield(reloader.check(force=True))  # a caller that hangs up does not cut it short
     status = 200 if changed else 422
     return web.json_response({"reloaded": changed, "generation": request.app[PROXY].generation,
                               "error": reloader.last_error or None}, status=status)  # fmt: skip
@@ -487,15 +487,14 @@ def create_app(
 
     ``configured=False`` serves ``runtime`` (empty) as not ready until the source yields a first config.
     ``metrics_port`` (else the config's ``metrics-port``) serves ``/metrics`` on its own listener on ``host``.
-    """  # fmt: skip
+    """
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=runtime.config.max_body_bytes
     )
     proxy = Proxy(runtime, configured=configured)
-    if metrics_port is not None:
-        proxy.metrics_port = metrics_port
-    app[PROXY] = proxy
+    proxy.metrics_port = metrics_port or proxy.metrics_port
     proxy.metrics_host = host
+    app[PROXY] = proxy
     if source is not None:
         app[RELOADER] = Reloader(proxy, source, reload_interval)
     for path in ("/v1/chat/completions", "/chat/completions"):

@@ -23,7 +23,7 @@ from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
-from .scrub import Scrubber, scrub
+from .scrub import Scrubber, TextScrubber, scrub
 from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, UPSTREAM, for_upstream, passes_through
 from .translate.canonical import (
     Codec,
@@ -316,7 +316,7 @@ class Exchange:
         self.proxy.metrics.provider(target.credential.provider).ttft.observe(perf_counter() - self.started)
         response = await self.open_stream(passed_back(upstream.headers))
         secret = target.credential.current_secret()
-        scrubber = Scrubber(secret) if secret else None
+        scrubber, pieces = (Scrubber(secret), TextScrubber(secret)) if secret else (None, None)
         chunk = first
         try:
             while chunk:
@@ -324,8 +324,8 @@ class Exchange:
                     ready = relay.feed(chunk)
                 except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
                     raise _StreamBroken from error  # the provider sent something its own format does not allow
-                if ready and scrubber is not None:
-                    ready = scrubber.feed(ready)
+                if ready and scrubber is not None and pieces is not None:
+                    ready = pieces.feed(scrubber.feed(ready))
                 if ready:
                     await response.write(ready)
                 try:
@@ -333,8 +333,8 @@ class Exchange:
                 except UpstreamError as error:
                     raise _StreamBroken from error
             tail = relay.flush()
-            if scrubber is not None:
-                tail = scrubber.feed(tail) + scrubber.flush()
+            if scrubber is not None and pieces is not None:
+                tail = pieces.feed(scrubber.feed(tail) + scrubber.flush()) + pieces.flush()
             if tail:
                 await response.write(tail)
             if not relay.complete:  # a clean close before the terminal event is a cut, not an answer

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import orjson
+
 REDACTED = b"[REDACTED]"
 _BACKSLASH = ord("\\")
 _ESCAPE = 6  # the longest JSON spelling of one character: \uXXXX
@@ -34,6 +36,15 @@ def scrub(data: bytes, secret: str) -> bytes:
     return _pattern(secret).sub(REDACTED, data)
 
 
+def _positions(data: bytes, needle: bytes, start: int) -> list[int]:
+    found = []
+    at = data.find(needle, start)
+    while at != -1:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    return found
+
+
 class Scrubber:
     """Scrubs a stream: a piece that may be the start of the secret waits for the next chunk, nothing else does.
 
@@ -41,11 +52,13 @@ class Scrubber:
     line) go out at once and a stream's latency is unchanged.
     """
 
-    __slots__ = ("first", "pending", "secret")
+    __slots__ = ("alphabet", "first", "pending", "plain", "secret")
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
-        self.first = secret.encode()[:1]
+        self.plain = secret.encode()
+        self.first = self.plain[:1]
+        self.alphabet = frozenset(self.plain + b"\\/u0123456789abcdefABCDEF")  # every byte of every spelling
         self.pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -59,11 +72,19 @@ class Scrubber:
         return data
 
     def _open_match(self, data: bytes) -> int:
-        """Where a spelling of the secret that the end of ``data`` cuts off would begin (``len(data)``: none)."""
-        for start in range(max(0, len(data) - _ESCAPE * len(self.secret)), len(data)):
-            if data[start : start + 1] in (self.first, b"\\") and self._runs_off(data, start):
-                return start
-        return len(data)
+        """Where a spelling of the secret that the end of ``data`` cuts off would begin (``len(data)``: none).
+
+        Only the places a spelling can begin (its first character, or a backslash) are tried, found at C speed.
+        """
+        if not data or data[-1] not in self.alphabet:
+            return len(data)  # a whole SSE event ends in a newline, which no spelling holds: nothing waits
+        window = max(0, len(data) - _ESCAPE * len(self.secret))
+        escaped = data.rfind(b"\\", window)  # after the last backslash only the plain spelling can run off
+        starts = [*_positions(data, self.first, window), *_positions(data, b"\\", window)]
+        return min(
+            (s for s in starts if (self._runs_off(data, s) if s <= escaped else self.plain.startswith(data[s:]))),
+            default=len(data),
+        )
 
     def _runs_off(self, data: bytes, at: int) -> bool:
         """Whether the secret, spelled any way, matches from ``at`` until ``data`` ends in the middle of it."""
@@ -83,3 +104,84 @@ class Scrubber:
             else:
                 return plain.startswith(rest)  # a multi-byte character cut short, or no match
         return False  # a whole match: scrub() already replaced it
+
+
+#: The JSON string values that carry generated text in the four stream formats (deltas, parts, arguments).
+_TEXT_VALUE = re.compile(rb'"(?:content|text|delta|thinking|partial_json|arguments)"\s*:\s*"([^"\\]*(?:\\.[^"\\]*)*)"')
+_HOLD_FROM = 4  # a text that ends in this much of the key or more waits for the next event
+_HOLD_AT_MOST = 1 << 16  # bytes: past this the events go out whatever they end in
+
+
+class TextScrubber:
+    """A key streamed piece by piece, one piece per event, as generated text is: scrubbed across the events.
+
+    Events whose text so far ends in the key's first characters wait for the next event; once the key is
+    whole its pieces are cut out of the waiting events' text values (at most ``_HOLD_FROM - 1`` characters may
+    have gone out before). Text that begins no key never waits. Input and output are whole SSE events.
+    """
+
+    __slots__ = ("held", "secret", "sent")
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.held = b""
+        self.sent = ""  # the end of the text already sent: a key may begin in it
+
+    def feed(self, events: bytes) -> bytes:
+        data = self.held + events if self.held else events
+        self.held = b""
+        joined = self.sent + "".join([_json_text(v) for v in _TEXT_VALUE.findall(data)])
+        found = joined.find(self.secret)
+        if found != -1:  # rare: the values again, with where they are, to cut the key out; then look again
+            values = list(_TEXT_VALUE.finditer(data))
+            texts = [_json_text(v.group(1)) for v in values]
+            return self.feed(_cut(data, values, texts, len(self.sent), found, len(self.secret)))
+        if len(data) < _HOLD_AT_MOST and self._may_begin(joined):
+            self.held = data
+            return b""
+        self.sent = joined[-(_HOLD_FROM - 1) :]  # a longer start of the key would have waited
+        return data
+
+    def flush(self) -> bytes:
+        data, self.held = self.held, b""
+        return data
+
+    def _may_begin(self, text: str) -> bool:
+        """Whether ``text`` ends in the key's first ``_HOLD_FROM`` or more characters."""
+        head = self.secret[:_HOLD_FROM]
+        at = text.find(head, max(0, len(text) - len(self.secret) + 1))  # usually -1 at once
+        while at != -1:
+            if self.secret.startswith(text[at:]):
+                return True
+            at = text.find(head, at + 1)
+        return False
+
+
+def _json_text(literal: bytes) -> str:
+    if b"\\" not in literal:  # nothing escaped: the bytes are the text
+        return literal.decode(errors="replace")
+    try:
+        text = orjson.loads(b'"' + literal + b'"')
+    except orjson.JSONDecodeError:
+        return ""
+    return text if isinstance(text, str) else ""
+
+
+def _cut(data: bytes, values: list[re.Match[bytes]], texts: list[str], offset: int, found: int, length: int) -> bytes:
+    """``data`` with the joined text's characters ``[found, found + length)`` cut from its values.
+
+    ``offset``: where the values' text begins in the joined text (after what was sent already).
+    """
+    end, marked = found + length, False
+    pieces, last = [], 0
+    for value, text in zip(values, texts, strict=True):
+        start = offset
+        offset += len(text)
+        lo, hi = max(found, start) - start, min(end, offset) - start
+        if lo >= hi:
+            continue
+        replaced = text[:lo] + ("" if marked else REDACTED.decode()) + text[hi:]
+        marked = True
+        pieces += [data[last : value.start(1)], orjson.dumps(replaced)[1:-1]]
+        last = value.end(1)
+    return b"".join([*pieces, data[last:]])

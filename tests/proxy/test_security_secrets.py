@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cliproxy_proxy.scrub import Scrubber, scrub
+from cliproxy_proxy.scrub import Scrubber, TextScrubber, scrub
 
 from ..conftest import CLIENT_KEY, base_config, compat_block
 
@@ -56,7 +56,12 @@ async def echo_key(request: web.Request) -> web.StreamResponse:
         return web.Response(body=completion(spelled(key, how)), content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    events = chunk_event(b"key ") + chunk_event(spelled(key, how)) + chunk_event(b" seen", b'"stop"')
+    if how.startswith("pieces-"):  # generated text: the key a few characters per event
+        size = int(how[7:])
+        middle = b"".join(chunk_event(key[i : i + size].encode()) for i in range(0, len(key), size))
+    else:
+        middle = chunk_event(spelled(key, how))
+    events = chunk_event(b"key ") + middle + chunk_event(b" seen", b'"stop"')
     for start in range(0, len(events), 7):  # cut everywhere, the key's spelling included
         await response.write(events[start : start + 7])
         await asyncio.sleep(0)
@@ -125,6 +130,30 @@ async def test_raw_bytes_hold_no_spelling_of_the_key(echo_url: str, start_proxy)
                 ]
                 for document in strings or [raw]:
                     assert KEY not in orjson.loads(document).__repr__()
+
+
+@pytest.mark.parametrize(("size", "shown"), [(5, ""), (1, "sk-"), (2, "sk")])
+async def test_a_key_streamed_piece_by_piece_is_cut_from_the_text(echo_url: str, start_proxy, size: int,
+                                                                  shown: str) -> None:  # fmt: skip
+    """Pieces of four characters and more wait for the next event; a shorter first piece may have gone out."""
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(echo_url, keys=(KEY,))]}))
+    messages = [{"role": "user", "content": f"pieces-{size}"}]
+    stream = await running.client().chat.completions.create(model="small", messages=messages, stream=True)  # type: ignore[arg-type]
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == f"key {shown}[REDACTED] seen"
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    async with claude.messages.stream(model="small", max_tokens=10, messages=messages) as translated:  # type: ignore[arg-type]
+        assert "".join([t async for t in translated.text_stream]) == f"key {shown}[REDACTED] seen"
+
+
+def test_text_that_begins_no_key_never_waits() -> None:
+    pieces = TextScrubber(KEY)
+    for text in (b"sk-u", b"p/ec", b"ho+K", b"ey-1"):  # the key's first characters: held, event after event
+        assert pieces.feed(b'data: {"delta":"%s"}\n\n' % text) == b""
+    assert pieces.feed(b'data: {"delta":"!"}\n\n') == (b'data: {"delta":"sk-u"}\n\ndata: {"delta":"p/ec"}\n\n'
+        b'data: {"delta":"ho+K"}\n\ndata: {"delta":"ey-1"}\n\ndata: {"delta":"!"}\n\n')  # fmt: skip
+    event = b'data: {"choices":[{"delta":{"content":"ask- sk sk-"}}]}\n\n'
+    assert pieces.feed(event) == event  # three characters of the key: not enough to wait for
 
 
 def test_a_stream_holds_back_only_what_may_start_the_key() -> None:
