@@ -9,8 +9,9 @@ CLIENTS_NPM ?= build/clients/npm
 KIND_CLUSTER ?= kind
 # PROXY_IMAGE, OPERATOR_IMAGE and IMAGE_TAG: the names the chart runs by default (override on the command line).
 include deploy/helm/cliproxy/images.env
-# Debian packages the tests run (shellcheck checks deploy/e2e/kind-e2e.sh); installed when missing.
-SYSTEM_PACKAGES := shellcheck
+# Debian packages the tests run (shellcheck checks deploy/e2e/kind-e2e.sh; the limit tests share a real
+# redis-server); installed when missing.
+SYSTEM_PACKAGES := shellcheck redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: venv sysdeps run test lint bench clients images kind-load e2e clean

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from time import perf_counter
 from typing import Any
@@ -17,15 +17,17 @@ import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .clients import Client, key_index
 from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
 from .discovery import Discovery
 from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
+from .limits import Limits, Verdict
 from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics, SessionRow
 from .reload import Reloader
-from .runtime import Runtime, anthropic_model, gemini_model
+from .runtime import Runtime, anthropic_model, anthropic_models_body, gemini_model, models_body
 from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES, codec_for_path
 from .translate.canonical import Codec
 from .translate.thinking import split_thinking_suffix
@@ -51,6 +53,8 @@ class Proxy:
         self.discovery = Discovery(self.metrics.discovered)
         self.draining = False
         self.pool = Pool()
+        self.limits = Limits(self.metrics.registry)
+        self.limits.configure(runtime.config.redis)
         self.metrics_port = runtime.config.metrics_port  # read at start, like the main port: a reload keeps it
         self.metrics_host: str | None = None
         self.health.sync(runtime.credentials)
@@ -63,10 +67,12 @@ class Proxy:
         await self.runtime.sessions.retire(set())
         self.runtime.sessions.pool.close()
         self.pool.close()
+        await self.limits.close()
 
     def apply(self, runtime: Runtime) -> None:
         """Make a new snapshot live: one assignment; requests in flight keep the one they started with."""
         self.health.sync(runtime.credentials)
+        self.limits.configure(runtime.config.redis)
         self.runtime = runtime
         self.configured = True
         self.generation += 1
@@ -97,6 +103,7 @@ class Proxy:
 
 
 PROXY = web.AppKey("proxy", Proxy)
+CLIENT = web.RequestKey("client", Client)  # set for a named client key (client-keys), absent for a plain one
 RELOADER = web.AppKey("reloader", Reloader)
 
 
@@ -152,14 +159,6 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
-def key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
-    """Constant-time over every configured key: neither the match nor its position shows in timing."""
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    return matched
-
-
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every route needs a client key but the few in ``PUBLIC_HANDLERS``.
@@ -184,8 +183,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     presented = _presented_key(request)
     if not presented:
         return _error(codec, 401, "Missing API key.", "missing_api_key")
-    if not key_matches(presented.encode(), runtime.client_keys):
+    index = key_index(presented.encode(), runtime.client_keys)
+    if index < 0:
         return _error(codec, 401, "Invalid API key.", "invalid_api_key")
+    client = runtime.clients[index] if index < len(runtime.clients) else None
+    if client is not None:
+        if client.expired(time.time()):
+            return _error(codec, 401, "This API key has expired.", "expired_api_key")
+        request[CLIENT] = client
     return await handler(request)
 
 
@@ -235,10 +240,21 @@ def _models_format(request: web.Request) -> Codec:
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[PROXY].runtime
     shape = _models_format(request)
+    client = request.get(CLIENT)
+    routes = runtime.routes
+    if client is not None and not client.unrestricted:
+        routes = {model: route for model, route in routes.items() if client.allows(model)}
+    elif shape is not GEMINI:  # everyone sees every model: the bodies built with the snapshot
+        body = runtime.anthropic_models_body if shape is ANTHROPIC else runtime.models_body
+        return web.Response(body=body, content_type="application/json")
     if shape is GEMINI:
-        models = [gemini_model(model, route) for model, route in sorted(runtime.routes.items())]
+        models = [gemini_model(model, route) for model, route in sorted(routes.items())]
         return web.Response(body=orjson.dumps({"models": models}), content_type="application/json")
-    body = runtime.anthropic_models_body if shape is ANTHROPIC else runtime.models_body
+    body = (
+        anthropic_models_body(routes, runtime.loaded_at)
+        if shape is ANTHROPIC
+        else models_body(routes, runtime.loaded_at)
+    )
     return web.Response(body=body, content_type="application/json")
 
 
@@ -246,7 +262,7 @@ async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[PROXY].runtime
     shape = _models_format(request)
     model = request.match_info["model"].removeprefix("models/")  # google-genai may send the full resource name
-    route = runtime.routes.get(model)
+    route = runtime.routes.get(model) if _in_scope(request, model) else None
     if route is None:
         return _model_not_found(runtime, model, shape)
     body: dict[str, Any]
@@ -275,11 +291,43 @@ def _forwarder(inbound: Codec) -> Handler:
         runtime = proxy.runtime  # read once: this request keeps this snapshot whatever reloads meanwhile
         exchange = await _exchange(request, proxy, runtime, inbound, started)
         if isinstance(exchange, Exchange):
-            return await exchange.run()
+            client = request.get(CLIENT)
+            if client is None or not client.limited:
+                return await exchange.run()
+            verdict = await proxy.limits.admit(client)
+            if verdict.allowed:
+                try:
+                    return await exchange.run()
+                finally:
+                    proxy.limits.settle(client, verdict, sum(exchange.usage or ()))
+            exchange = _limited(inbound, verdict)
         proxy.metrics.finish(UNRESOLVED, UNRESOLVED, exchange.status, perf_counter() - started)
         return exchange
 
     return forward
+
+
+def _limited(inbound: Codec, verdict: Verdict) -> web.Response:
+    """The 429 (or, Redis down under on-error: deny, the 503) for a client over one of its limits."""
+    if verdict.limit == "unavailable":
+        refusal = _error(inbound, 503, "Client limits cannot be checked right now.", "limits_unavailable")
+    else:
+        message = f"This API key is over its {verdict.limit} limit; retry after {verdict.retry_after} s."
+        refusal = _error(inbound, 429, message, "rate_limit_exceeded")
+    refusal.headers["Retry-After"] = str(verdict.retry_after)
+    return refusal
+
+
+def _in_scope(request: web.Request, model: str) -> bool:
+    """Whether the caller's key may use ``model`` (its ``models`` globs; a ``(level)`` suffix is not part of it)."""
+    client = request.get(CLIENT)
+    return client is None or client.allows(model) or client.allows(split_thinking_suffix(model)[0])
+
+
+def _out_of_scope(request: web.Request, model: str, inbound: Codec) -> web.Response | None:
+    if _in_scope(request, model):
+        return None
+    return _error(inbound, 403, f"This API key may not use the model '{model}'.", "model_not_allowed")
 
 
 def _model_and_stream(request: web.Request, inbound: Codec, payload: dict[str, Any]) -> tuple[Any, bool]:
@@ -355,6 +403,9 @@ async def _exchange(
     model = _checked_model(named, inbound)
     if isinstance(model, web.Response):
         return model
+    refused = _out_of_scope(request, model, inbound)
+    if refused is not None:
+        return refused
     route, reasoning = runtime.routes.get(model), None
     if route is None:
         base, reasoning = split_thinking_suffix(model)
@@ -385,6 +436,9 @@ def _counter(inbound: Codec) -> Handler:
         model = _checked_model(named, inbound)
         if isinstance(model, web.Response):
             return model
+        refused = _out_of_scope(request, model, inbound)
+        if refused is not None:
+            return refused
         route = runtime.routes.get(model) or runtime.routes.get(split_thinking_suffix(model)[0])
         if route is None:
             return _model_not_found(runtime, model, inbound)

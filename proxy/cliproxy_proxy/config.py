@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
@@ -281,6 +282,49 @@ class Streaming(_Block):
     keepalive_seconds: Annotated[float, Field(ge=0)] = 15.0
 
 
+class ClientRateLimit(_Block):
+    """What one client key may use: requests and tokens per minute, and requests in flight at once."""
+
+    rpm: Annotated[int, Field(gt=0)] | None = None
+    tpm: Annotated[int, Field(gt=0)] | None = None
+    max_parallel: Annotated[int, Field(gt=0)] | None = None
+
+
+class Budget(_Block):
+    """Tokens a client key may use per calendar day or month (UTC)."""
+
+    tokens: Annotated[int, Field(gt=0)]
+    per: Literal["day", "month"] = "month"
+
+
+ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=63)]
+
+
+class ClientKey(_KeySource):
+    """A named client identity: its key, the models it may use (globs), its limits and when it expires."""
+
+    name: ClientName
+    models: tuple[NonEmpty, ...] = ("*",)
+    rate_limit: ClientRateLimit | None = None
+    budget: Budget | None = None
+    expires: datetime | None = None
+
+    @field_validator("expires")
+    @classmethod
+    def _aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("must name its time zone (e.g. 2027-01-01T00:00:00Z)")
+        return value
+
+
+class Redis(_Block):
+    """Where client limits are shared between replicas; ``on-error`` is what a check does while it is unreachable."""
+
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")]
+    timeout: Annotated[float, Field(gt=0, le=5)] = 0.05
+    on_error: Literal["allow", "deny"] = "allow"
+
+
 class ProxyConfig(_Block):
     """The whole document. Provider lists are keyed by their catalog block name."""
 
@@ -291,6 +335,8 @@ class ProxyConfig(_Block):
     api_keys: tuple[SecretStr, ...] = ()
     api_keys_file: NonEmpty | None = None
     allow_unauthenticated: bool = False
+    client_keys: tuple[ClientKey, ...] = ()
+    redis: Redis | None = None
     force_model_prefix: bool = False
     routing: Routing = Routing()
     request_retry: Annotated[int, Field(ge=0, le=10)] = 3
@@ -333,6 +379,15 @@ class ProxyConfig(_Block):
     @classmethod
     def _proxy_url(cls, value: str | None) -> str | None:
         return _Routed._proxy_url(value)
+
+    @field_validator("client_keys")
+    @classmethod
+    def _unique_clients(cls, value: tuple[ClientKey, ...]) -> tuple[ClientKey, ...]:
+        names = [client.name for client in value]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"client names must be unique: {', '.join(repeated)}")
+        return value
 
     @property
     def ignored(self) -> tuple[str, ...]:

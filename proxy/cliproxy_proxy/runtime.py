@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from .catalog import KINDS, Wire
+from .clients import Client, client_of
 from .config import (
     CONTROL_CHARACTERS,
     AmpCredential,
@@ -191,6 +192,7 @@ class Runtime:
     secret_files: tuple[Path, ...]
     loaded_at: float
     sessions: Sessions = field(default_factory=Sessions, repr=False)
+    clients: tuple[Client | None, ...] = ()  # whose each of client_keys is (None: a plain api-keys key)
 
 
 def _auth_headers(wire: Wire, key: str | None, bearer: bool = False) -> dict[str, str]:
@@ -395,12 +397,12 @@ def _routes(
     return routes, {k: tuple(v) for k, v in hints.items() if k not in routes}
 
 
-def _models_body(routes: Mapping[str, Route], created: int) -> bytes:
+def models_body(routes: Mapping[str, Route], created: float) -> bytes:
     data = [
         {
             "id": model_id,
             "object": "model",
-            "created": created,
+            "created": int(created),
             "owned_by": route.groups[0][0].credential.provider,
         }
         for model_id, route in sorted(routes.items())
@@ -423,7 +425,7 @@ def gemini_model(model_id: str, route: Route) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _anthropic_models_body(routes: Mapping[str, Route], created: int) -> bytes:
+def anthropic_models_body(routes: Mapping[str, Route], created: float) -> bytes:
     """The same list in Anthropic's shape, for clients that send ``anthropic-version``."""
     data = [anthropic_model(m, created) for m in sorted(routes)]
     return orjson.dumps({
@@ -461,6 +463,15 @@ def build_runtime(
         text = builder.secret(None, config.api_keys_file, "api-keys-file", lines=True)
         client_keys.extend(line.strip() for line in text.splitlines() if line.strip())
         secret_files.extend(builder.secret_files)
+    clients: list[Client | None] = [None] * len(client_keys)
+    builder = _Builder(config, source)
+    for index, entry in enumerate(config.client_keys):
+        key = builder.secret(entry.api_key, entry.api_key_file, f"client-keys[{index}].api-key-file").strip()
+        if not key:
+            raise ConfigError(f"client-keys[{index}]: the key is empty")
+        client_keys.append(key)
+        clients.append(client_of(entry))
+    secret_files.extend(builder.secret_files)
     routes, hints = _routes(config, creds, discovered or {})
     now = time.time()
     return Runtime(
@@ -469,12 +480,13 @@ def build_runtime(
         credentials=tuple(creds),
         routes=routes,
         hints=hints,
-        models_body=_models_body(routes, int(now)),
-        anthropic_models_body=_anthropic_models_body(routes, int(now)),
+        models_body=models_body(routes, int(now)),
+        anthropic_models_body=anthropic_models_body(routes, int(now)),
         client_keys=tuple(k.encode() for k in client_keys),
         secret_files=tuple(secret_files),
         loaded_at=now,
         sessions=sessions,
+        clients=tuple(clients),
     )
 
 
@@ -483,6 +495,6 @@ def rerouted(runtime: Runtime, discovered: Mapping[str, tuple[str, ...]]) -> Run
     routes, hints = _routes(runtime.config, list(runtime.credentials), discovered)
     now = time.time()
     return dataclasses.replace(
-        runtime, routes=routes, hints=hints, models_body=_models_body(routes, int(now)),
-        anthropic_models_body=_anthropic_models_body(routes, int(now)), loaded_at=now,
+        runtime, routes=routes, hints=hints, models_body=models_body(routes, int(now)),
+        anthropic_models_body=anthropic_models_body(routes, int(now)), loaded_at=now,
     )  # fmt: skip

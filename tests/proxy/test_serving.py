@@ -11,7 +11,8 @@ import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from cliproxy_proxy import discovery
-from cliproxy_proxy.app import _is_loopback, auth_middleware, key_matches
+from cliproxy_proxy.app import _is_loopback, auth_middleware
+from cliproxy_proxy.clients import key_index
 
 from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
@@ -201,9 +202,9 @@ async def test_wrong_and_missing_keys_get_401(provider: FakeProvider, start_prox
 
 def test_key_comparison_checks_every_key() -> None:
     keys = (b"alpha", b"beta")
-    assert key_matches(b"beta", keys)
-    assert not key_matches(b"bet", keys)
-    assert not key_matches(b"", ())
+    assert key_index(b"beta", keys) == 1
+    assert key_index(b"bet", keys) == -1
+    assert key_index(b"", ()) == -1
 
 
 async def test_no_api_keys_serves_loopback_only() -> None:

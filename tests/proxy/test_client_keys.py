@@ -1,0 +1,122 @@
+"""Named client keys (``client-keys``): model scope in all four client formats, hidden models, expiry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+import pytest
+
+from cliproxy_proxy.config import ConfigError, parse_config
+from cliproxy_proxy.runtime import build_runtime
+
+from ..conftest import FakeProvider, base_config, compat_block
+
+SCOPED = "scoped-key-1"
+EXPIRED = "expired-key-1"
+MODELS = (("up-small", "claude-small"), ("up-large", "gpt-4o"))
+
+
+def scoped_config(provider: FakeProvider, **client: Any) -> dict[str, Any]:
+    entries = [
+        {"name": "team-claude", "api-key": SCOPED, "models": ["claude-*"], **client},
+        {"name": "gone", "api-key": EXPIRED, "expires": "2020-01-01T00:00:00Z"},
+    ]
+    return base_config(**{"openai-compatibility": [compat_block(provider.url, models=MODELS)], "client-keys": entries})
+
+
+async def test_a_key_scoped_to_claude_is_refused_gpt_4o_in_each_client_format(
+    provider: FakeProvider, start_proxy
+) -> None:
+    from google import genai
+    from google.genai import errors, types
+
+    running = await start_proxy(scoped_config(provider))
+    chat = running.client(key=SCOPED)
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await chat.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert denied.value.code == "model_not_allowed"
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        await chat.responses.create(model="gpt-4o", input="hi")
+    assert denied.value.code == "model_not_allowed"
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=SCOPED, max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError) as refused:
+        await claude.messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert refused.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
+    with pytest.raises(anthropic.PermissionDeniedError):
+        await claude.messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    gemini = genai.Client(api_key=SCOPED, http_options=types.HttpOptions(base_url=running.url))
+    with pytest.raises(errors.ClientError) as blocked:
+        await gemini.aio.models.generate_content(model="gpt-4o", contents="hi")
+    assert blocked.value.code == 403 and blocked.value.status == "PERMISSION_DENIED"
+    assert provider.received == []  # nothing refused reached the upstream
+
+    answer = await chat.chat.completions.create(model="claude-small", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content
+    reply = await claude.messages.create(
+        model="claude-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    )
+    assert reply.content
+
+
+async def test_models_outside_the_scope_are_hidden_from_every_listing(provider: FakeProvider, start_proxy) -> None:
+    from google import genai
+    from google.genai import types
+
+    running = await start_proxy(scoped_config(provider))
+    assert [m.id async for m in running.client(key=SCOPED).models.list()] == ["claude-small"]
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=SCOPED, max_retries=0)
+    assert [m.id async for m in claude.models.list()] == ["claude-small"]
+    gemini = genai.Client(api_key=SCOPED, http_options=types.HttpOptions(base_url=running.url))
+    assert [m.name async for m in await gemini.aio.models.list()] == ["models/claude-small"]
+    with pytest.raises(openai.NotFoundError):
+        await running.client(key=SCOPED).models.retrieve("gpt-4o")
+    everything = [m.id async for m in running.client().models.list()]  # a plain api-keys key: unrestricted
+    assert everything == ["claude-small", "gpt-4o"]
+
+
+async def test_an_expired_key_is_a_401_and_a_wrong_one_stays_invalid(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(scoped_config(provider))
+    with pytest.raises(openai.AuthenticationError) as expired:
+        await running.client(key=EXPIRED).models.list()
+    assert expired.value.code == "expired_api_key"
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        await running.client(key=SCOPED + "x").models.list()
+    assert wrong.value.code == "invalid_api_key"
+    headers = {"Authorization": f"Bearer {EXPIRED}", "anthropic-version": "2023-06-01"}
+    async with aiohttp.ClientSession() as session, session.get(f"{running.url}/v1/models", headers=headers) as got:
+        assert got.status == 401 and (await got.json())["error"]["type"] == "authentication_error"
+
+
+async def test_a_client_key_read_from_its_file(provider: FakeProvider, start_proxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "team.key").write_text("from-a-file-1\n")
+    team = {"name": "team", "api-key-file": "team.key", "models": ["gpt-*"]}
+    config = base_config(**{"openai-compatibility": [compat_block(provider.url, models=MODELS)], "client-keys": [team]})
+    running = await start_proxy(config)
+    assert [m.id async for m in running.client(key="from-a-file-1").models.list()] == ["gpt-4o"]
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"name": "a", "api-key": "k1"}, {"name": "a", "api-key": "k2"}], "client names must be unique: a"),
+        ([{"name": "a", "api-key": "k1", "expires": "2027-01-01T00:00:00"}], "must name its time zone"),
+        ([{"name": "a"}], "exactly one of api-key or api-key-file"),
+        ([{"name": "a b", "api-key": "k1"}], "client-keys[0].name"),
+        ([{"name": "a", "api-key": "k1", "rate-limit": {"rpm": 0}}], "client-keys[0].rate-limit.rpm"),
+        ([{"name": "a", "api-key": "k1", "budget": {"tokens": 5, "per": "week"}}], "client-keys[0].budget.per"),
+    ],
+)
+def test_bad_client_keys_are_refused_with_their_path(entries: list[dict[str, Any]], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"client-keys": entries})
+    assert message in str(refused.value)
+    assert "k1" not in str(refused.value) and "k2" not in str(refused.value)
+
+
+def test_an_empty_client_key_is_refused() -> None:
+    config = parse_config({"client-keys": [{"name": "a", "api-key": "  "}]})
+    with pytest.raises(ConfigError, match=r"client-keys\[0\]: the key is empty"):
+        build_runtime(config, None)

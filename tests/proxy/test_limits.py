@@ -1,0 +1,166 @@
+"""Client limits (rpm, tpm, max-parallel, budgets) in process and on a REAL shared redis-server.
+
+``shared`` runs two proxy apps that name one Redis, driven alternately; without it one app counts in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from prometheus_client import CollectorRegistry
+
+from cliproxy_proxy.clients import Client, client_of
+from cliproxy_proxy.config import ClientKey, Redis
+from cliproxy_proxy.limits import Limits
+
+from ..conftest import FakeProvider, RunningProxy, base_config, compat_block
+from ..support.redis_server import RedisServer
+
+TEAM = "team-key-1"
+GUARD = 10.0  # seconds: far above redis.timeout; a request slower than this hangs
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def limited_config(provider: FakeProvider, redis: dict[str, Any] | None, **limits: Any) -> dict[str, Any]:
+    client = {"name": "team", "api-key": TEAM, **limits}
+    config = base_config(**{"openai-compatibility": [compat_block(provider.url)], "client-keys": [client]})
+    if redis is not None:
+        config["redis"] = redis
+    return config
+
+
+async def replicas(
+    start_proxy, config: dict[str, Any], shared: bool
+) -> tuple[list[RunningProxy], list[openai.AsyncOpenAI]]:  # type: ignore[no-untyped-def]
+    """Two apps on one Redis when ``shared``, else one app (in process) standing for both; and the team's clients."""
+    first = await start_proxy(config)
+    apps = [first, await start_proxy(config) if shared else first]
+    return apps, [app.client(key=TEAM) for app in apps]
+
+
+async def ask(client: openai.AsyncOpenAI) -> int | openai.RateLimitError:
+    """One chat request: 200, or the 429 raised by the SDK."""
+    try:
+        async with asyncio.timeout(GUARD):
+            await client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+    except openai.RateLimitError as refused:
+        return refused
+    return 200
+
+
+async def ask_until_refused(client: openai.AsyncOpenAI, attempts: int = 200) -> tuple[int, openai.RateLimitError]:
+    """Requests until one is refused (token counts settle after each answer, in the background)."""
+    for accepted in range(attempts):
+        outcome = await ask(client)
+        if isinstance(outcome, openai.RateLimitError):
+            return accepted, outcome
+        await asyncio.sleep(0.05)
+    raise AssertionError("never refused")
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
+async def test_one_rpm_holds_across_replicas(
+    shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    redis = {"url": redis_server.url, "timeout": 1} if shared else None
+    _, clients = await replicas(start_proxy, limited_config(provider, redis, **{"rate-limit": {"rpm": 20}}), shared)
+    outcomes = await asyncio.gather(*(ask(clients[i % 2]) for i in range(40)))  # twice the rpm, across both
+    refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+    assert outcomes.count(200) == 20 and len(refused) == 20
+    for refusal in refused:
+        assert refusal.code == "rate_limit_exceeded" and "rpm" in refusal.message
+        assert 1 <= int(refusal.response.headers["Retry-After"]) <= 60
+    assert len(provider.received) == 20  # nothing refused reached the upstream
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
+async def test_tpm_and_budget_count_the_tokens_answers_used(
+    shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    redis = {"url": redis_server.url, "timeout": 1} if shared else None
+    per_minute = limited_config(provider, redis, **{"rate-limit": {"tpm": 1}})
+    apps, (first, second) = await replicas(start_proxy, per_minute, shared)
+    assert await ask(first) == 200
+    accepted, refusal = await ask_until_refused(second)  # the other replica sees the tokens the first one used
+    assert accepted == 0
+    assert "tpm" in refusal.message and int(refusal.response.headers["Retry-After"]) <= 60
+
+    apps[0].rewrite(limited_config(provider, redis, budget={"tokens": 30, "per": "day"}))
+    await asyncio.sleep(0.3)  # the reload tick (0.05 s)
+    accepted, refusal = await ask_until_refused(first)
+    assert accepted >= 1 and "budget" in refusal.message
+    assert int(refusal.response.headers["Retry-After"]) <= 86400
+
+
+def team(**limits: Any) -> Client:
+    return client_of(ClientKey.model_validate({"name": "team", "api-key": TEAM, **limits}))
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
+async def test_max_parallel_frees_a_slot_when_an_answer_settles(shared: bool, redis_server: RedisServer) -> None:
+    limits = Limits(CollectorRegistry())
+    limits.configure(Redis(url=redis_server.url, timeout=1) if shared else None)
+    client = team(**{"rate-limit": {"max-parallel": 2}})
+    first, second, third = [await limits.admit(client) for _ in range(3)]
+    assert first.allowed and second.allowed
+    assert not third.allowed and third.limit == "max-parallel" and third.retry_after == 1
+    await limits.engine.settle(client, first, 0)
+    assert (await limits.admit(client)).allowed
+    assert not (await limits.admit(client)).allowed
+    await limits.close()
+
+
+async def test_redis_killed_mid_load_applies_allow_then_enforces_again_once_back(
+    provider: FakeProvider, redis_server: RedisServer, start_proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    redis = {"url": redis_server.url, "timeout": 0.5}  # a loaded CI box: the bound, not a speed
+    apps, clients = await replicas(start_proxy, limited_config(provider, redis, **{"rate-limit": {"rpm": 5}}), True)
+    before = await asyncio.gather(*(ask(clients[i % 2]) for i in range(8)))
+    assert before.count(200) == 5
+    caplog.set_level(logging.WARNING, "cliproxy.limits")
+    redis_server.kill()
+    during = await asyncio.gather(*(ask(clients[i % 2]) for i in range(20)))  # none hangs past GUARD
+    assert during == [200] * 20  # on-error: allow (the default)
+    for app in apps:
+        registry = app.proxy.metrics.registry
+        assert (registry.get_sample_value("cliproxy_limit_store_unavailable_total", {"outcome": "allowed"}) or 0) > 0
+    outages = [r for r in caplog.records if "redis unreachable" in r.getMessage()]
+    assert len(outages) == 2  # once per replica per outage, not once per request
+    redis_server.start()  # empty: this Redis keeps nothing across a restart
+    accepted, refusal = await ask_until_refused(clients[0])
+    assert accepted >= 5 and "rpm" in refusal.message  # counting again; the refusal means Redis answered
+
+
+async def test_redis_unreachable_under_deny_refuses_with_503_quickly(
+    provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    redis = {"url": redis_server.url, "timeout": 0.5, "on-error": "deny"}
+    running = await start_proxy(limited_config(provider, redis, **{"rate-limit": {"rpm": 100}}))
+    assert await ask(running.client(key=TEAM)) == 200
+    redis_server.kill()
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError) as refused:
+            async with asyncio.timeout(GUARD):
+                await running.client(key=TEAM).chat.completions.create(
+                    model="small", messages=[{"role": "user", "content": "hi"}]
+                )
+        assert refused.value.status_code == 503 and refused.value.code == "limits_unavailable"
+        assert refused.value.response.headers["Retry-After"] == "1"
+    denied = running.proxy.metrics.registry.get_sample_value(
+        "cliproxy_limit_store_unavailable_total", {"outcome": "denied"}
+    )
+    assert denied == 3
+    assert len(provider.received) == 1
