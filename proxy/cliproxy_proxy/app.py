@@ -17,13 +17,13 @@ import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .clients import Client, key_index
+from .clients import Client, ClientUsage, key_index
 from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
 from .discovery import Discovery
 from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
-from .limits import Limits, Verdict
+from .limits import ALLOWED, Limits, Verdict
 from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics, SessionRow
 from .reload import Reloader
@@ -54,6 +54,7 @@ class Proxy:
         self.draining = False
         self.pool = Pool()
         self.limits = Limits(self.metrics.registry)
+        self.client_usage = ClientUsage(self.metrics.registry)
         self.limits.configure(runtime.config.redis)
         self.metrics_port = runtime.config.metrics_port  # read at start, like the main port: a reload keeps it
         self.metrics_host: str | None = None
@@ -290,21 +291,33 @@ def _forwarder(inbound: Codec) -> Handler:
         proxy = request.app[PROXY]
         runtime = proxy.runtime  # read once: this request keeps this snapshot whatever reloads meanwhile
         exchange = await _exchange(request, proxy, runtime, inbound, started)
+        client = request.get(CLIENT)
         if isinstance(exchange, Exchange):
-            client = request.get(CLIENT)
-            if client is None or not client.limited:
+            if client is None:
                 return await exchange.run()
-            verdict = await proxy.limits.admit(client)
+            verdict = await proxy.limits.admit(client) if client.limited else ALLOWED
             if verdict.allowed:
-                try:
-                    return await exchange.run()
-                finally:
-                    proxy.limits.settle(client, verdict, sum(exchange.usage or ()))
+                return await _run_for(proxy, client, verdict, exchange)
             exchange = _limited(inbound, verdict)
+        if client is not None:
+            proxy.client_usage.record(client, exchange.status, None)
         proxy.metrics.finish(UNRESOLVED, UNRESOLVED, exchange.status, perf_counter() - started)
         return exchange
 
     return forward
+
+
+async def _run_for(proxy: Proxy, client: Client, verdict: Verdict, exchange: Exchange) -> web.StreamResponse:
+    """A named client's admitted exchange; its tokens settle its limits and count as its usage afterwards."""
+    status = 499  # the client left before an answer
+    try:
+        response = await exchange.run()
+        status = response.status
+        return response
+    finally:
+        if client.limited:
+            proxy.limits.settle(client, verdict, sum(exchange.usage or ()))
+        proxy.client_usage.record(client, status, exchange.usage)
 
 
 def _limited(inbound: Codec, verdict: Verdict) -> web.Response:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import translate
 
+from prometheus_client import CollectorRegistry, Counter
+
 from .config import Budget, ClientKey, ClientRateLimit
 
 
@@ -53,3 +55,23 @@ def key_index(presented: bytes, keys: tuple[bytes, ...]) -> int:
         hit = hmac.compare_digest(presented, key)
         found = index if hit else found
     return found
+
+
+class ClientUsage:
+    """Per-client requests and tokens in Prometheus, labelled by client name (a key never becomes a label)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "cliproxy_client_requests", "Requests of named client keys, by client and status",
+            ["client", "status"], registry=registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "cliproxy_client_tokens", "Tokens used by named client keys, by client and direction",
+            ["client", "direction"], registry=registry,
+        )  # fmt: skip
+
+    def record(self, client: Client, status: int, tokens: tuple[int, int] | None) -> None:
+        self.requests.labels(client.name, str(status)).inc()
+        if tokens:
+            self.tokens.labels(client.name, "input").inc(tokens[0])
+            self.tokens.labels(client.name, "output").inc(tokens[1])

@@ -120,3 +120,27 @@ def test_an_empty_client_key_is_refused() -> None:
     config = parse_config({"client-keys": [{"name": "a", "api-key": "  "}]})
     with pytest.raises(ConfigError, match=r"client-keys\[0\]: the key is empty"):
         build_runtime(config, None)
+
+
+async def test_usage_is_counted_per_client_name_and_never_shows_the_key(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(scoped_config(provider))
+    chat = running.client(key=SCOPED)
+    for _ in range(2):
+        await chat.chat.completions.create(model="claude-small", messages=[{"role": "user", "content": "hi there"}])
+    with pytest.raises(openai.PermissionDeniedError):
+        await chat.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    await running.client().chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    registry = running.proxy.metrics.registry
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"client": "team-claude", **labels})
+
+    assert sample("cliproxy_client_requests_total", status="200") == 2
+    assert sample("cliproxy_client_requests_total", status="403") == 1
+    tokens_in = sample("cliproxy_client_tokens_total", direction="input")
+    tokens_out = sample("cliproxy_client_tokens_total", direction="output")
+    assert tokens_in is not None and tokens_in > 0 and tokens_out is not None and tokens_out > 0
+    async with aiohttp.ClientSession() as session, session.get(f"{running.url}/metrics") as scraped:
+        text = await scraped.text()
+    assert 'client="team-claude"' in text and SCOPED not in text
+    assert sum(1 for line in text.splitlines() if line.startswith("cliproxy_client_requests_total{")) == 2
