@@ -263,7 +263,7 @@ async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[PROXY].runtime
     shape = _models_format(request)
     model = request.match_info["model"].removeprefix("models/")  # google-genai may send the full resource name
-    route = runtime.routes.get(model) if _in_scope(request, model) else None
+    route = runtime.routes.get(model) if _in_scope(request, model, runtime) else None
     if route is None:
         return _model_not_found(runtime, model, shape)
     body: dict[str, Any]
@@ -331,14 +331,16 @@ def _limited(inbound: Codec, verdict: Verdict) -> web.Response:
     return refusal
 
 
-def _in_scope(request: web.Request, model: str) -> bool:
-    """Whether the caller's key may use ``model`` (its ``models`` globs; a ``(level)`` suffix is not part of it)."""
+def _in_scope(request: web.Request, model: str, runtime: Runtime) -> bool:
+    """Whether the caller's key may use the model ``model`` routes to: itself, or without its ``(level)`` suffix."""
     client = request.get(CLIENT)
-    return client is None or client.allows(model) or client.allows(split_thinking_suffix(model)[0])
+    if client is None or client.allows(model):
+        return True
+    return model not in runtime.routes and client.allows(split_thinking_suffix(model)[0])
 
 
-def _out_of_scope(request: web.Request, model: str, inbound: Codec) -> web.Response | None:
-    if _in_scope(request, model):
+def _out_of_scope(request: web.Request, model: str, runtime: Runtime, inbound: Codec) -> web.Response | None:
+    if _in_scope(request, model, runtime):
         return None
     return _error(inbound, 403, f"This API key may not use the model '{model}'.", "model_not_allowed")
 
@@ -416,7 +418,7 @@ async def _exchange(
     model = _checked_model(named, inbound)
     if isinstance(model, web.Response):
         return model
-    refused = _out_of_scope(request, model, inbound)
+    refused = _out_of_scope(request, model, runtime, inbound)
     if refused is not None:
         return refused
     route, reasoning = runtime.routes.get(model), None
@@ -449,7 +451,7 @@ def _counter(inbound: Codec) -> Handler:
         model = _checked_model(named, inbound)
         if isinstance(model, web.Response):
             return model
-        refused = _out_of_scope(request, model, inbound)
+        refused = _out_of_scope(request, model, runtime, inbound)
         if refused is not None:
             return refused
         route = runtime.routes.get(model) or runtime.routes.get(split_thinking_suffix(model)[0])

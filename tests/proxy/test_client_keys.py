@@ -144,3 +144,16 @@ async def test_usage_is_counted_per_client_name_and_never_shows_the_key(provider
         text = await scraped.text()
     assert 'client="team-claude"' in text and SCOPED not in text
     assert sum(1 for line in text.splitlines() if line.startswith("cliproxy_client_requests_total{")) == 2
+
+
+async def test_a_thinking_suffix_is_judged_on_the_model_it_routes_to(provider: FakeProvider, start_proxy) -> None:
+    models = (("up-small", "claude-small"), ("up-large", "claude-small(high)"))  # a literal alias with parentheses
+    entries = [{"name": "team", "api-key": SCOPED, "models": ["claude-small"]}]
+    running = await start_proxy(
+        base_config(**{"openai-compatibility": [compat_block(provider.url, models=models)], "client-keys": entries})
+    )
+    chat = running.client(key=SCOPED)
+    with pytest.raises(openai.PermissionDeniedError):  # routes to the alias, which the glob does not name
+        await chat.chat.completions.create(model="claude-small(high)", messages=[{"role": "user", "content": "hi"}])
+    await chat.chat.completions.create(model="claude-small(low)", messages=[{"role": "user", "content": "hi"}])
+    assert [r.body["model"] for r in provider.received] == ["up-small"]
