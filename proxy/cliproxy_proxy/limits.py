@@ -307,8 +307,9 @@ class Limits:
         self._background(self.engine.settle(client, verdict, tokens))
 
     def _background(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work) if _loop_running() else None
-        if task is None:
+        try:
+            task = asyncio.get_running_loop().create_task(work)
+        except RuntimeError:  # configured before the loop runs: the engine replaced never ran, nothing to close
             work.close()
             return
         self.pending.add(task)
@@ -318,11 +319,3 @@ class Limits:
         if self.pending:
             await asyncio.gather(*self.pending, return_exceptions=True)
         await self.engine.close()
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
