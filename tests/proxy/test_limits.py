@@ -14,9 +14,11 @@ from typing import Any
 import openai
 import pytest
 from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
 
 from cliproxy_proxy.clients import Client, client_of
-from cliproxy_proxy.config import ClientKey, Redis
+from cliproxy_proxy.config import ClientKey
+from cliproxy_proxy.config import Redis as RedisSettings
 from cliproxy_proxy.limits import Limits
 
 from ..conftest import FakeProvider, RunningProxy, base_config, compat_block
@@ -84,6 +86,23 @@ async def test_one_rpm_holds_across_replicas(
         assert refusal.code == "rate_limit_exceeded" and "rpm" in refusal.message
         assert 1 <= int(refusal.response.headers["Retry-After"]) <= 60
     assert len(provider.received) == 20  # nothing refused reached the upstream
+    if shared:  # one script per admission (40), one per settled answer (20, in the background): nothing else
+        await eventually_settled(redis_server, 60)
+
+
+async def eventually_settled(server: RedisServer, scripts: int) -> None:
+    """Wait until Redis has run ``scripts`` scripts, and check it ran no more (a NOSCRIPT answer, met by each
+    connection's first call after a start, fails and is not counted)."""
+    async with Redis.from_url(server.url) as redis:
+        for _ in range(100):
+            stats = await redis.info("commandstats")
+            ran = {name.removeprefix("cmdstat_"): row["calls"] - row["failed_calls"] - row["rejected_calls"]
+                   for name, row in stats.items()}  # fmt: skip
+            ran.pop("info", None)
+            if sum(ran.get(name, 0) for name in ("evalsha", "eval")) >= scripts:
+                break
+            await asyncio.sleep(0.05)
+    assert ran.get("evalsha", 0) + ran.get("eval", 0) == scripts
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
@@ -112,7 +131,7 @@ def team(**limits: Any) -> Client:
 @pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
 async def test_max_parallel_frees_a_slot_when_an_answer_settles(shared: bool, redis_server: RedisServer) -> None:
     limits = Limits(CollectorRegistry())
-    limits.configure(Redis(url=redis_server.url, timeout=1) if shared else None)
+    limits.configure(RedisSettings(url=redis_server.url, timeout=1) if shared else None)
     client = team(**{"rate-limit": {"max-parallel": 2}})
     first, second, third = [await limits.admit(client) for _ in range(3)]
     assert first.allowed and second.allowed
