@@ -469,6 +469,8 @@ def build_runtime(
         key = builder.secret(entry.api_key, entry.api_key_file, f"client-keys[{index}].api-key-file").strip()
         if not key:
             raise ConfigError(f"client-keys[{index}]: the key is empty")
+        if key in client_keys:  # one key, one identity: a caller's name and limits are never a guess
+            raise ConfigError(f"client-keys[{index}]: the key is also another entry's or in api-keys")
         client_keys.append(key)
         clients.append(client_of(entry))
     secret_files.extend(builder.secret_files)

@@ -116,10 +116,18 @@ def test_bad_client_keys_are_refused_with_their_path(entries: list[dict[str, Any
     assert "k1" not in str(refused.value) and "k2" not in str(refused.value)
 
 
-def test_an_empty_client_key_is_refused() -> None:
-    config = parse_config({"client-keys": [{"name": "a", "api-key": "  "}]})
-    with pytest.raises(ConfigError, match=r"client-keys\[0\]: the key is empty"):
-        build_runtime(config, None)
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"client-keys": [{"name": "a", "api-key": "  "}]}, r"client-keys\[0\]: the key is empty"),
+        ({"api-keys": ["k1"], "client-keys": [{"name": "a", "api-key": "k1"}]}, r"client-keys\[0\]: the key is also"),
+        ({"client-keys": [{"name": "a", "api-key": "k1"}, {"name": "b", "api-key": "k1"}]}, r"client-keys\[1\]"),
+    ],
+)
+def test_an_empty_or_shared_client_key_is_refused(document: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as refused:
+        build_runtime(parse_config(document), None)
+    assert "k1" not in str(refused.value)
 
 
 async def test_usage_is_counted_per_client_name_and_never_shows_the_key(provider: FakeProvider, start_proxy) -> None:
