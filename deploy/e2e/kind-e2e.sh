@@ -249,7 +249,7 @@ grep -q '^data: ' <<< "$out" || fail "stream carried no SSE data lines"
 grep -q 'data: \[DONE\]' <<< "$out" || fail "stream did not end with data: [DONE]"
 
 step "GET /v1/metrics/providers (before rotation)"
-incluster --fail "$(proxy_url /v1/metrics/providers)"
+incluster --fail ${auth[@]+"${auth[@]}"} "$(proxy_url /v1/metrics/providers)"
 echo
 
 # Rotation, honestly and promptly. First restart the fake so it accepts ONLY demo-key-2 (the fake is what restarts,
@@ -289,7 +289,7 @@ echo "release pods after:  $pods_after"
 [[ "$pods_before" == "$pods_after" ]] || fail "release pods were replaced or restarted"
 
 step "GET /v1/metrics/providers (after rotation)"
-incluster --fail "$(proxy_url /v1/metrics/providers)"
+incluster --fail ${auth[@]+"${auth[@]}"} "$(proxy_url /v1/metrics/providers)"
 echo
 
 step "Scraping /metrics"
