@@ -107,6 +107,7 @@ class ObjectWatch:
         self.what = f"{kind[:-1]} {namespace}/{name}"
         self.changed = changed
         self.data: Data | None = None  # None: the object does not exist
+        self.existed = False  # it was seen once: its absence now means deleted, not "not rendered yet"
         self.synced = False
         self.tried = asyncio.Event()  # set once the first list has succeeded or failed
 
@@ -145,6 +146,7 @@ class ObjectWatch:
             body = await response.json(loads=json.loads, content_type=None)
         items = body.get("items") or []
         self.data = object_data(self.kind, items[0]) if items else None
+        self.existed = self.existed or self.data is not None
         self.synced = True
         self.tried.set()
         self.changed()
@@ -176,6 +178,7 @@ class ObjectWatch:
             raise ApiError(f"{obj.get('code')} {obj.get('message', '')}".strip())
         if kind in ("ADDED", "MODIFIED"):
             self.data = object_data(self.kind, obj)
+            self.existed = True
         elif kind == "DELETED":
             self.data = None
         else:
@@ -285,6 +288,11 @@ class KubeSource(ConfigSource):
         if view is None:
             return super().read_config()
         configmap = view[0]
+        if configmap is None and self.watches is not None and self.watches[0].existed:
+            # Deleted: serve nothing, as the operator's empty gateway does, rather than the deleted routes and
+            # keys; every replica, running or restarted, converges on the same (empty) config.
+            log.warning("ConfigMap %s/%s was deleted: serving no routes", self.namespace, self.name)
+            return ProxyConfig(), b""
         if configmap is None:
             raise ConfigPending(
                 f"(top level): ConfigMap {self.namespace}/{self.name} does not exist (yet)", indefinite=True

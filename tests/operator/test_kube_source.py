@@ -174,6 +174,25 @@ async def test_a_proxy_waits_not_ready_until_its_configmap_exists(
         await client(url).chat.completions.create(model="small", messages=MESSAGES)
 
 
+async def test_a_deleted_configmap_serves_no_routes_instead_of_the_deleted_ones(
+    cluster: Cluster, provider: FakeProvider, aiohttp_server: Serve, tmp_path: Path
+) -> None:
+    """A running replica and a restarted one converge: both serve nothing once the objects are gone."""
+    await put_objects(cluster, rendered(provider))
+    config_dir, secrets_dir = volume(tmp_path)
+    source = KubeSource(config_dir, secrets_dir, api=ApiServer(cluster.url), namespace=cluster.namespace, name=NAME)
+    async with proxy_for(aiohttp_server, source) as (app, url):
+        proxy = app[PROXY]
+        await client(url).chat.completions.create(model="small", messages=MESSAGES)
+        await cluster.delete(CONFIGMAPS, NAME)
+        await cluster.delete(SECRETS, NAME)
+        await wait_for(lambda: not proxy.runtime.routes, 5, message="the deleted routes kept serving")
+        assert not proxy.runtime.credentials and app[RELOADER].last_error == ""  # not a refused config
+        with pytest.raises(openai.APIStatusError) as refused:  # neither the old route nor its client key
+            await client(url).chat.completions.create(model="small", messages=MESSAGES)
+        assert refused.value.status_code in (401, 404)
+
+
 def write_volume(config_dir: Path, secrets_dir: Path, config: dict[str, Any], upstream_key: str = "key-a") -> None:
     (config_dir / "config.json").write_text(json.dumps(config))
     (secrets_dir / "fake-key").write_text(upstream_key)
