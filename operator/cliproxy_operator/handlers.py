@@ -30,6 +30,7 @@ from .kube import (
     GATEWAY_LABEL,
     GROUP,
     MANAGED_BY,
+    NAMESPACES_ENV,
     SECRET,
     VERSION,
     client_keys,
@@ -45,7 +46,6 @@ from .render import Problem, render
 from .status import Wanted, conditions, new_problems, summary, unchanged
 
 ROUTES, CREDENTIALS = "providerroutes", "providercredentials"
-NAMESPACES_ENV = "CLIPROXY_OPERATOR_NAMESPACES"  # set by the entry point in namespaced mode
 NAMESPACED = bool(os.environ.get(NAMESPACES_ENV))
 REFUSED_SECONDS = 300.0  # a namespace that refused a write as terminating is left alone this long
 Key = tuple[str, str, str]  # (kind or plural, namespace, name)

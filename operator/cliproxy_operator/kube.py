@@ -28,6 +28,7 @@ GATEWAY_LABEL = "cliproxy.io/gateway"
 DIGEST = "cliproxy.io/digest"  # of the object's own content: the ConfigMap and Secret change independently
 CLIENT_KEYS_LABEL = "cliproxy.io/client-keys-for"  # on a user's Secret: its values are that gateway's client keys
 CONFIG_MAP, SECRET = "config_map", "secret"  # the client's method infixes
+NAMESPACES_ENV = "CLIPROXY_OPERATOR_NAMESPACES"  # set by the entry point in namespaced mode, read by the handlers
 
 
 def object_name(gateway: str) -> str:
