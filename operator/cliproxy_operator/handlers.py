@@ -184,8 +184,8 @@ async def _reconcile(namespace: str) -> None:
             observed[(kind, namespace, name)] = (digest, owners)
             gateways.update([gateway] if gateway else [])
     core, custom = _clients["core"], _clients["custom"]
-    secrets = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
-    rendering = render(routes, credentials, secrets, keys, keep=gateways)
+    secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
+    rendering = render(routes, credentials, secrets, keys, consent, keep=gateways)
     uids = {r["metadata"]["name"]: r["metadata"]["uid"] for r in routes}
     for gateway in rendering.gateways.values():
         owners = [
@@ -205,9 +205,11 @@ async def _reconcile(namespace: str) -> None:
     for route in routes:
         state = rendering.routes[route["metadata"]["name"]]
         ok, reason, message = summary(state.problems, "Rendered", f"serving {len(state.models)} model ids")
+        clean, why, warned = summary(state.warnings + state.notices, "NoWarnings", "no model conflict, keys set")
         await _report(custom, namespace, ROUTES, route, state.problems + state.warnings, {
             "models": state.models, "modelCount": len(state.models), "gateway": state.gateway,
-        }, ("Ready", ok, reason, message), ("Rendered", state.rendered, reason, message))  # fmt: skip
+        }, ("Ready", ok, reason, message), ("Rendered", state.rendered, reason, message),
+           ("Degraded", not clean, why, warned))  # fmt: skip
     for credential in credentials:
         cstate = rendering.credentials[credential["metadata"]["name"]]
         ok, reason, message = summary(cstate.problems, "SecretsResolved", f"{cstate.usable_keys} usable keys")

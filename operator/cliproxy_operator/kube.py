@@ -18,7 +18,8 @@ import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .render import Gateway
+from .render import Gateway, SecretConsent
+from .secret_rules import REFRESH_URL_ANNOTATION, opted_in
 from .status import now
 
 GROUP, VERSION = "cliproxy.io", "v1alpha1"
@@ -88,9 +89,15 @@ def write(core: client.CoreV1Api, kind: str, body: dict[str, Any], exists: bool)
     raise AssertionError("unreachable")
 
 
-def read_secrets(core: client.CoreV1Api, namespace: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
-    """The decoded data of each named Secret that exists; absent ones are left out (render names them)."""
-    found = {}
+def read_secrets(
+    core: client.CoreV1Api, namespace: str, names: Iterable[str]
+) -> tuple[dict[str, dict[str, str]], SecretConsent]:
+    """The decoded data of each named Secret that exists and opted in, and what their owners allowed.
+
+    A Secret without the opt-in label is named in the consent, and its data never leaves this function;
+    absent ones are left out (render names them).
+    """
+    found, refused, refresh_urls = {}, set(), {}
     for name in sorted(set(names)):
         try:
             response = core.read_namespaced_secret(name, namespace, _preload_content=False)
@@ -98,9 +105,17 @@ def read_secrets(core: client.CoreV1Api, namespace: str, names: Iterable[str]) -
             if error.status == 404:
                 continue
             raise
-        data = json.loads(response.data).get("data") or {}  # type: ignore[arg-type]  # raw bytes when not preloaded
+        secret = json.loads(response.data)  # type: ignore[arg-type]  # raw bytes when not preloaded
+        metadata = secret.get("metadata") or {}
+        if not opted_in(metadata.get("labels")):
+            refused.add(name)
+            continue
+        allowed = (metadata.get("annotations") or {}).get(REFRESH_URL_ANNOTATION)
+        if allowed is not None:
+            refresh_urls[name] = allowed
+        data = secret.get("data") or {}
         found[name] = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
-    return found
+    return found, SecretConsent(frozenset(refused), refresh_urls)
 
 
 def patch_status(

@@ -6,6 +6,7 @@ metrics. Providers without a counting endpoint (OpenAI-shaped ones) get a clear 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from .catalog import Wire
 from .health import Health
 from .runtime import Route, Target
 from .translate import ANTHROPIC, GEMINI, UPSTREAM
-from .translate.canonical import Codec, TranslationError
+from .translate.canonical import Codec, TranslationError, reencode
 from .upstream import Pool, UpstreamError
 
 COUNTING_WIRES = (Wire.ANTHROPIC, Wire.GEMINI, Wire.VERTEX)
@@ -27,19 +28,25 @@ class CountError(Exception):
 
 
 def _target(route: Route, health: Health) -> Target:
-    target = health.pick(route, "fill-first", {id(t) for t in route.targets if t.credential.wire not in COUNTING_WIRES})
+    others = {id(t) for t in route.targets if t.credential.wire not in COUNTING_WIRES}
+    target = health.pick(route, "fill-first", others)
+    if target is None and len(others) < len(route.targets):
+        raise CountError(429, f"The providers of model '{route.model}' that count tokens are cooling down; "
+                         "retry shortly.", "model_cooldown")  # fmt: skip
     if target is None:
-        raise CountError(501, f"No provider of model '{route.model}' can count tokens right now.", "count_unavailable")
+        raise CountError(501, f"No provider of model '{route.model}' can count tokens.", "count_unavailable")
     return target
 
 
-def _upstream_body(inbound: Codec, payload: dict[str, Any], target: Target) -> tuple[str, bytes]:
+def _upstream_body(
+    inbound: Codec, payload: dict[str, Any], raw: bytes | bytearray, target: Target
+) -> tuple[str, bytes | bytearray]:
     """The counting request in the target's format: passed through, or translated through the canonical model."""
     wire = target.credential.wire
     model = target.upstream_model
     if wire is Wire.ANTHROPIC:
         if inbound is ANTHROPIC:
-            return "/v1/messages/count_tokens", orjson.dumps({**payload, "model": model})
+            return "/v1/messages/count_tokens", reencode(payload, model)
         request = inbound.decode_request(payload)
         request.model = model
         body = orjson.loads(ANTHROPIC.encode_request(request))
@@ -48,7 +55,7 @@ def _upstream_body(inbound: Codec, payload: dict[str, Any], target: Target) -> t
         return "/v1/messages/count_tokens", orjson.dumps(body)
     prefix = "/v1beta/models" if wire is Wire.GEMINI else "/v1/publishers/google/models"
     if inbound is GEMINI:
-        return f"{prefix}/{model}:countTokens", orjson.dumps(payload)
+        return f"{prefix}/{model}:countTokens", raw
     request = inbound.decode_request({"max_tokens": 1, **payload})
     request.model = model
     generate = orjson.loads(UPSTREAM[wire].encode_request(request))
@@ -60,16 +67,19 @@ def _upstream_body(inbound: Codec, payload: dict[str, Any], target: Target) -> t
 
 
 async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec, payload: dict[str, Any],
-                       connect_timeout: float, read_timeout: float) -> int:  # fmt: skip
-    """Input tokens of a request, as the provider counts them."""
+                       raw: bytes | bytearray, connect_timeout: float, read_timeout: float,
+                       vendor: Mapping[str, str]) -> int:  # fmt: skip
+    """Input tokens of a request, as the provider counts them; ``vendor``: the client's vendor headers."""
     target = _target(route, health)
     try:
-        path, body = _upstream_body(inbound, payload, target)
+        path, body = _upstream_body(inbound, payload, raw, target)
     except TranslationError as error:
         raise CountError(400, str(error), "untranslatable_request") from None
     credential = target.credential
+    same_format = inbound.name == UPSTREAM[credential.wire].name
+    head = credential.head(credential.scoped(path), vendor if same_format else None)
     try:
-        response = await pool.request(credential.endpoint, credential.head(credential.scoped(path)), body,
+        response = await pool.request(credential.endpoint, head, body,
                                       connect_timeout=connect_timeout, read_timeout=read_timeout)  # fmt: skip
         try:
             answer = await response.read()
@@ -83,8 +93,11 @@ async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec,
         raise CountError(
             response.status, f"The provider refused to count tokens (HTTP {response.status}).", "upstream_error"
         )
-    document = orjson.loads(answer)
-    count = document.get("input_tokens", document.get("totalTokens"))
+    try:
+        document = orjson.loads(answer)
+    except orjson.JSONDecodeError:
+        document = None
+    count = document.get("input_tokens", document.get("totalTokens")) if isinstance(document, dict) else None
     if not isinstance(count, int):
         raise CountError(502, "The provider's token count was not understood.", "upstream_bad_response")
     return count

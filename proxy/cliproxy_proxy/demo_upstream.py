@@ -88,6 +88,27 @@ def _reply_text(body: dict[str, Any]) -> str:
     return f"echo: {prompt}" if isinstance(prompt, str) else "echo"
 
 
+def _malformed(body: dict[str, Any]) -> str | None:
+    """The first field the demo reads that OpenAI's schema check would refuse, if any."""
+    messages, tools = body.get("messages"), body.get("tools")
+    if messages is not None and not (isinstance(messages, list) and all(isinstance(m, dict) for m in messages)):
+        return "messages"
+    for message in messages or []:
+        content = message.get("content")
+        if isinstance(content, list) and not all(isinstance(p, dict) and isinstance(p.get("text", ""), str)
+                                                 for p in content):  # fmt: skip
+            return "messages[].content"
+    if tools is not None and not (isinstance(tools, list) and all(
+        isinstance(t, dict) and isinstance(t.get("function", {}), dict) for t in tools
+    )):  # fmt: skip
+        return "tools"
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return "body (nested too deeply)"
+    return None
+
+
 def _tool_call(body: dict[str, Any], text: str) -> dict[str, Any] | None:
     """With tools offered and no tool result yet, the demo calls the first tool with the user's words."""
     tools, messages = body.get("tools"), body.get("messages")
@@ -134,6 +155,9 @@ async def _complete(request: web.Request) -> web.StreamResponse:
     chat = request.path.endswith("/chat/completions")
     if chat and not isinstance(body.get("messages"), list):
         return _error(400, "'messages' is a required property", "invalid_request")
+    malformed = _malformed(body)
+    if malformed is not None:
+        return _error(400, f"Invalid type for '{malformed}'.", "invalid_type")
     fault = upstream._fault_for(received.key) or Fault()
     if fault.delay:
         await asyncio.sleep(fault.delay)

@@ -131,7 +131,17 @@ def _error(status: int, message: str, reason: str | None = None) -> web.Response
 # -- validation -----------------------------------------------------------------------------------------
 
 #: Maps whose keys are names or data (property names, call arguments), not fields: never respelled.
+_MAX_DEPTH = 100
 _DATA_MAPS = {"properties", "args", "response", "labels", "default", "example"}
+
+
+def _too_deep(value: Any) -> bool:
+    """Google's JSON parser refuses messages nested deeper than its recursion limit."""
+    level = [value]
+    for _ in range(_MAX_DEPTH):
+        level = [c for node in level if isinstance(node, dict | list)
+                 for c in (node.values() if isinstance(node, dict) else node)]  # fmt: skip
+    return bool(level)
 
 
 def camelized(value: Any, parent: str = "") -> Any:
@@ -205,7 +215,7 @@ def _check_contents(contents: Any, errors: list[str], vertex: bool, signatures: 
 def _check_turns(contents: list[dict[str, Any]], errors: list[str], signatures: bool) -> None:
     """The function-call turn rules Gemini enforces."""
     for index, content in enumerate(contents):
-        calls = [p for p in content["parts"] if isinstance(p, dict) and "functionCall" in p]
+        calls = [p for p in content["parts"] if isinstance(p, dict) and isinstance(p.get("functionCall"), dict)]
         if content.get("role") != "model" or not calls:
             continue
         if index == 0 or contents[index - 1].get("role") != "user":
@@ -221,7 +231,8 @@ def _check_turns(contents: list[dict[str, Any]], errors: list[str], signatures: 
             if answer.get("role") != "user" or len(responses) != len(calls):
                 errors.append("Please ensure that the number of function response parts is equal to the number of "
                               "function call parts of the function call turn.")  # fmt: skip
-            elif Counter(r.get("name") for r in responses) != Counter(c["functionCall"].get("name") for c in calls):
+            elif Counter(repr(r.get("name")) for r in responses) != Counter(repr(c["functionCall"].get("name"))
+                                                                             for c in calls):  # fmt: skip
                 errors.append("Please ensure that function response names match the function call names.")
 
 
@@ -308,6 +319,8 @@ def _check_generation(config: Any, errors: list[str]) -> None:
         errors.append("You can only set only one of thinking budget and thinking level.")
     if isinstance(thinking.get("thinkingBudget"), int) and thinking["thinkingBudget"] < -1:
         errors.append("* GenerateContentRequest.generation_config.thinking_config.thinking_budget: must be >= -1")
+    if config.get("responseSchema") is not None and config.get("responseMimeType") != "application/json":
+        errors.append("* GenerateContentRequest.generation_config.response_schema: needs application/json")
     if len(config.get("stopSequences") or []) > 5:
         errors.append("* GenerateContentRequest.generation_config.stop_sequences: at most 5 stop sequences")
     for name, low, high in (("temperature", 0, 2), ("topP", 0, 1), ("maxOutputTokens", 1, 1 << 31)):
@@ -318,6 +331,13 @@ def _check_generation(config: Any, errors: list[str]) -> None:
 
 def validate_generate_content(body: Any, *, vertex: bool = False, signatures: bool = False) -> list[str]:
     """What the real API would object to in a generateContent body; empty when it would accept it."""
+    try:
+        return _objections(body, vertex, signatures)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):  # Google's typed parser refuses it first
+        return ["Invalid JSON payload received. A field has a value of the wrong type."]
+
+
+def _objections(body: Any, vertex: bool, signatures: bool) -> list[str]:
     if not isinstance(body, dict):
         return ["Invalid JSON payload received. Expected an object."]
     errors: list[str] = []
@@ -402,6 +422,10 @@ def _answer(body: dict[str, Any], state: GeminiUpstream) -> _Answer:
     thought = "Thinking about the request." if thinks else None
     call = _function_call(body, " ".join(texts))
     text = None if call else f"echo: {said}".strip()
+    if text is not None and config.get("responseMimeType") == "application/json":  # JSON mode: an object
+        schema = config.get("responseSchema") or {}
+        properties = schema.get("properties") or {}
+        text = orjson.dumps({name: _sample(sub, said) for name, sub in properties.items()}).decode()
     finish = "STOP"
     if text is not None and config.get("maxOutputTokens") and len(text.split()) > config["maxOutputTokens"]:
         text, finish = " ".join(text.split()[: config["maxOutputTokens"]]), "MAX_TOKENS"
@@ -496,6 +520,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return _error(400, "Invalid JSON payload received. Unexpected token.")
+    if _too_deep(body):
+        return _error(400, f"Invalid JSON payload received. Message nested deeper than {_MAX_DEPTH} levels.")
     received = GeminiReceived(request.path, dict(request.query), dict(request.headers), body, model, action, vertex)
     state.received.append(received)
     if not received.key:

@@ -181,22 +181,25 @@ def validate_request(body: Any) -> dict[str, Any]:
 
     One deliberate allowance: the SDK marks a reasoning item's ``id`` as required, but with ``store: false`` the
     live API looks such ids up and fails ("Item ... not found"), and the Codex CLI never sends one; a missing
-    ``id`` is filled with a placeholder for the type check only.
+    ``id`` is filled with a placeholder for the type check only. And ``client_metadata``, which Codex CLI sends on
+    every request and the live API takes, is not in the SDK's types yet; nor is the ``id`` it gives input messages.
     """
     if not isinstance(body, dict):
         raise Refused(400, "The request body must be a JSON object.", "invalid_json")
-    rest = {k: v for k, v in body.items() if k not in ("input", "tools")}
+    rest = {k: v for k, v in body.items() if k not in ("input", "tools", "client_metadata")}
     _check([_top_level(body.get("stream") is True)], rest, "")
     items = body.get("input")
     if isinstance(items, list):
         shapes = _by_type("input")
         for index, item in enumerate(items):
             kind = item.get("type", "message") if isinstance(item, dict) else None
-            if kind not in shapes:
+            if not isinstance(kind, str) or kind not in shapes:
                 raise Refused(400, f"Invalid value: {kind!r}. Supported values are item types.", "invalid_value",
                               f"input[{index}].type")  # fmt: skip
             if kind == "reasoning" and "id" not in item:
                 item = {**item, "id": "rs_placeholder"}
+            if kind == "message" and item.get("role") != "assistant":  # Codex ids its input messages too
+                item = {k: v for k, v in item.items() if k != "id"}
             _check(shapes[kind], item, f"input[{index}]")
     elif not isinstance(items, str):
         raise Refused(400, "Missing required parameter: 'input'.", "missing_required_parameter", "input")
@@ -207,7 +210,7 @@ def validate_request(body: Any) -> dict[str, Any]:
         shapes = _by_type("tools")
         for index, tool in enumerate(tools):
             kind = tool.get("type") if isinstance(tool, dict) else None
-            if kind not in shapes:
+            if not isinstance(kind, str) or kind not in shapes:
                 raise Refused(400, f"Invalid value: {kind!r}.", "invalid_value", f"tools[{index}].type")
             _check(shapes[kind], tool, f"tools[{index}]")
     if "model" not in body:
@@ -472,6 +475,8 @@ async def _responses(request: web.Request) -> web.StreamResponse:
         _check_semantics(state, body)
     except Refused as refused:
         return refused.response()
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError):  # the live API's typed parser refuses it
+        return Refused(400, "We could not parse the JSON body of your request.", "invalid_json").response()
     answer = _answer(state, body)
     if body.get("stream") is True:
         return await _stream(request, answer, state.text_pieces, fault)

@@ -68,7 +68,8 @@ async def populate(cluster: Cluster, namespaces: list[str], routes_per_namespace
     """In each namespace: a Namespace object, a Secret, a credential over it, and its routes, as a user applies."""
     for namespace in namespaces:
         await cluster.request("POST", "/api/v1/namespaces", json_body={"metadata": {"name": namespace}})
-        await cluster.create(SECRETS, {"metadata": {"name": "keys"}, "data": {"k": b64("sk-or-x")}}, namespace)
+        opted_in = {"name": "keys", "labels": {"cliproxy.io/credential": "true"}}
+        await cluster.create(SECRETS, {"metadata": opted_in, "data": {"k": b64("sk-or-x")}}, namespace)
         credential = {"provider": "openrouter", "apiKeys": [{"secretKeyRef": {"name": "keys", "key": "k"}}]}
         await cluster.create(CREDENTIALS, {"metadata": {"name": "or"}, "spec": credential}, namespace)
         for i in range(routes_per_namespace):

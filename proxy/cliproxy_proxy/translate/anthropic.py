@@ -16,23 +16,28 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import mimetypes
+import re
 import uuid
 from typing import Any
 
 import orjson
 
+from . import fields
 from .canonical import (
+    SSE_COMMENT,
     THINKING_LEVELS,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -67,6 +72,7 @@ _ERROR_TYPES = {
 }  # fmt: skip
 _INPUT_COUNTS = frozenset({"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"})
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_SERVER_TOOL = re.compile(r"[a-z0-9_]{1,64}")  # web_search_20250305...: safe to name in a response header
 _ADAPTIVE_EFFORT = "high"  # Anthropic's default effort when the model decides how much to think
 
 # -- decoding: what Anthropic clients send ----------------------------------------------------------------
@@ -83,7 +89,7 @@ def _texts(content: Any, where: str) -> list[Text]:
     for index, block in enumerate(content):
         if not isinstance(block, dict) or block.get("type") != "text":
             raise TranslationError(f"{where}[{index}]: only text blocks are supported here")
-        texts.append(Text(str(block.get("text", ""))))
+        texts.append(Text(fields.text(block.get("text"), f"{where}[{index}].text")))
     return texts
 
 
@@ -92,10 +98,11 @@ def _image(block: dict[str, Any], where: str) -> Image:
     kind = source.get("type") if isinstance(source, dict) else None
     if kind == "base64":
         assert isinstance(source, dict)
-        return Image(str(source.get("media_type", "image/png")), data=str(source.get("data", "")))
+        media_type = fields.text(source.get("media_type"), f"{where}.source.media_type", "image/png")
+        return Image(media_type, data=fields.text(source.get("data"), f"{where}.source.data"))
     if kind == "url":
         assert isinstance(source, dict)
-        url = str(source.get("url", ""))
+        url = fields.text(source.get("url"), f"{where}.source.url")
         return Image(mimetypes.guess_type(url)[0] or "image/*", url=url)
     raise TranslationError(f"{where}.source: image source {kind!r} cannot be translated (base64 or url only)")
 
@@ -107,30 +114,36 @@ def _tool_result(block: dict[str, Any], where: str) -> ToolResult:
         for index, item in enumerate(content):
             kind = item.get("type") if isinstance(item, dict) else None
             if kind == "text":
-                parts.append(Text(str(item.get("text", ""))))
+                parts.append(Text(fields.text(item.get("text"), f"{where}.content[{index}].text")))
             elif kind == "image":
                 parts.append(_image(item, f"{where}.content[{index}]"))
             else:
                 raise TranslationError(f"{where}.content[{index}]: tool result content {kind!r} cannot be translated")
     else:
         parts.extend(_texts(content, f"{where}.content"))
-    return ToolResult(str(block.get("tool_use_id", "")), parts, block.get("is_error") is True)
+    return ToolResult(
+        fields.text(block.get("tool_use_id"), f"{where}.tool_use_id"), parts, block.get("is_error") is True
+    )
 
 
 def _block(block: Any, role: str, where: str) -> Part | None:
     kind = block.get("type") if isinstance(block, dict) else None
     if kind == "text":
-        return Text(str(block.get("text", ""))) if block.get("text") else None
+        value = fields.text(block.get("text"), f"{where}.text")
+        return Text(value) if value else None
     if kind == "image":
         return _image(block, where)
     if kind in ("tool_use", "thinking", "redacted_thinking") and role != "assistant":
         raise TranslationError(f"{where}: {kind} blocks belong in assistant messages")
     if kind == "tool_use":
-        return ToolCall(str(block.get("id", "")), str(block.get("name", "")), _dumps(block.get("input") or {}))
+        arguments = fields.json_object(block.get("input") or {}, f"{where}.input")
+        return ToolCall(fields.text(block.get("id"), f"{where}.id"), fields.text(block.get("name"), f"{where}.name"),
+                        _dumps(arguments))  # fmt: skip
     if kind == "thinking":
-        return Thinking(str(block.get("thinking", "")), block.get("signature") or None)
+        signature = fields.text(block.get("signature"), f"{where}.signature")
+        return Thinking(fields.text(block.get("thinking"), f"{where}.thinking"), signature or None)
     if kind == "redacted_thinking":
-        return Thinking("", REDACTED + str(block.get("data", "")))
+        return Thinking("", REDACTED + fields.text(block.get("data"), f"{where}.data"))
     if kind == "tool_result":
         if role != "user":
             raise TranslationError(f"{where}: tool_result blocks belong in user messages")
@@ -164,14 +177,30 @@ def _decode_messages(messages: Any) -> tuple[list[Text], list[Message]]:
     return system, out
 
 
-def _decode_tools(tools: Any) -> list[Tool]:
-    decoded = []
-    for index, tool in enumerate(tools or []):
-        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or "input_schema" not in tool:
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise TranslationError(f"tools[{index}]: server tool {kind!r} cannot be translated, only custom tools")
-        decoded.append(Tool(str(tool.get("name", "")), tool.get("description"), tool["input_schema"]))
-    return decoded
+def _decode_tools(tools: Any) -> tuple[list[Tool], list[str]]:
+    """Custom tools, and the types of the server tools (web_search_...) the proxy's hosted-tools policy judges."""
+    decoded, hosted = [], []
+    for index, tool in enumerate(fields.array(tools, "tools")):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        where = f"tools[{index}]"
+        if isinstance(tool, dict) and kind in (None, "custom") and "input_schema" in tool:
+            decoded.append(Tool(fields.text(tool.get("name"), f"{where}.name"),
+                                fields.optional_text(tool.get("description"), f"{where}.description"),
+                                fields.json_object(tool["input_schema"], f"{where}.input_schema")))  # fmt: skip
+        elif isinstance(kind, str) and _SERVER_TOOL.fullmatch(kind):
+            hosted.append(kind)
+        else:
+            raise TranslationError(f"{where}: needs an input_schema (custom tools) or a server tool type")
+    return decoded, hosted
+
+
+def _decode_output(config: Any) -> JsonOutput | None:
+    form = config.get("format") if isinstance(config, dict) else None
+    if form is None:
+        return None
+    if not isinstance(form, dict) or form.get("type") != "json_schema" or not isinstance(form.get("schema"), dict):
+        raise TranslationError("output_config.format: must be json_schema with a schema object")
+    return JsonOutput(form["schema"])
 
 
 def _decode_tool_choice(choice: Any) -> tuple[ToolChoice | None, bool | None]:
@@ -191,16 +220,17 @@ def _decode_tool_choice(choice: Any) -> tuple[ToolChoice | None, bool | None]:
 
 
 def _decode_reasoning(thinking: Any, output_config: Any) -> Reasoning | None:
-    effort = output_config.get("effort") if isinstance(output_config, dict) else None
+    effort = fields.optional_text(fields.mapping(output_config, "output_config").get("effort"), "output_config.effort")
     kind = thinking.get("type") if isinstance(thinking, dict) else None
     if thinking is None:
-        return Reasoning(effort=effort) if isinstance(effort, str) else None
-    if kind == "enabled" and isinstance(thinking.get("budget_tokens"), int):
-        return Reasoning(budget=thinking["budget_tokens"], effort=effort)
+        return Reasoning(effort=effort) if effort is not None else None
+    budget = fields.integer(thinking.get("budget_tokens"), "thinking.budget_tokens") if kind == "enabled" else None
+    if budget is not None:
+        return Reasoning(budget=budget, effort=effort)
     if kind in ("disabled", "between_tools"):
         return Reasoning(budget=0)
     if kind == "adaptive":  # no budget: the model decides, at the requested effort
-        return Reasoning(effort=effort if isinstance(effort, str) else _ADAPTIVE_EFFORT)
+        return Reasoning(effort=effort or _ADAPTIVE_EFFORT)
     raise TranslationError("thinking: must be enabled with budget_tokens, adaptive or disabled")
 
 
@@ -376,30 +406,33 @@ def _response_block(part: Part) -> dict[str, Any] | None:
 
 class AnthropicCodec:
     name = "anthropic-messages"
+    stream_end = StreamEnd(rb'"type"\s*:\s*"(?:message_stop|error)"')
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("anthropic-",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
     def decode_request(self, body: dict[str, Any]) -> Request:
         output_config = body.get("output_config")
-        if isinstance(output_config, dict) and output_config.get("format") is not None:
-            raise TranslationError("output_config.format: structured output cannot be translated to this provider")
         extra_system, messages = _decode_messages(body.get("messages"))
+        tools, hosted = _decode_tools(body.get("tools"))
         choice, parallel = _decode_tool_choice(body.get("tool_choice"))
-        stop = body.get("stop_sequences")
         return Request(
             model=str(body.get("model", "")),
             messages=messages,
             system=_texts(body.get("system"), "system") + extra_system,
-            tools=_decode_tools(body.get("tools")),
+            tools=tools,
             tool_choice=choice,
-            max_tokens=body.get("max_tokens"),
-            temperature=body.get("temperature"),
-            top_p=body.get("top_p"),
-            stop=[str(s) for s in stop] if isinstance(stop, list) else [],
+            max_tokens=fields.integer(body.get("max_tokens"), "max_tokens"),
+            temperature=fields.number(body.get("temperature"), "temperature"),
+            top_p=fields.number(body.get("top_p"), "top_p"),
+            stop=fields.texts(body.get("stop_sequences"), "stop_sequences"),
             stream=body.get("stream") is True,
             reasoning=_decode_reasoning(body.get("thinking"), output_config),
             parallel_tool_calls=parallel,
             stream_usage=True,  # an Anthropic stream always carries usage
+            output=_decode_output(output_config),
+            hosted_tools=hosted,
         )
 
     def encode_response(self, response: Response) -> bytes:

@@ -13,7 +13,9 @@ from typing import Any, NoReturn
 import orjson
 
 from ..errors import error_body
+from . import fields
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     Message,
@@ -26,7 +28,7 @@ from .canonical import (
     TranslationError,
     Usage,
 )
-from .openai_chat import OpenAIStreamEncoder
+from .openai_chat import STREAM_END, OpenAIStreamEncoder
 
 _UPSTREAM = "legacy completions is a client format only: no provider is called with it"
 _UNSUPPORTED = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
@@ -38,6 +40,9 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 class OpenAICompletionsCodec:
     name = "openai-completions"
+    stream_end = STREAM_END
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     def upstream_path(self, model: str, stream: bool) -> str:
         return "/completions"
@@ -57,15 +62,15 @@ class OpenAICompletionsCodec:
                 raise TranslationError(f"{key}: cannot be translated to this provider")
         if body.get("n", 1) not in (1, None):
             raise TranslationError("n: only one choice can be translated to this provider")
-        stop = body.get("stop")
         options = body.get("stream_options")
+        limit = fields.integer(body.get("max_tokens"), "max_tokens")
         return Request(
             model=str(body.get("model", "")),
             messages=[Message("user", [Text(prompt)])],
-            max_tokens=body.get("max_tokens", 16),  # the legacy API's own default
-            temperature=body.get("temperature"),
-            top_p=body.get("top_p"),
-            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            max_tokens=16 if "max_tokens" not in body else limit,  # the legacy API's own default
+            temperature=fields.number(body.get("temperature"), "temperature"),
+            top_p=fields.number(body.get("top_p"), "top_p"),
+            stop=fields.texts(body.get("stop"), "stop"),
             stream=body.get("stream") is True,
             stream_usage=isinstance(options, dict) and options.get("include_usage") is True,
         )

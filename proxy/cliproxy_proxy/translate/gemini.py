@@ -29,18 +29,22 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from . import fields
 from .canonical import (
+    BLANK_LINE,
     THINKING_LEVELS,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -264,9 +268,9 @@ def _resolve(ref: Any, defs: dict[str, Any], seen: tuple[str, ...], where: str) 
 def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
     """``allOf`` as Gemini can take it: one schema with the members' properties and requirements together."""
     for key, value in other.items():
-        if key == "properties" and isinstance(into.get(key), dict):
+        if key == "properties" and isinstance(into.get(key), dict) and isinstance(value, dict):
             into[key] = {**into[key], **value}
-        elif key == "required" and isinstance(into.get(key), list):
+        elif key == "required" and isinstance(into.get(key), list) and isinstance(value, list):
             into[key] = into[key] + [name for name in value if name not in into[key]]
         else:
             into.setdefault(key, value)
@@ -276,7 +280,7 @@ def _variants(schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tu
     """``anyOf``/``oneOf`` and type lists, with ``null`` taken out as ``nullable``."""
     members = schema.get("anyOf") or schema.get("oneOf")
     rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf", "type")}
-    if members is None:  # a type list: each type with the keywords that go with it
+    if members is None and isinstance(schema.get("type"), list):  # each type with the keywords that go with it
         members = [{**rest, "type": kind} for kind in schema["type"]]
         rest = {k: v for k, v in rest.items() if k in ("title", "description", "default")}
     if not isinstance(members, list):
@@ -311,7 +315,7 @@ def _schema(schema: Any, where: str, defs: dict[str, Any], seen: tuple[str, ...]
         return _schema({**target, **rest}, where, defs, (*seen, name))
     if "allOf" in schema:
         merged = {k: v for k, v in schema.items() if k != "allOf"}
-        for index, member in enumerate(schema["allOf"] or []):
+        for index, member in enumerate(fields.array(schema["allOf"], f"{where}.allOf")):
             _merge(merged, _schema(member, f"{where}.allOf[{index}]", defs, seen))
         return _schema(merged, where, defs, seen)
     if "anyOf" in schema or "oneOf" in schema or isinstance(schema.get("type"), list):
@@ -359,16 +363,16 @@ def _object(
     out: dict[str, Any], schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tuple[str, ...]
 ) -> None:
     out["type"] = "object"
-    properties = schema.get("properties") or {}
+    properties = fields.mapping(schema.get("properties"), f"{where}.properties")
     if properties:
         out["properties"] = {
             name: _schema(value, f"{where}.properties.{name}", defs, seen) for name, value in properties.items()
         }
-    required = [name for name in schema.get("required") or [] if name in properties]
+    required = [name for name in fields.texts(schema.get("required"), f"{where}.required") if name in properties]
     if required:
         out["required"] = required
     ordering = schema.get("propertyOrdering")
-    if isinstance(ordering, list) and set(ordering) <= set(properties):
+    if isinstance(ordering, list) and all(isinstance(n, str) for n in ordering) and set(ordering) <= set(properties):
         out["propertyOrdering"] = ordering
 
 
@@ -383,7 +387,8 @@ def _encode_tools(tools: list[Tool]) -> list[dict[str, Any]]:
         if tool.description:
             declaration["description"] = tool.description
         raw = tool.parameters or {}
-        defs = {**(raw.get("definitions") or {}), **(raw.get("$defs") or {})}
+        defs = {**fields.mapping(raw.get("definitions"), f"{where}.parameters.definitions"),
+                **fields.mapping(raw.get("$defs"), f"{where}.parameters.$defs")}  # fmt: skip
         parameters = _schema(raw, f"{where}.parameters", defs)
         if parameters.get("properties"):  # Gemini rejects an OBJECT without properties: no parameters at all
             declaration["parameters"] = parameters
@@ -422,6 +427,12 @@ def _generation_config(request: Request) -> dict[str, Any]:
         config["stopSequences"] = request.stop
     if request.reasoning is not None:
         config["thinkingConfig"] = _thinking(request.reasoning)
+    if request.output is not None:
+        config["responseMimeType"] = "application/json"
+        schema = request.output.schema
+        if schema is not None:
+            defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
+            config["responseSchema"] = _schema(schema, "response_format.schema", defs)
     return config
 
 
@@ -443,9 +454,10 @@ def _decode_part(part: dict[str, Any], where: str, new_id: Callable[[], str], st
         if text:
             out.append(Text(text))
     elif isinstance(call, dict):
-        call_id = call.get("id")
-        out.append(ToolCall(str(call_id) if call_id else new_id(), str(call.get("name", "")),
-                            orjson.dumps(call.get("args") or {}).decode()))  # fmt: skip
+        call_id = fields.optional_text(call.get("id"), f"{where}.functionCall.id")
+        arguments = fields.json_object(call.get("args") or {}, f"{where}.functionCall.args")
+        out.append(ToolCall(call_id or new_id(), fields.text(call.get("name"), f"{where}.functionCall.name"),
+                            orjson.dumps(arguments).decode()))  # fmt: skip
     elif _get(part, "inlineData") is not None or _get(part, "fileData") is not None:
         try:
             out.append(_decode_media(part, where))
@@ -459,13 +471,13 @@ def _decode_part(part: dict[str, Any], where: str, new_id: Callable[[], str], st
 
 def _decode_media(part: dict[str, Any], where: str) -> Image:
     inline = _get(part, "inlineData")
-    blob = inline if isinstance(inline, dict) else _get(part, "fileData") or {}
-    media_type = str(_get(blob, "mimeType") or "")
+    blob = inline if isinstance(inline, dict) else fields.mapping(_get(part, "fileData"), f"{where}.fileData")
+    media_type = fields.text(_get(blob, "mimeType"), f"{where}.mimeType")
     if not media_type.startswith("image/"):
         raise TranslationError(f"{where}: only images can be translated, not {media_type or 'untyped data'}")
     if isinstance(inline, dict):
-        return Image(media_type, data=str(inline.get("data", "")))
-    return Image(media_type, url=str(_get(blob, "fileUri") or ""))
+        return Image(media_type, data=fields.text(inline.get("data"), f"{where}.inlineData.data"))
+    return Image(media_type, url=fields.text(_get(blob, "fileUri"), f"{where}.fileData.fileUri"))
 
 
 def _decode_usage(meta: Any) -> Usage:
@@ -522,7 +534,7 @@ def _texts(content: Any, where: str) -> list[Text]:
 
 def _response_content(response: dict[str, Any], where: str) -> tuple[list[Text | Image], bool]:
     """A functionResponse's payload as text: ``{"result": text}`` and ``{"error": text}`` unwrap, the rest is JSON."""
-    payload = response.get("response")
+    payload = fields.bounded(response.get("response"), f"{where}.response")
     content: list[Text | Image] = []
     is_error = False
     if isinstance(payload, dict) and len(payload) == 1 and isinstance(next(iter(payload.values())), str):
@@ -531,7 +543,7 @@ def _response_content(response: dict[str, Any], where: str) -> tuple[list[Text |
         content.append(Text(text) if key in ("result", "output", "error") else Text(orjson.dumps(payload).decode()))
     elif payload is not None:
         content.append(Text(orjson.dumps(payload).decode()))
-    for index, part in enumerate(response.get("parts") or []):  # Gemini 3's multimodal function responses
+    for index, part in enumerate(fields.array(response.get("parts"), f"{where}.parts")):  # Gemini 3's multimodal
         if isinstance(part, dict):
             content.append(_decode_media(part, f"{where}.parts[{index}]"))
     return content, is_error
@@ -578,8 +590,8 @@ class _History:
         return out
 
     def _result(self, response: dict[str, Any], where: str) -> ToolResult:
-        name = str(response.get("name", ""))
-        call_id = response.get("id")
+        name = fields.text(response.get("name"), f"{where}.functionResponse.name")
+        call_id = fields.optional_text(response.get("id"), f"{where}.functionResponse.id")
         match = next((c for c in self.open_calls if c.id == call_id), None) if call_id else None
         if match is None and not call_id:
             match = next((c for c in self.open_calls if c.name == name), None)
@@ -588,7 +600,7 @@ class _History:
         if match is not None:
             self.open_calls.remove(match)
         content, is_error = _response_content(response, f"{where}.functionResponse")
-        return ToolResult(match.id if match else str(call_id), content, is_error, name or None)
+        return ToolResult(match.id if match else call_id or "", content, is_error, name or None)
 
 
 def _decode_contents(contents: Any) -> list[Message]:
@@ -615,7 +627,7 @@ def _decode_contents(contents: Any) -> list[Message]:
     return messages
 
 
-def _json_schema(schema: Any) -> Any:
+def _json_schema(schema: Any, where: str) -> Any:
     """Gemini's Schema back to JSON Schema: lower-case types, ``nullable`` as a null type, no Gemini-only keys."""
     if not isinstance(schema, dict):
         return schema
@@ -627,13 +639,13 @@ def _json_schema(schema: Any) -> Any:
         if key == "type":
             out["type"] = str(value).lower()
         elif key == "properties" and isinstance(value, dict):
-            out["properties"] = {name: _json_schema(sub) for name, sub in value.items()}
+            out["properties"] = {name: _json_schema(sub, f"{where}.properties.{name}") for name, sub in value.items()}
         elif key == "items":
-            out["items"] = _json_schema(value)
+            out["items"] = _json_schema(value, f"{where}.items")
         elif key == "anyOf" and isinstance(value, list):
-            out["anyOf"] = [_json_schema(sub) for sub in value]
+            out["anyOf"] = [_json_schema(sub, f"{where}.anyOf[{i}]") for i, sub in enumerate(value)]
         elif key in ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties"):
-            out[key] = int(value)  # int64 fields may arrive as JSON strings
+            out[key] = _int64(value, f"{where}.{key}")
         elif key == "example":
             out["examples"] = [value]
         else:
@@ -646,18 +658,33 @@ def _json_schema(schema: Any) -> Any:
     return out
 
 
+def _int64(value: Any, where: str) -> int:
+    """Google's int64 fields, which may arrive as JSON strings."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    number = fields.integer(value, where)
+    if number is None:
+        raise TranslationError(f"{where}: must be an integer")
+    return number
+
+
 def _decode_tools(tools: Any) -> list[Tool]:
     decoded = []
-    for index, tool in enumerate(tools or []):
+    for index, tool in enumerate(fields.array(tools, "tools")):
         declarations = _get(tool, "functionDeclarations") if isinstance(tool, dict) else None
         if not isinstance(declarations, list) or any(k not in ("functionDeclarations", "function_declarations")
                                                      for k in tool):  # fmt: skip
             raise TranslationError(f"tools[{index}]: only functionDeclarations can be translated")
-        for declaration in declarations:
+        for number, declaration in enumerate(declarations):
+            where = f"tools[{index}].functionDeclarations[{number}]"
+            declaration = fields.mapping(declaration, where)
             schema = _get(declaration, "parametersJsonSchema")
             if schema is None:
-                schema = _json_schema(declaration.get("parameters")) or {"type": "object", "properties": {}}
-            decoded.append(Tool(str(declaration.get("name", "")), declaration.get("description"), schema))
+                parameters = fields.bounded(declaration.get("parameters"), f"{where}.parameters")
+                schema = _json_schema(parameters, f"{where}.parameters") or {"type": "object", "properties": {}}
+            decoded.append(Tool(fields.text(declaration.get("name"), f"{where}.name"),
+                                fields.optional_text(declaration.get("description"), f"{where}.description"),
+                                fields.json_object(schema, f"{where}.parametersJsonSchema")))  # fmt: skip
     return decoded
 
 
@@ -665,22 +692,25 @@ def _decode_tool_choice(config: Any) -> ToolChoice | None:
     calling = _get(config, "functionCallingConfig") if isinstance(config, dict) else None
     if not isinstance(calling, dict) or _get(calling, "mode") in (None, "MODE_UNSPECIFIED"):
         return None
-    mode = str(_get(calling, "mode"))
-    if mode not in _MODES_IN:
+    mode = _get(calling, "mode")
+    if not isinstance(mode, str) or mode not in _MODES_IN:
         raise TranslationError(f"toolConfig.functionCallingConfig.mode: {mode!r} cannot be translated")
-    allowed = _get(calling, "allowedFunctionNames") or []
+    allowed = fields.texts(
+        _get(calling, "allowedFunctionNames"), "toolConfig.functionCallingConfig.allowedFunctionNames"
+    )
     if mode == "ANY" and len(allowed) == 1:
-        return str(allowed[0])
+        return allowed[0]
     return _MODES_IN[mode]
 
 
 def _decode_reasoning(thinking: Any) -> Reasoning | None:
     if not isinstance(thinking, dict):
         return None
-    budget, level = _get(thinking, "thinkingBudget"), _get(thinking, "thinkingLevel")
+    budget = fields.integer(_get(thinking, "thinkingBudget"), "generationConfig.thinkingConfig.thinkingBudget")
+    level = _get(thinking, "thinkingLevel")
     if isinstance(level, str) and level.lower() in THINKING_LEVELS:
         return Reasoning(effort=level.lower())
-    if isinstance(budget, int) and budget >= 0:
+    if budget is not None and budget >= 0:
         return Reasoning(budget=budget)
     if budget == -1:
         return Reasoning(effort="medium")  # dynamic thinking: the canonical model has no "let it decide"
@@ -688,11 +718,22 @@ def _decode_reasoning(thinking: Any) -> Reasoning | None:
 
 
 def _check_generation(config: dict[str, Any]) -> None:
-    if (_get(config, "candidateCount") or 1) != 1:
+    if _get(config, "candidateCount") not in (None, 1):
         raise TranslationError("generationConfig.candidateCount: only one candidate can be translated")
     mime = _get(config, "responseMimeType")
-    if mime not in (None, "text/plain") or _get(config, "responseSchema") or _get(config, "responseJsonSchema"):
-        raise TranslationError("generationConfig.responseSchema: structured output cannot be translated")
+    if mime not in (None, "text/plain", "application/json"):
+        raise TranslationError("generationConfig.responseMimeType: only text/plain or application/json translate")
+
+
+def _decode_output(config: dict[str, Any]) -> JsonOutput | None:
+    if _get(config, "responseMimeType") != "application/json":
+        return None
+    schema = _get(config, "responseJsonSchema")
+    if schema is None and _get(config, "responseSchema") is not None:
+        schema = _json_schema(_get(config, "responseSchema"), "generationConfig.responseSchema")
+    if schema is not None and not isinstance(schema, dict):
+        raise TranslationError("generationConfig.responseSchema: must be an object")
+    return JsonOutput(schema)
 
 
 # -- response encoding (canonical -> Gemini client) -----------------------------------------------------
@@ -717,29 +758,30 @@ class GeminiCodec:
     """The Gemini API (``generativelanguage.googleapis.com``); auth is the caller's ``x-goog-api-key`` header."""
 
     name = "gemini"
+    stream_end = StreamEnd(rb'"(?:finishReason"\s*:\s*"|error"\s*:\s*\{)')  # Gemini has no closing event
+    keepalive = BLANK_LINE
+    vendor_headers: tuple[str, ...] = ("x-goog-",)
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
 
     # -- inbound ------------------------------------------------------------------------------------------
 
     def decode_request(self, body: dict[str, Any]) -> Request:
-        config = _get(body, "generationConfig") or {}
-        if not isinstance(config, dict):
-            raise TranslationError("generationConfig: must be an object")
+        config = fields.mapping(_get(body, "generationConfig"), "generationConfig")
         _check_generation(config)
-        stop = _get(config, "stopSequences") or []
         return Request(
             model=str(body.get("model", "")),  # the model is in the URL: the caller sets it
             messages=_decode_contents(body.get("contents")),
             system=_texts(_get(body, "systemInstruction"), "systemInstruction"),
             tools=_decode_tools(body.get("tools")),
             tool_choice=_decode_tool_choice(_get(body, "toolConfig")),
-            max_tokens=_get(config, "maxOutputTokens"),
-            temperature=config.get("temperature"),
-            top_p=_get(config, "topP"),
-            stop=[str(s) for s in stop],
+            max_tokens=fields.integer(_get(config, "maxOutputTokens"), "generationConfig.maxOutputTokens"),
+            temperature=fields.number(config.get("temperature"), "generationConfig.temperature"),
+            top_p=fields.number(_get(config, "topP"), "generationConfig.topP"),
+            stop=fields.texts(_get(config, "stopSequences"), "generationConfig.stopSequences"),
             reasoning=_decode_reasoning(_get(config, "thinkingConfig")),
             stream_usage=True,  # Gemini streams always carry usageMetadata
+            output=_decode_output(config),
         )
 
     def encode_response(self, response: Response) -> bytes:

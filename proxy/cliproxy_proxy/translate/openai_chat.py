@@ -8,17 +8,21 @@ from typing import Any
 import orjson
 
 from ..errors import error_body
+from . import fields
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -51,7 +55,7 @@ def _text_of(content: Any, where: str) -> list[Text]:
         for part in content:
             if not isinstance(part, dict) or part.get("type") not in ("text", "input_text", "output_text"):
                 raise TranslationError(f"{where}: only text content is supported here")
-            texts.append(Text(str(part.get("text", ""))))
+            texts.append(Text(fields.text(part.get("text"), f"{where}.text")))
         return texts
     raise TranslationError(f"{where}: content must be a string or a list of parts")
 
@@ -71,7 +75,7 @@ def _user_parts(content: Any, where: str) -> list[Part]:
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            parts.append(Text(str(part.get("text", ""))))
+            parts.append(Text(fields.text(part.get("text"), f"{where}[{index}].text")))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
@@ -102,13 +106,12 @@ def _decode_messages(messages: Any) -> tuple[list[Text], list[Message]]:
             if isinstance(message.get("reasoning_content"), str) and message["reasoning_content"]:
                 parts.append(Thinking(message["reasoning_content"]))
             parts.extend(_text_of(content, f"{where}.content"))
-            for call in message.get("tool_calls") or []:
-                function = call.get("function") or {}
-                parts.append(ToolCall(str(call.get("id", "")), str(function.get("name", "")),
-                                      str(function.get("arguments") or "{}")))  # fmt: skip
+            for number, call in enumerate(fields.array(message.get("tool_calls"), f"{where}.tool_calls")):
+                parts.append(_decode_call(call, f"{where}.tool_calls[{number}]"))
             out.append(Message("assistant", parts))
         elif role == "tool":
-            result = ToolResult(str(message.get("tool_call_id", "")), list(_text_of(content, f"{where}.content")))
+            call_id = fields.text(message.get("tool_call_id"), f"{where}.tool_call_id")
+            result = ToolResult(call_id, list(_text_of(content, f"{where}.content")))
             if out and out[-1].role == "user" and all(isinstance(p, ToolResult) for p in out[-1].parts):
                 out[-1].parts.append(result)  # consecutive tool messages answer one assistant turn together
             else:
@@ -118,14 +121,24 @@ def _decode_messages(messages: Any) -> tuple[list[Text], list[Message]]:
     return system, out
 
 
+def _decode_call(call: Any, where: str) -> ToolCall:
+    call = fields.mapping(call, where)
+    function = fields.mapping(call.get("function"), f"{where}.function")
+    return ToolCall(fields.text(call.get("id"), f"{where}.id"), fields.text(function.get("name"), f"{where}.name"),
+                    fields.text(function.get("arguments"), f"{where}.arguments") or "{}")  # fmt: skip
+
+
 def _decode_tools(tools: Any) -> list[Tool]:
     decoded = []
-    for index, tool in enumerate(tools or []):
+    for index, tool in enumerate(fields.array(tools, "tools")):
+        where = f"tools[{index}].function"
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(function, dict):
             raise TranslationError(f"tools[{index}]: only function tools can be translated")
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
-        decoded.append(Tool(str(function.get("name", "")), function.get("description"), parameters))
+        decoded.append(Tool(fields.text(function.get("name"), f"{where}.name"),
+                            fields.optional_text(function.get("description"), f"{where}.description"),
+                            fields.json_object(parameters, f"{where}.parameters")))  # fmt: skip
     return decoded
 
 
@@ -133,38 +146,66 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
     if choice is None or choice in ("auto", "none", "required"):
         return choice  # type: ignore[no-any-return]
     if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        return str(choice["function"].get("name"))
+        return fields.text(choice["function"].get("name"), "tool_choice.function.name")
     raise TranslationError("tool_choice: must be auto, none, required or a named function")
+
+
+#: A finish reason, ``[DONE]`` or an error: what ends an OpenAI stream (chat and legacy completions alike).
+STREAM_END = StreamEnd(rb'"finish_reason"\s*:\s*"', line_start=rb'data:[ \t]*(?:\[DONE\]|\{\s*"error")')
+
+
+def _decode_response_format(form: Any) -> JsonOutput | None:
+    kind = form.get("type") if isinstance(form, dict) else None
+    if form is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonOutput()
+    spec = form.get("json_schema") if kind == "json_schema" else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise TranslationError("response_format: must be text, json_object or json_schema with a schema object")
+    return JsonOutput(spec.get("schema"), str(spec.get("name") or "response"), spec.get("strict"))
+
+
+def encode_response_format(output: JsonOutput) -> dict[str, Any]:
+    """Chat Completions' ``response_format`` (the Responses API's ``text.format`` is its flattened ``json_schema``)."""
+    if output.schema is None:
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": output.name, "schema": output.schema}
+    if output.strict is not None:
+        spec["strict"] = output.strict
+    return {"type": "json_schema", "json_schema": spec}
 
 
 class OpenAIChatCodec:
     name = "openai-chat"
+    stream_end = STREAM_END
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
     def decode_request(self, body: dict[str, Any]) -> Request:
         if body.get("n", 1) not in (1, None):
             raise TranslationError("n: only one choice can be translated to this provider")
-        if body.get("response_format") not in (None, {"type": "text"}):
-            raise TranslationError("response_format: structured output cannot be translated to this provider")
         system, messages = _decode_messages(body.get("messages"))
-        stop = body.get("stop")
         effort = body.get("reasoning_effort")
         options = body.get("stream_options")
+        limit = fields.integer(body.get("max_completion_tokens"), "max_completion_tokens")
         return Request(
             model=str(body.get("model", "")),
             messages=messages,
             system=system,
             tools=_decode_tools(body.get("tools")),
             tool_choice=_decode_tool_choice(body.get("tool_choice")),
-            max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
-            temperature=body.get("temperature"),
-            top_p=body.get("top_p"),
-            stop=[stop] if isinstance(stop, str) else list(stop or []),
+            max_tokens=limit or fields.integer(body.get("max_tokens"), "max_tokens"),
+            temperature=fields.number(body.get("temperature"), "temperature"),
+            top_p=fields.number(body.get("top_p"), "top_p"),
+            stop=fields.texts(body.get("stop"), "stop"),
             stream=body.get("stream") is True,
             reasoning=Reasoning(effort=effort) if isinstance(effort, str) else None,
-            parallel_tool_calls=body.get("parallel_tool_calls"),
+            parallel_tool_calls=fields.flag(body.get("parallel_tool_calls"), "parallel_tool_calls"),
             stream_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            output=_decode_response_format(body.get("response_format")),
         )
 
     def encode_response(self, response: Response) -> bytes:
@@ -222,6 +263,8 @@ class OpenAIChatCodec:
         effort = _effort(request.reasoning)
         if effort is not None:
             body["reasoning_effort"] = effort
+        if request.output is not None:
+            body["response_format"] = encode_response_format(request.output)
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
