@@ -133,7 +133,7 @@ async def test_a_configmap_ahead_of_its_secret_waits_instead_of_being_refused(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """The two watches may deliver a ConfigMap before the Secret it names: that is not a broken config."""
-    monkeypatch.setattr(reload, "PENDING_GRACE", 0.5)
+    monkeypatch.setattr(reload, "PENDING_GRACE", 30.0)  # far longer than a loaded machine takes to get here
     config_dir, secrets_dir = volume(tmp_path)
     source = KubeSource(config_dir, secrets_dir, api=ApiServer(cluster.url), namespace=cluster.namespace, name=NAME)
     async with proxy_for(aiohttp_server, source) as (app, url):
@@ -151,6 +151,7 @@ async def test_a_configmap_ahead_of_its_secret_waits_instead_of_being_refused(
         assert reloader.last_error == ""
 
         # A Secret that stays without a key the config names is refused once the grace period is over.
+        monkeypatch.setattr(reload, "PENDING_GRACE", 0.5)
         generation = proxy.generation
         await cluster.patch(CONFIGMAPS, NAME, {"data": {"config.json": json.dumps(
             {**rendered(provider), "api-keys-file": "other-keys"})}})  # fmt: skip
