@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .bodies import BodyRefused, decode
 from .count import CountError, count_tokens
 from .discovery import Discovery
 from .forward import OVERHEAD_HEADER, Exchange
@@ -33,8 +34,6 @@ log = logging.getLogger("cliproxy.proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _OPEN_PATHS = frozenset({"/v1/metrics/providers"})
-#: Request body encodings aiohttp decodes as it reads, a chunk at a time within client_max_size: a bomb stays small.
-_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
 class Proxy:
@@ -240,20 +239,14 @@ async def _json_body(
     request: web.Request, runtime: Runtime, inbound: Codec
 ) -> tuple[dict[str, Any], bytes] | web.Response:
     """The body as a JSON object (and its bytes, decoded from any Content-Encoding), or the client's 4xx."""
-    if request.headers.get("Content-Encoding", "").lower() not in _ENCODINGS:
-        return _error(inbound, 415, "Unsupported Content-Encoding: send the body plain, gzip, deflate, br or zstd.",
-                      "unsupported_content_encoding")  # fmt: skip
     limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
     if (request.content_length or 0) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0)
+    raw = await request.read()
     try:
-        raw = await request.read()
-    except web.RequestPayloadError:  # a body that is not in the encoding its Content-Encoding names
-        request.content.feed_eof()  # else aiohttp reads on after the answer and logs the failure as unhandled
-        refusal = _error(inbound, 400, "The request body does not decode as its Content-Encoding says.",
-                         "invalid_content_encoding")  # fmt: skip
-        refusal.force_close()  # what is left of the body cannot be told from a next request
-        return refusal
+        raw = decode(raw, request.headers.get("Content-Encoding", ""), limit)
+    except BodyRefused as refused:
+        return _error(inbound, refused.status, refused.message, refused.code)
     if len(raw) > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
     try:
@@ -387,8 +380,9 @@ def create_app(
     ``configured=False`` serves ``runtime`` (empty) as not ready until the source yields a first config.
     """
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=runtime.config.max_body_bytes
-    )
+        middlewares=[errors_middleware, auth_middleware], client_max_size=runtime.config.max_body_bytes,
+        handler_args={"auto_decompress": False},  # bodies are decoded in bodies.py, where errors keep their format
+    )  # fmt: skip
     proxy = Proxy(runtime, configured=configured)
     app[PROXY] = proxy
     if source is not None:

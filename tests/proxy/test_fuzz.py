@@ -153,7 +153,7 @@ def case(draw: st.DrawFn, api: Api) -> tuple[str, bytes]:
 
 def _verdict(api: Api, reply: Any, sent: bytes) -> None:
     trouble = problem(api, reply)
-    assert trouble is None, f"{trouble}\nsent: {sent[:600]!r}"
+    assert trouble is None, f"{trouble}\nsent: {sent[:300]!r}"
 
 
 # -- properties -----------------------------------------------------------------------------------------

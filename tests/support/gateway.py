@@ -39,6 +39,7 @@ COUNTING = ("m-anthropic", "m-gemini", "m-vertex")  # the others answer a count 
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 DATA_URL = f"data:image/png;base64,{IMAGE}"
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+MAX_BODY = 1 << 20  # small, so a decompression bomb is cheap to try
 ARGUMENTS = '{"query": "Paris"}'
 
 
@@ -278,6 +279,7 @@ def running_gateway(workdir: Path) -> Iterator[Gateway]:
             return [{"name": name, "alias": alias}]
 
         config = base_config(**{
+            "max-body-bytes": MAX_BODY,
             "openai-compatibility": [compat_block(openai_url, models=[("up-small", "m-openai")])],
             "claude-api-key": [{"api-key": ANTHROPIC_KEY, "base-url": claude_url,
                                 "models": models("claude-sonnet-4-6", "m-anthropic")}],
