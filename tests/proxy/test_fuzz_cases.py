@@ -107,6 +107,32 @@ def test_a_tool_schema_nested_deeper_than_translation_allows(gateway: Gateway) -
     assert reply.status == 400 and b"nested more than 64 levels" in reply.body
 
 
+@pytest.mark.parametrize(
+    "api",
+    [APIS["openai-chat"], APIS["anthropic-messages"], APIS["openai-responses"]],
+    ids=["openai-chat", "anthropic-messages", "openai-responses"],
+)
+def test_a_schema_whose_refs_multiply_is_a_400_not_a_stall(gateway: Gateway, api: Api) -> None:
+    """Forty definitions that each refer to the next twice: 2**40 nodes once inlined for Gemini."""
+    defs: dict[str, Any] = {
+        f"d{i}": {
+            "type": "object",
+            "properties": {"a": {"$ref": f"#/$defs/d{i + 1}"}, "b": {"$ref": f"#/$defs/d{i + 1}"}},
+        }
+        for i in range(40)
+    }
+    defs["d40"] = {"type": "string"}
+    schema = {"type": "object", "properties": {"x": {"$ref": "#/$defs/d0"}}, "$defs": defs}
+    tool: dict[str, Any] = {
+        "openai-chat": {"type": "function", "function": {"name": "f", "parameters": schema}},
+        "anthropic-messages": {"name": "f", "input_schema": schema},
+        "openai-responses": {"type": "function", "name": "f", "parameters": schema},
+    }[api.name]
+    for model in ("m-gemini", "m-vertex"):
+        reply = _send(gateway, api, model, _with(api, model, tools=[tool]))
+        assert reply.status == 400 and b"10000 nodes" in reply.body, reply
+
+
 ENCODED = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress, "zstd": zstd.compress}
 
 

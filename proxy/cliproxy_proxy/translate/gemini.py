@@ -251,7 +251,27 @@ _FORMATS = {"string": ("enum", "date-time"), "number": ("float", "double"), "int
 _TYPES = ("string", "number", "integer", "boolean", "array", "object")
 
 
-def _resolve(ref: Any, defs: dict[str, Any], seen: tuple[str, ...], where: str) -> tuple[dict[str, Any], str]:
+_SCHEMA_NODES = 10_000  # far more than any real tool schema has, even inlined
+
+
+class _Defs(dict[str, Any]):
+    """A tool schema's definitions, and how many more schema nodes its conversion may produce.
+
+    Inlining ``$ref``s (and re-merging ``allOf``) can multiply: twenty definitions that each refer to the next
+    twice would expand to a million nodes from a 2 KB request. A budget stops that with a 400.
+    """
+
+    def __init__(self, definitions: dict[str, Any]) -> None:
+        super().__init__(definitions)
+        self.budget = _SCHEMA_NODES
+
+    def spend(self, where: str) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise TranslationError(f"{where}: the schema grows past {_SCHEMA_NODES} nodes once its $refs are inlined")
+
+
+def _resolve(ref: Any, defs: _Defs, seen: tuple[str, ...], where: str) -> tuple[dict[str, Any], str]:
     if not isinstance(ref, str) or not ref.startswith(("#/$defs/", "#/definitions/")):
         raise TranslationError(f"{where}.$ref: only local #/$defs references can be inlined for Gemini")
     name = ref.rsplit("/", 1)[1]
@@ -273,7 +293,7 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             into.setdefault(key, value)
 
 
-def _variants(schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+def _variants(schema: dict[str, Any], where: str, defs: _Defs, seen: tuple[str, ...]) -> dict[str, Any]:
     """``anyOf``/``oneOf`` and type lists, with ``null`` taken out as ``nullable``."""
     members = schema.get("anyOf") or schema.get("oneOf")
     rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf", "type")}
@@ -295,13 +315,14 @@ def _variants(schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tu
     return merged
 
 
-def _schema(schema: Any, where: str, defs: dict[str, Any], seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _schema(schema: Any, where: str, defs: _Defs, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """A JSON Schema cut down to what Gemini's Schema accepts, recursively.
 
     Local ``$ref``s are inlined, ``allOf`` merged, ``null`` types become ``nullable``, ``const`` a one-value enum;
     what Gemini rejects is dropped: ``$schema``, ``additionalProperties``, ``$defs``, ``exclusiveMinimum``, string
     formats other than ``enum``/``date-time``, and ``enum`` on non-string types (its values move to the description).
     """
+    defs.spend(where)
     if schema is True or schema == {}:
         return {}
     if not isinstance(schema, dict):
@@ -356,9 +377,7 @@ def _enum(out: dict[str, Any], kind: str | None, values: list[Any]) -> str | Non
     return kind
 
 
-def _object(
-    out: dict[str, Any], schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tuple[str, ...]
-) -> None:
+def _object(out: dict[str, Any], schema: dict[str, Any], where: str, defs: _Defs, seen: tuple[str, ...]) -> None:
     out["type"] = "object"
     properties = fields.mapping(schema.get("properties"), f"{where}.properties")
     if properties:
@@ -384,8 +403,8 @@ def _encode_tools(tools: list[Tool]) -> list[dict[str, Any]]:
         if tool.description:
             declaration["description"] = tool.description
         raw = tool.parameters or {}
-        defs = {**fields.mapping(raw.get("definitions"), f"{where}.parameters.definitions"),
-                **fields.mapping(raw.get("$defs"), f"{where}.parameters.$defs")}  # fmt: skip
+        defs = _Defs({**fields.mapping(raw.get("definitions"), f"{where}.parameters.definitions"),
+                      **fields.mapping(raw.get("$defs"), f"{where}.parameters.$defs")})  # fmt: skip
         parameters = _schema(raw, f"{where}.parameters", defs)
         if parameters.get("properties"):  # Gemini rejects an OBJECT without properties: no parameters at all
             declaration["parameters"] = parameters
