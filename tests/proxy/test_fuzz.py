@@ -50,7 +50,8 @@ scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70), st.sampled_from([0, -1, 2**31, 2**63, 2**64, 10**30]),
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e308, -1e308, 5e-324]),
     st.text(max_size=12), st.sampled_from(["NaN", "Infinity", "-inf", "1e999", "", "null", "true", "\ud800"]),
-)  # fmt: skip
+    st.sampled_from(['{"a":' + "[" * 300 + "]" * 300 + "}", "[" * 1000 + "]" * 1000, '{"query": 1e999}']),
+)  # JSON text inside a string: tool arguments are parsed, and deep ones must not crash re-encoding  # fmt: skip
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8),
                       inner, max_size=3), max_leaves=6)  # fmt: skip
 

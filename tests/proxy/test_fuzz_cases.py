@@ -90,6 +90,17 @@ def test_nesting_a_thousand_levels_deep(gateway: Gateway, api: Api, key: str) ->
             assert reply.status == 400, (model, reply)
 
 
+@pytest.mark.parametrize("model", TARGETS)
+def test_tool_arguments_whose_json_nests_deep(gateway: Gateway, model: str) -> None:
+    """Arguments are JSON text the encoders for Anthropic, Gemini and Kiro parse and write again as an object."""
+    api = APIS["openai-chat"]
+    body = api.seed(model, False)
+    body["messages"][2]["tool_calls"][0]["function"]["arguments"] = '{"a":' + "[" * 500 + "]" * 500 + "}"
+    reply = _send(gateway, api, model, orjson.dumps(body))
+    if model in ("m-anthropic", "m-gemini", "m-vertex", "m-kiro"):
+        assert reply.status == 400 and b"nested more than 64 levels" in reply.body, reply
+
+
 @pytest.mark.parametrize("api", APIS.values(), ids=APIS.keys())
 def test_nesting_deeper_than_orjson_reads_is_invalid_json(gateway: Gateway, api: Api) -> None:
     body = b'{"model": "m-gemini", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"

@@ -124,7 +124,7 @@ def _args(arguments: str, where: str) -> dict[str, Any]:
         raise TranslationError(f"{where}.arguments: not valid JSON ({exc})") from None
     if not isinstance(args, dict):
         raise TranslationError(f"{where}.arguments: must be a JSON object")
-    return args
+    return fields.bounded(args, f"{where}.arguments")
 
 
 def _model_parts(parts: list[Part], where: str, *, ids: bool, unsigned_thoughts: bool) -> list[dict[str, Any]]:
