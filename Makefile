@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_PORT ?= 18080
+# Where `make clients` installs Claude Code and Codex CLI (npm, a local prefix: nothing global).
+CLIENTS_NPM ?= build/clients/npm
 KIND_CLUSTER ?= kind
 # PROXY_IMAGE, OPERATOR_IMAGE and IMAGE_TAG: the names the chart runs by default (override on the command line).
 include deploy/helm/cliproxy/images.env
@@ -11,7 +13,7 @@ include deploy/helm/cliproxy/images.env
 SYSTEM_PACKAGES := shellcheck
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv sysdeps run test lint bench images kind-load e2e clean
+.PHONY: venv sysdeps run test lint bench clients images kind-load e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +49,15 @@ bench: $(STAMP)
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/propagation_bench.py
+	$(BIN)/python bench/fault_bench.py
+
+# The clients people run (SDKs, litellm, Claude Code, Codex CLI) through the proxy at scripted upstreams: a table of
+# client x upstream. Not part of `make test`: it installs litellm and two npm packages, and runs the CLIs.
+clients: $(STAMP)
+	$(BIN)/pip install --quiet 'litellm>=1.70'
+	@[ -x $(CLIENTS_NPM)/node_modules/.bin/claude ] && [ -x $(CLIENTS_NPM)/node_modules/.bin/codex ] \
+	|| npm install --prefix $(CLIENTS_NPM) --no-audit --no-fund @anthropic-ai/claude-code @openai/codex
+	$(BIN)/python -m tests.clients.matrix --npm $(CLIENTS_NPM)
 
 images:
 	docker build -f deploy/docker/proxy.Dockerfile -t $(PROXY_IMAGE):$(IMAGE_TAG) .

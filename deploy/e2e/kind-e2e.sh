@@ -6,8 +6,8 @@
 #
 # Knobs (environment): CLUSTER (kind cluster name), NAMESPACE, RELEASE (Helm release), TAG (image tag; default the
 # chart's IMAGE_TAG from deploy/helm/cliproxy/images.env, which also names the images),
-# PROXY_SERVICE (the chart's proxy Service; default "<release>-proxy"), CLIENT_KEY (a client API key, if the
-# chart's gateway requires one), KEEP_CLUSTER=1 (leave the cluster up for debugging), TIMEOUT (seconds per wait),
+# PROXY_SERVICE (the chart's proxy Service; default "<release>-proxy"), CLIENT_KEY (the gateway's client key, put in a
+# Secret labelled cliproxy.io/client-keys-for=default: a gateway without one refuses callers), KEEP_CLUSTER=1 (leave the cluster up for debugging), TIMEOUT (seconds per wait),
 # ROTATION_TIMEOUT (seconds a rotated upstream key may take to reach the proxy: the chart's default API source
 # applies it within a second or two of the operator's re-render; the kubelet's volume sync would take minutes).
 set -euo pipefail
@@ -24,7 +24,7 @@ RELEASE=${RELEASE:-cliproxy}
 TAG=${TAG:-$IMAGE_TAG}
 PROXY_SERVICE=${PROXY_SERVICE:-${RELEASE}-proxy}
 PROXY_PORT=8317
-CLIENT_KEY=${CLIENT_KEY:-}
+CLIENT_KEY=${CLIENT_KEY:-e2e-client-key}
 KEEP_CLUSTER=${KEEP_CLUSTER:-0}
 TIMEOUT=${TIMEOUT:-180}
 ROTATION_TIMEOUT=${ROTATION_TIMEOUT:-15}
@@ -189,6 +189,8 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: e2e-upstream-key
+  labels:
+    cliproxy.io/credential: "true"  # the Secret's owner lets it back a ProviderCredential
 type: Opaque
 stringData:
   key: demo-key-1
@@ -216,6 +218,8 @@ spec:
     - name: demo-small
       alias: e2e-small
 EOF
+kc create secret generic e2e-clients --from-literal=key="$CLIENT_KEY" --dry-run=client -o yaml \
+    | kc label --local -f - cliproxy.io/client-keys-for=default -o yaml | kc apply -f -
 kc wait --for=condition=Ready providercredential.cliproxy.io/e2e-fake --timeout "${TIMEOUT}s"
 kc wait --for=condition=Ready providerroute.cliproxy.io/e2e --timeout "${TIMEOUT}s"
 
@@ -245,7 +249,7 @@ grep -q '^data: ' <<< "$out" || fail "stream carried no SSE data lines"
 grep -q 'data: \[DONE\]' <<< "$out" || fail "stream did not end with data: [DONE]"
 
 step "GET /v1/metrics/providers (before rotation)"
-incluster --fail "$(proxy_url /v1/metrics/providers)"
+incluster --fail ${auth[@]+"${auth[@]}"} "$(proxy_url /v1/metrics/providers)"
 echo
 
 # Rotation, honestly and promptly. First restart the fake so it accepts ONLY demo-key-2 (the fake is what restarts,
@@ -270,7 +274,8 @@ echo "fake upstream: demo-key-1 -> $old_status, demo-key-2 -> $new_status"
 [[ "$old_status" == 401 ]] || fail "the fake still accepts the old key (HTTP $old_status); the check would prove nothing"
 [[ "$new_status" == 200 ]] || fail "the fake refuses the new key (HTTP $new_status)"
 
-kc create secret generic e2e-upstream-key --from-literal=key=demo-key-2 --dry-run=client -o yaml | kc apply -f -
+kc create secret generic e2e-upstream-key --from-literal=key=demo-key-2 --dry-run=client -o yaml \
+    | kc label --local -f - cliproxy.io/credential=true -o yaml | kc apply -f -
 rotated_at=$SECONDS
 
 step "Expecting a proxied chat completion with the rotated key within ${ROTATION_TIMEOUT}s (no proxy restart)"
@@ -284,7 +289,7 @@ echo "release pods after:  $pods_after"
 [[ "$pods_before" == "$pods_after" ]] || fail "release pods were replaced or restarted"
 
 step "GET /v1/metrics/providers (after rotation)"
-incluster --fail "$(proxy_url /v1/metrics/providers)"
+incluster --fail ${auth[@]+"${auth[@]}"} "$(proxy_url /v1/metrics/providers)"
 echo
 
 step "Scraping /metrics"

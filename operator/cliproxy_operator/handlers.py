@@ -115,9 +115,9 @@ async def reconcile(namespace: str, route_index: kopf.Index[str, Any], credentia
         routes = list(route_index.get(namespace, []))
         credentials = list(credential_index.get(namespace, []))
         core, custom = _clients["core"], _clients["custom"]
-        secrets = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
+        secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
         client_keys = await asyncio.to_thread(read_client_keys, core, namespace)
-        rendering = render(routes, credentials, secrets, client_keys)
+        rendering = render(routes, credentials, secrets, client_keys, consent)
         by_name = {r["metadata"]["name"]: r for r in routes}
         for gateway in rendering.gateways.values():
             owners = [
@@ -134,9 +134,11 @@ async def reconcile(namespace: str, route_index: kopf.Index[str, Any], credentia
         for route in routes:
             state = rendering.routes[route["metadata"]["name"]]
             ok, reason, message = _summary(state.problems, "Rendered", f"serving {len(state.models)} model ids")
+            clean, why, warned = _summary(state.warnings + state.notices, "NoWarnings", "no model conflict, keys set")
             await _report(custom, namespace, ROUTES, route, {
                 "conditions": _conditions(route, ("Ready", ok, reason, message),
-                                          ("Rendered", state.rendered, reason, message)),
+                                          ("Rendered", state.rendered, reason, message),
+                                          ("Degraded", not clean, why, warned)),
                 "models": state.models, "modelCount": len(state.models), "gateway": state.gateway,
             }, state.problems + state.warnings)  # fmt: skip
         for credential in credentials:

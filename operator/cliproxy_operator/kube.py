@@ -12,7 +12,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .render import Gateway
+from .render import Gateway, SecretConsent
+from .secret_rules import REFRESH_URL_ANNOTATION, opted_in
 
 GROUP, VERSION = "cliproxy.io", "v1alpha1"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "cliproxy-operator"}
@@ -30,9 +31,15 @@ def object_name(gateway: str) -> str:
     return f"cliproxy-{gateway}"
 
 
-def read_secrets(core: client.CoreV1Api, namespace: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
-    """The decoded data of each named Secret that exists; absent ones are left out (render names them)."""
-    found = {}
+def read_secrets(
+    core: client.CoreV1Api, namespace: str, names: Iterable[str]
+) -> tuple[dict[str, dict[str, str]], SecretConsent]:
+    """The decoded data of each named Secret that exists and opted in, and what their owners allowed.
+
+    A Secret without the opt-in label is named in the consent, and its data never leaves this function;
+    absent ones are left out (render names them).
+    """
+    found, refused, refresh_urls = {}, set(), {}
     for name in sorted(set(names)):
         try:
             secret = core.read_namespaced_secret(name, namespace)
@@ -40,9 +47,16 @@ def read_secrets(core: client.CoreV1Api, namespace: str, names: Iterable[str]) -
             if error.status == 404:
                 continue
             raise
+        metadata = secret.metadata
+        if not opted_in(metadata.labels if metadata else None):
+            refused.add(name)
+            continue
+        allowed = ((metadata.annotations if metadata else None) or {}).get(REFRESH_URL_ANNOTATION)
+        if allowed is not None:
+            refresh_urls[name] = allowed
         data = secret.data or {}
         found[name] = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
-    return found
+    return found, SecretConsent(frozenset(refused), refresh_urls)
 
 
 def read_client_keys(core: client.CoreV1Api, namespace: str) -> dict[str, list[str]]:

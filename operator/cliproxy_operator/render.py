@@ -19,6 +19,8 @@ import orjson
 from cliproxy_proxy.catalog import KINDS
 from cliproxy_proxy.config import ConfigError, parse_config
 
+from .secret_rules import OPT_IN_LABEL, refresh_url_refusal
+
 CONFIG_KEY = "config.json"  # JSON is YAML too; it renders and loads many times faster
 PACKED_KEY = "config.json.gz"  # the same document gzipped, in binaryData, when it is too large to keep plain
 INLINE_LIMIT = 900 * 1024  # plain JSON up to here (readable with kubectl); Kubernetes caps an object at 1 MiB
@@ -27,9 +29,9 @@ CLIENT_KEYS_FILE = "client-keys"
 COMPACT_ABOVE = 512 * 1024
 TOKEN_PROVIDERS = frozenset({"kiro", "cursor", "ampcode", "minimax", "roo", "kilo"})
 _POLICY_KEYS = {
-    "requestRetry": ("request-retry",), "maxRetryInterval": ("max-retry-interval",),
-    "maxRetryCredentials": ("max-retry-credentials",), "connectTimeoutSeconds": ("timeouts", "connect"),
-    "readTimeoutSeconds": ("timeouts", "read"),
+    "requestRetry": "request-retry", "maxRetryInterval": "max-retry-interval",
+    "maxRetryCredentials": "max-retry-credentials", "connectTimeoutSeconds": "connect-timeout",
+    "readTimeoutSeconds": "read-timeout",
 }  # fmt: skip
 
 Resource = Mapping[str, Any]
@@ -41,6 +43,14 @@ class Problem:
 
     reason: str
     message: str
+
+
+@dataclass(frozen=True)
+class SecretConsent:
+    """What the referenced Secrets' owners allowed: the kube layer hands render data of opted-in Secrets only."""
+
+    not_opted_in: frozenset[str] = frozenset()  # Secrets that exist but lack the opt-in label
+    refresh_urls: Mapping[str, str] = field(default_factory=dict)  # a token Secret's allowed refreshURL
 
 
 @dataclass
@@ -56,7 +66,8 @@ class RouteState:
     models: list[str] = field(default_factory=list)  # exposed ids, when the route lists its models
     rendered: bool = False
     problems: list[Problem] = field(default_factory=list)
-    warnings: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # a condition and a Warning Event
+    notices: list[Problem] = field(default_factory=list)  # a condition only: the normal state of a new gateway
 
 
 @dataclass(frozen=True)
@@ -106,8 +117,23 @@ def _resolve(ref: Mapping[str, Any], secrets: Mapping[str, Mapping[str, str]], w
     return value.strip()
 
 
+def _refused(what: str, ref: Mapping[str, Any], spec: Mapping[str, Any], consent: SecretConsent) -> Problem | None:
+    """The Secret owner's consent: the opt-in label first, then, for a token, where it may be refreshed."""
+    secret = str(ref.get("name"))
+    if secret in consent.not_opted_in:
+        return Problem("SecretNotOptedIn", f"{what}: Secret {secret!r} lacks the label {OPT_IN_LABEL}=true "
+                       "that lets it back a credential")  # fmt: skip
+    if what == "tokenSecretRef":
+        refusal = refresh_url_refusal(spec["provider"], spec.get("refreshURL"), consent.refresh_urls.get(secret))
+        return None if refusal is None else Problem("RefreshURLNotAllowed", refusal)
+    return None
+
+
 def _credentials(
-    credentials: list[Resource], secrets: Mapping[str, Mapping[str, str]], files: dict[str, str]
+    credentials: list[Resource],
+    secrets: Mapping[str, Mapping[str, str]],
+    files: dict[str, str],
+    consent: SecretConsent,
 ) -> dict[str, CredentialState]:
     states: dict[str, CredentialState] = {}
     for credential in sorted(credentials, key=_name):
@@ -123,7 +149,7 @@ def _credentials(
         if spec.get("tokenSecretRef"):
             refs.append(("tokenSecretRef", spec["tokenSecretRef"], f"{name}.token"))
         for what, ref, file in refs:
-            value = _resolve(ref, secrets, what)
+            value = _refused(what, ref, spec, consent) or _resolve(ref, secrets, what)
             if isinstance(value, Problem):
                 state.problems.append(value)
             else:
@@ -180,10 +206,55 @@ def _exposed(route: Resource, prefix: str | None) -> list[str]:
     return sorted(set(ids))
 
 
-def _set(document: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
-    for key in path[:-1]:
-        document = document.setdefault(key, {})
-    document[path[-1]] = value
+def _age(resource: Resource) -> tuple[str, str]:
+    """Oldest first: creationTimestamp (RFC 3339 in UTC sorts as text), then name."""
+    return str(resource.get("metadata", {}).get("creationTimestamp") or ""), _name(resource)
+
+
+def _policy(route: Resource) -> dict[str, Any] | None:
+    """The route's retry/timeout policy in the config's per-entry form: it governs only this route's models."""
+    given = route["spec"].get("policy") or {}
+    policy = {key: given[field] for field, key in _POLICY_KEYS.items() if given.get(field) is not None}
+    return policy or None
+
+
+def _contested(route: Resource, prefixes: set[Any], claimed: Mapping[tuple[str, str], str], gateway: str) -> list[
+        tuple[dict[str, Any], list[str]]]:  # fmt: skip
+    """Each of the route's models that an older route already serves under one of its ids, with those ids."""
+    spec = route["spec"]
+    found = []
+    for model in spec.get("models") or []:
+        alone = {**route, "spec": {**spec, "models": [model]}}
+        ids = sorted({i for p in prefixes for i in _exposed(alone, p) if (gateway, i) in claimed})
+        if ids:
+            found.append((model, ids))
+    return found
+
+
+def _open_gateways(routes: list[Resource], states: Mapping[str, RouteState], contributors: Mapping[str, list[str]],
+                   client_keys: Mapping[str, list[str]]) -> set[str]:  # fmt: skip
+    """Gateways without client keys that every rendered route opens with ``allowUnauthenticated: true``.
+
+    Closed wins: a route that asks to open a gateway another route keeps closed is told so; a keyless gateway
+    that stays closed tells each of its routes how to let callers in.
+    """
+    asks = {_name(r) for r in routes if r.get("spec", {}).get("allowUnauthenticated") is True}
+    opened = set()
+    for gateway, names in contributors.items():
+        if client_keys.get(gateway):
+            continue
+        if all(n in asks for n in names):
+            opened.add(gateway)
+            continue
+        for n in names:
+            message = (f"gateway {gateway!r} has no client keys and refuses callers: label a Secret "
+                       f"cliproxy.io/client-keys-for={gateway}")  # fmt: skip
+            if n in asks:
+                states[n].warnings.append(Problem("GatewayClosed", message + ", or set allowUnauthenticated: true "
+                                                  "on every one of its routes (closed wins)"))  # fmt: skip
+            else:
+                states[n].notices.append(Problem("NoClientKeys", message))
+    return opened
 
 
 def render(
@@ -191,22 +262,23 @@ def render(
     credentials: list[Resource],
     secrets: Mapping[str, Mapping[str, str]],
     client_keys: Mapping[str, list[str]] | None = None,
+    consent: SecretConsent | None = None,
 ) -> Rendering:
     """Every gateway of one namespace, from its ProviderRoutes, ProviderCredentials and their Secrets' data.
 
-    ``client_keys`` maps a gateway to the keys its clients must present; a gateway without any serves
-    unauthenticated (in-cluster traffic behind a ClusterIP Service, guarded by NetworkPolicy).
+    ``secrets`` holds the data of opted-in Secrets only; ``consent`` names the others and the refresh URLs
+    their owners allow. ``client_keys`` maps a gateway to the keys its clients must present; a gateway without
+    any refuses callers, unless every one of its routes says ``allowUnauthenticated: true``.
     """
     files: dict[str, str] = {}
-    creds = _credentials(credentials, secrets, files)
+    creds = _credentials(credentials, secrets, files, consent or SecretConsent())
     by_name = {_name(c): c for c in credentials}
     states: dict[str, RouteState] = {}
     documents: dict[str, dict[str, Any]] = {}
     contributors: dict[str, list[str]] = {}
     used_files: dict[str, set[str]] = {}
     claimed: dict[tuple[str, str], str] = {}
-    policy_from: dict[tuple[str, str], tuple[str, Any]] = {}
-    for route in sorted(routes, key=_name):
+    for route in sorted(routes, key=_age):  # the older route keeps a contested model
         name, spec = _name(route), route.get("spec", {})
         gateway = str(spec.get("gateway") or "default")
         state = states[name] = RouteState(gateway)
@@ -227,34 +299,34 @@ def render(
         if not usable:
             continue
         prefixes = {spec.get("prefix") or c["spec"].get("prefix") for c, _ in usable}
+        contested = _contested(route, prefixes, claimed, gateway)
+        for model, taken in contested:
+            owners = sorted({claimed[(gateway, i)] for i in taken})
+            state.warnings.append(Problem("DuplicateModel", f"model {model['name']!r} ({', '.join(taken)}) is "
+                                          f"already served by older route {', '.join(map(repr, owners))}; "
+                                          "this route leaves it out"))  # fmt: skip
+        if contested:
+            kept = [m for m in spec.get("models") or [] if all(m is not c for c, _ in contested)]
+            if not kept:
+                state.problems.extend(state.warnings)
+                state.warnings = []
+                continue
+            route = {**route, "spec": {**spec, "models": kept}}
         ids = sorted({i for p in prefixes for i in _exposed(route, p)})
-        taken = sorted(i for i in ids if (gateway, i) in claimed)
-        if taken:
-            owner = claimed[(gateway, taken[0])]
-            state.problems.append(
-                Problem("DuplicateModel", f"model ids {', '.join(taken)} already served by route {owner!r}")
-            )
-            continue
         document = documents.setdefault(gateway, {})
+        policy = _policy(route)
         for credential, priority in usable:
             block = credential["spec"]["provider"]
-            document.setdefault(block, []).extend(_entries(route, credential, creds[_name(credential)], priority))
+            entries = _entries(route, credential, creds[_name(credential)], priority)
+            if policy is not None:
+                entries = [{**entry, "policy": policy} for entry in entries]
+            document.setdefault(block, []).extend(entries)
             used_files.setdefault(gateway, set()).update(creds[_name(credential)].files)
-        for key, path in _POLICY_KEYS.items():
-            value = (spec.get("policy") or {}).get(key)
-            if value is None:
-                continue
-            first = policy_from.setdefault((gateway, key), (name, value))
-            if first[1] != value:
-                state.warnings.append(
-                    Problem("PolicyConflict", f"policy.{key} differs from route {first[0]!r}; theirs applies")
-                )
-            else:
-                _set(document, path, value)
         for model_id in ids:
             claimed[(gateway, model_id)] = name
         state.models, state.rendered = ids, True
         contributors.setdefault(gateway, []).append(name)
+    open_to = _open_gateways(routes, states, contributors, client_keys or {})
     gateways = {}
     held: set[str] = set()
     for gateway, document in documents.items():
@@ -264,7 +336,7 @@ def render(
         if keys:
             head["api-keys-file"] = CLIENT_KEYS_FILE
             secret_data[CLIENT_KEYS_FILE] = "\n".join(keys) + "\n"
-        else:
+        elif gateway in open_to:
             head["allow-unauthenticated"] = True
         ordered = {**head, **{k: document[k] for k in sorted(document) if k not in KINDS},
                    **{k: document[k] for k in KINDS if k in document}}  # fmt: skip

@@ -25,6 +25,8 @@ from cliproxy_proxy.oauth.base import RefreshRejected, RefreshRequest, TokenErro
 from cliproxy_proxy.oauth.session import refresh_once
 from cliproxy_proxy.oauth.vendors import registration_name, token_format
 
+from .secret_rules import OPT_IN_LABEL, REFRESH_URL_ANNOTATION, opted_in, refresh_url_refusal
+
 #: Seconds between checks of each token, and how long before expiry a refresh is due (env: tests, tuning).
 CHECK_SECONDS = float(os.environ.get("CLIPROXY_TOKEN_CHECK_SECONDS", "30"))
 REFRESH_MARGIN = float(os.environ.get("CLIPROXY_TOKEN_REFRESH_MARGIN_SECONDS", "300"))
@@ -43,16 +45,22 @@ async def _post(request: RefreshRequest) -> tuple[int, bytes]:
         return response.status, await response.read()
 
 
-def _read(core: client.CoreV1Api, namespace: str, name: str, key: str) -> bytes | None:
-    """The token file in the Secret's key; None when either is missing."""
+def _secret(core: client.CoreV1Api, namespace: str, name: str) -> Any:
     try:
-        secret = core.read_namespaced_secret(name, namespace)
+        return core.read_namespaced_secret(name, namespace)
     except ApiException as error:
         if error.status == 404:
             return None
         raise
-    value = (secret.data or {}).get(key)
-    return None if value is None else base64.b64decode(value)
+
+
+def _refusal(secret: Any, spec: Mapping[str, Any]) -> str | None:
+    """Why this Secret's owner has not allowed the refresh the credential asks for (see secret_rules)."""
+    metadata = secret.metadata
+    if not opted_in(metadata.labels if metadata else None):
+        return f"Secret {spec['tokenSecretRef']['name']!r} lacks the label {OPT_IN_LABEL}=true; not refreshed"
+    allowed = ((metadata.annotations if metadata else None) or {}).get(REFRESH_URL_ANNOTATION)
+    return refresh_url_refusal(spec["provider"], spec.get("refreshURL"), allowed)
 
 
 def _write(core: client.CoreV1Api, namespace: str, name: str, key: str, fresh: bytes, read: bytes) -> bool:
@@ -90,14 +98,19 @@ async def check(core: client.CoreV1Api, namespace: str, spec: Mapping[str, Any],
 
 async def _check(core: client.CoreV1Api, namespace: str, spec: Mapping[str, Any], ref: Mapping[str, str],
                  now: float, margin: float) -> dict[str, Any]:  # fmt: skip
-    found = await asyncio.to_thread(_read, core, namespace, ref["name"], ref["key"])
+    secret = await asyncio.to_thread(_secret, core, namespace, ref["name"])
+    found = None if secret is None else (secret.data or {}).get(ref["key"])
     if found is None:
         return {"state": "failing", "message": f"Secret {ref['name']!r} has no key {ref['key']!r}"}
-    raw = found
+    refusal = _refusal(secret, spec)
+    if refusal is not None:  # the victim's refresh token goes nowhere its owner did not allow
+        return {"state": "failing", "message": refusal}
+    raw = base64.b64decode(found)
     registration = None
     if spec["provider"] == "kiro" and (name := registration_name(raw)) is not None:
         # An IdC login: its client registration rides in the same Secret, under the name the IDE gives it.
-        registration = await asyncio.to_thread(_read, core, namespace, ref["name"], name)
+        stored = (secret.data or {}).get(name)
+        registration = None if stored is None else base64.b64decode(stored)
     fmt = token_format(spec["provider"], spec.get("refreshURL"), registration)
     try:
         tokens = fmt.parse(raw)

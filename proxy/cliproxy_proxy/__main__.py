@@ -1,4 +1,7 @@
-"""``cliproxy-proxy --config PATH``: serve the gateway from a config file or a mounted ConfigMap directory."""
+"""``cliproxy-proxy --config PATH``: serve the gateway from a config file or a mounted ConfigMap directory.
+
+``cliproxy-proxy --check PATH`` validates a config (its secret files included) and lists what it ignores.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,11 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
+from .accesslog import RedactingAccessLogger
 from .app import PROXY, create_app
 from .config import ConfigError, ProxyConfig
 from .kubesource import ApiServer, KubeSource, in_cluster_namespace
@@ -34,10 +39,13 @@ class JsonFormatter(logging.Formatter):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cliproxy-proxy", description=__doc__)
-    parser.add_argument("--config", required=True, help="config file, or a directory holding config.yaml")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="config file, or a directory holding config.yaml")
+    what.add_argument("--check", metavar="CONFIG", help="validate this config, list what it ignores, and exit")
     parser.add_argument("--secrets-dir", help="directory of secret files (a mounted Secret)")
     parser.add_argument("--host", help="bind address (overrides the config's host)")
     parser.add_argument("--port", type=int, help="listen port (overrides the config's port)")
+    parser.add_argument("--metrics-port", type=int, help="serve /metrics on this port instead (overrides metrics-port)")
     parser.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config checks")
     parser.add_argument("--shutdown-timeout", type=float, default=60.0, help="seconds to drain in-flight requests")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
@@ -68,7 +76,8 @@ def _setup_logging(fmt: str, level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
-def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
+def load_app(source: ConfigSource, reload_interval: float, *, host: str | None = None,
+             metrics_port: int | None = None) -> web.Application:  # fmt: skip
     """Validate the initial config (raising ConfigError) and build the application around it.
 
     A Kubernetes source may start from an empty or invalid volume: the API may hold a good config, so the
@@ -82,18 +91,39 @@ def load_app(source: ConfigSource, reload_interval: float) -> web.Application:
         if not isinstance(source, KubeSource):
             raise
         logging.getLogger("cliproxy.proxy").warning("no usable config in the volume (%s); waiting for the API", error)
-        return create_app(build_runtime(ProxyConfig(), None), source, reload_interval=reload_interval, configured=False)
+        empty = build_runtime(ProxyConfig(), None)
+        return create_app(empty, source, reload_interval=reload_interval, configured=False,
+                          host=host, metrics_port=metrics_port)  # fmt: skip
     fingerprint = source.fingerprint(credentials[1])
     runtime = build_runtime(config, source, fingerprint=fingerprint, credentials=credentials, sessions=sessions)
-    return create_app(runtime, source, reload_interval=reload_interval)
+    listen = host if host is not None else (config.host or None)
+    return create_app(runtime, source, reload_interval=reload_interval, host=listen, metrics_port=metrics_port)
+
+
+def check(path: str, secrets_dir: str | None) -> int:
+    """Validate a config as a load would, secret files included; 0 when it would serve, 2 otherwise."""
+    source = ConfigSource(path, secrets_dir)
+    try:
+        config, _ = source.read_config()
+        runtime = build_runtime(config, source)
+    except ConfigError as error:
+        print(f"cliproxy-proxy: invalid config: {error}", file=sys.stderr)
+        return 2
+    print(f"{source.config_file()}: valid: {len(runtime.credentials)} credentials, {len(runtime.routes)} models")
+    if config.ignored:
+        print(f"{len(config.ignored)} cliproxyapi++ settings are accepted but not implemented:")
+        print("".join(f"  {note}\n" for note in config.ignored), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.log_format, args.log_level)
+    _setup_logging(args.log_format, "ERROR" if args.check is not None else args.log_level)
+    if args.check is not None:  # its findings are its output, not log lines
+        return check(args.check, args.secrets_dir)
     try:
         source = _source(args)
-        app = load_app(source, args.reload_interval)
+        app = load_app(source, args.reload_interval, host=args.host, metrics_port=args.metrics_port)
     except ConfigError as error:
         print(f"cliproxy-proxy: invalid config: {error}", file=sys.stderr)
         return 2
@@ -109,8 +139,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=logging.getLogger("aiohttp.access") if args.access_log else None,
         print=None,
         loop=_loop(),
+        **server_options(runtime.config),
     )
     return 0
+
+
+def server_options(config: ProxyConfig) -> dict[str, Any]:
+    """What the listener enforces on clients.
+
+    A connection waits at most ``client-timeouts.headers`` for a request's headers (aiohttp's keep-alive timer
+    runs from the connection's start and is not reset by bytes that trickle in); the rest of a refused body is
+    read away for at most a second; a client that leaves cancels its handler, and with it the upstream call.
+    """
+    return {
+        "keepalive_timeout": config.client_timeouts.headers,
+        "lingering_time": 1.0,
+        "handler_cancellation": True,
+        "access_log_class": RedactingAccessLogger,
+    }
 
 
 def _loop() -> asyncio.AbstractEventLoop:

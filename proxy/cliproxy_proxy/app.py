@@ -13,10 +13,12 @@ from time import perf_counter
 from typing import Any
 
 import orjson
+import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .bodies import BodyRefused, decode
+from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
 from .discovery import Discovery
 from .forward import OVERHEAD_HEADER, Exchange
@@ -24,16 +26,16 @@ from .health import Health
 from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics, SessionRow
 from .reload import Reloader
-from .runtime import Runtime
+from .runtime import Runtime, anthropic_model, gemini_model
 from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES, codec_for_path
 from .translate.canonical import Codec
 from .translate.thinking import split_thinking_suffix
 from .upstream import Pool
+from .vendor_headers import forwarded
 
 log = logging.getLogger("cliproxy.proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_OPEN_PATHS = frozenset({"/v1/metrics/providers"})
 
 
 class Proxy:
@@ -48,6 +50,8 @@ class Proxy:
         self.discovery = Discovery(self.metrics.discovered)
         self.draining = False
         self.pool = Pool()
+        self.metrics_port = runtime.config.metrics_port  # read at start, like the main port: a reload keeps it
+        self.metrics_host: str | None = None
         self.health.sync(runtime.credentials)
         self.metrics.watch_credentials(
             self.credential_states, self.session_states, lambda: self.discovery.failing(self.runtime.credentials)
@@ -157,13 +161,20 @@ def key_matches(presented: bytes, keys: tuple[bytes, ...]) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request.path
-    if not path.startswith(("/v1/", "/v1beta/")) or path in _OPEN_PATHS:
+    """Every route needs a client key but the few in ``PUBLIC_HANDLERS``.
+
+    The rule is decided on the route the router matched, never on the path's spelling, so no variant of a
+    path (case, slashes, percent-encoding, dot segments) reaches a handler the rule did not judge.
+    """
+    proxy = request.app[PROXY]
+    if _is_public(request, proxy):
         return await handler(request)
-    runtime = request.app[PROXY].runtime
-    codec = codec_for_path(path)
+    runtime = proxy.runtime
+    codec = codec_for_path(request.path)
     if not runtime.client_keys:
-        if runtime.config.allow_unauthenticated or _is_loopback(request.remote):
+        if runtime.config.allow_unauthenticated:
+            return await handler(request)
+        if _is_loopback(request.remote) and not _from_browser_elsewhere(request):
             return await handler(request)
         return _error(
             codec, 403, "No api-keys are configured, so only loopback clients are served; "
@@ -177,6 +188,30 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
+def _is_public(request: web.Request, proxy: Proxy) -> bool:
+    handler = request.match_info.route.handler
+    return handler in PUBLIC_HANDLERS or (handler is prometheus and not proxy.metrics_port)
+
+
+_LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
+
+
+def _from_browser_elsewhere(request: web.Request) -> bool:
+    """A request a web page made (cross-site, or by DNS rebinding under a foreign name) rather than a local client.
+
+    A page in the user's browser can reach loopback ports; its requests carry an Origin or Sec-Fetch-Site
+    header, and after DNS rebinding a Host that is not a loopback name.
+    """
+    host = (request.host or "").lower()
+    name = host.rpartition(":")[0] if host.rpartition(":")[2].isdigit() else host
+    if name not in _LOOPBACK_NAMES:
+        return True
+    if request.headers.get("Sec-Fetch-Site", "none") not in ("none", "same-origin"):
+        return True
+    origin = request.headers.get("Origin")
+    return origin is not None and yarl.URL(origin).host not in _LOOPBACK_NAMES
+
+
 def _error(codec: Codec, status: int, message: str, code: str | None) -> web.Response:
     """An error in the format of the API the client called."""
     return web.Response(status=status, body=codec.encode_error(status, message, code), content_type="application/json")
@@ -185,21 +220,42 @@ def _error(codec: Codec, status: int, message: str, code: str | None) -> web.Res
 # -- handlers -------------------------------------------------------------------------------------------
 
 
+def _models_format(request: web.Request) -> Codec:
+    """Whose shape a model listing takes: each SDK lists models at the same path and reads its own vendor's."""
+    if (
+        request.path.startswith("/v1beta/")
+        or "X-Goog-Api-Key" in request.headers
+        or "X-Goog-Api-Client" in (request.headers)
+    ):
+        return GEMINI
+    return ANTHROPIC if "anthropic-version" in request.headers else OPENAI_CHAT
+
+
 async def list_models(request: web.Request) -> web.Response:
     runtime = request.app[PROXY].runtime
-    anthropic = "anthropic-version" in request.headers  # Anthropic's SDK lists models in its own shape
-    body = runtime.anthropic_models_body if anthropic else runtime.models_body
+    shape = _models_format(request)
+    if shape is GEMINI:
+        models = [gemini_model(model, route) for model, route in sorted(runtime.routes.items())]
+        return web.Response(body=orjson.dumps({"models": models}), content_type="application/json")
+    body = runtime.anthropic_models_body if shape is ANTHROPIC else runtime.models_body
     return web.Response(body=body, content_type="application/json")
 
 
 async def get_model(request: web.Request) -> web.Response:
     runtime = request.app[PROXY].runtime
-    model = request.match_info["model"]
+    shape = _models_format(request)
+    model = request.match_info["model"].removeprefix("models/")  # google-genai may send the full resource name
     route = runtime.routes.get(model)
     if route is None:
-        return _model_not_found(runtime, model, OPENAI_CHAT)
-    owner = route.groups[0][0].credential.provider
-    body = {"id": model, "object": "model", "created": int(runtime.loaded_at), "owned_by": owner}
+        return _model_not_found(runtime, model, shape)
+    body: dict[str, Any]
+    if shape is GEMINI:
+        body = gemini_model(model, route)
+    elif shape is ANTHROPIC:
+        body = anthropic_model(model, runtime.loaded_at)
+    else:
+        owner = route.groups[0][0].credential.provider
+        body = {"id": model, "object": "model", "created": int(runtime.loaded_at), "owned_by": owner}
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
@@ -235,20 +291,43 @@ def _model_and_stream(request: web.Request, inbound: Codec, payload: dict[str, A
     return payload.get("model"), payload.get("stream") is True
 
 
-async def _json_body(
-    request: web.Request, runtime: Runtime, inbound: Codec
-) -> tuple[dict[str, Any], bytes] | web.Response:
-    """The body as a JSON object (and its bytes, decoded from any Content-Encoding), or the client's 4xx."""
+async def _read_body(request: web.Request, runtime: Runtime, inbound: Codec) -> bytes | bytearray | web.Response:
+    """The body, decoded from its Content-Encoding, within the live size limit and the client's body time.
+
+    Chunks go straight into one buffer of the announced size, kept as read (aiohttp's ``read()`` would grow one
+    and copy it once more). A slow body gets the 408 that closes it; an encoding that lies the 400, one the proxy
+    does not decode the 415 (bodies.py: the limit holds for the decoded size too).
+    """
     limit = runtime.config.max_body_bytes  # the app's client_max_size holds the limit at start; this one is live
-    if (request.content_length or 0) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or 0)
-    raw = await request.read()
+    announced = request.content_length or 0
+    if announced > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=announced)
+    body, size = bytearray(announced), 0
     try:
-        raw = decode(raw, request.headers.get("Content-Encoding", ""), limit)
+        async with asyncio.timeout(runtime.config.client_timeouts.body):
+            async for chunk in request.content.iter_any():
+                if size + len(chunk) > limit:
+                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size + len(chunk))
+                body[size : size + len(chunk)] = chunk  # in place while within the announced size
+                size += len(chunk)
+    except TimeoutError:
+        response = _error(inbound, 408, "The request body did not arrive in time.", "request_timeout")
+        response.force_close()  # whatever the client still sends is not read
+        return response
+    del body[size:]
+    try:
+        return decode(body, request.headers.get("Content-Encoding", ""), limit)
     except BodyRefused as refused:
         return _error(inbound, refused.status, refused.message, refused.code)
-    if len(raw) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+
+
+async def _json_body(
+    request: web.Request, runtime: Runtime, inbound: Codec
+) -> tuple[dict[str, Any], bytes | bytearray] | web.Response:
+    """The body as a JSON object (and its decoded bytes), or the client's 4xx."""
+    raw = await _read_body(request, runtime, inbound)
+    if isinstance(raw, web.Response):
+        return raw
     try:
         payload = orjson.loads(raw)  # refuses invalid UTF-8, NaN, and nesting deeper than 1024
     except orjson.JSONDecodeError:
@@ -266,9 +345,10 @@ async def _exchange(
     if isinstance(read, web.Response):
         return read
     payload, raw = read
-    model, stream = _model_and_stream(request, inbound, payload)
-    if not isinstance(model, str) or not model:
-        return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+    named, stream = _model_and_stream(request, inbound, payload)
+    model = _checked_model(named, inbound)
+    if isinstance(model, web.Response):
+        return model
     route, reasoning = runtime.routes.get(model), None
     if route is None:
         base, reasoning = split_thinking_suffix(model)
@@ -276,6 +356,15 @@ async def _exchange(
     if route is None:
         return _model_not_found(runtime, model, inbound)
     return Exchange(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
+
+
+def _checked_model(model: Any, inbound: Codec) -> str | web.Response:
+    """The model name, or the 400 for one no route could hold: missing, not a string, with CR/LF or other controls."""
+    if not isinstance(model, str) or not model:
+        return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+    if CONTROL_CHARACTERS.search(model):
+        return _error(inbound, 400, "The model name must not contain control characters.", "invalid_model")
+    return model
 
 
 def _counter(inbound: Codec) -> Handler:
@@ -286,16 +375,18 @@ def _counter(inbound: Codec) -> Handler:
         if isinstance(read, web.Response):
             return read
         payload, raw = read
-        model = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
-        if not isinstance(model, str) or not model:
-            return _error(inbound, 400, "The request needs a 'model' string.", "missing_model")
+        named = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
+        model = _checked_model(named, inbound)
+        if isinstance(model, web.Response):
+            return model
         route = runtime.routes.get(model) or runtime.routes.get(split_thinking_suffix(model)[0])
         if route is None:
             return _model_not_found(runtime, model, inbound)
-        timeouts = runtime.config.timeouts
+        timeouts = route.policy
         try:
+            vendor = forwarded(request.headers, inbound.vendor_headers)
             tokens = await count_tokens(
-                proxy.pool, proxy.health, route, inbound, payload, raw, timeouts.connect, timeouts.read
+                proxy.pool, proxy.health, route, inbound, payload, raw, timeouts.connect, timeouts.read, vendor
             )
         except CountError as error:
             return _error(inbound, error.status, error.message, error.code)
@@ -352,12 +443,13 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def reload_now(request: web.Request) -> web.Response:
-    if not _is_loopback(request.remote):
-        return _error(OPENAI_CHAT, 403, "Reload is only accepted from loopback.", "forbidden")
+    """Past the client key (auth_middleware): only a local client, never a web page, may force a reload."""
+    if not _is_loopback(request.remote) or _from_browser_elsewhere(request):
+        return _error(OPENAI_CHAT, 403, "Reload is only accepted from a loopback client, not a browser.", "forbidden")
     reloader = request.app.get(RELOADER)
     if reloader is None:
         return _error(OPENAI_CHAT, 409, "This proxy was not started from a config source.", "no_config_source")
-    changed = await reloader.check(force=True)
+    changed = await asyncio.shield(reloader.check(force=True))  # a caller that hangs up does not cut it short
     status = 200 if changed else 422
     return web.json_response({"reloaded": changed, "generation": request.app[PROXY].generation,
                               "error": reloader.last_error or None}, status=status)  # fmt: skip
@@ -369,21 +461,34 @@ async def index(request: web.Request) -> web.Response:
     )})  # fmt: skip
 
 
+#: The routes served without a client key: the kubelet's probes, and Prometheus' scrape unless it has its own port.
+PUBLIC_HANDLERS = frozenset({healthz, readyz})
+
+
 # -- assembly -------------------------------------------------------------------------------------------
 
 
 def create_app(
-    runtime: Runtime, source: ConfigSource | None = None, *, reload_interval: float = 1.0, configured: bool = True
+    runtime: Runtime,
+    source: ConfigSource | None = None,
+    *,
+    reload_interval: float = 1.0,
+    configured: bool = True,
+    metrics_port: int | None = None,
+    host: str | None = None,
 ) -> web.Application:
     """An application serving ``runtime``; with a ``source`` it also watches and reloads it.
 
     ``configured=False`` serves ``runtime`` (empty) as not ready until the source yields a first config.
+    ``metrics_port`` (else the config's ``metrics-port``) serves ``/metrics`` on its own listener on ``host``.
     """
     app = web.Application(
         middlewares=[errors_middleware, auth_middleware], client_max_size=runtime.config.max_body_bytes,
         handler_args={"auto_decompress": False},  # bodies are decoded in bodies.py, where errors keep their format
     )  # fmt: skip
     proxy = Proxy(runtime, configured=configured)
+    proxy.metrics_port = metrics_port or proxy.metrics_port
+    proxy.metrics_host = host
     app[PROXY] = proxy
     if source is not None:
         app[RELOADER] = Reloader(proxy, source, reload_interval)
@@ -392,10 +497,12 @@ def create_app(
     app.router.add_post("/v1/completions", _forwarder(OPENAI_COMPLETIONS))
     app.router.add_post("/v1/messages", _forwarder(ANTHROPIC))
     app.router.add_post("/v1/responses", _forwarder(RESPONSES))
-    for path in ("/v1beta/models/{tail:.+}", "/v1/models/{tail:.+}"):  # google-genai speaks v1 by default
+    # google-genai speaks v1 by default; [\s\S]: a model name with a line break is judged (400), not unrouted
+    for path in ("/v1beta/models/{tail:[\\s\\S]+}", "/v1/models/{tail:[\\s\\S]+}"):
         app.router.add_post(path, gemini)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model:.+}", get_model)
+    for path in ("/v1/models", "/v1beta/models"):
+        app.router.add_get(path, list_models)
+        app.router.add_get(path + "/{model:.+}", get_model)
     app.router.add_post("/v1/messages/count_tokens", _counter(ANTHROPIC))
     app.router.add_get("/v1/metrics/providers", provider_metrics)
     app.router.add_get("/metrics", prometheus)
@@ -417,6 +524,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         discovers = any(c.discovers_models for c in proxy.runtime.credentials)
         if discovers or reloader.source.using_api:
             await reloader.check(force=discovers)  # the API's objects, and the upstreams' model lists, before serving
+    metrics = await _metrics_listener(proxy) if proxy.metrics_port else None
     watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
     loop = asyncio.get_running_loop()
     if reloader is not None:
@@ -429,7 +537,20 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await watcher
     if reloader is not None:
         await reloader.source.stop()
+    if metrics is not None:
+        await metrics.cleanup()
     await proxy.close()
+
+
+async def _metrics_listener(proxy: Proxy) -> web.AppRunner:
+    """``/metrics`` alone on its own port: scraped without a client key, where a NetworkPolicy can fence it."""
+    app = web.Application()
+    app[PROXY] = proxy
+    app.router.add_get("/metrics", prometheus)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, proxy.metrics_host, proxy.metrics_port).start()
+    return runner
 
 
 async def _drain(app: web.Application) -> None:

@@ -26,7 +26,7 @@ class BodyRefused(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-def decode(raw: bytes, encoding: str, limit: int) -> bytes:
+def decode(raw: bytearray, encoding: str, limit: int) -> bytes | bytearray:
     """``raw`` as it was before ``Content-Encoding: encoding``; decoding to more than ``limit`` bytes is a 413."""
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
@@ -49,28 +49,28 @@ def decode(raw: bytes, encoding: str, limit: int) -> bytes:
 
 
 # Each decoder returns at most about ``cap`` bytes, and whether that was the whole of a well-formed stream.
-Decoder = Callable[[bytes, int], tuple[bytes, bool]]
+Decoder = Callable[[bytearray, int], tuple[bytes, bool]]
 
 
-def _zlib(raw: bytes, cap: int, wbits: int) -> tuple[bytes, bool]:
+def _zlib(raw: bytearray, cap: int, wbits: int) -> tuple[bytes, bool]:
     decompressor = zlib.decompressobj(wbits)
     body = decompressor.decompress(raw, cap)
     return body, decompressor.eof and not decompressor.unused_data
 
 
-def _deflate(raw: bytes, cap: int) -> tuple[bytes, bool]:
+def _deflate(raw: bytearray, cap: int) -> tuple[bytes, bool]:
     """HTTP's deflate is zlib-wrapped; some clients send it raw, which the first byte tells apart."""
     wrapped = bool(raw) and raw[0] & 0x0F == 8
     return _zlib(raw, cap, zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
 
 
-def _brotli(raw: bytes, cap: int) -> tuple[bytes, bool]:
+def _brotli(raw: bytearray, cap: int) -> tuple[bytes, bool]:
     decompressor = brotli.Decompressor()
     body = decompressor.process(raw, output_buffer_limit=cap)
     return body, decompressor.is_finished()
 
 
-def _zstd(raw: bytes, cap: int) -> tuple[bytes, bool]:
+def _zstd(raw: bytearray, cap: int) -> tuple[bytes, bool]:
     decompressor = zstd.ZstdDecompressor()
     body = decompressor.decompress(raw, max_length=cap)
     return body, decompressor.eof and not decompressor.unused_data

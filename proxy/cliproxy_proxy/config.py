@@ -7,6 +7,7 @@ here, and imported by the operator. Secrets may be written inline (``api-key``) 
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
@@ -17,12 +18,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from . import compat
 from .catalog import KINDS
 
 
@@ -51,6 +54,7 @@ class _OneSource(_Block):
 
 
 _PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 Prefix = Annotated[str, Field(pattern=_PREFIX_PATTERN, max_length=63)]
 NonEmpty = Annotated[str, Field(min_length=1)]
 
@@ -80,6 +84,20 @@ class RateLimit(_Block):
     tpm: Annotated[int, Field(gt=0)] | None = None
 
 
+class EntryPolicy(_Block):
+    """Retry and timeout values for the models of one entry, over the top-level ones (a route's own policy).
+
+    Retries follow the policy of a model's first target (highest priority, config order); timeouts follow each
+    target's own entry.
+    """
+
+    request_retry: Annotated[int, Field(ge=0, le=10)] | None = None
+    max_retry_interval: Annotated[float, Field(ge=0)] | None = None
+    max_retry_credentials: Annotated[int, Field(ge=0)] | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] | None = None
+    read_timeout: Annotated[float, Field(gt=0)] | None = None
+
+
 class _Routed(_OneSource):
     """Keys every credential-bearing block shares: routing scope and network options."""
 
@@ -94,11 +112,25 @@ class _Routed(_OneSource):
     rate_limit: RateLimit | None = None
     disable_cooling: bool | None = None
     force_model_prefix: bool | None = None  # overrides the top-level setting for this entry's models
+    policy: EntryPolicy | None = None
 
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else check_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        """Names are HTTP tokens and values Latin-1 text: what an HTTP/1.1 head can carry as written."""
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not an HTTP token")
+            try:
+                text.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name}: the value must be Latin-1 text") from None
+        return value
 
     @field_validator("proxy_url")
     @classmethod
@@ -206,35 +238,47 @@ class Routing(_Block):
 
 
 class Cooldowns(_Block):
-    """Seconds a (credential, model) pair rests after each kind of failure; cliproxyapi++'s defaults."""
+    """How long a (credential, model) rests after each kind of failure, in seconds.
+
+    Transient faults (5xx, 408, dropped connections, timeouts) eject as Envoy's outlier detection does: only after
+    ``consecutive-failures`` in a row, for ``transient`` times the number of recent ejections up to ``transient-max``,
+    and never more than ``max-ejection-percent`` of a model's credentials at once. One 5xx among successes rests
+    nothing. 429, 401/402/403 and 404 keep cliproxyapi++'s verdicts: the provider said what is wrong.
+    """
 
     quota_base: Annotated[float, Field(ge=0)] = 1.0
-    quota_max: Annotated[float, Field(ge=0)] = 1800.0
+    quota_max: Annotated[float, Field(ge=0)] = 1800.0  # also caps an upstream's Retry-After
     auth: Annotated[float, Field(ge=0)] = 1800.0
     not_found: Annotated[float, Field(ge=0)] = 43200.0
-    transient: Annotated[float, Field(ge=0)] = 60.0
+    transient: Annotated[float, Field(ge=0)] = 30.0
+    transient_max: Annotated[float, Field(ge=0)] = 300.0
+    consecutive_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    max_ejection_percent: Annotated[int, Field(ge=0, le=100)] = 50
 
 
 class Timeouts(_Block):
-    """Upstream timeouts in seconds. ``read`` bounds any silence of the upstream, the first byte included."""
+    """Upstream timeouts in seconds. ``read`` bounds any silence of the upstream, the first byte included;
+    ``total`` (off by default) one whole non-streaming attempt, from connecting to the last byte. A stream is
+    bounded by ``read`` alone: a long answer streams for as long as it keeps coming."""
 
     connect: Annotated[float, Field(gt=0)] = 10.0
     read: Annotated[float, Field(gt=0)] = 600.0
+    total: Annotated[float, Field(gt=0)] | None = None
+
+
+class ClientTimeouts(_Block):
+    """Seconds a client may take to send its request: slow-loris defence for a shared gateway.
+
+    ``headers`` bounds a connection's wait for a request's headers, idle keep-alive included (read at start);
+    ``body`` bounds reading the body once the headers are in (live).
+    """
+
+    headers: Annotated[float, Field(gt=0)] = 30.0
+    body: Annotated[float, Field(gt=0)] = 60.0
 
 
 class Streaming(_Block):
     keepalive_seconds: Annotated[float, Field(ge=0)] = 15.0
-
-
-#: cliproxyapi++ keys that this proxy accepts for compatibility but does not act on.
-IGNORED_KEYS = frozenset(
-    {
-        "auth-dir", "debug", "remote-management", "usage-statistics-enabled", "logging-to-file",
-        "logs-max-total-size-mb", "error-logs-max-files", "request-log", "ws-auth", "quota-exceeded",
-        "passthrough-headers", "nonstream-keepalive-interval", "commercial-mode", "pprof",
-        "incognito-browser", "save-cooldown-status", "auth-auto-refresh-workers",
-    }
-)  # fmt: skip
 
 
 class ProxyConfig(_Block):
@@ -242,6 +286,8 @@ class ProxyConfig(_Block):
 
     host: str = ""
     port: Annotated[int, Field(ge=1, le=65535)] = 8317
+    # /metrics on its own port, without a client key; unset: on the main port, also without one (as before).
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     api_keys: tuple[SecretStr, ...] = ()
     api_keys_file: NonEmpty | None = None
     allow_unauthenticated: bool = False
@@ -253,11 +299,15 @@ class ProxyConfig(_Block):
     disable_cooling: bool = False
     cooldowns: Cooldowns = Cooldowns()
     timeouts: Timeouts = Timeouts()
+    client_timeouts: ClientTimeouts = ClientTimeouts()
     streaming: Streaming = Streaming()
     max_body_bytes: Annotated[int, Field(gt=0)] = 32 * 1024 * 1024
     proxy_url: str | None = None
+    # What a translated request does with tools only OpenAI runs (web_search...): see hosted_tools.py.
+    hosted_tools: Literal["drop", "refuse"] = "drop"
     # False where someone else (the Kubernetes operator) refreshes session tokens: the proxy only adopts them.
     token_refresh: bool = True
+    _ignored: tuple[str, ...] = PrivateAttr(default=())  # what the document held that cliproxy does not implement
 
     claude_api_key: tuple[ApiKeyCredential, ...] = ()
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()
@@ -279,35 +329,22 @@ class ProxyConfig(_Block):
     cursor: tuple[CursorCredential, ...] = ()
     ampcode: tuple[AmpCredential, ...] = ()
 
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_ignored(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k not in IGNORED_KEYS}
-            amp = data.get("ampcode")
-            if isinstance(amp, dict):  # cliproxyapi++ writes one mapping, not a list
-                data["ampcode"] = [amp]
-        return data
-
     @field_validator("proxy_url")
     @classmethod
     def _proxy_url(cls, value: str | None) -> str | None:
         return _Routed._proxy_url(value)
 
-    @model_validator(mode="after")
-    def _compat_names(self) -> ProxyConfig:
-        """A name may repeat (one provider, several entries with their own prefixes), but not shadow a block."""
-        names = [p.name for p in self.openai_compatibility]
-        clashes = sorted(set(names) & set(KINDS))
-        if clashes:
-            raise ValueError(f"openai-compatibility name clashes with a provider block: {', '.join(clashes)}")
-        return self
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """One note per cliproxyapi++ key the document held that cliproxy does not implement (see ``compat``)."""
+        return self._ignored
 
     def blocks(self) -> list[tuple[str, tuple[_Routed, ...]]]:
         """Every provider block by its catalog name, in catalog order."""
         return [(block, getattr(self, block.replace("-", "_"))) for block in KINDS]
 
 
+log = logging.getLogger("cliproxy.config")
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when the wheel has it
 
 
@@ -345,16 +382,48 @@ def format_validation_error(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
+#: C0 controls and DEL: CR/LF in a header or URL would smuggle a second request onto a pooled connection.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def control_character_path(document: Any, loc: tuple[int | str, ...] = ()) -> tuple[int | str, ...] | None:
+    """Where the first string (key or value) holding a control character is, anywhere in the document."""
+    if isinstance(document, str):
+        return loc if CONTROL_CHARACTERS.search(document) else None
+    items = (
+        document.items() if isinstance(document, dict) else enumerate(document) if isinstance(document, list) else ()
+    )
+    for key, value in items:
+        if isinstance(key, str) and CONTROL_CHARACTERS.search(key):
+            return (*loc, key.encode("unicode_escape").decode())
+        found = control_character_path(value, (*loc, key))
+        if found is not None:
+            return found
+    return None
+
+
 def parse_config(document: Any) -> ProxyConfig:
-    """Validate a decoded document, raising :class:`ConfigError` with path-named messages."""
-    if document is None:
-        document = {}
+    """Validate a decoded document, raising :class:`ConfigError` with path-named messages.
+
+    An empty document is refused: it would drop every model and every client key at once (an editor's
+    truncated save, an empty volume), so the last good config keeps serving instead.
+    """
+    if document is None or document == {}:
+        raise ConfigError("(top level): the config is empty")
     if not isinstance(document, dict):
         raise ConfigError("(top level): the config must be a mapping")
+    unsafe = control_character_path(document)
+    if unsafe is not None:
+        raise ConfigError(f"{format_location(unsafe)}: must not contain control characters (CR, LF, NUL...)")
     try:
-        return ProxyConfig.model_validate(document)
+        stripped, ignored = compat.strip(document)
+        config = ProxyConfig.model_validate(stripped)
     except ValidationError as error:
         raise ConfigError(format_validation_error(error)) from None
+    config._ignored = tuple(ignored.notes())
+    for note in config._ignored:
+        log.warning("config: %s", note)
+    return config
 
 
 def parse_config_text(text: bytes | str) -> ProxyConfig:

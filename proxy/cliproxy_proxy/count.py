@@ -6,6 +6,7 @@ metrics. Providers without a counting endpoint (OpenAI-shaped ones) get a clear 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -37,7 +38,9 @@ def _target(route: Route, health: Health) -> Target:
     return target
 
 
-def _upstream_body(inbound: Codec, payload: dict[str, Any], raw: bytes, target: Target) -> tuple[str, bytes]:
+def _upstream_body(
+    inbound: Codec, payload: dict[str, Any], raw: bytes | bytearray, target: Target
+) -> tuple[str, bytes | bytearray]:
     """The counting request in the target's format: passed through, or translated through the canonical model."""
     wire = target.credential.wire
     model = target.upstream_model
@@ -63,17 +66,20 @@ def _upstream_body(inbound: Codec, payload: dict[str, Any], raw: bytes, target: 
     return f"{prefix}/{model}:countTokens", orjson.dumps(wrapped)
 
 
-async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec, payload: dict[str, Any], raw: bytes,
-                       connect_timeout: float, read_timeout: float) -> int:  # fmt: skip
-    """Input tokens of a request, as the provider counts them."""
+async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec, payload: dict[str, Any],
+                       raw: bytes | bytearray, connect_timeout: float, read_timeout: float,
+                       vendor: Mapping[str, str]) -> int:  # fmt: skip
+    """Input tokens of a request, as the provider counts them; ``vendor``: the client's vendor headers."""
     target = _target(route, health)
     try:
         path, body = _upstream_body(inbound, payload, raw, target)
     except TranslationError as error:
         raise CountError(400, str(error), "untranslatable_request") from None
     credential = target.credential
+    same_format = inbound.name == UPSTREAM[credential.wire].name
+    head = credential.head(credential.scoped(path), vendor if same_format else None)
     try:
-        response = await pool.request(credential.endpoint, credential.head(credential.scoped(path)), body,
+        response = await pool.request(credential.endpoint, head, body,
                                       connect_timeout=connect_timeout, read_timeout=read_timeout)  # fmt: skip
         try:
             answer = await response.read()

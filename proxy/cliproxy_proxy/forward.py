@@ -7,10 +7,9 @@ rewritten by byte substitution, and streams go out event by event as they arrive
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import math
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import perf_counter, time
@@ -19,16 +18,28 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .health import classify
+from .health import REASONS, classify, names_missing_model
+from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
-from .translate import UPSTREAM, for_upstream, passes_through
-from .translate.canonical import Codec, Reasoning, Request, StreamError, TranslationError, reencode
+from .scrub import Scrubber, TextScrubber, scrub
+from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, UPSTREAM, for_upstream, passes_through
+from .translate.canonical import (
+    Codec,
+    Reasoning,
+    Request,
+    StreamError,
+    ToolCall,
+    TranslationError,
+    reencode,
+    restore_namespace,
+)
 from .translate.canonical import Response as Answer
 from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
 from .translate.relay import FramedRelay, TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
+from .vendor_headers import forwarded, passed_back
 
 if TYPE_CHECKING:
     from .app import Proxy
@@ -40,7 +51,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
-KEEPALIVE = b": keep-alive\n\n"
 OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
 #: Event loop timers may fire a millisecond early (uvloop rounds to ms): never wake before a cooldown ends.
 TIMER_SLACK = 0.005
@@ -62,18 +72,22 @@ class _StreamBroken(Exception):
     """The upstream stream ended badly after the client already got data."""
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header, in either of its two forms."""
+def retry_after_seconds(value: str | None, cap: float) -> float | None:
+    """Seconds from a ``Retry-After`` header, in either of its two forms, at most ``cap``.
+
+    The upstream is not trusted with how long a credential rests: ``Retry-After: 100000000`` (or ``inf``)
+    would bench it for years. Callers pass the longest cooldown they allow (``cooldowns.quota-max``).
+    """
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
-    except (TypeError, ValueError):
-        return None
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return min(max(0.0, seconds), cap) if not math.isnan(seconds) else None
 
 
 class Exchange:
@@ -81,7 +95,8 @@ class Exchange:
 
     def __init__(
         self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route, inbound: Codec,
-        payload: dict[str, Any], raw: bytes, started: float, *, stream: bool, reasoning: Reasoning | None = None,
+        payload: dict[str, Any], raw: bytes | bytearray, started: float, *, stream: bool,
+        reasoning: Reasoning | None = None,
     ) -> None:  # fmt: skip
         self.proxy = proxy
         self.request = request
@@ -107,6 +122,7 @@ class Exchange:
             request.model, request.stream = self.route.model, self.stream
             if self.reasoning is not None:
                 request.reasoning = self.reasoning
+            apply_policy(request, self.runtime.config.hosted_tools)
             self._canonical = request
         return self._canonical
 
@@ -121,17 +137,21 @@ class Exchange:
         except _CLIENT_GONE:
             self.proxy.metrics.errors.labels(self.provider, "client_closed").inc()
             return self.finish(self.response or web.Response(status=499), status=499)
+        except asyncio.CancelledError:  # the client left: aiohttp cancels its handler, and so the upstream call
+            self.proxy.metrics.errors.labels(self.provider, "client_closed").inc()
+            self.finish(self.response or web.Response(status=499), status=499)
+            raise
 
     async def _run(self) -> web.StreamResponse:
-        config = self.runtime.config
+        strategy, policy = self.runtime.config.routing.strategy, self.route.policy
         health = self.proxy.health
-        per_round = config.max_retry_credentials or math.inf
+        per_round = policy.max_retry_credentials or math.inf
         failure: Failure | None = None
         wait = 0.0
-        for round_ in range(config.request_retry + 1):
+        for round_ in range(policy.request_retry + 1):
             tried: set[int] = set()
             while len(tried) < per_round:
-                target = health.pick(self.route, config.routing.strategy, tried)
+                target = health.pick(self.route, strategy, tried)
                 if target is None:
                     break
                 tried.add(id(target))
@@ -140,8 +160,10 @@ class Exchange:
                     return outcome
                 failure = outcome
             wait = health.soonest(self.route)
-            if round_ == config.request_retry or wait > config.max_retry_interval:
+            if round_ == policy.request_retry or wait > policy.max_retry_interval:
                 break
+            if failure is not None and failure.reason == "no_endpoint":
+                break  # a 404 for the path is an answer: waiting will not make the endpoint appear
             await self.keepalive(asyncio.sleep(wait + TIMER_SLACK))
         if failure is not None:
             return await self.give_up(failure)
@@ -154,7 +176,16 @@ class Exchange:
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
         try:
-            return await self._call(target)
+            total = self.runtime.config.timeouts.total
+            if total is None or self.stream:
+                return await self._call(target)
+            try:
+                async with asyncio.timeout(total) as deadline:
+                    return await self._call(target)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                return self.failed(target, None, "timeout")
         finally:
             series.leave()
 
@@ -167,24 +198,33 @@ class Exchange:
                 return self.failed(target, 401, "token_rejected")
             except TokenError:
                 return self.failed(target, None, "token_refresh")
-        timeouts = self.runtime.config.timeouts
+        timeouts = credential.policy
         upstream_codec = credential.codec or UPSTREAM[credential.wire]
         model = target.upstream_model
         translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)
+        body: bytes | bytearray
+        vendor = None if translating else forwarded(self.request.headers, self.inbound.vendor_headers)
         if translating:
             request = for_upstream(dataclasses.replace(self.canonical(), model=model), self.inbound, upstream_codec)
             body = upstream_codec.encode_request(request)
             path = upstream_codec.upstream_path(model, self.stream)
         else:
             body = self.raw
-            if target.rewrite is not None and "model" in self.payload:
+            if self.counts_usage_itself(upstream_codec):
+                options = self.payload.get("stream_options")
+                asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+                body = reencode({**self.payload, "stream_options": asked}, model)
+            elif target.rewrite is not None and "model" in self.payload:
                 body = reencode(self.payload, model)
             path = self.inbound.upstream_path(model, self.stream)
+        if not self.proxy.health.serves(target, path):
+            message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
+            return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
                 self.proxy.pool.request(
-                    credential.endpoint, credential.head(credential.scoped(path)), body,
+                    credential.endpoint, credential.head(credential.scoped(path), vendor), body,
                     connect_timeout=timeouts.connect, read_timeout=timeouts.read,
                 )
             )  # fmt: skip
@@ -196,12 +236,19 @@ class Exchange:
         codec = upstream_codec if translating else None
         try:
             if upstream.status >= 400:
-                return await self.upstream_error(target, upstream, passed_through=not translating)
+                return await self.upstream_error(target, upstream, path, passed_through=not translating)
             if self.stream:
                 return await self.relay_stream(target, upstream, codec)
             return await self.relay_body(target, upstream, codec)
         finally:
             upstream.release()
+
+    def counts_usage_itself(self, upstream: Codec) -> bool:
+        """Whether an OpenAI-shaped stream must ask for the usage its client did not, so tokens are counted."""
+        if not self.stream or upstream is not OPENAI_CHAT or self.inbound not in (OPENAI_CHAT, OPENAI_COMPLETIONS):
+            return False
+        options = self.payload.get("stream_options")
+        return not isinstance(options, dict) or options.get("include_usage") is not True
 
     # -- success paths --------------------------------------------------------------------------------
 
@@ -222,15 +269,24 @@ class Exchange:
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 return self.failed(target, None, "bad_response")
             answer.model = self.route.model
+            tools = self.canonical().tools
+            for part in answer.parts:
+                if isinstance(part, ToolCall):
+                    restore_namespace(part, tools)
             self.usage = (answer.usage.input, answer.usage.output)
             body, content_type = self.inbound.encode_response(answer), "application/json"
         else:
-            with contextlib.suppress(orjson.JSONDecodeError):
+            try:
                 self.usage = usage_of(orjson.loads(body))
+            except orjson.JSONDecodeError:  # cut short (a close-delimited body ends at any FIN): not an answer
+                return self.failed(target, None, "bad_response")
             if target.rewrite is not None:
                 body = target.rewrite(body)
+        secret = target.credential.current_secret()
+        if secret:
+            body = scrub(body, secret)  # after translation too: a decoded echo is re-encoded plainly
         self.proxy.health.succeed(target)
-        headers = self.proxy_headers()
+        headers = {**self.proxy_headers(), **passed_back(upstream.headers)}
         headers["Content-Type"] = content_type
         return self.finish(web.Response(body=body, status=upstream.status, headers=headers))
 
@@ -240,7 +296,8 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            relay = SSERelay(target.rewrite)
+            drop_usage = self.counts_usage_itself(UPSTREAM[target.credential.wire])
+            relay = SSERelay(target.rewrite, self.inbound.stream_end, drop_usage=drop_usage)
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
             decoder = codec.stream_decoder()
@@ -257,7 +314,9 @@ class Exchange:
         if not first:
             return self.failed(target, None, "transient")
         self.proxy.metrics.provider(target.credential.provider).ttft.observe(perf_counter() - self.started)
-        response = await self.open_stream()
+        response = await self.open_stream(passed_back(upstream.headers))
+        secret = target.credential.current_secret()
+        scrubber, pieces = (Scrubber(secret), TextScrubber(secret)) if secret else (None, None)
         chunk = first
         try:
             while chunk:
@@ -265,6 +324,8 @@ class Exchange:
                     ready = relay.feed(chunk)
                 except (ValueError, KeyError, TypeError, AttributeError, IndexError) as error:
                     raise _StreamBroken from error  # the provider sent something its own format does not allow
+                if ready and scrubber is not None and pieces is not None:
+                    ready = pieces.feed(scrubber.feed(ready))
                 if ready:
                     await response.write(ready)
                 try:
@@ -272,11 +333,16 @@ class Exchange:
                 except UpstreamError as error:
                     raise _StreamBroken from error
             tail = relay.flush()
+            if scrubber is not None and pieces is not None:
+                tail = pieces.feed(scrubber.feed(tail) + scrubber.flush()) + pieces.flush()
             if tail:
                 await response.write(tail)
+            if not relay.complete:  # a clean close before the terminal event is a cut, not an answer
+                raise _StreamBroken
         except _StreamBroken:
             self.usage = relay.usage
-            self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns)
+            if self.proxy.health.fail(target, "transient", None, self.runtime.config.cooldowns, self.route) > 0:
+                self.proxy.metrics.cooldowns.labels(target.credential.provider, "transient").inc()
             self.proxy.metrics.errors.labels(target.credential.provider, "stream_interrupted").inc()
             message = "The upstream stream was interrupted; the response is incomplete."
             # A translated stream ends through its own encoder: it knows what the client has already seen.
@@ -298,16 +364,22 @@ class Exchange:
     # -- failure paths --------------------------------------------------------------------------------
 
     def failed(self, target: Target, status: int | None, kind: str, message: str = "", body: bytes = b"",
-               retry_after: float | None = None) -> Failure:  # fmt: skip
-        reason = classify(status) or "transient"
+               retry_after: float | None = None, path: str = "") -> Failure:  # fmt: skip
+        """Count a failed attempt and rest what failed; ``kind`` is the cooldown reason when it names one."""
+        reason = kind if kind in REASONS else classify(status) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
-        if self.proxy.health.fail(target, reason, retry_after, self.runtime.config.cooldowns) > 0:
+        health, config = self.proxy.health, self.runtime.config.cooldowns
+        if reason == "no_endpoint":
+            rested = health.fail_endpoint(target, path, config)
+        else:
+            rested = health.fail(target, reason, retry_after, config, self.route)
+        if rested > 0:
             self.proxy.metrics.cooldowns.labels(provider, reason).inc()
         return Failure(status, kind, message, body, retry_after)
 
     async def upstream_error(
-        self, target: Target, upstream: Response, *, passed_through: bool
+        self, target: Target, upstream: Response, path: str, *, passed_through: bool
     ) -> web.StreamResponse | Failure:
         try:
             body = await upstream.read()
@@ -315,14 +387,16 @@ class Exchange:
             body = b""
         secret = target.credential.current_secret()
         if secret:
-            body = body.replace(secret.encode(), b"***")
+            body = scrub(body, secret)
         message = self._upstream_message(body, upstream.status)
-        if not passed_through:
-            body = b""  # in the provider's format, not the client's: only its message travels on
         status = upstream.status
         reason = classify(status)
         if status == 400 and b"API_KEY_INVALID" in body:
             reason = "auth"  # Google answers a wrong key with 400, not 401: it is the key, not the request
+        elif status == 404 and not names_missing_model(body, target.upstream_model):
+            reason = "no_endpoint"  # the path is unknown there, not the model: rest only this endpoint
+        if not passed_through:
+            body = b""  # in the provider's format, not the client's: only its message travels on
         session = target.credential.session
         if reason == "auth" and session is not None and session.refresh:
             # A session token refused before its expiry (revoked, or Kiro's 403 for a stale one): refresh it now
@@ -333,8 +407,9 @@ class Exchange:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
             return await self.reply_error(status, message, "upstream_error", body)
-        retry_after = retry_after_seconds(upstream.headers.get("retry-after")) if status == 429 else None
-        return self.failed(target, status, reason, message, body, retry_after)
+        header = upstream.headers.get("retry-after") if status == 429 else None
+        retry_after = retry_after_seconds(header, self.runtime.config.cooldowns.quota_max)
+        return self.failed(target, status, reason, message, body, retry_after, path)
 
     async def give_up(self, failure: Failure) -> web.StreamResponse:
         model = self.route.model
@@ -409,7 +484,7 @@ class Exchange:
     # -- plumbing -------------------------------------------------------------------------------------
 
     async def keepalive(self, awaitable: Awaitable[T]) -> T:
-        """Await something slow; for streams, keep the client's connection warm with SSE comments."""
+        """Await something slow; for streams, keep the client's connection warm with what its wire tolerates."""
         interval = self.runtime.config.streaming.keepalive_seconds
         if not self.stream or interval <= 0:
             return await awaitable
@@ -420,14 +495,16 @@ class Exchange:
                 if done:
                     return task.result()
                 response = await self.open_stream()
-                await response.write(KEEPALIVE)
+                await response.write(self.inbound.keepalive)
         except BaseException:
             task.cancel()
             raise
 
-    async def open_stream(self) -> web.StreamResponse:
+    async def open_stream(self, upstream_headers: Mapping[str, str] | None = None) -> web.StreamResponse:
+        """The client's stream, begun on first need; the upstream's headers reach it only if it had not begun."""
         if self.response is None:
-            response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.proxy_headers()})
+            headers = {**SSE_HEADERS, **self.proxy_headers(), **(upstream_headers or {})}
+            response = web.StreamResponse(status=200, headers=headers)
             await response.prepare(self.request)
             self.response = response
         return self.response
@@ -445,7 +522,8 @@ class Exchange:
     def proxy_headers(self) -> dict[str, str]:
         overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
         self.proxy.metrics.provider(self.provider).overhead.observe(overhead)
-        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider}
+        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider,
+                **dropped_header(self._canonical)}  # fmt: skip
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
         tokens_in, tokens_out = self.usage or (0, 0)

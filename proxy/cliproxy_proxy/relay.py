@@ -7,6 +7,7 @@ document itself: a byte substitution rewrites it without decoding and re-encodin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,15 +19,17 @@ class ModelRewrite:
     """Replaces the upstream model id with the exposed one in a JSON body or a run of SSE events.
 
     The two spellings providers actually send (``"model":"x"`` and ``"model": "x"``) are plain byte
-    replacements; any other spacing falls back to a regular expression.
+    replacements; any other spacing falls back to a regular expression. ``key``: where the wire names the model
+    (Gemini answers with ``modelVersion``).
     """
 
     __slots__ = ("literals", "pattern", "replacement")
 
-    def __init__(self, upstream: str, exposed: str) -> None:
+    def __init__(self, upstream: str, exposed: str, key: str = "model") -> None:
         old, new = orjson.dumps(upstream), orjson.dumps(exposed)
-        self.literals = tuple((sep + old, sep + new) for sep in (b'"model":', b'"model": '))
-        self.pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(old))
+        name = orjson.dumps(key)
+        self.literals = tuple((sep + old, sep + new) for sep in (name + b":", name + b": "))
+        self.pattern = re.compile(b"(" + re.escape(name) + rb"\s*:\s*)" + re.escape(old))
         self.replacement = rb"\g<1>" + new.replace(b"\\", b"\\\\")
 
     def __call__(self, data: bytes) -> bytes:
@@ -55,13 +58,18 @@ def _carries_usage(data: bytes) -> bool:
 class SSERelay:
     """Cuts an SSE byte stream at event boundaries so each write holds whole events.
 
-    Bytes after the last boundary wait for the next chunk; everything before it goes out at once.
+    Bytes after the last boundary wait for the next chunk; everything before it goes out at once. ``complete``
+    turns true once the format's terminal event (``end``, the codec's ``stream_end``) has gone by.
+    ``drop_usage``: the proxy asked for the usage the client did not (to count tokens); it is read, not relayed.
     """
 
-    __slots__ = ("pending", "rewrite", "usage")
+    __slots__ = ("complete", "drop_usage", "end", "pending", "rewrite", "usage")
 
-    def __init__(self, rewrite: ModelRewrite | None) -> None:
+    def __init__(self, rewrite: ModelRewrite | None, end: Callable[[bytes], bool], drop_usage: bool = False) -> None:
         self.rewrite = rewrite
+        self.end = end
+        self.complete = False
+        self.drop_usage = drop_usage
         self.pending = b""
         self.usage: Usage | None = None
 
@@ -77,8 +85,12 @@ class SSERelay:
         return self._process(data) if data else b""
 
     def _process(self, events: bytes) -> bytes:
+        if not self.complete and self.end(events):
+            self.complete = True
         if _carries_usage(events):
             self._read_usage(events)
+            if self.drop_usage:
+                events = _without_usage(events)
         if self.rewrite is not None:
             events = self.rewrite(events)
         return events
@@ -92,3 +104,27 @@ class SSERelay:
                     continue
                 if found is not None:
                     self.usage = found
+
+
+def _without_usage(events: bytes) -> bytes:
+    """The events without their usage: a usage-only chunk goes, a chunk that also carries choices loses the field.
+
+    Runs once per stream (on the chunk that carries usage), so decoding that one chunk is cheap.
+    """
+    kept = []
+    for event in events.split(b"\n\n"):
+        data = event.removeprefix(b"data:").strip() if _carries_usage(event) else b""
+        if not data:
+            kept.append(event)
+            continue
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            kept.append(event)
+            continue
+        if isinstance(chunk, dict) and chunk.get("choices"):
+            chunk.pop("usage", None)
+            kept.append(b"data: " + orjson.dumps(chunk))
+        elif not isinstance(chunk, dict):
+            kept.append(event)
+    return b"\n\n".join(kept)

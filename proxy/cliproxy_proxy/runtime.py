@@ -14,16 +14,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from .catalog import KINDS, Wire
 from .config import (
+    CONTROL_CHARACTERS,
     AmpCredential,
     ApiKeyCredential,
     CompatProvider,
     ConfigError,
     CursorCredential,
+    EntryPolicy,
     KiroCredential,
     ModelEntry,
     ProxyConfig,
@@ -54,6 +57,30 @@ from .upstream import Endpoint
 ANTHROPIC_VERSION = "2023-06-01"
 
 
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The retry and timeout values in force for one entry's models: its own policy over the top level."""
+
+    request_retry: int
+    max_retry_interval: float
+    max_retry_credentials: int
+    connect: float
+    read: float
+
+    @classmethod
+    def of(cls, config: ProxyConfig, own: EntryPolicy | None) -> Policy:
+        given = own.model_dump(exclude_none=True) if own is not None else {}
+        top = {"request_retry": config.request_retry, "max_retry_interval": config.max_retry_interval,
+               "max_retry_credentials": config.max_retry_credentials,
+               "connect_timeout": config.timeouts.connect, "read_timeout": config.timeouts.read}  # fmt: skip
+        merged = {**top, **given}
+        return cls(merged["request_retry"], merged["max_retry_interval"], merged["max_retry_credentials"],
+                   merged["connect_timeout"], merged["read_timeout"])  # fmt: skip
+
+
+DEFAULT_POLICY = Policy.of(ProxyConfig(), None)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Credential:
     """One upstream key with everything needed to call it. ``headers`` holds the secret: never log it."""
@@ -79,6 +106,9 @@ class Credential:
     force_prefix: bool | None = None  # this entry's force-model-prefix, when it overrides the top level
     session: Session | None = field(default=None, repr=False)  # an OAuth / session token, kept fresh
     codec: Codec | None = None  # a codec of its own (Kiro's carries the account's profile ARN)
+    policy: Policy = DEFAULT_POLICY  # the retry and timeout values of its entry
+    defaults: Mapping[str, str] = field(default_factory=dict)  # lower-case headers a client's own may replace
+    pinned: frozenset[str] = frozenset()  # lower-case names of the headers no client header may replace
 
     @property
     def discovers_models(self) -> bool:
@@ -90,14 +120,25 @@ class Credential:
             return path
         return path.replace("/v1/publishers/", f"/v1/{self.vertex_scope}/publishers/", 1)
 
-    def head(self, path: str) -> bytes:
-        """The precomputed request line and headers for a POST to ``path``; a session's token is current."""
+    def head(self, path: str, vendor: Mapping[str, str] | None = None) -> bytes:
+        """The precomputed request line and headers for a POST to ``path``; a session's token is current.
+
+        ``vendor``: the client's vendor headers (lower-case names) on a same-format request. The key and the
+        configured headers win over them; a default (``anthropic-version``) does not.
+        """
+        extra = {name: value for name, value in vendor.items() if name not in self.pinned} if vendor else {}
         if self.session is not None:  # tokens change on refresh: never cached
-            return self.endpoint.head("POST", path, {**self.headers, **self.session_auth(self.session)})
+            return self.endpoint.head("POST", path, {**self.headers, **self.session_auth(self.session), **extra})
         head = self.heads.get(path)
         if head is None:
             head = self.heads[path] = self.endpoint.head("POST", path, self.headers)
-        return head
+        if not extra:
+            return head
+        if any(self.defaults.get(name, value) != value for name, value in extra.items()):
+            kept = {name: value for name, value in self.headers.items() if name.lower() not in extra}
+            return self.endpoint.head("POST", path, {**kept, **extra})  # the client's replaces a default: rare
+        added = "".join(f"{name}: {value}\r\n" for name, value in extra.items() if name not in self.defaults)
+        return head + added.encode("latin-1")
 
     def session_auth(self, session: Session) -> dict[str, str]:
         headers = _auth_headers(self.wire, session.access_token())
@@ -130,6 +171,11 @@ class Route:
     @property
     def targets(self) -> tuple[Target, ...]:
         return tuple(t for group in self.groups for t in group)
+
+    @property
+    def policy(self) -> Policy:
+        """Retries follow the first target's entry: in Kubernetes, every target of a model is one route's."""
+        return self.groups[0][0].credential.policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +224,16 @@ class _Builder:
         self.secret_files: list[Path] = []
         self.credentials: list[Credential] = []
 
-    def secret(self, inline: object, file: str | None, where: str) -> str:
+    def secret(self, inline: object, file: str | None, where: str, *, lines: bool = False) -> str:
+        """A key inline or from its file; one from a file (not one of ``lines``) is a single header-safe line."""
         if file is not None:
             if self.source is None:
                 raise ConfigError(f"{where}: api-key-file needs a config file to resolve against")
             self.secret_files.append(self.source.secret_path(file))
-            return self.source.read_secret(file, where)
+            value = self.source.read_secret(file, where)
+            if not lines and CONTROL_CHARACTERS.search(value):
+                raise ConfigError(f"{where}: the secret file holds control characters (CR, LF, NUL...) inside")
+            return value
         value = inline.get_secret_value() if inline is not None else ""  # type: ignore[attr-defined]
         return str(value)
 
@@ -207,6 +257,9 @@ class _Builder:
         bearer = scope is not None  # a project endpoint takes an OAuth access token, not an API key
         headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key, bearer), **(extra_headers or {}),
                    **entry.headers}  # fmt: skip
+        names = {name.lower() for name in headers}
+        configured = {name.lower() for name in entry.headers}
+        defaults = {"anthropic-version": ANTHROPIC_VERSION} if "anthropic-version" in names - configured else {}
         cooling = not self.config.disable_cooling and not entry.disable_cooling
         proxy_url = self._proxy(proxy if proxy is not None else entry.proxy_url)
         endpoint = Endpoint.parse(base_url, proxy_url)
@@ -234,6 +287,9 @@ class _Builder:
                 force_prefix=entry.force_model_prefix,
                 session=session,
                 codec=codec,
+                policy=Policy.of(self.config, entry.policy),
+                defaults=defaults,
+                pinned=frozenset(names - set(defaults)),
             )
         )
 
@@ -328,7 +384,8 @@ def _routes(
             else:
                 hints.setdefault(entry.exposed, []).append(ids[0])
             for model_id in ids:
-                rewrite = ModelRewrite(entry.name, model_id) if entry.name != model_id else None
+                key = "modelVersion" if credential.wire in (Wire.GEMINI, Wire.VERTEX) else "model"
+                rewrite = ModelRewrite(entry.name, model_id, key) if entry.name != model_id else None
                 by_model.setdefault(model_id, []).append(Target(credential, entry.name, model_id, rewrite))
     routes = {}
     for model_id, targets in by_model.items():
@@ -351,10 +408,24 @@ def _models_body(routes: Mapping[str, Route], created: int) -> bytes:
     return orjson.dumps({"object": "list", "data": data})
 
 
+def anthropic_model(model_id: str, created: float) -> dict[str, str]:
+    """One model in Anthropic's shape."""
+    stamp = datetime.fromtimestamp(int(created), UTC).isoformat().replace("+00:00", "Z")
+    return {"id": model_id, "type": "model", "display_name": model_id, "created_at": stamp}
+
+
+def gemini_model(model_id: str, route: Route) -> dict[str, Any]:
+    """One model in Gemini's shape (google-genai's ``models.get`` and ``models.list``)."""
+    return {
+        "name": f"models/{model_id}", "displayName": model_id,
+        "description": f"{model_id}, served by {route.groups[0][0].credential.provider} through cliproxy",
+        "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
+    }  # fmt: skip
+
+
 def _anthropic_models_body(routes: Mapping[str, Route], created: int) -> bytes:
     """The same list in Anthropic's shape, for clients that send ``anthropic-version``."""
-    stamp = datetime.fromtimestamp(created, UTC).isoformat().replace("+00:00", "Z")
-    data = [{"id": m, "type": "model", "display_name": m, "created_at": stamp} for m in sorted(routes)]
+    data = [anthropic_model(m, created) for m in sorted(routes)]
     return orjson.dumps({
         "data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
@@ -387,7 +458,7 @@ def build_runtime(
     client_keys = [k.get_secret_value() for k in config.api_keys]
     if config.api_keys_file is not None:
         builder = _Builder(config, source)
-        text = builder.secret(None, config.api_keys_file, "api-keys-file")
+        text = builder.secret(None, config.api_keys_file, "api-keys-file", lines=True)
         client_keys.extend(line.strip() for line in text.splitlines() if line.strip())
         secret_files.extend(builder.secret_files)
     routes, hints = _routes(config, creds, discovered or {})

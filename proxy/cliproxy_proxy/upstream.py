@@ -20,12 +20,19 @@ from urllib.parse import unquote, urlsplit
 
 import httptools
 
+from .config import CONTROL_CHARACTERS
+
 IDLE_SECONDS = 30.0  # a pooled connection older than this is closed rather than reused
 HIGH_WATER = 1 << 20  # stop reading from an upstream that is this far ahead of its client
+WRITE_SLICE = 1 << 20  # a request body goes out in slices this large, each once the socket took the last
 
 
 class UpstreamError(Exception):
     """The upstream could not be reached or broke off; says nothing secret."""
+
+
+class UnsafeRequest(UpstreamError):
+    """A request head that would carry CR/LF or another control character: smuggling, never sent."""
 
 
 class UpstreamTimeout(UpstreamError, TimeoutError):
@@ -75,6 +82,10 @@ class Endpoint:
         if self.proxy is not None and self.proxy[2] and self.scheme == "http":
             lines.append(f"Proxy-Authorization: {self.proxy[2]}")
         lines.extend(f"{name}: {value}" for name, value in headers.items())
+        if CONTROL_CHARACTERS.search(
+            "".join(lines)
+        ):  # a head is built once per credential and path, or per session token
+            raise UnsafeRequest("a header or path held a control character (CR, LF, NUL...): not sent")
         return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
@@ -115,6 +126,7 @@ class _Connection(asyncio.Protocol):
         self.used_at = time.monotonic()
         self.reused = False
         self.read_timeout: float | None = None
+        self.writable: asyncio.Future[None] | None = None  # set while the transport's write buffer is full
         self._reset()
 
     def _reset(self) -> None:
@@ -145,6 +157,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.resume_writing()
         if self.until_close and exc is None:
             self.complete = True  # a body without length or chunking ends where the connection does
             self._wake()
@@ -205,16 +218,34 @@ class _Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
 
-    async def send(self, data: bytes, read_timeout: float | None) -> Response:
+    def pause_writing(self) -> None:
+        self.writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+        self.writable = None
+
+    async def send(self, head: bytes, body: bytes | bytearray, read_timeout: float | None) -> Response:
+        """Write the request, the body slice by slice as the socket drains (never one more copy of a large body)."""
         self.read_timeout = read_timeout
-        assert self.transport is not None
-        self.transport.write(data)
         try:
+            view = memoryview(body)
+            self._write(head + b"Content-Length: %d\r\n\r\n" % len(body))
+            for start in range(0, len(view), WRITE_SLICE):
+                self._write(view[start : start + WRITE_SLICE])
+                if self.writable is not None:
+                    await self._within_read_timeout(self.writable)
             await self._within_read_timeout(self.head)
         except asyncio.CancelledError:
             self._close()  # nobody will read this response: do not leave it half-done in the pool
             raise
         return self.head.result()
+
+    def _write(self, data: bytes | memoryview) -> None:
+        if self.transport is None:
+            raise self.error or UpstreamError("the upstream closed the connection")
+        self.transport.write(data)
 
     async def next_chunk(self) -> bytes:
         while not self.chunks:
@@ -314,20 +345,19 @@ class Pool:
         assert tls_transport is not None
         conn.connection_made(tls_transport)
 
-    async def request(self, key: Endpoint, head: bytes, body: bytes, *, connect_timeout: float,
+    async def request(self, key: Endpoint, head: bytes, body: bytes | bytearray, *, connect_timeout: float,
                       read_timeout: float | None) -> Response:  # fmt: skip
         """Send one request; a pooled connection that turns out dead before answering is replaced once."""
-        data = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
         conn = self._take(key)
         if conn is not None:
             try:
-                return await conn.send(data, read_timeout)
+                return await conn.send(head, body, read_timeout)
             except UpstreamError:
                 if conn.received or isinstance(conn.error, UpstreamTimeout):
                     raise
                 conn._close()  # closed by the server while idle: the request never reached it
         conn = await self._connect(key, connect_timeout)
-        return await conn.send(data, read_timeout)
+        return await conn.send(head, body, read_timeout)
 
     def close(self) -> None:
         for idle in self.idle.values():

@@ -18,6 +18,7 @@ import hashlib
 import itertools
 import re
 import uuid
+import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ import orjson
 import pydantic
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from anthropic.types.beta.message_create_params import MessageCreateParamsNonStreaming as BetaNonStreaming
+from anthropic.types.beta.message_create_params import MessageCreateParamsStreaming as BetaStreaming
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming, MessageCreateParamsStreaming
 
 DEFAULT_KEY = "sk-ant-test-key"
@@ -42,6 +45,13 @@ _ADAPTERS: dict[bool, pydantic.TypeAdapter[Any]] = {
     False: pydantic.TypeAdapter(list[MessageCreateParamsNonStreaming], config=_STRICT),
     True: pydantic.TypeAdapter(list[MessageCreateParamsStreaming], config=_STRICT),
 }
+#: With an ``anthropic-beta`` header the API takes the fields betas unlock (context_management, mcp_servers...).
+with warnings.catch_warnings():  # a beta TypedDict that allows extra items stays open: as the API does
+    warnings.simplefilter("ignore", pydantic.warnings.TypedDictExtraConfigWarning)
+    _BETA_ADAPTERS: dict[bool, pydantic.TypeAdapter[Any]] = {
+        False: pydantic.TypeAdapter(list[BetaNonStreaming], config=_STRICT),
+        True: pydantic.TypeAdapter(list[BetaStreaming], config=_STRICT),
+    }
 #: Sampling fields the HTTP API still takes although SDK 1.x dropped them from its types, with their ranges.
 _SAMPLING = {"temperature": (0.0, 1.0), "top_p": (0.0, 1.0), "top_k": (0, 1_000_000)}
 _TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
@@ -137,12 +147,12 @@ def _describe(errors: list[Any], root: Any, prefix: tuple[Any, ...]) -> str:
     return "; ".join(messages[:3])
 
 
-def validate_request(body: Any) -> str | None:
+def validate_request(body: Any, beta: bool = False) -> str | None:
     """What is wrong with a Messages request body, as the real API would answer, or None when it is valid."""
     if not isinstance(body, dict):
         return "body: must be a JSON object"
     typed = {k: v for k, v in body.items() if k not in _SAMPLING}
-    adapter = _ADAPTERS[body.get("stream") is True]
+    adapter = (_BETA_ADAPTERS if beta else _ADAPTERS)[body.get("stream") is True]
     try:
         _materialize(adapter.validate_python([typed])[0], typed, ())
     except pydantic.ValidationError as error:
@@ -451,10 +461,11 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     state.received.append(received)
     if received.key not in state.keys:
         return _error(401, "invalid x-api-key")
-    if "anthropic-version" not in received.headers:
-        received.problem = "anthropic-version: header is required"
+    versions = request.headers.getall("anthropic-version", [])
+    if len(versions) != 1:
+        received.problem = "anthropic-version: header is required" if not versions else "anthropic-version: given twice"
         return _error(400, received.problem)
-    received.problem = validate_request(body)
+    received.problem = validate_request(body, beta="anthropic-beta" in received.headers)
     if received.problem is not None:
         return _error(400, received.problem)
     if body["model"] not in state.models:
@@ -470,7 +481,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
         "content": blocks, "stop_reason": reason, "stop_sequence": stop_sequence,
         "usage": _usage(state, body, blocks),
     }  # fmt: skip
-    headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}"}
+    headers = {"request-id": f"req_{uuid.uuid4().hex[:24]}", "anthropic-ratelimit-requests-remaining": "99"}
     if body.get("stream") is not True:
         return web.Response(body=orjson.dumps(message), content_type="application/json", headers=headers)
     response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

@@ -319,6 +319,8 @@ def _check_generation(config: Any, errors: list[str]) -> None:
         errors.append("You can only set only one of thinking budget and thinking level.")
     if isinstance(thinking.get("thinkingBudget"), int) and thinking["thinkingBudget"] < -1:
         errors.append("* GenerateContentRequest.generation_config.thinking_config.thinking_budget: must be >= -1")
+    if config.get("responseSchema") is not None and config.get("responseMimeType") != "application/json":
+        errors.append("* GenerateContentRequest.generation_config.response_schema: needs application/json")
     if len(config.get("stopSequences") or []) > 5:
         errors.append("* GenerateContentRequest.generation_config.stop_sequences: at most 5 stop sequences")
     for name, low, high in (("temperature", 0, 2), ("topP", 0, 1), ("maxOutputTokens", 1, 1 << 31)):
@@ -420,6 +422,10 @@ def _answer(body: dict[str, Any], state: GeminiUpstream) -> _Answer:
     thought = "Thinking about the request." if thinks else None
     call = _function_call(body, " ".join(texts))
     text = None if call else f"echo: {said}".strip()
+    if text is not None and config.get("responseMimeType") == "application/json":  # JSON mode: an object
+        schema = config.get("responseSchema") or {}
+        properties = schema.get("properties") or {}
+        text = orjson.dumps({name: _sample(sub, said) for name, sub in properties.items()}).decode()
     finish = "STOP"
     if text is not None and config.get("maxOutputTokens") and len(text.split()) > config["maxOutputTokens"]:
         text, finish = " ".join(text.split()[: config["maxOutputTokens"]]), "MAX_TOKENS"

@@ -181,11 +181,12 @@ def validate_request(body: Any) -> dict[str, Any]:
 
     One deliberate allowance: the SDK marks a reasoning item's ``id`` as required, but with ``store: false`` the
     live API looks such ids up and fails ("Item ... not found"), and the Codex CLI never sends one; a missing
-    ``id`` is filled with a placeholder for the type check only.
+    ``id`` is filled with a placeholder for the type check only. And ``client_metadata``, which Codex CLI sends on
+    every request and the live API takes, is not in the SDK's types yet; nor is the ``id`` it gives input messages.
     """
     if not isinstance(body, dict):
         raise Refused(400, "The request body must be a JSON object.", "invalid_json")
-    rest = {k: v for k, v in body.items() if k not in ("input", "tools")}
+    rest = {k: v for k, v in body.items() if k not in ("input", "tools", "client_metadata")}
     _check([_top_level(body.get("stream") is True)], rest, "")
     items = body.get("input")
     if isinstance(items, list):
@@ -197,6 +198,8 @@ def validate_request(body: Any) -> dict[str, Any]:
                               f"input[{index}].type")  # fmt: skip
             if kind == "reasoning" and "id" not in item:
                 item = {**item, "id": "rs_placeholder"}
+            if kind == "message" and item.get("role") != "assistant":  # Codex ids its input messages too
+                item = {k: v for k, v in item.items() if k != "id"}
             _check(shapes[kind], item, f"input[{index}]")
     elif not isinstance(items, str):
         raise Refused(400, "Missing required parameter: 'input'.", "missing_required_parameter", "input")

@@ -38,6 +38,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "hpa-inflight": {"autoscaling": {"hpa": {"inFlight": {"enabled": True}}}},
     "no-autoscaling": {"autoscaling": {"enabled": False}},
     "servicemonitor": {"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kps"}}},
+    "metrics-port": {"proxy": {"metricsPort": 9464}, "serviceMonitor": {"enabled": True}},
     "dashboard": {"dashboard": {"enabled": True}},
     "sidecar": {"proxy": {"enabled": False}},
     "sidecar-rbac": {
@@ -48,6 +49,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "existing-sa": {"proxy": {"serviceAccount": {"create": False, "name": "shared-sa"}}},
     "namespaced": {"operator": {"namespaced": True, "watchNamespaces": ["team-a", "team-b"]}},
     "peering": {"operator": {"peering": "cliproxy", "priority": 5}},
+    "no-policies": {"admissionPolicy": {"enabled": False}, "networkPolicy": {"enabled": False}},
+    "network-from": {
+        "networkPolicy": {"allowSameNamespace": False, "from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}
+    },
     "everything": {
         "autoscaling": {"keda": {"enabled": True}},
         "serviceMonitor": {"enabled": True},
@@ -261,7 +266,9 @@ def check_structurally(doc: dict[str, Any]) -> None:
         spec = doc["spec"]
         assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "proxy"
         assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-        assert spec["endpoints"] == [{"port": "http", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}]
+        (endpoint,) = [dict(e) for e in spec["endpoints"]]
+        assert endpoint.pop("port") in ("http", "metrics")  # metrics: proxy.metricsPort (its own test)
+        assert endpoint == {"path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
     else:
         raise AssertionError(f"unexpected custom kind {doc['apiVersion']} {doc['kind']}")
 
@@ -407,6 +414,22 @@ def test_service_monitor(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert not find(rendered["default"], "ServiceMonitor")
     monitor = one(rendered["servicemonitor"], "ServiceMonitor", PROXY)
     assert monitor["metadata"]["labels"]["release"] == "kps"
+
+
+def test_metrics_port_moves_the_scrape_off_the_api_port(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["metrics-port"]
+    deployment = one(docs, "Deployment", PROXY)["spec"]["template"]
+    container = deployment["spec"]["containers"][0]
+    assert "--metrics-port=9464" in container["args"]
+    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
+    assert deployment["metadata"]["annotations"]["prometheus.io/port"] == "9464"
+    assert {"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"} in one(docs, "Service", PROXY)[
+        "spec"
+    ]["ports"]
+    assert one(docs, "ServiceMonitor", PROXY)["spec"]["endpoints"][0]["port"] == "metrics"
+    default = one(rendered["default"], "Deployment", PROXY)["spec"]["template"]
+    assert not any(a.startswith("--metrics-port") for a in default["spec"]["containers"][0]["args"])
+    assert default["metadata"]["annotations"]["prometheus.io/port"] == "8317"
 
 
 def test_dashboard(rendered: dict[str, list[dict[str, Any]]]) -> None:

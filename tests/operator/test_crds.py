@@ -29,6 +29,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from cliproxy_operator.secret_rules import OPT_IN_LABEL, opted_in
 from cliproxy_proxy.catalog import KINDS
 from cliproxy_proxy.config import _PREFIX_PATTERN
 
@@ -524,7 +525,9 @@ def test_credential_spec_fields_and_contract() -> None:
 def test_route_spec_fields_and_contract() -> None:
     spec = _schema("ProviderRoute")["properties"]["spec"]
     props = spec["properties"]
-    assert set(props) == {"gateway", "prefix", "forceModelPrefix", "credentials", "models", "excludedModels", "policy"}
+    assert set(props) == {"gateway", "prefix", "forceModelPrefix", "allowUnauthenticated", "credentials", "models",
+                          "excludedModels", "policy"}  # fmt: skip
+    assert props["allowUnauthenticated"] == {**props["allowUnauthenticated"], "type": "boolean", "default": False}
     assert spec["required"] == ["credentials"]
     assert (props["gateway"]["default"], props["gateway"]["maxLength"]) == ("default", 40)
     assert props["prefix"]["pattern"] == _PREFIX_PATTERN
@@ -560,6 +563,7 @@ def test_examples_are_the_documented_set() -> None:
         ("ProviderCredential", "openrouter"),
         ("ProviderRoute", "shared"),
         ("ProviderRoute", "team-a"),
+        ("Secret", "cliproxy-demo-clients"),
         ("Secret", "cliproxy-demo-keys"),
     ]
     readme = (EXAMPLES_DIR / "README.md").read_text()
@@ -579,7 +583,8 @@ def test_examples_are_namespace_less_and_well_named(file: str, doc: Json) -> Non
 
 
 def test_example_secret_has_two_demo_keys() -> None:
-    (secret,) = [doc for _, doc in EXAMPLES if doc["kind"] == "Secret"]
+    (secret,) = [doc for _, doc in EXAMPLES if doc["metadata"]["name"] == "cliproxy-demo-keys"]
+    assert secret["metadata"]["labels"] == {OPT_IN_LABEL: "true"}  # the owner's opt-in
     assert secret["type"] == "Opaque"
     assert "data" not in secret
     assert len(secret["stringData"]) == 2
@@ -595,7 +600,8 @@ def test_example_is_admitted_by_schema_and_cel(name: str, doc: Json) -> None:
 
 
 def test_example_references_resolve() -> None:
-    secrets = {doc["metadata"]["name"]: doc["stringData"] for _, doc in EXAMPLES if doc["kind"] == "Secret"}
+    secrets = {doc["metadata"]["name"]: doc["stringData"] for _, doc in EXAMPLES
+               if doc["kind"] == "Secret" and opted_in(doc["metadata"].get("labels"))}  # fmt: skip
     credentials = {doc["metadata"]["name"]: doc["spec"] for _, doc in EXAMPLES if doc["kind"] == "ProviderCredential"}
     routes = {doc["metadata"]["name"]: doc["spec"] for _, doc in EXAMPLES if doc["kind"] == "ProviderRoute"}
     refs = [k["secretKeyRef"] for spec in credentials.values() for k in spec.get("apiKeys", [])]
@@ -734,6 +740,26 @@ SCHEMA_REJECTS = [
     _bad(PR, "policy", {"connectTimeoutSeconds": 0}, "minimum", "policy.connectTimeoutSeconds"),
     _bad(PR, "policy", {"readTimeoutSeconds": 0}, "minimum", "policy.readTimeoutSeconds"),
     _bad(PR, "policy", {"retries": 2}, "additionalProperties"),
+    # Control characters (CR/LF smuggle a second request onto a pooled upstream connection; NUL and DEL too).
+    _bad(PC, "headers", {"X-Team": "a\r\nX-Evil: 1"}, "pattern", "headers.X-Team"),
+    _bad(PC, "headers", {"X-Team": "a\x00b"}, "pattern", "headers.X-Team"),
+    _bad(PC, "headers", {"X-Team": "v" * 4097}, "maxLength", "headers.X-Team"),
+    _bad(PC, "baseURL", "https://example.com/\x7f", "pattern"),
+    _bad(PC, "baseURL", "https://example.com/\x00", "pattern"),
+    _bad(
+        PC,
+        "refreshURL",
+        "https://example.com/\r\nHost: evil",
+        "pattern",
+        provider="kiro",
+        apiKeys=[],
+        tokenSecretRef={"name": "t", "key": "k"},
+    ),
+    _bad(PC, "proxyURL", "http://proxy:3128/\x1b", "pattern"),
+    _bad(PC, "modelsEndpoint", "/models\r\nX: y", "pattern", provider="openai-compatibility", baseURL="http://x"),
+    _bad(PR, "models", [{"name": "gpt-4o\r\nX-Evil: 1"}], "pattern", "models.0.name"),
+    _bad(PR, "models", [{"name": "m", "alias": "a\x00"}], "pattern", "models.0.alias"),
+    _bad(PR, "excludedModels", ["ok", "bad\x7f"], "pattern", "excludedModels.1"),
 ]
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cliproxy_operator.secret_rules import OPT_IN_LABEL
 from tests.support.runtime_user import as_runtime_user, check_runtime_user, runtime_user_env
 
 from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, Cluster, b64, wait_for, write_kubeconfig
@@ -27,7 +28,8 @@ async def test_operator_starts_and_renders_as_a_uid_without_passwd_entry(cluster
     kubeconfig = Path(tempfile.mkdtemp(prefix="cliproxy-uid-")) / "kubeconfig"
     write_kubeconfig(kubeconfig, cluster.url)
     ns = cluster.namespace
-    await cluster.create(SECRETS, {"metadata": {"name": "keys", "labels": {}}, "data": {"k": b64("sk-uid")}})
+    opted_in = {"name": "keys", "labels": {OPT_IN_LABEL: "true"}}
+    await cluster.create(SECRETS, {"metadata": opted_in, "data": {"k": b64("sk-uid")}})
     await cluster.create(CREDENTIALS, {"metadata": {"name": "c"}, "spec": {
         "provider": "groq", "apiKeys": [{"secretKeyRef": {"name": "keys", "key": "k"}}]}})  # fmt: skip
     await cluster.create(ROUTES, {"metadata": {"name": "r"}, "spec": {

@@ -18,6 +18,7 @@ import openai
 import pytest
 
 import cliproxy_operator.tokens
+from cliproxy_operator.secret_rules import OPT_IN_LABEL, REFRESH_URL_ANNOTATION
 from cliproxy_proxy.app import PROXY
 from cliproxy_proxy.kubesource import ApiServer, KubeSource
 
@@ -35,6 +36,12 @@ def fast_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """Check every 0.3 s and refresh 2 s ahead (seconds-long tokens); set before the operator imports handlers."""
     monkeypatch.setattr(cliproxy_operator.tokens, "CHECK_SECONDS", 0.3)
     monkeypatch.setattr(cliproxy_operator.tokens, "REFRESH_MARGIN", 2.0)
+
+
+def login_metadata(refresh_url: str) -> dict[str, Any]:
+    """The login Secret as its owner marks it: it may back a credential and be refreshed at ``refresh_url``."""
+    return {"name": "kiro-login", "labels": {OPT_IN_LABEL: "true"},
+            "annotations": {REFRESH_URL_ANNOTATION: refresh_url}}  # fmt: skip
 
 
 def ide_file(vendor: KiroVendor, ttl: float) -> str:
@@ -65,7 +72,7 @@ async def test_one_operator_refreshes_for_every_replica_and_no_request_fails(
 ) -> None:
     vendor, url = await start_kiro(aiohttp_server, token_ttl=TTL)
     seeded = ide_file(vendor, TTL)
-    await cluster.create(SECRETS, {"metadata": {"name": "kiro-login"}, "data": {"kiro-auth-token.json": b64(seeded)}})
+    await cluster.create(SECRETS, {"metadata": login_metadata(url), "data": {"kiro-auth-token.json": b64(seeded)}})
     await cluster.create(CREDENTIALS, {"metadata": {"name": "kiro"}, "spec": {
         "provider": "kiro", "baseURL": url, "refreshURL": url,
         "tokenSecretRef": {"name": "kiro-login", "key": "kiro-auth-token.json"}}})  # fmt: skip
@@ -168,7 +175,7 @@ async def test_an_idc_login_in_a_secret_refreshes_with_the_registration_beside_i
     login = json.loads(ide_file(vendor, 1.0))
     login.update(authMethod="IdC", provider="BuilderId", clientIdHash="0a1b2c")
     registration = {"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "expiresAt": "2099-01-01T00:00:00Z"}
-    await cluster.create(SECRETS, {"metadata": {"name": "kiro-login"}, "data": {
+    await cluster.create(SECRETS, {"metadata": login_metadata(url), "data": {
         "kiro-auth-token.json": b64(json.dumps(login)), "0a1b2c.json": b64(json.dumps(registration))}})  # fmt: skip
     await cluster.create(CREDENTIALS, {"metadata": {"name": "kiro"}, "spec": {
         "provider": "kiro", "baseURL": url, "refreshURL": url,

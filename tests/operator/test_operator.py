@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from cliproxy_operator.render import CONFIG_KEY
+from cliproxy_operator.secret_rules import OPT_IN_LABEL
 
 from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, ApiError, Cluster, OperatorRunner, b64, unb64, wait_for
 
@@ -27,8 +28,9 @@ WITHIN = 10.0  # seconds the operator gets to react; it normally takes well unde
 # Builders and readers
 
 
-def secret(name: str, **data: str) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "type": "Opaque", "data": {k: b64(v) for k, v in data.items()}}
+def secret(name: str, *, opted_in: bool = True, **data: str) -> dict[str, Any]:
+    metadata = {"name": name, "labels": {OPT_IN_LABEL: "true"} if opted_in else {}}
+    return {"metadata": metadata, "type": "Opaque", "data": {k: b64(v) for k, v in data.items()}}
 
 
 def credential(name: str, provider: str, *keys: str, secret_name: str = "llm-keys", **spec: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from cliproxy_operator.render import CONFIG_KEY, render
+from cliproxy_operator.render import CONFIG_KEY, SecretConsent, render
 from cliproxy_proxy.loader import ConfigSource
 from cliproxy_proxy.runtime import build_runtime
 
@@ -75,8 +75,12 @@ def test_catalog_examples_render_into_a_config_the_proxy_loads(tmp_path: Path) -
     assert {t.credential.headers["Authorization"] for t in team.groups[0]} == {"Bearer sk-or-AAA", "Bearer sk-or-BBB"}
     assert runtime.routes["team-a/sonnet"].groups[1][0].credential.headers["x-api-key"] == "sk-ant-CCC"
     assert runtime.routes["team-default"].targets[0].credential.provider == "vllm"
-    assert runtime.config.request_retry == 2 and runtime.config.timeouts.read == 120
-    assert runtime.config.allow_unauthenticated
+    assert (team.policy.request_retry, team.policy.read) == (2, 120)
+    assert (runtime.config.request_retry, runtime.routes["team-default"].policy.request_retry) == (3, 3)
+    assert not runtime.config.allow_unauthenticated and not runtime.client_keys  # no client keys: closed
+    assert [w.reason for w in result.routes["local"].notices] == ["NoClientKeys"] and not result.routes[
+        "local"
+    ].warnings
     assert result.routes["team-a"].models == ["team-a/openai/gpt-4o", "team-a/sonnet"]
 
 
@@ -143,15 +147,45 @@ def test_gateways_render_apart_with_only_their_own_secrets() -> None:
     assert yaml.safe_load(beta.config_text)["api-keys-file"] == "client-keys"
 
 
-def test_policy_conflicts_warn_and_the_first_route_wins() -> None:
-    conflicting = {"requestRetry": 5, "maxRetryInterval": 10}
-    routes = [route("a", "openrouter", models=[{"name": "x"}], policy={"requestRetry": 1}),
-              route("b", "claude", models=[{"name": "y"}], policy=conflicting)]  # fmt: skip
+def test_a_routes_policy_governs_only_its_own_models(tmp_path: Path) -> None:
+    routes = [
+        route("a", "openrouter", models=[{"name": "x"}], policy={"requestRetry": 1}),
+        route("b", "claude", models=[{"name": "y"}], policy={"requestRetry": 5, "connectTimeoutSeconds": 2}),
+    ]
     result = render(routes, CREDENTIALS, SECRETS)
     document = yaml.safe_load(result.gateways["default"].config_text)
-    assert (document["request-retry"], document["max-retry-interval"]) == (1, 10)
-    assert [w.reason for w in result.routes["b"].warnings] == ["PolicyConflict"]
-    assert result.routes["b"].rendered
+    assert "request-retry" not in document and "timeouts" not in document  # nothing gateway-wide
+    runtime = load(result.gateways["default"], tmp_path)
+    x, y = runtime.routes["x"].policy, runtime.routes["y"].policy
+    assert (x.request_retry, x.connect) == (1, runtime.config.timeouts.connect)
+    assert (y.request_retry, y.connect) == (5, 2)
+    assert not result.routes["b"].warnings and result.routes["b"].rendered
+
+
+def stamped(resource: dict[str, Any], when: str) -> dict[str, Any]:
+    return {**resource, "metadata": {**resource["metadata"], "creationTimestamp": when}}
+
+
+def test_a_contested_model_costs_only_that_model_on_the_newer_route(tmp_path: Path) -> None:
+    victim = stamped(route("zz-victim", "openrouter", models=[{"name": "x"}, {"name": "w"}]), "2026-01-01T00:00:00Z")
+    grabber = stamped(route("aa-grabber", "claude", models=[{"name": "x"}, {"name": "y"}]), "2026-02-01T00:00:00Z")
+    result = render([grabber, victim], CREDENTIALS, SECRETS)
+    assert result.routes["zz-victim"].models == ["w", "x"]
+    assert not result.routes["zz-victim"].warnings
+    assert result.routes["aa-grabber"].models == ["claude-prod/y", "y"] and result.routes["aa-grabber"].rendered
+    conflict = next(w for w in result.routes["aa-grabber"].warnings if w.reason == "DuplicateModel")
+    assert "'x'" in conflict.message and "zz-victim" in conflict.message
+    runtime = load(result.gateways["default"], tmp_path)
+    assert {t.credential.provider for t in runtime.routes["x"].targets} == {"openrouter"}
+    assert {t.credential.provider for t in runtime.routes["y"].targets} == {"claude-api-key"}
+
+
+def test_same_age_routes_break_the_tie_by_name() -> None:
+    a = stamped(route("b-route", "openrouter", models=[{"name": "x"}]), "2026-01-01T00:00:00Z")
+    b = stamped(route("a-route", "claude", models=[{"name": "x"}]), "2026-01-01T00:00:00Z")
+    result = render([a, b], CREDENTIALS, SECRETS)
+    assert result.routes["a-route"].rendered and not result.routes["b-route"].rendered
+    assert [p.reason for p in result.routes["b-route"].problems] == ["DuplicateModel"]
 
 
 def test_every_credential_field_reaches_the_config(tmp_path: Path) -> None:
@@ -251,3 +285,55 @@ def test_client_keys_render_into_the_secret_only() -> None:
     gateway = render(ROUTES, CREDENTIALS, SECRETS, {"default": ["ck-1", "ck-2"]}).gateways["default"]
     assert gateway.secret_data["client-keys"] == "ck-1\nck-2\n"
     assert "ck-1" not in gateway.config_text and '"api-keys-file": "client-keys"' in gateway.config_text
+
+
+def test_a_secret_without_the_opt_in_label_is_never_copied() -> None:
+    consent = SecretConsent(not_opted_in=frozenset({"victim"}))
+    creds = [credential("mine", "groq", "claude"),
+             {**credential("thief", "openai-compatibility", baseURL="https://evil.example/v1"),
+              "spec": {"provider": "openai-compatibility", "baseURL": "https://evil.example/v1",
+                       "apiKeys": [{"secretKeyRef": {"name": "victim", "key": "k"}}]}}]  # fmt: skip
+    result = render([route("r", "mine", "thief", models=[{"name": "m"}])], creds, SECRETS, consent=consent)
+    problem = result.credentials["thief"].problems[0]
+    assert (
+        problem.reason == "SecretNotOptedIn"
+        and "'victim'" in problem.message
+        and "cliproxy.io/credential" in (problem.message)
+    )
+    assert result.credentials["thief"].usable_keys == 0
+    gateway = result.gateways["default"]
+    assert "evil.example" not in gateway.config_text and not any(f.startswith("thief") for f in gateway.secret_data)
+
+
+KIRO_OWN = "https://prod.eu-west-1.auth.desktop.kiro.dev"
+
+
+def test_refresh_url_is_a_vendor_endpoint_or_allowed_by_the_token_secret() -> None:
+    def kiro(url: str) -> dict[str, Any]:
+        return credential("kiro", "kiro", tokenSecretRef={"name": "llm-keys", "key": "kiro"}, refreshURL=url)
+
+    ide = [route("ide", "kiro", models=[{"name": "claude-sonnet-4"}])]
+    for url, allowed in ((KIRO_OWN, None), ("https://oidc.us-east-1.amazonaws.com", None),
+                         ("https://relay.corp.example", "https://relay.corp.example/")):  # fmt: skip
+        consent = SecretConsent(refresh_urls={"llm-keys": allowed} if allowed else {})
+        assert render(ide, [kiro(url)], SECRETS, consent=consent).credentials["kiro"].usable_keys == 1, url
+    for url, allowed in (("https://evil.example", None), ("https://evil.example", "https://relay.corp.example"),
+                         ("https://prod.x.auth.desktop.kiro.dev.evil.example", None)):  # fmt: skip
+        consent = SecretConsent(refresh_urls={"llm-keys": allowed} if allowed else {})
+        result = render(ide, [kiro(url)], SECRETS, consent=consent)
+        assert [p.reason for p in result.credentials["kiro"].problems] == ["RefreshURLNotAllowed"], url
+        assert result.gateways == {} and SECRETS["llm-keys"]["kiro"] not in repr(result)
+
+
+def test_a_keyless_gateway_opens_only_when_every_route_asks() -> None:
+    one = route("one", "openrouter", models=[{"name": "x"}], allowUnauthenticated=True)
+    two = route("two", "claude", models=[{"name": "y"}])
+    closed = render([one, two], CREDENTIALS, SECRETS)
+    assert '"allow-unauthenticated"' not in closed.gateways["default"].config_text
+    assert [w.reason for w in closed.routes["one"].warnings] == ["GatewayClosed"]
+    assert "closed wins" in closed.routes["one"].warnings[0].message
+    both = render([one, {**two, "spec": {**two["spec"], "allowUnauthenticated": True}}], CREDENTIALS, SECRETS)
+    assert yaml.safe_load(both.gateways["default"].config_text)["allow-unauthenticated"] is True
+    keyed = render([one], CREDENTIALS, SECRETS, {"default": ["ck"]})
+    assert "allow-unauthenticated" not in keyed.gateways["default"].config_text
+    assert not keyed.routes["one"].warnings and not keyed.routes["one"].notices

@@ -57,8 +57,15 @@ def test_defaults_follow_cliproxyapi() -> None:
     assert config.max_retry_interval == 30
     assert config.max_retry_credentials == 0
     assert config.routing.strategy == "round-robin"
-    assert (config.cooldowns.auth, config.cooldowns.not_found, config.cooldowns.transient) == (1800, 43200, 60)
+    assert (config.cooldowns.auth, config.cooldowns.not_found) == (1800, 43200)
     assert (config.cooldowns.quota_base, config.cooldowns.quota_max) == (1, 1800)
+
+
+def test_transient_faults_default_to_envoy_style_outlier_detection() -> None:
+    cooldowns = parse_config({"cooldowns": {"transient": 1}}).cooldowns  # the workaround still loads
+    assert (cooldowns.transient, cooldowns.transient_max) == (1, 300)
+    assert (cooldowns.consecutive_failures, cooldowns.max_ejection_percent) == (3, 50)
+    assert ProxyConfig().cooldowns.transient == 30
 
 
 @pytest.mark.parametrize(
@@ -76,10 +83,7 @@ def test_defaults_follow_cliproxyapi() -> None:
             {"openai-compatibility": [{"name": "x", "base-url": "http://x", "api-key-entries": []}]},
             "openai-compatibility[0].api-key-entries: List should have at least 1 item",
         ),
-        (
-            {"openai-compatibility": [{"name": "groq", "base-url": "http://x", "api-key-entries": [{"api-key": "k"}]}]},
-            "clashes with a provider block: groq",
-        ),
+        ({"groq": [{"api-key": "k", "clok": {"mode": "auto"}}]}, "groq[0].clok: Extra inputs are not permitted"),
         (
             {"mistral": [{"api-key": "k", "rate-limit": {"rpm": 0}}]},
             "mistral[0].rate-limit.rpm: Input should be greater",

@@ -100,7 +100,7 @@ async def test_prometheus_series_and_provider_summary(provider: FakeProvider, st
     async with aiohttp.ClientSession() as session:
         async with session.get(running.url + "/metrics") as response:
             text = await response.text()
-        async with session.get(running.url + "/v1/metrics/providers") as response:
+        async with session.get(running.url + "/v1/metrics/providers", headers=AUTH) as response:
             summary = (await response.json())["fake"]
     assert 'cliproxy_requests_total{model="small",provider="fake",status="200"} 4.0' in text
     assert 'cliproxy_requests_total{model="none",provider="none",status="404"} 1.0' in text
@@ -124,8 +124,12 @@ async def test_prometheus_series_and_provider_summary(provider: FakeProvider, st
     assert (summary["in_flight"], summary["credentials_healthy"], summary["credentials_cooling"]) == (0, 2, 0)
 
 
-async def test_provider_summary_needs_no_key(provider: FakeProvider, start_proxy) -> None:
+async def test_provider_summary_needs_a_client_key(provider: FakeProvider, start_proxy) -> None:
     running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)]}))
-    async with aiohttp.ClientSession() as session, session.get(running.url + "/v1/metrics/providers") as response:
-        assert response.status == 200
-        assert (await response.json())["fake"]["request_count"] == 0
+    url = running.url + "/v1/metrics/providers"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as response:
+            assert response.status == 401
+        async with session.get(url, headers=AUTH) as response:
+            assert response.status == 200
+            assert (await response.json())["fake"]["request_count"] == 0

@@ -40,14 +40,19 @@ async def test_fill_first_sticks_to_the_first_key(provider: FakeProvider, start_
     assert {r.key for r in provider.received} == {"key-a"}
 
 
-async def test_failover_on_5xx_then_cooling_key_is_skipped(provider: FakeProvider, start_proxy) -> None:
+async def test_failover_on_5xx_then_a_key_failing_in_a_row_is_ejected(provider: FakeProvider, start_proxy) -> None:
     running = await start_proxy(two_keys(provider, routing={"strategy": "fill-first"}))
     provider.state.fail_next("key-a", Fault(status=503))
     completion = await chat(running)
     assert completion.choices[0].message.content == "echo: ping"
     assert [r.key for r in provider.received] == ["key-a", "key-b"]
-    await chat(running)  # key-a rests for 60 s after a 503
-    assert provider.received[-1].key == "key-b"
+    await chat(running)  # one 503 among successes rests nothing
+    assert provider.received[-1].key == "key-a"
+    provider.state.fail_next("key-a", Fault(status=503), Fault(status=502), Fault(status=500))
+    for _ in range(3):
+        await chat(running)
+    await chat(running)  # three in a row: key-a is ejected for 30 s
+    assert [r.key for r in provider.received[-5:]] == ["key-a", "key-b"] * 2 + ["key-b"]
     metrics = await _text(running.url, "/metrics")
     assert 'cliproxy_credential_cooldowns_total{provider="fake",reason="transient"} 1.0' in metrics
     assert 'cliproxy_credentials{provider="fake",state="cooling"} 1.0' in metrics
@@ -114,7 +119,9 @@ async def test_unreachable_upstream_is_502_and_slow_one_is_504(provider: FakePro
         await chat(running)
     assert (caught.value.status_code, caught.value.code) == (502, "upstream_unavailable")
 
-    slow = base_config(**{"openai-compatibility": [compat_block(provider.url)], "timeouts": {"read": 0.2}})
+    slow = base_config(
+        **{"openai-compatibility": [compat_block(provider.url)], "timeouts": {"read": 0.2}, "request-retry": 0}
+    )
     running = await start_proxy(slow)
     provider.state.fail_next("*", Fault(delay=1.0))
     with pytest.raises(openai.InternalServerError) as caught:
@@ -163,8 +170,9 @@ async def test_keepalive_comments_while_waiting_for_the_first_byte(provider: Fak
 
 async def test_keepalive_then_all_failed_ends_with_an_sse_error(provider: FakeProvider, start_proxy) -> None:
     config = base_config(
-        **{"openai-compatibility": [compat_block(provider.url)], "streaming": {"keepalive-seconds": 0.05}}
-    )
+        **{"openai-compatibility": [compat_block(provider.url)], "streaming": {"keepalive-seconds": 0.05},
+           "request-retry": 0}
+    )  # fmt: skip
     running = await start_proxy(config)
     provider.state.fail_next("*", Fault(delay=0.2, status=500))
     stream = await chat(running, stream=True)
@@ -194,3 +202,55 @@ async def test_concurrent_requests_all_succeed_across_failures(provider: FakePro
 async def _text(url: str, path: str) -> str:
     async with aiohttp.ClientSession() as session, session.get(url + path) as response:
         return await response.text()
+
+
+LEGACY_404 = {"error": {"message": "This is a chat model and not supported in the v1/completions endpoint. Did you "
+                        "mean to use v1/chat/completions?", "type": "invalid_request_error", "param": "model",
+                        "code": None}}  # fmt: skip
+
+
+async def test_a_404_on_one_endpoint_rests_only_that_endpoint(provider: FakeProvider, start_proxy) -> None:
+    block = compat_block(provider.url, models=(("up-small", "small"), ("up-small", "other-alias")))
+    running = await start_proxy(base_config(**{"openai-compatibility": [block]}))
+    client = running.client()
+    provider.state.fail_next("*", Fault(status=404, body=LEGACY_404))
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.completions.create(model="small", prompt="legacy")
+    assert "v1/completions endpoint" in caught.value.message  # the provider's own answer
+    for model in ("small", "other-alias"):  # chat and Responses, through every alias, are untouched
+        completion = await client.chat.completions.create(model=model, messages=MESSAGES)
+        assert completion.choices[0].message.content == "echo: ping"
+        response = await client.responses.create(model=model, input="ping")
+        assert response.output_text == "echo: ping"
+    asked = len(provider.received)
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client.completions.create(model="other-alias", prompt="legacy")
+    assert "does not serve this endpoint" in caught.value.message
+    assert len(provider.received) == asked  # known: not asked again
+    metrics = await _text(running.url, "/metrics")
+    assert 'cliproxy_credential_cooldowns_total{provider="fake",reason="no_endpoint"} 1.0' in metrics
+
+
+async def test_a_404_naming_the_model_still_rests_the_model(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url)]}))
+    missing = {"error": {"message": "The model `up-small` does not exist or you do not have access to it.",
+                         "type": "invalid_request_error", "param": None, "code": "model_not_found"}}  # fmt: skip
+    provider.state.fail_next("*", Fault(status=404, body=missing))
+    with pytest.raises(openai.NotFoundError):
+        await chat(running)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await running.client().responses.create(model="small", input="ping")
+    assert caught.value.code == "model_cooldown"
+
+
+async def test_an_ejected_lone_key_is_still_tried_rather_than_refused(provider: FakeProvider, start_proxy) -> None:
+    block = compat_block(provider.url, keys=("key-a",))
+    running = await start_proxy(base_config(**{"openai-compatibility": [block], "request-retry": 0}))
+    provider.state.fail_next("key-a", *[Fault(status=503)] * 3)
+    for _ in range(3):
+        with pytest.raises(openai.InternalServerError):
+            await chat(running)
+    assert running.proxy.health.soonest(running.proxy.runtime.routes["small"]) == 0  # ejected, yet not waited for
+    completion = await chat(running)  # panic mode: the only key left is tried, and it has recovered
+    assert completion.choices[0].message.content == "echo: ping"
+    assert len(provider.received) == 4

@@ -226,7 +226,7 @@ async def test_reasoning_round_trips_with_its_signature_and_never_crosses_vendor
 
 
 async def test_provider_errors_reach_each_client_in_its_own_format(providers: Providers, start_proxy) -> None:
-    running = await start_proxy(providers.config)
+    running = await start_proxy({**providers.config, "request-retry": 0})  # one 529 alone is retried otherwise
     providers.claude.fail_next(AnthropicFault(status=529, message="Overloaded"))
     with pytest.raises(openai.InternalServerError) as openai_error:
         await running.client().chat.completions.create(model="m-anthropic", messages=[{"role": "user", "content": "x"}])
@@ -258,3 +258,14 @@ async def test_vertex_project_endpoint_with_an_access_token(providers: Providers
     )
     assert seen.headers.get("authorization", seen.headers.get("Authorization")) == f"Bearer {GEMINI_KEY}"
     assert "x-goog-api-key" not in {name.lower() for name in seen.headers}
+
+
+async def test_a_wrong_gemini_key_is_the_keys_fault_through_translation(providers: Providers, start_proxy) -> None:
+    config = {**providers.config, "gemini-api-key": [{**providers.config["gemini-api-key"][0], "api-key": "bad"}]}
+    running = await start_proxy(config)
+    with pytest.raises(openai.InternalServerError) as caught:  # Google's 400 API_KEY_INVALID, read before it is dropped
+        await running.client().chat.completions.create(model="m-gemini", messages=[{"role": "user", "content": "x"}])
+    assert (caught.value.status_code, caught.value.code) == (502, "upstream_auth_error")
+    with pytest.raises(openai.RateLimitError) as caught_again:
+        await running.client().chat.completions.create(model="m-gemini", messages=[{"role": "user", "content": "x"}])
+    assert caught_again.value.code == "model_cooldown"  # the key rests, as any refused key does

@@ -100,7 +100,10 @@ async def assert_no_token_leaked(url: str, vendor: KiroVendor, caplog: pytest.Lo
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{url}/metrics") as response:
             metrics = await response.text()
-        async with http.get(f"{url}/v1/metrics/providers") as response:
+        async with http.get(
+            f"{url}/v1/metrics/providers", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+        ) as response:
+            assert response.status == 200
             providers = await response.text()
     assert "cliproxy_oauth_refreshes_total" in metrics and "cliproxy_oauth_session_state" in metrics
     logs = "\n".join(r.getMessage() for r in caplog.records)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
 from cliproxy_proxy.relay import ModelRewrite, SSERelay
+from cliproxy_proxy.translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES
+from cliproxy_proxy.translate.canonical import Codec
 
 
 def test_rewrite_handles_both_common_spellings_and_odd_spacing() -> None:
@@ -27,7 +30,7 @@ def test_rewrite_escapes_special_characters_in_the_alias() -> None:
 
 
 def test_relay_holds_partial_events_until_they_complete() -> None:
-    relay = SSERelay(ModelRewrite("up", "alias"))
+    relay = SSERelay(ModelRewrite("up", "alias"), OPENAI_CHAT.stream_end)
     event = b'data: {"model":"up","choices":[]}\n\n'
     assert relay.feed(event[:10]) == b""
     assert relay.feed(event[10:] + event[:5]) == b'data: {"model":"alias","choices":[]}\n\n'
@@ -36,15 +39,50 @@ def test_relay_holds_partial_events_until_they_complete() -> None:
 
 
 def test_relay_cuts_crlf_events_and_flushes_a_tail_without_blank_line() -> None:
-    relay = SSERelay(None)
+    relay = SSERelay(None, OPENAI_CHAT.stream_end)
     assert relay.feed(b"data: 1\r\n\r\ndata: 2") == b"data: 1\r\n\r\n"
     assert relay.flush() == b"data: 2"
 
 
 def test_relay_reads_the_last_usage_it_sees() -> None:
-    relay = SSERelay(None)
+    relay = SSERelay(None, OPENAI_CHAT.stream_end)
     relay.feed(b'data: {"choices":[],"usage":null}\n\n')
     assert relay.usage is None
     relay.feed(b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}\n\n')
     relay.feed(b'data: not json but mentions "usage"\n\n')
     assert relay.usage == (7, 3)
+
+
+def _event(document: object, name: str | None = None) -> bytes:
+    head = f"event: {name}\n".encode() if name else b""
+    return head + b"data: " + orjson.dumps(document) + b"\n\n"
+
+
+_SAYS_DONE = {"choices": [{"index": 0, "delta": {"content": 'data: [DONE] "finish_reason":"stop"'}}]}
+
+
+@pytest.mark.parametrize(
+    ("codec", "events", "complete"),
+    [
+        (OPENAI_CHAT, _event({"choices": [{"delta": {}, "finish_reason": "stop"}]}), True),
+        (OPENAI_CHAT, b"data: [DONE]\n\n", True),
+        (OPENAI_CHAT, _event({"choices": [{"delta": {"content": "x"}}]}) + b"data:[DONE]\n\n", True),
+        (OPENAI_CHAT, _event({"error": {"message": "overloaded"}}), True),
+        (OPENAI_CHAT, _event({"choices": [{"delta": {"content": "hi"}, "finish_reason": None}]}), False),
+        (OPENAI_CHAT, _event(_SAYS_DONE), False),  # text that quotes the terminal event is not one
+        (OPENAI_COMPLETIONS, _event({"choices": [{"text": "", "finish_reason": "length"}]}), True),
+        (ANTHROPIC, _event({"type": "message_stop"}, "message_stop"), True),
+        (ANTHROPIC, _event({"type": "error", "error": {"type": "overloaded_error"}}, "error"), True),
+        (ANTHROPIC, _event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}}, "message_delta"), False),
+        (ANTHROPIC, _event({"type": "content_block_delta", "delta": {"text": '"type":"message_stop"'}}), False),
+        (GEMINI, _event({"candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": "STOP"}]}), True),
+        (GEMINI, _event({"candidates": [{"content": {"parts": [{"text": "x"}]}}]}), False),
+        (RESPONSES, _event({"type": "response.completed", "response": {}}, "response.completed"), True),
+        (RESPONSES, _event({"type": "response.failed", "response": {}}, "response.failed"), True),
+        (RESPONSES, _event({"type": "response.output_text.delta", "delta": "response.completed"}), False),
+    ],
+)  # fmt: skip
+def test_each_format_knows_its_terminal_event(codec: Codec, events: bytes, complete: bool) -> None:
+    relay = SSERelay(None, codec.stream_end)
+    assert relay.feed(events) == events
+    assert relay.complete is complete

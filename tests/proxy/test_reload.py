@@ -43,7 +43,9 @@ async def test_invalid_config_is_refused_and_the_last_good_one_serves(provider: 
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{running.url}/metrics") as response:
             assert 'cliproxy_config_reloads_total{result="failure"} 1.0' in await response.text()
-        async with session.post(f"{running.url}/-/reload") as response:
+        async with session.post(
+            f"{running.url}/-/reload", headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+        ) as response:
             assert response.status == 422
             assert "base-url" in (await response.json())["error"]
     running.config_path.write_text("port: [")  # broken YAML too

@@ -174,9 +174,9 @@ def test_cooldown_durations_and_quota_backoff() -> None:
     assert health.fail(target, "quota", 7.5, cfg) == 7.5
     assert health.fail(target, "auth", None, cfg) == 1800
     assert health.fail(target, "not_found", None, cfg) == 43200
-    assert health.fail(target, "transient", None, cfg) == 60
-    for _ in range(20):
-        health.fail(target, "quota", None, cfg)
+    assert health.fail(target, "quota", 1e12, cfg) == 1800  # an absurd Retry-After is capped
+    for _ in range(2000):  # a key answering 429 for hours: the exponent must not overflow a float
+        health.fail(target, "quota", 1, cfg)
     assert health.fail(target, "quota", None, cfg) == 1800
     assert health.blocked_for(target, clock.now) == 1800
     clock.now += 1800
@@ -214,7 +214,7 @@ def test_pick_skips_cooling_and_falls_to_lower_priority() -> None:
     health = Health(clock)
     top = route.groups[0][0]
     assert health.pick(route, "round-robin", set()) is top
-    health.fail(top, "transient", None, Cooldowns())
+    health.fail(top, "auth", None, Cooldowns(), route)
     chosen = health.pick(route, "round-robin", set())
     assert chosen is not None and chosen.credential.secret == "backup"
     health.fail(chosen, "quota", 5, Cooldowns())
@@ -252,3 +252,71 @@ def test_state_survives_a_reload_of_unchanged_credentials() -> None:
     health.sync(second.credentials)
     assert health.blocked_for(second.routes["llama"].targets[0], clock.now) == 1800
     assert len(health.cooldowns) == 1
+
+
+def _pool(*keys: str) -> tuple[Health, Clock, Any]:
+    clock = Clock()
+    health = Health(clock)
+    runtime = runtime_of({"groq": [groq(k) for k in keys]})
+    health.sync(runtime.credentials)
+    return health, clock, runtime.routes["llama"]
+
+
+def test_transient_faults_eject_only_in_a_row_and_for_longer_each_time() -> None:
+    health, clock, route = _pool("a", "b")
+    a = route.targets[0]
+    cfg = Cooldowns()
+    assert [health.fail(a, "transient", None, cfg, route) for _ in range(2)] == [0, 0]
+    health.succeed(a)  # a success ends the streak
+    assert [health.fail(a, "transient", None, cfg, route) for _ in range(3)] == [0, 0, 30]
+    assert health.blocked_for(a, clock.now) == 30
+    clock.now += 30
+    assert [health.fail(a, "transient", None, cfg, route) for _ in range(3)] == [0, 0, 60]  # base x 2
+    assert health.fail(a, "transient", None, cfg, route) == 0  # failing while out (panic) does not extend it
+    seconds = 60.0
+    for _ in range(10):
+        clock.now += seconds
+        seconds = sum(health.fail(a, "transient", None, cfg, route) for _ in range(3))
+    assert seconds == 300  # capped at transient-max
+    clock.now += 300 + 30 * 20  # each base period spent healthy forgives one ejection
+    assert [health.fail(a, "transient", None, cfg, route) for _ in range(3)] == [0, 0, 30]
+
+
+def test_at_most_half_the_pool_is_ejected_and_then_the_streak_keeps_counting() -> None:
+    health, clock, route = _pool("a", "b", "c", "d")
+    cfg = Cooldowns()
+    ejected = [sum(health.fail(t, "transient", None, cfg, route) for _ in range(3)) for t in route.targets]
+    assert ejected == [30, 30, 0, 0]
+    clock.now += 30
+    assert health.fail(route.targets[2], "transient", None, cfg, route) == 30  # room again: the fourth in a row
+    single, _, alone = _pool("only")
+    assert sum(single.fail(alone.targets[0], "transient", None, cfg, alone) for _ in range(3)) == 30  # at least one
+
+
+def test_panic_tries_the_least_recently_failed_when_every_credential_is_ejected() -> None:
+    health, clock, route = _pool("a", "b")
+    a, b = route.targets
+    cfg = Cooldowns(max_ejection_percent=100)
+    for target in (b, a):  # b fails first, so it has rested longest
+        for _ in range(3):
+            health.fail(target, "transient", None, cfg, route)
+        clock.now += 1
+    assert health.soonest(route) == 0  # no waiting: panic mode routes now
+    assert health.pick(route, "round-robin", set()) is b
+    assert health.pick(route, "round-robin", {id(b)}) is a
+    health.succeed(b)  # it served: back in rotation, while a's ejection runs on
+    assert health.pick(route, "round-robin", set()) is b
+    assert health.pick(route, "round-robin", {id(b)}) is None  # b is healthy (tried): no panic
+
+
+def test_panic_never_overrides_a_providers_verdict() -> None:
+    health, _, route = _pool("a", "b")
+    a, b = route.targets
+    cfg = Cooldowns(max_ejection_percent=100)
+    for _ in range(3):
+        health.fail(a, "transient", None, cfg, route)
+    health.fail(b, "auth", None, cfg, route)
+    assert health.pick(route, "round-robin", set()) is a
+    health.fail(a, "quota", 20, cfg, route)
+    assert health.pick(route, "round-robin", set()) is None
+    assert health.soonest(route) == 20

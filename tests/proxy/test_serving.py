@@ -235,6 +235,9 @@ def _app_with(key, value):  # type: ignore[no-untyped-def]
 
 
 async def _provider_metrics(url: str) -> dict:  # type: ignore[type-arg]
-    async with aiohttp.ClientSession() as session, session.get(f"{url}/v1/metrics/providers") as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{url}/v1/metrics/providers", headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as response,
+    ):
         assert response.status == 200
         return await response.json()  # type: ignore[no-any-return]

@@ -205,7 +205,7 @@ def test_decode_thinking(extra: dict[str, Any], expected: Reasoning | None) -> N
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]: server tool"),
+        ({"tools": [{"type": "Web Search!", "name": "web_search"}]}, "tools[0]: needs an input_schema"),
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
          "messages[0].content[0]: content of type 'document'"),
         ({"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]},
@@ -217,7 +217,7 @@ def test_decode_thinking(extra: dict[str, Any], expected: Reasoning | None) -> N
         ({"messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
                                                       "content": [{"type": "document", "source": {}}]}]}]},
          "messages[0].content[0].content[0]: tool result content 'document'"),
-        ({"output_config": {"format": {"type": "json_schema", "schema": {}}}}, "output_config.format"),
+        ({"output_config": {"format": {"type": "json_schema"}}}, "output_config.format"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
         ({"messages": []}, "messages: a non-empty list"),
         ({"tool_choice": {"type": "sometimes"}}, "tool_choice: must be"),

@@ -737,8 +737,8 @@ def test_decode_request_pairs_by_id_when_the_client_sends_ids() -> None:
          "no earlier functionCall named 'f'"),
         ({"contents": [{"parts": [{"text": "x"}]}], "tools": [{"googleSearch": {}}]},
          r"tools\[0\]: only functionDeclarations"),
-        ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"responseMimeType": "application/json"}},
-         "structured output"),
+        ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"responseMimeType": "text/x.enum"}},
+         "only text/plain or application/json"),
         ({"contents": [{"parts": [{"text": "x"}]}], "generationConfig": {"candidateCount": 2}}, "one candidate"),
     ],
 )  # fmt: skip
@@ -983,3 +983,12 @@ async def test_sdk_sees_scripted_errors(aiohttp_server: Server) -> None:
     finally:
         await client.aio.aclose()
     assert caught.value.code == 429 and caught.value.status == "RESOURCE_EXHAUSTED"
+
+
+def test_json_mode_with_a_schema_decodes_to_structured_output() -> None:
+    schema = {"type": "OBJECT", "properties": {"city": {"type": "STRING"}}, "required": ["city"]}
+    config = {"responseMimeType": "application/json", "responseSchema": schema}
+    body = {"contents": [{"role": "user", "parts": [{"text": "x"}]}], "generationConfig": config}
+    output = GeminiCodec().decode_request(body).output
+    assert output is not None
+    assert output.schema == {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}

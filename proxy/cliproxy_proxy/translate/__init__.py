@@ -30,6 +30,10 @@ UPSTREAM: dict[Wire, Codec] = {
 }
 
 
+#: Upstream formats without a JSON mode: structured output is asked for in the system prompt instead.
+_NO_JSON_MODE = frozenset({"anthropic-messages", "kiro"})
+
+
 def passes_through(inbound: Codec, upstream: Codec) -> bool:
     """Whether a request can go out as the client sent it (the model id aside)."""
     return inbound.name == upstream.name or (inbound is OPENAI_COMPLETIONS and upstream is OPENAI_CHAT)
@@ -45,11 +49,14 @@ def codec_for_path(path: str) -> Codec:
 
 
 def for_upstream(request: Request, inbound: Codec, upstream: Codec) -> Request:
-    """The request as another vendor may see it: a reasoning signature only means something to its maker.
+    """The request as another vendor may see it: a reasoning signature only means something to its maker, and
+    structured output becomes an instruction where the vendor has no JSON mode.
 
     cliproxyapi++ users hit "invalid signature" errors when a conversation moved between vendors: reasoning
     from the client's format reaches another format unsigned, and each encoder then drops what it cannot replay.
     """
+    if request.output is not None and upstream.name in _NO_JSON_MODE:
+        request = dataclasses.replace(request, system=[*request.system, request.output.instructions()], output=None)
     if inbound.name == upstream.name:
         return request
     messages = [

@@ -16,6 +16,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import mimetypes
+import re
 import uuid
 from typing import Any
 
@@ -23,17 +24,20 @@ import orjson
 
 from . import fields
 from .canonical import (
+    SSE_COMMENT,
     THINKING_LEVELS,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -68,6 +72,7 @@ _ERROR_TYPES = {
 }  # fmt: skip
 _INPUT_COUNTS = frozenset({"input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens"})
 _IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_SERVER_TOOL = re.compile(r"[a-z0-9_]{1,64}")  # web_search_20250305...: safe to name in a response header
 _ADAPTIVE_EFFORT = "high"  # Anthropic's default effort when the model decides how much to think
 
 # -- decoding: what Anthropic clients send ----------------------------------------------------------------
@@ -172,17 +177,30 @@ def _decode_messages(messages: Any) -> tuple[list[Text], list[Message]]:
     return system, out
 
 
-def _decode_tools(tools: Any) -> list[Tool]:
-    decoded = []
+def _decode_tools(tools: Any) -> tuple[list[Tool], list[str]]:
+    """Custom tools, and the types of the server tools (web_search_...) the proxy's hosted-tools policy judges."""
+    decoded, hosted = [], []
     for index, tool in enumerate(fields.array(tools, "tools")):
-        if not isinstance(tool, dict) or tool.get("type") not in (None, "custom") or "input_schema" not in tool:
-            kind = tool.get("type") if isinstance(tool, dict) else None
-            raise TranslationError(f"tools[{index}]: server tool {kind!r} cannot be translated, only custom tools")
+        kind = tool.get("type") if isinstance(tool, dict) else None
         where = f"tools[{index}]"
-        decoded.append(Tool(fields.text(tool.get("name"), f"{where}.name"),
-                            fields.optional_text(tool.get("description"), f"{where}.description"),
-                            fields.json_object(tool["input_schema"], f"{where}.input_schema")))  # fmt: skip
-    return decoded
+        if isinstance(tool, dict) and kind in (None, "custom") and "input_schema" in tool:
+            decoded.append(Tool(fields.text(tool.get("name"), f"{where}.name"),
+                                fields.optional_text(tool.get("description"), f"{where}.description"),
+                                fields.json_object(tool["input_schema"], f"{where}.input_schema")))  # fmt: skip
+        elif isinstance(kind, str) and _SERVER_TOOL.fullmatch(kind):
+            hosted.append(kind)
+        else:
+            raise TranslationError(f"{where}: needs an input_schema (custom tools) or a server tool type")
+    return decoded, hosted
+
+
+def _decode_output(config: Any) -> JsonOutput | None:
+    form = config.get("format") if isinstance(config, dict) else None
+    if form is None:
+        return None
+    if not isinstance(form, dict) or form.get("type") != "json_schema" or not isinstance(form.get("schema"), dict):
+        raise TranslationError("output_config.format: must be json_schema with a schema object")
+    return JsonOutput(fields.json_object(form["schema"], "output_config.format.schema"))
 
 
 def _decode_tool_choice(choice: Any) -> tuple[ToolChoice | None, bool | None]:
@@ -388,20 +406,22 @@ def _response_block(part: Part) -> dict[str, Any] | None:
 
 class AnthropicCodec:
     name = "anthropic-messages"
+    stream_end = StreamEnd(rb'"type"\s*:\s*"(?:message_stop|error)"')
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("anthropic-",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
     def decode_request(self, body: dict[str, Any]) -> Request:
         output_config = body.get("output_config")
-        if isinstance(output_config, dict) and output_config.get("format") is not None:
-            raise TranslationError("output_config.format: structured output cannot be translated to this provider")
         extra_system, messages = _decode_messages(body.get("messages"))
+        tools, hosted = _decode_tools(body.get("tools"))
         choice, parallel = _decode_tool_choice(body.get("tool_choice"))
         return Request(
             model=str(body.get("model", "")),
             messages=messages,
             system=_texts(body.get("system"), "system") + extra_system,
-            tools=_decode_tools(body.get("tools")),
+            tools=tools,
             tool_choice=choice,
             max_tokens=fields.integer(body.get("max_tokens"), "max_tokens"),
             temperature=fields.number(body.get("temperature"), "temperature"),
@@ -411,6 +431,8 @@ class AnthropicCodec:
             reasoning=_decode_reasoning(body.get("thinking"), output_config),
             parallel_tool_calls=parallel,
             stream_usage=True,  # an Anthropic stream always carries usage
+            output=_decode_output(output_config),
+            hosted_tools=hosted,
         )
 
     def encode_response(self, response: Response) -> bytes:

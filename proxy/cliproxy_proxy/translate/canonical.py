@@ -8,6 +8,7 @@ model produced, so nothing is re-serialised or reordered on the way through.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -65,6 +66,7 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text, as the model produced it
+    namespace: str | None = None  # Responses' namespace tools: the call's name is then the name inside it
 
     def input(self, where: str) -> dict[str, Any]:
         """The arguments as the object vendors that take structured input (Anthropic, Kiro) need."""
@@ -101,9 +103,40 @@ class Tool:
     name: str
     description: str | None
     parameters: dict[str, Any]  # a JSON Schema object
+    namespace: str | None = None  # a function of a Responses namespace, flattened: ``name`` is qualified
+
+
+def qualified(namespace: str, name: str) -> str:
+    """The plain function name a namespaced function goes by where namespaces do not exist (every vendor's limits)."""
+    return f"{namespace}__{name}"
+
+
+def restore_namespace(call: ToolCall, tools: list[Tool]) -> ToolCall:
+    """A call of a flattened namespace function, named again as the client declared it (namespace, then name)."""
+    for tool in tools:
+        if tool.namespace is not None and tool.name == call.name:
+            call.namespace, call.name = tool.namespace, call.name[len(tool.namespace) + 2 :]
+            break
+    return call
 
 
 ToolChoice = Literal["auto", "none", "required"] | str  # any other string names the one tool to call
+
+
+@dataclass(slots=True)
+class JsonOutput:
+    """The answer must be one JSON object: of any shape (``schema`` None), or matching a JSON Schema."""
+
+    schema: dict[str, Any] | None = None
+    name: str = "response"
+    strict: bool | None = None
+
+    def instructions(self) -> Text:
+        """The constraint as a system instruction, for vendors without a JSON mode (Anthropic, Kiro)."""
+        text = "Answer with one JSON object and nothing else: no prose, no code fences."
+        if self.schema is not None:
+            text += " It must match this JSON Schema: " + orjson.dumps(self.schema).decode()
+        return Text(text)
 
 
 @dataclass(slots=True)
@@ -135,6 +168,8 @@ class Request:
     reasoning: Reasoning | None = None
     parallel_tool_calls: bool | None = None
     stream_usage: bool = False  # the client asked for usage in the stream (OpenAI's stream_options)
+    output: JsonOutput | None = None  # structured output (response_format, text.format, responseSchema)
+    hosted_tools: list[str] = field(default_factory=list)  # tools the vendor runs itself (web_search): left out
 
 
 # -- responses ------------------------------------------------------------------------------------------
@@ -218,6 +253,30 @@ class StreamError:
 Event = MessageStart | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Finish | StreamError
 
 
+class StreamEnd:
+    """Spots a format's terminal event in a run of whole SSE events, without parsing them.
+
+    Each pattern begins with a literal, which the regex engine scans for fast (this runs on every chunk of a
+    pass-through stream). ``line_start`` counts only at the start of a line: JSON escapes its newlines, so text
+    inside a string (a model explaining SSE) cannot land there. Quotes are escaped too, so ``"key": "`` with bare
+    quotes, as ``anywhere`` patterns are written, can only be a key of the document itself.
+    """
+
+    __slots__ = ("anywhere", "first_line", "later_line")
+
+    def __init__(self, anywhere: bytes | None = None, line_start: bytes | None = None) -> None:
+        self.anywhere = re.compile(anywhere) if anywhere else None
+        self.first_line = re.compile(line_start) if line_start else None
+        self.later_line = re.compile(b"\n" + line_start) if line_start else None
+
+    def __call__(self, events: bytes) -> bool:
+        if self.anywhere is not None and self.anywhere.search(events):
+            return True
+        if self.first_line is None or self.later_line is None:
+            return False
+        return bool(self.first_line.match(events) or self.later_line.search(events))
+
+
 class TranslationError(ValueError):
     """A request or response one format cannot express in another; answered as a 400 in the client's format."""
 
@@ -247,10 +306,21 @@ class StreamEncoder(Protocol):
     def close(self) -> bytes: ...
 
 
+#: What keeps an idle client stream open: an SSE comment, which every SSE parser skips...
+SSE_COMMENT = b": keep-alive\n\n"
+#: ...except google-genai's and litellm's Gemini parsers, which take any non-``data:`` line for JSON.
+BLANK_LINE = b"\n"
+
+
 class Codec(Protocol):
     """Everything one wire format needs, as the client's format (inbound) and as the provider's (upstream)."""
 
     name: str
+    #: What ends a stream of this format (its terminal or error event): a stream passed through without it was
+    #: cut short, however cleanly the connection closed.
+    stream_end: StreamEnd
+    keepalive: bytes  # written to the client while the upstream is slow: what this wire's clients tolerate
+    vendor_headers: tuple[str, ...]  # prefixes of the client headers a same-format upstream must see too
 
     # inbound: what clients send and receive
     def decode_request(self, body: dict[str, Any]) -> Request: ...

@@ -15,6 +15,7 @@ import orjson
 from ..errors import error_body
 from . import fields
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     Message,
@@ -27,7 +28,7 @@ from .canonical import (
     TranslationError,
     Usage,
 )
-from .openai_chat import OpenAIStreamEncoder
+from .openai_chat import STREAM_END, OpenAIStreamEncoder
 
 _UPSTREAM = "legacy completions is a client format only: no provider is called with it"
 _UNSUPPORTED = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
@@ -39,6 +40,9 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 class OpenAICompletionsCodec:
     name = "openai-completions"
+    stream_end = STREAM_END
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     def upstream_path(self, model: str, stream: bool) -> str:
         return "/completions"

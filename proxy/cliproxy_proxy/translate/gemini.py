@@ -31,17 +31,20 @@ import orjson
 
 from . import fields
 from .canonical import (
+    BLANK_LINE,
     THINKING_LEVELS,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -364,6 +367,13 @@ def _schema(schema: Any, where: str, defs: _Defs, seen: tuple[str, ...] = ()) ->
     return out
 
 
+def _whole_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
+    """A JSON Schema with its own definitions, as Gemini's Schema."""
+    defs = _Defs({**fields.mapping(schema.get("definitions"), f"{where}.definitions"),
+                  **fields.mapping(schema.get("$defs"), f"{where}.$defs")})  # fmt: skip
+    return _schema(schema, where, defs)
+
+
 def _enum(out: dict[str, Any], kind: str | None, values: list[Any]) -> str | None:
     """Gemini takes enums of strings only; other enums become a hint in the description."""
     if None in values:
@@ -402,10 +412,7 @@ def _encode_tools(tools: list[Tool]) -> list[dict[str, Any]]:
         declaration: dict[str, Any] = {"name": tool.name}
         if tool.description:
             declaration["description"] = tool.description
-        raw = tool.parameters or {}
-        defs = _Defs({**fields.mapping(raw.get("definitions"), f"{where}.parameters.definitions"),
-                      **fields.mapping(raw.get("$defs"), f"{where}.parameters.$defs")})  # fmt: skip
-        parameters = _schema(raw, f"{where}.parameters", defs)
+        parameters = _whole_schema(tool.parameters or {}, f"{where}.parameters")
         if parameters.get("properties"):  # Gemini rejects an OBJECT without properties: no parameters at all
             declaration["parameters"] = parameters
         declarations.append(declaration)
@@ -443,6 +450,11 @@ def _generation_config(request: Request) -> dict[str, Any]:
         config["stopSequences"] = request.stop
     if request.reasoning is not None:
         config["thinkingConfig"] = _thinking(request.reasoning)
+    if request.output is not None:
+        config["responseMimeType"] = "application/json"
+        schema = request.output.schema
+        if schema is not None:
+            config["responseSchema"] = _whole_schema(schema, "response_format.schema")
     return config
 
 
@@ -731,8 +743,18 @@ def _check_generation(config: dict[str, Any]) -> None:
     if _get(config, "candidateCount") not in (None, 1):
         raise TranslationError("generationConfig.candidateCount: only one candidate can be translated")
     mime = _get(config, "responseMimeType")
-    if mime not in (None, "text/plain") or _get(config, "responseSchema") or _get(config, "responseJsonSchema"):
-        raise TranslationError("generationConfig.responseSchema: structured output cannot be translated")
+    if mime not in (None, "text/plain", "application/json"):
+        raise TranslationError("generationConfig.responseMimeType: only text/plain or application/json translate")
+
+
+def _decode_output(config: dict[str, Any]) -> JsonOutput | None:
+    if _get(config, "responseMimeType") != "application/json":
+        return None
+    schema = _get(config, "responseJsonSchema")
+    if schema is None and _get(config, "responseSchema") is not None:
+        where = "generationConfig.responseSchema"
+        schema = _json_schema(fields.bounded(_get(config, "responseSchema"), where), where)
+    return JsonOutput(None if schema is None else fields.json_object(schema, "generationConfig.responseSchema"))
 
 
 # -- response encoding (canonical -> Gemini client) -----------------------------------------------------
@@ -757,6 +779,9 @@ class GeminiCodec:
     """The Gemini API (``generativelanguage.googleapis.com``); auth is the caller's ``x-goog-api-key`` header."""
 
     name = "gemini"
+    stream_end = StreamEnd(rb'"(?:finishReason"\s*:\s*"|error"\s*:\s*\{)')  # Gemini has no closing event
+    keepalive = BLANK_LINE
+    vendor_headers: tuple[str, ...] = ("x-goog-",)
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
 
@@ -777,6 +802,7 @@ class GeminiCodec:
             stop=fields.texts(_get(config, "stopSequences"), "generationConfig.stopSequences"),
             reasoning=_decode_reasoning(_get(config, "thinkingConfig")),
             stream_usage=True,  # Gemini streams always carry usageMetadata
+            output=_decode_output(config),
         )
 
     def encode_response(self, response: Response) -> bytes:

@@ -35,6 +35,7 @@ import orjson
 
 from ..oauth.base import RefreshRejected, RefreshRequest, TokenError, TokenSet
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
@@ -45,6 +46,7 @@ from .canonical import (
     Request,
     Response,
     StreamEncoder,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -430,6 +432,9 @@ class KiroCodec:
     """
 
     name = "kiro"
+    stream_end = StreamEnd()  # never passed through (not SSE): its decoder judges the end, no frame half-read
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ()
 
     def __init__(self, profile_arn: str | None = None, origin: str = ORIGIN) -> None:
         self.profile_arn = profile_arn

@@ -10,16 +10,19 @@ import orjson
 from ..errors import error_body
 from . import fields
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -147,16 +150,45 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
     raise TranslationError("tool_choice: must be auto, none, required or a named function")
 
 
+#: A finish reason, ``[DONE]`` or an error: what ends an OpenAI stream (chat and legacy completions alike).
+STREAM_END = StreamEnd(rb'"finish_reason"\s*:\s*"', line_start=rb'data:[ \t]*(?:\[DONE\]|\{\s*"error")')
+
+
+def _decode_response_format(form: Any) -> JsonOutput | None:
+    kind = form.get("type") if isinstance(form, dict) else None
+    if form is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonOutput()
+    spec = form.get("json_schema") if kind == "json_schema" else None
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise TranslationError("response_format: must be text, json_object or json_schema with a schema object")
+    schema = fields.json_object(spec["schema"], "response_format.json_schema.schema") if "schema" in spec else None
+    name = fields.text(spec.get("name"), "response_format.json_schema.name") or "response"
+    return JsonOutput(schema, name, fields.flag(spec.get("strict"), "response_format.json_schema.strict"))
+
+
+def encode_response_format(output: JsonOutput) -> dict[str, Any]:
+    """Chat Completions' ``response_format`` (the Responses API's ``text.format`` is its flattened ``json_schema``)."""
+    if output.schema is None:
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": output.name, "schema": output.schema}
+    if output.strict is not None:
+        spec["strict"] = output.strict
+    return {"type": "json_schema", "json_schema": spec}
+
+
 class OpenAIChatCodec:
     name = "openai-chat"
+    stream_end = STREAM_END
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
     def decode_request(self, body: dict[str, Any]) -> Request:
         if body.get("n", 1) not in (1, None):
             raise TranslationError("n: only one choice can be translated to this provider")
-        if body.get("response_format") not in (None, {"type": "text"}):
-            raise TranslationError("response_format: structured output cannot be translated to this provider")
         system, messages = _decode_messages(body.get("messages"))
         effort = body.get("reasoning_effort")
         options = body.get("stream_options")
@@ -175,6 +207,7 @@ class OpenAIChatCodec:
             reasoning=Reasoning(effort=effort) if isinstance(effort, str) else None,
             parallel_tool_calls=fields.flag(body.get("parallel_tool_calls"), "parallel_tool_calls"),
             stream_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            output=_decode_response_format(body.get("response_format")),
         )
 
     def encode_response(self, response: Response) -> bytes:
@@ -232,6 +265,8 @@ class OpenAIChatCodec:
         effort = _effort(request.reasoning)
         if effort is not None:
             body["reasoning_effort"] = effort
+        if request.output is not None:
+            body["response_format"] = encode_response_format(request.output)
         if request.stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}

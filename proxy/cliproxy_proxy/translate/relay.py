@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .canonical import Event, Finish, MessageStart, StreamDecoder, StreamEncoder
+from .canonical import Event, Finish, MessageStart, StreamDecoder, StreamEncoder, StreamError
 from .sse import SSEParser
 
 
 class TranslatingRelay:
-    """The counterpart of the pass-through ``SSERelay``: same ``feed``/``flush``/``usage``, across formats."""
+    """The counterpart of the pass-through ``SSERelay``: same ``feed``/``flush``/``usage``/``complete``, across formats.
 
-    __slots__ = ("decoder", "encoder", "model", "parser", "usage")
+    The stream is complete once the upstream decoder has seen its format's finish (or error): the encoder then
+    closes the client's stream. Without it the upstream was cut short, and nothing is made up to close it.
+    """
+
+    __slots__ = ("complete", "decoder", "encoder", "model", "parser", "usage")
 
     def __init__(self, decoder: StreamDecoder, encoder: StreamEncoder, exposed_model: str) -> None:
         self.parser = SSEParser()
@@ -19,12 +23,16 @@ class TranslatingRelay:
         self.encoder = encoder
         self.model = exposed_model
         self.usage: tuple[int, int] | None = None
+        self.complete = False
 
     def feed(self, chunk: bytes) -> bytes:
         return self._translate(self.parser.feed(chunk))
 
     def flush(self) -> bytes:
-        return self._translate(self.parser.flush()) + self.encoder.close()
+        return self._close(self._translate(self.parser.flush()))
+
+    def _close(self, tail: bytes) -> bytes:
+        return tail + self.encoder.close() if self.complete else tail
 
     def _translate(self, raw: list[tuple[str | None, bytes]]) -> bytes:
         return self._encode([event for name, data in raw for event in self.decoder.feed(name, data)])
@@ -35,8 +43,12 @@ class TranslatingRelay:
     def _observe(self, event: Event) -> Event:
         if isinstance(event, MessageStart):
             event.model = self.model  # the client sees the id it asked for, not the upstream's
-        elif isinstance(event, Finish) and event.usage is not None:
-            self.usage = (event.usage.input, event.usage.output)
+        elif isinstance(event, Finish):
+            if event.usage is not None:
+                self.usage = (event.usage.input, event.usage.output)
+            self.complete = self.complete or event.reason is not None
+        elif isinstance(event, StreamError):
+            self.complete = True
         return event
 
 
@@ -61,4 +73,4 @@ class FramedRelay(TranslatingRelay):
         return self._encode(self.framed.feed_bytes(chunk))
 
     def flush(self) -> bytes:
-        return self._encode(self.framed.close()) + self.encoder.close()
+        return self._close(self._encode(self.framed.close()))

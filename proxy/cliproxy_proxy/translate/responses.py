@@ -19,16 +19,19 @@ import orjson
 from ..errors import error_body
 from . import fields
 from .canonical import (
+    SSE_COMMENT,
     Event,
     Finish,
     FinishReason,
     Image,
+    JsonOutput,
     Message,
     MessageStart,
     Part,
     Reasoning,
     Request,
     Response,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -42,7 +45,10 @@ from .canonical import (
     ToolResult,
     TranslationError,
     Usage,
+    qualified,
+    restore_namespace,
 )
+from .openai_chat import encode_response_format
 
 #: Effort levels the Responses API names; ``none`` is left out on the way up (older reasoning models reject it).
 _EFFORT_LEVELS = frozenset({"minimal", "low", "medium", "high", "xhigh", "max"})
@@ -55,6 +61,7 @@ _OPENAI_SIGNATURE = re.compile(r"^gAAAAA")
 _REASONING_MODEL = re.compile(r"^(?!.*-chat)(.*/)?(o\d|gpt-5|.*codex)", re.IGNORECASE)
 _MIN_OUTPUT_TOKENS = 16  # the API rejects max_output_tokens below this
 _INCOMPLETE: dict[str, FinishReason] = {"max_output_tokens": "length", "content_filter": "content_filter"}
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # a namespace or hosted tool type: safe in a function name or header
 _STATEFUL = "is stateful (stored on OpenAI's side) and cannot be translated"
 
 
@@ -139,9 +146,12 @@ def _decode_item(item: Any, where: str, system: list[Text], messages: list[Messa
         else:
             raise TranslationError(f"{where}.role: {role!r} is not a message role")
     elif kind == "function_call":
+        name = fields.text(item.get("name"), f"{where}.name")
+        namespace = fields.optional_text(item.get("namespace"), f"{where}.namespace")
+        if namespace:
+            name = qualified(namespace, name)  # as the namespace's functions were declared to the provider
         arguments = fields.text(item.get("arguments"), f"{where}.arguments") or "{}"
-        call = ToolCall(fields.text(item.get("call_id"), f"{where}.call_id"),
-                        fields.text(item.get("name"), f"{where}.name"), arguments)  # fmt: skip
+        call = ToolCall(fields.text(item.get("call_id"), f"{where}.call_id"), name, arguments)
         _assistant(messages).parts.append(call)
     elif kind == "function_call_output":
         content = _content(item.get("output"), f"{where}.output", images=True)
@@ -175,18 +185,36 @@ def _decode_input(body: dict[str, Any]) -> tuple[list[Text], list[Message]]:
     return system, messages
 
 
-def _decode_tools(tools: Any) -> list[Tool]:
-    decoded = []
+def _function(tool: dict[str, Any], where: str, namespace: str | None = None) -> Tool:
+    """A function tool (``strict`` has no equivalent elsewhere), named within its namespace when it has one."""
+    parameters = tool.get("parameters") or {"type": "object", "properties": {}}
+    name = fields.text(tool.get("name"), f"{where}.name")
+    if namespace is not None:
+        name = qualified(namespace, name)
+    return Tool(name, fields.optional_text(tool.get("description"), f"{where}.description"),
+                fields.json_object(parameters, f"{where}.parameters"), namespace)  # fmt: skip
+
+
+def _decode_tools(tools: Any) -> tuple[list[Tool], list[str]]:
+    """Function tools, namespaces' functions flattened (the client runs them all); and the hosted tools' types."""
+    decoded, hosted = [], []
     for index, tool in enumerate(fields.array(tools, "tools")):
         kind = tool.get("type") if isinstance(tool, dict) else None
-        if kind != "function":
-            raise TranslationError(f"tools[{index}]: {kind!r} tools run on OpenAI's side and cannot be translated")
-        parameters = tool.get("parameters") or {"type": "object", "properties": {}}
-        where = f"tools[{index}]"
-        decoded.append(Tool(fields.text(tool.get("name"), f"{where}.name"),  # strict: no equivalent
-                            fields.optional_text(tool.get("description"), f"{where}.description"),
-                            fields.json_object(parameters, f"{where}.parameters")))  # fmt: skip
-    return decoded
+        if kind == "function":
+            decoded.append(_function(tool, f"tools[{index}]"))
+        elif kind == "namespace":
+            namespace, inner = tool.get("name"), tool.get("tools")
+            if not isinstance(namespace, str) or not _NAME.fullmatch(namespace) or not isinstance(inner, list):
+                raise TranslationError(f"tools[{index}]: a namespace needs a name and a list of tools")
+            for number, function in enumerate(inner):
+                if not isinstance(function, dict) or function.get("type") != "function":
+                    raise TranslationError(f"tools[{index}].tools[{number}]: only function tools can be translated")
+                decoded.append(_function(function, f"tools[{index}].tools[{number}]", namespace))
+        elif isinstance(kind, str) and _NAME.fullmatch(kind):
+            hosted.append(kind)  # run on OpenAI's side: what becomes of it is the proxy's hosted-tools policy
+        else:
+            raise TranslationError(f"tools[{index}]: a tool needs a type")
+    return decoded, hosted
 
 
 def _decode_tool_choice(choice: Any) -> ToolChoice | None:
@@ -197,16 +225,27 @@ def _decode_tool_choice(choice: Any) -> ToolChoice | None:
     raise TranslationError("tool_choice: must be auto, none, required or a named function")
 
 
+def _decode_text_format(text: Any) -> JsonOutput | None:
+    form = text.get("format") if isinstance(text, dict) else None
+    kind = form.get("type", "text") if isinstance(form, dict) else "text"
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonOutput()
+    assert isinstance(form, dict)
+    if kind != "json_schema" or not isinstance(form.get("schema"), dict):
+        raise TranslationError("text.format: must be text, json_object or json_schema with a schema object")
+    schema = fields.json_object(form["schema"], "text.format.schema")
+    name = fields.text(form.get("name"), "text.format.name") or "response"
+    return JsonOutput(schema, name, fields.flag(form.get("strict"), "text.format.strict"))
+
+
 def _check_stateless(body: dict[str, Any]) -> None:
     for key in ("previous_response_id", "conversation", "prompt"):
         if body.get(key):
             raise TranslationError(f"{key}: {_STATEFUL}")
     if body.get("background") is True:
         raise TranslationError(f"background: a background response {_STATEFUL}")
-    text = body.get("text")
-    form = text.get("format") if isinstance(text, dict) else None
-    if isinstance(form, dict) and form.get("type", "text") != "text":
-        raise TranslationError("text.format: structured output cannot be translated to this provider")
 
 
 # -- encoding for a provider ----------------------------------------------------------------------------
@@ -335,8 +374,11 @@ def _reasoning_item(item_id: str, text: str, signature: str | None) -> dict[str,
 
 
 def _call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
+    item = {"id": item_id, "type": "function_call", "status": status, "call_id": call.id, "name": call.name,
             "arguments": call.arguments}  # fmt: skip
+    if call.namespace is not None:
+        item["namespace"] = call.namespace
+    return item
 
 
 def _output(parts: list[Part]) -> list[dict[str, Any]]:
@@ -427,6 +469,9 @@ def _response_id(upstream_id: str) -> str:
 
 class ResponsesCodec:
     name = "openai-responses"
+    stream_end = StreamEnd(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ("openai-beta",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
@@ -434,11 +479,12 @@ class ResponsesCodec:
         _check_stateless(body)
         system, messages = _decode_input(body)
         effort = fields.mapping(body.get("reasoning"), "reasoning").get("effort")
+        tools, hosted = _decode_tools(body.get("tools"))
         return Request(
             model=str(body.get("model", "")),
             messages=messages,
             system=system,
-            tools=_decode_tools(body.get("tools")),
+            tools=tools,
             tool_choice=_decode_tool_choice(body.get("tool_choice")),
             max_tokens=fields.integer(body.get("max_output_tokens"), "max_output_tokens"),
             temperature=fields.number(body.get("temperature"), "temperature"),
@@ -447,6 +493,8 @@ class ResponsesCodec:
             reasoning=Reasoning(effort=effort) if isinstance(effort, str) else None,
             parallel_tool_calls=fields.flag(body.get("parallel_tool_calls"), "parallel_tool_calls"),
             stream_usage=True,  # a Responses stream always ends with the usage in response.completed
+            hosted_tools=hosted,
+            output=_decode_text_format(body.get("text")),
         )
 
     def encode_response(self, response: Response) -> bytes:
@@ -481,6 +529,9 @@ class ResponsesCodec:
             body["tools"] = [_encode_tool(t) for t in request.tools]
         if request.tool_choice is not None:
             body["tool_choice"] = _encode_tool_choice(request.tool_choice)
+        if request.output is not None:
+            form = encode_response_format(request.output)
+            body["text"] = {"format": {"type": form["type"], **form.get("json_schema", {})}}
         if request.max_tokens is not None:
             body["max_output_tokens"] = max(request.max_tokens, _MIN_OUTPUT_TOKENS)
         for key, value in (("temperature", request.temperature), ("top_p", request.top_p),
@@ -772,7 +823,7 @@ class _StreamEncoder:
         elif isinstance(event, ToolCallStart):
             out += self._close_current()
             item = self.calls[event.index] = self._open("function_call", "fc")
-            item.call = ToolCall(event.id, event.name, "")
+            item.call = restore_namespace(ToolCall(event.id, event.name, ""), self.request.tools)
             out += self._added(item, _call_item(item.id, item.call, "in_progress"))
         elif isinstance(event, ToolCallDelta) and event.index in self.calls:
             item = self.calls[event.index]
