@@ -40,6 +40,8 @@ async def _plain(client: openai.AsyncOpenAI) -> str:
         completion = await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": PROMPT}])
     except openai.APIError as error:
         return _failure(error)
+    except ValueError:  # the SDK could not parse the body: a half answer got through
+        return "invalid_body"
     choice = completion.choices[0]
     return "ok" if choice.message.content == EXPECTED and choice.finish_reason == "stop" else "wrong_answer"
 
