@@ -54,10 +54,12 @@ class RunningProxy:
         return self.app[PROXY]
 
     def client(self, key: str = CLIENT_KEY, **options: Any) -> openai.AsyncOpenAI:
+        """An SDK client that fails a hung request in a minute (the SDK's own 600 s would stall the suite)."""
+        options = {"timeout": 60.0, **options}
         return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **options)
 
     def sync_client(self, key: str = CLIENT_KEY) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0)
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60.0)
 
     def rewrite(self, config: dict[str, Any]) -> None:
         write_yaml(self.config_path, config)
