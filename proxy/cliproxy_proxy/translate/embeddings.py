@@ -22,6 +22,8 @@ from .fields import integer, text
 #: OpenAI refuses more inputs than this in one request; so does the proxy, before any provider is asked.
 MAX_INPUTS = 2048
 ENCODINGS = ("float", "base64")
+#: Gemini's ``batchEmbedContents`` takes at most this many requests.
+GEMINI_BATCH = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,8 @@ class GeminiEmbeddings:
     def encode(self, request: EmbeddingsRequest, model: str) -> bytes:
         if request.tokens:
             raise TranslationError("input: token arrays are only served by OpenAI-shaped providers; send text")
+        if len(request.texts) > GEMINI_BATCH:
+            raise TranslationError(f"input: this model's provider (Gemini) embeds at most {GEMINI_BATCH} texts at once")
         name = f"models/{model.removeprefix('models/')}"
         requests: list[dict[str, Any]] = []
         for item in request.texts:
