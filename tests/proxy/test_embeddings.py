@@ -18,7 +18,7 @@ from cliproxy_proxy.translate.embeddings import decode_request
 from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
-from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, start_gemini
+from ..fakes.gemini_upstream import GEMINI_KEY, start_gemini
 
 TEXTS = ["hello embeddings", "a second text"]
 
@@ -112,14 +112,18 @@ async def test_malformed_bodies_are_openai_400s(body: dict[str, Any], provider: 
             st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
             lambda inner: st.lists(inner, max_size=3),
             max_leaves=8,
-        ),  # fmt: skip
+        ),
     )
 )
 def test_any_json_body_decodes_or_is_the_clients_error(body: dict[str, Any]) -> None:
+    """A wrong body is a TranslationError (the client's 400); a right one holds texts or token arrays, not both."""
     try:
-        decode_request(body)
+        request = decode_request(body)
     except TranslationError:
-        pass
+        return
+    assert bool(request.texts) != bool(request.tokens)
+    assert request.encoding in ("float", "base64")
+    assert request.dimensions is None or request.dimensions >= 1
 
 
 @pytest.fixture
@@ -175,8 +179,8 @@ async def test_gemini_refuses_token_arrays_in_openai_format(gemini, start_proxy)
 
 async def test_a_model_whose_providers_do_not_embed_is_a_404(aiohttp_server, start_proxy) -> None:
     claude, url = await start_anthropic(aiohttp_server)
-    config = base_config(**{"claude-api-key": [{"api-key": ANTHROPIC_KEY, "base-url": url,
-                                                 "models": [{"name": "claude-sonnet-4-6", "alias": "m"}]}]})  # fmt: skip
+    block = {"api-key": ANTHROPIC_KEY, "base-url": url, "models": [{"name": "claude-sonnet-4-6", "alias": "m"}]}
+    config = base_config(**{"claude-api-key": [block]})
     client = (await start_proxy(config)).client()
     with pytest.raises(openai.NotFoundError, match="do not serve embeddings"):
         await client.embeddings.create(model="m", input="x")
