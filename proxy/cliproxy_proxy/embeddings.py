@@ -30,7 +30,8 @@ class EmbeddingsExchange(Exchange):
         payload: dict[str, Any], raw: bytes | bytearray, started: float, *, stream: bool,
         reasoning: Reasoning | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(proxy, request, runtime, route, inbound, payload, raw, started, stream=False)  # no thinking
+        # Never a stream, and a thinking suffix means nothing to an embedding model.
+        super().__init__(proxy, request, runtime, route, inbound, payload, raw, started, stream=False)
         self.estimated = False
 
     async def run(self) -> web.StreamResponse:
