@@ -18,7 +18,7 @@ from cliproxy_proxy.translate.embeddings import decode_request
 from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
-from ..fakes.gemini_upstream import GEMINI_KEY, start_gemini
+from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, start_gemini
 
 TEXTS = ["hello embeddings", "a second text"]
 
@@ -185,3 +185,36 @@ async def test_a_model_whose_providers_do_not_embed_is_a_404(aiohttp_server, sta
     with pytest.raises(openai.NotFoundError, match="do not serve embeddings"):
         await client.embeddings.create(model="m", input="x")
     assert claude.received == []
+
+
+async def test_a_provider_without_embeddings_rests_only_that_endpoint(provider: FakeProvider, start_proxy) -> None:
+    client = (await start_proxy(openai_config(provider))).client()
+    unknown = {"error": {"message": "Unknown request URL: POST /v1/embeddings.", "type": "invalid_request_error",
+                         "param": None, "code": "unknown_url"}}  # fmt: skip
+    provider.state.fail_next("*", Fault(status=404, body=unknown))
+    with pytest.raises(openai.NotFoundError, match="Unknown request URL"):
+        await client.embeddings.create(model="small", input="x")
+    completion = await client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+    assert completion.choices[0].message.content == "echo: hi"  # chat through the same credential is untouched
+    asked = len(provider.received)
+    with pytest.raises(openai.NotFoundError, match="does not serve this endpoint"):
+        await client.embeddings.create(model="small", input="x")
+    assert len(provider.received) == asked  # known: not asked again
+
+
+async def test_gemini_takes_at_most_a_batch_of_texts(gemini, start_proxy) -> None:
+    state, config = gemini
+    client = (await start_proxy(config)).client()
+    with pytest.raises(openai.BadRequestError, match="at most 100"):
+        await client.embeddings.create(model="m-embed", input=["x"] * 101)
+    assert state.received == []
+
+
+async def test_gemini_refusing_the_request_answers_in_openai_format(gemini, start_proxy) -> None:
+    state, config = gemini
+    config["gemini-api-key"] = config["gemini-api-key"][1:]
+    client = (await start_proxy(config)).client()
+    state.fail_next(GEMINI_KEY, GeminiFault(status=400, message="Request payload size exceeds the limit."))
+    with pytest.raises(openai.BadRequestError, match="payload size exceeds") as caught:
+        await client.embeddings.create(model="m-embed", input="x")
+    assert caught.value.code == "upstream_error"
