@@ -140,21 +140,31 @@ async def _models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-async def _complete(request: web.Request) -> web.StreamResponse:
+async def _received(request: web.Request) -> Received | web.Response:
+    """An OpenAI request's JSON body, recorded, once its key and model pass; else OpenAI's error."""
     upstream = request.app[UPSTREAM]
-    raw = await request.read()
     try:
-        body = orjson.loads(raw)
+        body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "The request body must be a JSON object.", "invalid_json")
     received = Received(request.path, dict(request.headers), body)
     if upstream.record:
         upstream.received.append(received)
     if upstream.keys and received.key not in upstream.keys:
         return _error(401, f"Incorrect API key provided: {received.key}.", "invalid_api_key")
-    model = body.get("model")
-    if model not in upstream.models:
-        return _error(404, f"The model `{model}` does not exist.", "model_not_found")
+    if body.get("model") not in upstream.models:
+        return _error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
+    return received
+
+
+async def _complete(request: web.Request) -> web.StreamResponse:
+    upstream = request.app[UPSTREAM]
+    received = await _received(request)
+    if isinstance(received, web.Response):
+        return received
+    body, model = received.body, received.body["model"]
     chat = request.path.endswith("/chat/completions")
     if chat and not isinstance(body.get("messages"), list):
         return _error(400, "'messages' is a required property", "invalid_request")
@@ -230,20 +240,10 @@ def _vector(item: Any, size: int) -> list[float]:
 
 async def _embeddings(request: web.Request) -> web.Response:
     upstream = request.app[UPSTREAM]
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
-    if not isinstance(body, dict):
-        return _error(400, "The request body must be a JSON object.", "invalid_json")
-    received = Received(request.path, dict(request.headers), body)
-    if upstream.record:
-        upstream.received.append(received)
-    if upstream.keys and received.key not in upstream.keys:
-        return _error(401, f"Incorrect API key provided: {received.key}.", "invalid_api_key")
-    model = body.get("model")
-    if model not in upstream.models:
-        return _error(404, f"The model `{model}` does not exist.", "model_not_found")
+    received = await _received(request)
+    if isinstance(received, web.Response):
+        return received
+    body = received.body
     objection = _embedding_objection(body)
     if objection is not None:
         return _error(400, objection, "invalid_request")
@@ -263,7 +263,7 @@ async def _embeddings(request: web.Request) -> web.Response:
         data.append({"object": "embedding", "index": index, "embedding": vector})
     tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in items)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return web.json_response({"object": "list", "data": data, "model": model, "usage": usage})
+    return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
 
 
 def _chunks(words: list[str], size: int) -> Iterable[str]:
