@@ -1,20 +1,30 @@
-"""Operator render benchmark: 1,000 ProviderRoutes over 200 ProviderCredentials, rendered as one namespace.
+"""Operator benchmark: the pure render, then the operator itself on the emulator at scale.
 
-Reports the time ``render`` takes (median of several runs, on this machine), the objects it would write, and the
-rendered sizes against Kubernetes' 1 MiB object limit. ``make bench`` runs it after the proxy benchmark.
+1. ``render``: 1,000 ProviderRoutes over 200 ProviderCredentials as one namespace: its time (median of several
+   runs, on this machine), the objects it would write, and the sizes against Kubernetes' 1 MiB object limit.
+2. The operator, as its own process, against the in-memory API emulator with 2,000 routes in 200 namespaces:
+   writes and reads per route until settled, time to all Ready after the last apply, a restart's writes and
+   lists, writes while the namespaces are deleted, and the operator process's peak memory (VmHWM).
+
+``make bench`` runs it after the proxy benchmark.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
+import signal
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path[:0] = [str(Path(__file__).resolve().parents[1] / p) for p in ("operator", "proxy")]
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), *(str(REPO / p) for p in ("operator", "proxy"))]
 
 from cliproxy_operator.render import render  # noqa: E402
 
@@ -41,11 +51,52 @@ def inputs(routes: int, credentials: int, gateways: int) -> tuple[list[Any], lis
     return rows, creds, secrets
 
 
+async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[str, Any]:
+    """The operator process against the emulator: the figures of ``tests/operator/scale.py`` and its memory."""
+    import kmock
+    from tests.operator import scale
+    from tests.operator.kube import Cluster, Emulator, emulator_log, setup_emulator, wait_for, write_kubeconfig
+
+    kubeconfig = Path(tempfile.mkdtemp(prefix="cliproxy-bench-")) / "kubeconfig"
+    process: asyncio.subprocess.Process | None = None
+    peak_kib = 0
+    async with Emulator() as emulator, kmock.Server(emulator) as server:
+        setup_emulator(emulator)
+        url = str(server.url).rstrip("/")
+        write_kubeconfig(kubeconfig, url)
+        async with Cluster("emulator", url, "unused", emulator_log(emulator), emulator=emulator) as cluster:
+
+            async def start() -> None:
+                nonlocal process
+                since = cluster.mark()
+                env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "bench"}
+                process = await asyncio.create_subprocess_exec(
+                    str(Path(sys.executable).parent / "cliproxy-operator"), "--all-namespaces", "--log-format",
+                    "plain", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+                watched = ("cliproxy.io/v1alpha1/providerroutes", "v1/secrets", "v1/configmaps")
+                await wait_for(lambda: all(cluster.watching(r, since=since) for r in watched), 60)
+
+            async def stop() -> None:
+                nonlocal peak_kib
+                assert process is not None
+                status = await asyncio.to_thread(Path(f"/proc/{process.pid}/status").read_text)
+                peak_kib = max(peak_kib, *(int(line.split()[1]) for line in status.splitlines()
+                                           if line.startswith("VmHWM:")))  # fmt: skip
+                process.send_signal(signal.SIGTERM)
+                await asyncio.wait_for(process.wait(), 60)
+
+            figures = await scale.run(cluster, start, stop, namespaces, routes_per_namespace)
+    return {**scale.describe(figures), "peak_memory_mib": round(peak_kib / 1024, 1)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--routes", type=int, default=1000)
     parser.add_argument("--credentials", type=int, default=200)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--namespaces", type=int, default=200, help="operator at scale: namespaces")
+    parser.add_argument("--routes-per-namespace", type=int, default=10, help="operator at scale: routes in each")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "operator.json")
     args = parser.parse_args()
     report: dict[str, Any] = {"routes": args.routes, "credentials": args.credentials, "scenarios": []}
@@ -75,6 +126,20 @@ def main() -> int:
         if problems:
             print(f"  unexpected problems: {problems}")
             return 1
+    if args.namespaces:
+        print(f"operator: {args.namespaces * args.routes_per_namespace} routes in {args.namespaces} namespaces "
+              "on the API emulator (requests counted there)")  # fmt: skip
+        scaled = report["operator"] = asyncio.run(operator_at_scale(args.namespaces, args.routes_per_namespace))
+        print(
+            f"  create to settled: {scaled['writes_per_route']} writes and {scaled['reads_per_route']} reads per "
+            f"route, all Ready {scaled['ready_seconds']} s after the last apply"
+        )
+        print(
+            f"  restart: {scaled['restart_writes']} writes, lists {scaled['restart_lists']}, quiet after "
+            f"{scaled['restart_quiet_seconds']} s"
+        )
+        print(f"  namespaces deleted: {scaled['deletion_writes']} writes; operator peak memory "
+              f"{scaled['peak_memory_mib']} MiB")  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import kopf
 
+from .kube import NAMESPACES_ENV
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cliproxy-operator", description=__doc__)
@@ -46,24 +48,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN
     kopf.configure(verbose=args.verbose, log_format=log_format)
+    if args.namespace:  # read by the handlers at import: nothing cluster-scoped is watched then
+        os.environ[NAMESPACES_ENV] = ",".join(args.namespace)
     from . import handlers  # noqa: F401  (registers the handlers)
 
     me = identity()
     if args.check:
         print(f"cliproxy-operator: start-up check passed (identity {me})")
         return 0
-    asyncio.run(
-        kopf.operator(
-            identity=me,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str it does not export
-            standalone=args.peering is None,
-            peering_name=args.peering,
-            priority=args.priority,
-            namespaces=args.namespace or [],
-            clusterwide=not args.namespace,
-            liveness_endpoint=args.liveness,
-        )
-    )
+    try:
+        asyncio.run(_run(args, me))
+    except kopf.LoginError as error:
+        # Its credentials are gone (say, its ServiceAccount's namespace was deleted): exit for the kubelet to
+        # restart it with fresh ones, rather than crash with a traceback.
+        print(f"cliproxy-operator: cannot log in to the Kubernetes API ({error}); exiting", file=sys.stderr)
+        return 1
     return 0
+
+
+async def _run(args: argparse.Namespace, me: str) -> None:
+    await kopf.operator(
+        identity=me,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str it does not export
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=args.priority,
+        namespaces=args.namespace or [],
+        clusterwide=not args.namespace,
+        liveness_endpoint=args.liveness,
+    )
 
 
 if __name__ == "__main__":

@@ -1,37 +1,63 @@
-"""kopf handlers: thin. Each one gathers its namespace's resources, calls ``render`` and applies the result.
+"""kopf handlers: thin. Events mark their namespace dirty; one coalesced reconcile per namespace renders it.
 
-Every trigger (either kind created, changed, resumed or deleted; a referenced Secret rotated; a rendered
-object edited by hand) re-renders the whole namespace: the rendering is cheap and pure, and unchanged output
-writes nothing, so there is no incremental state to get wrong.
+kopf's indexes hold what the reconcile needs (routes, credentials, client keys, the rendered objects as they
+are), so a reconcile reads only the provider Secrets its credentials name. The handlers are plain event
+handlers: kopf then writes nothing of its own (no finalizers, no progress annotations). What the operator wrote
+it remembers, so its own writes' watch events are ignored, unchanged objects and statuses are not written again,
+and each Warning Event is posted once. Nothing is written in a namespace being deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
+import os
+import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from . import tokens
+from .coalesce import Coalescer
 from .kube import (
     CLIENT_KEYS_LABEL,
+    CONFIG_MAP,
+    DIGEST,
+    GATEWAY_LABEL,
     GROUP,
     MANAGED_BY,
+    NAMESPACES_ENV,
+    SECRET,
     VERSION,
-    apply_gateway,
+    client_keys,
+    content_digest,
     patch_status,
-    read_client_keys,
+    post_event,
     read_secrets,
-    remove_stale,
+    rendered_objects,
+    terminating,
+    write,
 )
 from .render import Problem, render
+from .status import Wanted, conditions, new_problems, summary, unchanged
 
 ROUTES, CREDENTIALS = "providerroutes", "providercredentials"
-_locks: dict[str, asyncio.Lock] = {}
+NAMESPACED = bool(os.environ.get(NAMESPACES_ENV))
+REFUSED_SECONDS = 300.0  # a namespace that refused a write as terminating is left alone this long
+Key = tuple[str, str, str]  # (kind or plural, namespace, name)
+log = logging.getLogger("cliproxy.operator")
+
 _clients: dict[str, Any] = {}
+_indexes: dict[str, kopf.Index[str, Any]] = {}
+_ours: dict[Key, collections.deque[str]] = {}  # resourceVersions the operator's own writes produced
+_known: dict[Key, tuple[str, tuple[str, ...]]] = {}  # rendered objects as last written: (digest, owner uids)
+_statuses: dict[Key, tuple[str, dict[str, Any]]] = {}  # (uid, status) as last written
+_posted: dict[str, set[Problem]] = {}  # by uid: the problems already posted as Events
+_refused: dict[str, float] = {}  # namespace -> when a write was refused because it is being deleted
 
 
 @kopf.on.startup()
@@ -42,6 +68,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    settings.scanning.disabled = NAMESPACED  # a Role cannot list namespaces or CRDs: do not retry that for ever
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
@@ -75,6 +102,44 @@ def credential_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **
     return _indexed(body, meta, namespace)
 
 
+@kopf.index("", "v1", "secrets", labels={CLIENT_KEYS_LABEL: kopf.PRESENT})
+def client_key_index(body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> dict[str, Any]:
+    return {namespace: (labels[CLIENT_KEYS_LABEL], client_keys(body.get("data")))} if namespace else {}
+
+
+def _rendered(kind: str, body: kopf.Body, namespace: str | None) -> dict[str, Any]:
+    """A rendered object as it is: its actual content's digest (a hand edit shows), owners and gateway."""
+    if namespace is None:
+        return {}
+    meta = body["metadata"]
+    owners = tuple(sorted(str(o.get("uid")) for o in meta.get("ownerReferences") or []))
+    gateway = (meta.get("labels") or {}).get(GATEWAY_LABEL)
+    return {namespace: (kind, meta["name"], gateway, content_digest(body), owners)}
+
+
+@kopf.index("", "v1", "configmaps", labels=MANAGED_BY)
+def rendered_config_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+    return _rendered(CONFIG_MAP, body, namespace)
+
+
+@kopf.index("", "v1", "secrets", labels=MANAGED_BY)
+def rendered_secret_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+    return _rendered(SECRET, body, namespace)
+
+
+if not NAMESPACED:  # a Role cannot watch namespaces; there a refused write says the namespace is going
+
+    @kopf.index("", "v1", "namespaces")
+    def terminating_index(meta: kopf.Meta, name: str, **_: Any) -> dict[str, Any]:
+        return {name: True} if meta.get("deletionTimestamp") else {}
+
+
+def _terminating(namespace: str) -> bool:
+    if namespace in _indexes.get("terminating_index", {}):
+        return True
+    return time.monotonic() - _refused.get(namespace, -REFUSED_SECONDS) < REFUSED_SECONDS
+
+
 def _referenced_secrets(credentials: list[Mapping[str, Any]]) -> set[str]:
     names: set[str] = set()
     for credential in credentials:
@@ -85,132 +150,150 @@ def _referenced_secrets(credentials: list[Mapping[str, Any]]) -> set[str]:
     return names
 
 
-def _condition(kind: str, ok: bool, reason: str, message: str, previous: list[dict[str, Any]],
-               generation: int | None) -> dict[str, Any]:  # fmt: skip
-    status = "True" if ok else "False"
-    old = next((c for c in previous if c.get("type") == kind), None)
-    since = old.get("lastTransitionTime") if old and old.get("status") == status else None
-    stamp = since or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    condition = {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": stamp}
-    if generation is not None:
-        condition["observedGeneration"] = generation
-    return condition
+def _wrote(key: Key, version: str | None) -> None:
+    if version is not None:
+        _ours.setdefault(key, collections.deque(maxlen=16)).append(version)
 
 
-def _summary(problems: list[Problem], ok_reason: str, ok_message: str) -> tuple[bool, str, str]:
-    if not problems:
-        return True, ok_reason, ok_message
-    return False, problems[0].reason, "; ".join(p.message for p in problems)
+def _is_ours(key: Key, meta: Mapping[str, Any]) -> bool:
+    return meta.get("resourceVersion") in _ours.get(key, ())
 
 
-def _same(previous: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    return all(previous.get(k) == v for k, v in status.items())
+async def reconcile(namespace: str) -> None:
+    """Render the namespace and make the cluster match: objects that differ, then statuses and Events."""
+    if _terminating(namespace):
+        return
+    try:
+        await _reconcile(namespace)
+    except ApiException as error:
+        if not terminating(error):
+            raise
+        _refused[namespace] = time.monotonic()
 
 
-async def reconcile(namespace: str, route_index: kopf.Index[str, Any], credential_index: kopf.Index[str, Any],
-                    logger: kopf.Logger) -> None:  # fmt: skip
-    """Render the namespace and make the cluster match: objects, then statuses and Events."""
-    lock = _locks.setdefault(namespace, asyncio.Lock())
-    async with lock:
-        routes = list(route_index.get(namespace, []))
-        credentials = list(credential_index.get(namespace, []))
-        core, custom = _clients["core"], _clients["custom"]
-        secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
-        client_keys = await asyncio.to_thread(read_client_keys, core, namespace)
-        rendering = render(routes, credentials, secrets, client_keys, consent)
-        by_name = {r["metadata"]["name"]: r for r in routes}
-        for gateway in rendering.gateways.values():
-            owners = [
-                {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ProviderRoute", "name": name,
-                 "uid": by_name[name]["metadata"]["uid"], "controller": False, "blockOwnerDeletion": False}
-                for name in gateway.routes
-            ]  # fmt: skip
-            if await asyncio.to_thread(apply_gateway, core, namespace, gateway, owners):
-                logger.info(f"gateway {gateway.name!r} rendered ({len(gateway.routes)} routes, {gateway.digest[:12]})")
-        keep = set(rendering.gateways) | rendering.held  # a gateway that failed to render keeps its last objects
-        removed = await asyncio.to_thread(remove_stale, core, namespace, keep)
-        if removed:
-            logger.info(f"removed {', '.join(removed)}: no renderable route left")
-        for route in routes:
-            state = rendering.routes[route["metadata"]["name"]]
-            ok, reason, message = _summary(state.problems, "Rendered", f"serving {len(state.models)} model ids")
-            clean, why, warned = _summary(state.warnings + state.notices, "NoWarnings", "no model conflict, keys set")
-            await _report(custom, namespace, ROUTES, route, {
-                "conditions": _conditions(route, ("Ready", ok, reason, message),
-                                          ("Rendered", state.rendered, reason, message),
-                                          ("Degraded", not clean, why, warned)),
-                "models": state.models, "modelCount": len(state.models), "gateway": state.gateway,
-            }, state.problems + state.warnings)  # fmt: skip
-        for credential in credentials:
-            cstate = rendering.credentials[credential["metadata"]["name"]]
-            ok, reason, message = _summary(cstate.problems, "SecretsResolved", f"{cstate.usable_keys} usable keys")
-            await _report(custom, namespace, CREDENTIALS, credential, {
-                "conditions": _conditions(credential, ("Ready", cstate.usable_keys > 0, reason, message),
-                                          ("SecretsResolved", ok, reason, message)),
-                "usableKeys": cstate.usable_keys,
-            }, cstate.problems)  # fmt: skip
-
-
-def _conditions(resource: Mapping[str, Any], *wanted: tuple[str, bool, str, str]) -> list[dict[str, Any]]:
-    previous = list(resource.get("status", {}).get("conditions") or [])
-    generation = resource["metadata"].get("generation")
-    return [_condition(kind, ok, reason, message, previous, generation) for kind, ok, reason, message in wanted]
+async def _reconcile(namespace: str) -> None:
+    routes = list(_indexes["route_index"].get(namespace, []))
+    credentials = list(_indexes["credential_index"].get(namespace, []))
+    keys: dict[str, list[str]] = {}
+    for gateway, found in _indexes["client_key_index"].get(namespace, []):
+        keys[gateway] = sorted({*keys.get(gateway, []), *found})
+    observed: dict[Key, tuple[str, tuple[str, ...]]] = {}
+    gateways: set[str] = set()
+    for index in ("rendered_config_index", "rendered_secret_index"):
+        for kind, name, gateway, digest, owners in _indexes[index].get(namespace, []):
+            observed[(kind, namespace, name)] = (digest, owners)
+            gateways.update([gateway] if gateway else [])
+    core, custom = _clients["core"], _clients["custom"]
+    secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
+    rendering = render(routes, credentials, secrets, keys, consent, keep=gateways)
+    uids = {r["metadata"]["name"]: r["metadata"]["uid"] for r in routes}
+    for gateway in rendering.gateways.values():
+        owners = [
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ProviderRoute", "name": name, "uid": uids[name],
+             "controller": False, "blockOwnerDeletion": False}
+            for name in gateway.routes
+        ]  # fmt: skip
+        wanted_owners = tuple(sorted(o["uid"] for o in owners))
+        for kind, body in rendered_objects(gateway, namespace, owners):
+            key: Key = (kind, namespace, body["metadata"]["name"])
+            wanted = (body["metadata"]["annotations"][DIGEST], wanted_owners)
+            have = _known.get(key) or observed.get(key)
+            if have != wanted:
+                _wrote(key, await asyncio.to_thread(write, core, kind, body, have is not None))
+                log.info(f"{kind} {key[2]} written for gateway {gateway.name!r} ({len(gateway.routes)} routes)")
+            _known[key] = wanted
+    for route in routes:
+        state = rendering.routes[route["metadata"]["name"]]
+        ok, reason, message = summary(state.problems, "Rendered", f"serving {len(state.models)} model ids")
+        clean, why, warned = summary(state.warnings + state.notices, "NoWarnings", "no model conflict, keys set")
+        await _report(custom, namespace, ROUTES, route, state.problems + state.warnings, {
+            "models": state.models, "modelCount": len(state.models), "gateway": state.gateway,
+        }, ("Ready", ok, reason, message), ("Rendered", state.rendered, reason, message),
+           ("Degraded", not clean, why, warned))  # fmt: skip
+    for credential in credentials:
+        cstate = rendering.credentials[credential["metadata"]["name"]]
+        ok, reason, message = summary(cstate.problems, "SecretsResolved", f"{cstate.usable_keys} usable keys")
+        await _report(custom, namespace, CREDENTIALS, credential, cstate.problems, {
+            "usableKeys": cstate.usable_keys,
+        }, ("Ready", cstate.usable_keys > 0, reason, message), ("SecretsResolved", ok, reason, message))  # fmt: skip
 
 
 async def _report(custom: client.CustomObjectsApi, namespace: str, plural: str, resource: Mapping[str, Any],
-                  status: dict[str, Any], problems: list[Problem]) -> None:  # fmt: skip
-    """Patch the status when it changed, and post an Event for each new problem."""
-    status["observedGeneration"] = resource["metadata"].get("generation")
-    previous = resource.get("status") or {}
-    if _same(previous, status):
-        return
-    await asyncio.to_thread(patch_status, custom, namespace, plural, resource["metadata"]["name"], status)
-    old_messages = {c.get("message") for c in previous.get("conditions") or []}
-    for problem in problems:
-        if problem.message not in " ".join(str(m) for m in old_messages):
-            kopf.event(
-                kopf.Body(cast(kopf.RawBody, dict(resource))),
-                type="Warning",
-                reason=problem.reason,
-                message=problem.message,
-            )
+                  problems: list[Problem], fields: dict[str, Any], *wanted: Wanted) -> None:  # fmt: skip
+    """Patch the status when it differs from the one last written, and post an Event for each new problem."""
+    meta = resource["metadata"]
+    key: Key = (plural, namespace, meta["name"])
+    written = _statuses.get(key)
+    previous = written[1] if written and written[0] == meta["uid"] else dict(resource.get("status") or {})
+    generation = meta.get("generation")
+    wanted_status = {"conditions": conditions(previous, generation, *wanted), **fields,
+                     "observedGeneration": generation}  # fmt: skip
+    if not unchanged(previous, wanted_status):
+        _wrote(key, await asyncio.to_thread(patch_status, custom, namespace, plural, meta["name"], wanted_status))
+        _statuses[key] = (meta["uid"], {**previous, **wanted_status})
+    posted = _posted.setdefault(meta["uid"], set())
+    for problem in new_problems(problems, previous, posted):
+        await asyncio.to_thread(post_event, _clients["core"], resource, problem.reason, problem.message)
+    posted.intersection_update(problems)  # a problem that went away is posted again if it comes back
+    posted.update(problems)
 
 
-def _indexes(kwargs: Mapping[str, Any]) -> tuple[kopf.Index[str, Any], kopf.Index[str, Any]]:
-    return kwargs["route_index"], kwargs["credential_index"]  # kopf injects indexes by function name
+_coalescer = Coalescer(reconcile)
 
 
-@kopf.on.create(GROUP, VERSION, ROUTES)
-@kopf.on.update(GROUP, VERSION, ROUTES)
-@kopf.on.resume(GROUP, VERSION, ROUTES)
-@kopf.on.delete(GROUP, VERSION, ROUTES)
-@kopf.on.create(GROUP, VERSION, CREDENTIALS)
-@kopf.on.update(GROUP, VERSION, CREDENTIALS)
-@kopf.on.resume(GROUP, VERSION, CREDENTIALS)
-@kopf.on.delete(GROUP, VERSION, CREDENTIALS)
-async def resource_changed(namespace: str | None, logger: kopf.Logger, **kwargs: Any) -> None:
-    if namespace is not None:
-        await reconcile(namespace, *_indexes(kwargs), logger)
+def _remember(kwargs: Mapping[str, Any]) -> None:
+    """kopf hands indexes to handlers only: keep them for the coalesced reconcile."""
+    for name in ("route_index", "credential_index", "client_key_index", "rendered_config_index",
+                 "rendered_secret_index", "terminating_index"):  # fmt: skip
+        if name in kwargs:
+            _indexes[name] = kwargs[name]
+
+
+def _poke(namespace: str) -> None:
+    if not _terminating(namespace):
+        _coalescer.poke(namespace)
+
+
+@kopf.on.event(GROUP, VERSION, ROUTES)
+@kopf.on.event(GROUP, VERSION, CREDENTIALS)
+async def resource_changed(resource: kopf.Resource, namespace: str | None, meta: kopf.Meta, **kwargs: Any) -> None:
+    _remember(kwargs)
+    if namespace is not None and not _is_ours((resource.plural, namespace, meta["name"]), meta):
+        _poke(namespace)
 
 
 @kopf.on.event("", "v1", "secrets")
-async def secret_changed(
-    namespace: str | None, name: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any
-) -> None:
-    """A rotated key (provider or client) re-renders at once; a hand-edited rendered Secret is put back."""
-    routes, credentials = _indexes(kwargs)
+async def secret_changed(namespace: str | None, name: str, labels: kopf.Labels, meta: kopf.Meta,
+                         **kwargs: Any) -> None:  # fmt: skip
+    """A rotated key (provider or client) re-renders; a rendered Secret changed by someone else is put back."""
+    _remember(kwargs)
     if namespace is None:
         return
-    rendered = all(labels.get(k) == v for k, v in MANAGED_BY.items())
-    if rendered or CLIENT_KEYS_LABEL in labels or name in _referenced_secrets(list(credentials.get(namespace, []))):
-        await reconcile(namespace, routes, credentials, logger)
+    if all(labels.get(k) == v for k, v in MANAGED_BY.items()):
+        _rendered_changed((SECRET, namespace, name), meta)
+        return
+    credentials = list(_indexes["credential_index"].get(namespace, []))
+    if CLIENT_KEYS_LABEL in labels or name in _referenced_secrets(credentials):
+        _poke(namespace)
 
 
 @kopf.on.event("", "v1", "configmaps", labels=MANAGED_BY)
-async def rendered_config_changed(namespace: str | None, logger: kopf.Logger, **kwargs: Any) -> None:
+async def rendered_config_changed(namespace: str | None, name: str, meta: kopf.Meta, **kwargs: Any) -> None:
     """Drift repair: a rendered ConfigMap edited or deleted by hand is rendered again."""
+    _remember(kwargs)
     if namespace is not None:
-        await reconcile(namespace, *_indexes(kwargs), logger)
+        _rendered_changed((CONFIG_MAP, namespace, name), meta)
+
+
+def _rendered_changed(key: Key, meta: Mapping[str, Any]) -> None:
+    if not _is_ours(key, meta):
+        _known.pop(key, None)  # the index now holds what is there
+        _poke(key[1])
+
+
+@kopf.on.cleanup()
+async def stop_reconciling(**_: Any) -> None:
+    await _coalescer.close()
 
 
 def _holds_token(spec: kopf.Spec, **_: Any) -> bool:
@@ -219,11 +302,11 @@ def _holds_token(spec: kopf.Spec, **_: Any) -> bool:
 
 @kopf.timer(GROUP, VERSION, CREDENTIALS, interval=tokens.CHECK_SECONDS, when=_holds_token)
 async def keep_token_fresh(
-    spec: kopf.Spec, status: kopf.Status, namespace: str | None, body: kopf.Body, patch: kopf.Patch,
-    logger: kopf.Logger, **_: Any,
+    spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str, body: kopf.Body, logger: kopf.Logger,
+    **_: Any,
 ) -> None:  # fmt: skip
     """The single refresher of this credential's token (proxies render with ``token-refresh: false``)."""
-    if namespace is None:
+    if namespace is None or _terminating(namespace):
         return
     report = {"message": None, **await tokens.check(_clients["core"], namespace, _plain(spec))}
     previous = dict(status.get("token") or {})
@@ -232,6 +315,9 @@ async def keep_token_fresh(
         report["state"] = "valid"
     elif report["state"] in ("failing", "rejected") and report["message"] != previous.get("message"):
         reason = "TokenRefreshRejected" if report["state"] == "rejected" else "TokenRefreshFailed"
-        kopf.event(body, type="Warning", reason=reason, message=str(report["message"]))
+        await asyncio.to_thread(post_event, _clients["core"], _plain(body), reason, str(report["message"]))
     if any(previous.get(k) != v for k, v in report.items()):
-        patch.status["token"] = report
+        version = await asyncio.to_thread(
+            patch_status, _clients["custom"], namespace, CREDENTIALS, name, {"token": report}
+        )
+        _wrote((CREDENTIALS, namespace, name), version)

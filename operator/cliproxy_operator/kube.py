@@ -1,34 +1,92 @@
-"""The operator's writes to the Kubernetes API: rendered ConfigMaps and Secrets, statuses, and clean-up.
+"""The operator's requests to the Kubernetes API: rendered ConfigMaps and Secrets, statuses, Events.
 
-Everything here is blocking (the official ``kubernetes`` client); the handlers run it in a thread.
+Everything here is blocking (the official ``kubernetes`` client); the handlers run it in a thread. Every write
+names the field manager, and returns the resourceVersion it produced so that the watch event it causes can be
+recognised as the operator's own and ignored. Responses are not turned into client models (a rendered
+ConfigMap can approach 1 MiB): only their resourceVersion is read.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from .render import Gateway, SecretConsent
 from .secret_rules import REFRESH_URL_ANNOTATION, opted_in
+from .status import now
 
 GROUP, VERSION = "cliproxy.io", "v1alpha1"
+FIELD_MANAGER = "cliproxy-operator"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "cliproxy-operator"}
 GATEWAY_LABEL = "cliproxy.io/gateway"
-DIGEST = "cliproxy.io/digest"
+DIGEST = "cliproxy.io/digest"  # of the object's own content: the ConfigMap and Secret change independently
 CLIENT_KEYS_LABEL = "cliproxy.io/client-keys-for"  # on a user's Secret: its values are that gateway's client keys
-
-
-def _body(document: dict[str, Any]) -> Any:
-    """A request body as a plain dict: the client serialises dicts as readily as its generated models."""
-    return document
+CONFIG_MAP, SECRET = "config_map", "secret"  # the client's method infixes
+NAMESPACES_ENV = "CLIPROXY_OPERATOR_NAMESPACES"  # set by the entry point in namespaced mode, read by the handlers
 
 
 def object_name(gateway: str) -> str:
     return f"cliproxy-{gateway}"
+
+
+def content_digest(obj: Mapping[str, Any]) -> str:
+    """What a rendered object holds, hashed: ``data`` and ``binaryData`` as stored (base64 for a Secret)."""
+    content = {"data": obj.get("data") or {}, "binaryData": obj.get("binaryData") or {}}
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def client_keys(data: Mapping[str, str] | None) -> list[str]:
+    """Every non-blank line of every value of a client-keys Secret's (base64) data."""
+    found: set[str] = set()
+    for value in (data or {}).values():
+        text = base64.b64decode(value).decode("utf-8", "replace")
+        found.update(line.strip() for line in text.splitlines() if line.strip())
+    return sorted(found)
+
+
+def rendered_objects(
+    gateway: Gateway, namespace: str, owners: list[dict[str, Any]]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The gateway's Secret and ConfigMap, in that order: a proxy seeing a ConfigMap that names files its Secret
+    does not hold yet waits for them."""
+    secret_data = {k: base64.b64encode(v.encode()).decode() for k, v in gateway.secret_data.items()}
+    bodies: list[tuple[str, dict[str, Any]]] = [
+        (SECRET, {"type": "Opaque", "data": secret_data}),
+        (CONFIG_MAP, dict(gateway.config_payload)),
+    ]
+    for _, body in bodies:
+        body["metadata"] = {
+            "name": object_name(gateway.name), "namespace": namespace,
+            "labels": {**MANAGED_BY, GATEWAY_LABEL: gateway.name},
+            "annotations": {DIGEST: content_digest(body)}, "ownerReferences": owners,
+        }  # fmt: skip
+    return bodies
+
+
+def _version(response: Any) -> str:
+    return str(json.loads(response.data)["metadata"]["resourceVersion"])
+
+
+def write(core: client.CoreV1Api, kind: str, body: dict[str, Any], exists: bool) -> str:
+    """Create or replace one rendered object; returns the resourceVersion it now has."""
+    name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+    options = {"field_manager": FIELD_MANAGER, "_preload_content": False}
+    for attempt in (exists, not exists):
+        try:
+            if attempt:
+                return _version(getattr(core, f"replace_namespaced_{kind}")(name, namespace, body, **options))
+            return _version(getattr(core, f"create_namespaced_{kind}")(namespace, body, **options))
+        except ApiException as error:  # deleted or created meanwhile: the other verb, once
+            if error.status not in (404, 409) or attempt != exists:
+                raise
+    raise AssertionError("unreachable")
 
 
 def read_secrets(
@@ -42,118 +100,55 @@ def read_secrets(
     found, refused, refresh_urls = {}, set(), {}
     for name in sorted(set(names)):
         try:
-            secret = core.read_namespaced_secret(name, namespace)
+            response = core.read_namespaced_secret(name, namespace, _preload_content=False)
         except ApiException as error:
             if error.status == 404:
                 continue
             raise
-        metadata = secret.metadata
-        if not opted_in(metadata.labels if metadata else None):
+        secret = json.loads(response.data)  # type: ignore[arg-type]  # raw bytes when not preloaded
+        metadata = secret.get("metadata") or {}
+        if not opted_in(metadata.get("labels")):
             refused.add(name)
             continue
-        allowed = ((metadata.annotations if metadata else None) or {}).get(REFRESH_URL_ANNOTATION)
+        allowed = (metadata.get("annotations") or {}).get(REFRESH_URL_ANNOTATION)
         if allowed is not None:
             refresh_urls[name] = allowed
-        data = secret.data or {}
+        data = secret.get("data") or {}
         found[name] = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in data.items()}
     return found, SecretConsent(frozenset(refused), refresh_urls)
 
 
-def read_client_keys(core: client.CoreV1Api, namespace: str) -> dict[str, list[str]]:
-    """Each gateway's client keys: every line of every value of the Secrets labelled for it, sorted."""
-    keys: dict[str, set[str]] = {}
-    for secret in core.list_namespaced_secret(namespace, label_selector=CLIENT_KEYS_LABEL).items:
-        gateway = ((secret.metadata.labels if secret.metadata else None) or {}).get(CLIENT_KEYS_LABEL)
-        if not gateway:
-            continue
-        found = keys.setdefault(gateway, set())
-        for value in (secret.data or {}).values():
-            text = base64.b64decode(value).decode("utf-8", "replace")
-            found.update(line.strip() for line in text.splitlines() if line.strip())
-    return {gateway: sorted(found) for gateway, found in keys.items() if found}
-
-
-def _metadata(gateway: Gateway, namespace: str, owners: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "name": object_name(gateway.name),
-        "namespace": namespace,
-        "labels": {**MANAGED_BY, GATEWAY_LABEL: gateway.name},
-        "annotations": {DIGEST: gateway.digest},
-        "ownerReferences": owners,
-    }
-
-
-def _owners_of(obj: Any) -> list[tuple[str, str]]:
-    return sorted((o.uid, o.name) for o in (obj.metadata.owner_references or []))
-
-
-def apply_gateway(core: client.CoreV1Api, namespace: str, gateway: Gateway, owners: list[dict[str, Any]]) -> bool:
-    """Make the gateway's ConfigMap and Secret match the rendering; True when anything was written.
-
-    The comparison is with the objects' actual data, not only their digest annotation, so a hand edit
-    (drift) is put back, while unchanged input writes nothing.
-    """
-    metadata = _metadata(gateway, namespace, owners)
-    secret_data = {k: base64.b64encode(v.encode()).decode() for k, v in gateway.secret_data.items()}
-    # The Secret first: a proxy that sees a ConfigMap naming files its Secret does not hold yet refuses it.
-    wrote_secret = _ensure(core, "secret", {"metadata": metadata, "type": "Opaque", "data": secret_data})
-    wrote_config = _ensure(core, "config_map", {"metadata": metadata, **gateway.config_payload})
-    return wrote_secret or wrote_config
-
-
-def _ensure(core: client.CoreV1Api, kind: str, body: dict[str, Any]) -> bool:
-    """Create or replace one object (``kind`` names the client's methods) unless it already matches ``body``."""
-    metadata = body["metadata"]
-    name, namespace = metadata["name"], metadata["namespace"]
-    try:
-        current = getattr(core, f"read_namespaced_{kind}")(name, namespace)
-    except ApiException as error:
-        if error.status != 404:
-            raise
-        getattr(core, f"create_namespaced_{kind}")(namespace, _body(body))
-        return True
-    wanted_owners = sorted((o["uid"], o["name"]) for o in metadata["ownerReferences"])
-    if (
-        (current.data or {}) == body.get("data", {})
-        and (getattr(current, "binary_data", None) or {}) == body.get("binaryData", {})
-        and _annotation(current) == metadata["annotations"][DIGEST]
-        and _owners_of(current) == wanted_owners
-    ):
-        return False
-    getattr(core, f"replace_namespaced_{kind}")(name, namespace, _body(body))
-    return True
-
-
-def _annotation(obj: Any) -> str | None:
-    return (obj.metadata.annotations or {}).get(DIGEST)
-
-
-def remove_stale(core: client.CoreV1Api, namespace: str, keep: Iterable[str]) -> list[str]:
-    """Delete rendered objects of gateways not in ``keep`` (no route left); returns their names."""
-    keep_names = {object_name(g) for g in keep}
-    selector = ",".join(f"{k}={v}" for k, v in MANAGED_BY.items())
-    removed = []
-    for kind in ("config_map", "secret"):
-        listed = getattr(core, f"list_namespaced_{kind}")(namespace, label_selector=selector)
-        for item in listed.items:
-            labels = item.metadata.labels or {}
-            if not all(labels.get(k) == v for k, v in MANAGED_BY.items()):  # an API that ignored the selector
-                continue
-            if item.metadata.name not in keep_names:
-                try:
-                    getattr(core, f"delete_namespaced_{kind}")(item.metadata.name, namespace)
-                except ApiException as error:
-                    if error.status != 404:
-                        raise
-                removed.append(f"{kind}/{item.metadata.name}")
-    return removed
-
-
 def patch_status(
     custom: client.CustomObjectsApi, namespace: str, plural: str, name: str, status: Mapping[str, Any]
-) -> None:
+) -> str | None:
+    """Merge-patch the status subresource; the new resourceVersion, or None when the object is gone."""
     try:
-        custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, plural, name, {"status": dict(status)})
+        response = custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, plural, name, {"status": dict(status)},
+            field_manager=FIELD_MANAGER, _preload_content=False,
+        )  # fmt: skip
     except ApiException as error:
         if error.status != 404:  # deleted meanwhile: nothing to report on
             raise
+        return None
+    return _version(response)
+
+
+def post_event(core: client.CoreV1Api, involved: Mapping[str, Any], reason: str, message: str) -> None:
+    """One Warning Event about a resource (the message names Secrets and keys, never a value)."""
+    meta = involved["metadata"]
+    stamp = now()
+    event: Any = {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                           "name": meta["name"], "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": "Warning", "reason": reason, "message": message[:1024], "count": 1,
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+    }  # fmt: skip
+    core.create_namespaced_event(meta["namespace"], event, field_manager=FIELD_MANAGER, _preload_content=False)
+
+
+def terminating(error: ApiException) -> bool:
+    """A write refused because its namespace is being deleted (403 "... because it is being terminated")."""
+    return error.status == 403 and "being terminated" in str(error.body or "")

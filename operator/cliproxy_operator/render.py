@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -263,12 +263,15 @@ def render(
     secrets: Mapping[str, Mapping[str, str]],
     client_keys: Mapping[str, list[str]] | None = None,
     consent: SecretConsent | None = None,
+    keep: Iterable[str] = (),
 ) -> Rendering:
     """Every gateway of one namespace, from its ProviderRoutes, ProviderCredentials and their Secrets' data.
 
     ``secrets`` holds the data of opted-in Secrets only; ``consent`` names the others and the refresh URLs
     their owners allow. ``client_keys`` maps a gateway to the keys its clients must present; a gateway without
-    any refuses callers, unless every one of its routes says ``allowUnauthenticated: true``.
+    any refuses callers, unless every one of its routes says ``allowUnauthenticated: true``. A gateway in
+    ``keep`` (its objects exist) renders even when no route is left: empty, so that every proxy watching it
+    converges on serving nothing instead of some keeping the deleted routes.
     """
     files: dict[str, str] = {}
     creds = _credentials(credentials, secrets, files, consent or SecretConsent())
@@ -326,6 +329,8 @@ def render(
             claimed[(gateway, model_id)] = name
         state.models, state.rendered = ids, True
         contributors.setdefault(gateway, []).append(name)
+    for gateway in keep:
+        documents.setdefault(gateway, {})
     open_to = _open_gateways(routes, states, contributors, client_keys or {})
     gateways = {}
     held: set[str] = set()
@@ -353,12 +358,12 @@ def render(
             problem = Problem("ConfigTooLarge", f"gateway {gateway!r} renders {len(text) // 1024} KiB, "
                                          "over 1 MiB even gzipped: split its routes across gateways")  # fmt: skip
         if problem is not None:
-            for contributor in contributors[gateway]:
+            for contributor in contributors.get(gateway, []):
                 states[contributor].problems.append(problem)
                 states[contributor].rendered = False
             held.add(gateway)
             continue
         assert payload is not None
         digest = hashlib.sha256(text.encode() + orjson.dumps(secret_data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-        gateways[gateway] = Gateway(gateway, text, payload, secret_data, tuple(contributors[gateway]), digest)
+        gateways[gateway] = Gateway(gateway, text, payload, secret_data, tuple(contributors.get(gateway, [])), digest)
     return Rendering(gateways, creds, states, held)

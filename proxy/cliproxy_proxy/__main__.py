@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -55,13 +56,26 @@ def _parser() -> argparse.ArgumentParser:
     kube.add_argument("--kube-name", help="name of the ConfigMap and Secret to watch (cliproxy-<gateway>)")
     kube.add_argument("--kube-namespace", help="their namespace (default: the pod's own)")
     kube.add_argument("--kube-api", help="API server URL (default: the in-cluster service account)")
+    kube.add_argument("--kube-token-file", type=Path, help="with --kube-api: a file holding the bearer token")
+    kube.add_argument("--kube-ca-file", type=Path, help="with --kube-api: the CA bundle that signs the server")
+    kube.add_argument(
+        "--kubeconfig", nargs="?", const="", default=None, metavar="PATH",
+        help="reach the API as a kubeconfig's current context says (no PATH: $KUBECONFIG, else ~/.kube/config); "
+        "for a proxy outside a pod",
+    )  # fmt: skip
+    kube.add_argument("--kube-context", help="with --kubeconfig: the context to use instead of the current one")
     return parser
 
 
 def _source(args: argparse.Namespace) -> ConfigSource:
     if not args.kube_name:
         return ConfigSource(args.config, args.secrets_dir)
-    api = ApiServer(args.kube_api) if args.kube_api else ApiServer.in_cluster()
+    if args.kubeconfig is not None:
+        api = ApiServer.from_kubeconfig(args.kubeconfig or None, args.kube_context)
+    elif args.kube_api:
+        api = ApiServer(args.kube_api, token_file=args.kube_token_file, ca_file=args.kube_ca_file)
+    else:
+        api = ApiServer.in_cluster()
     namespace = args.kube_namespace or in_cluster_namespace()
     if not namespace:
         raise ConfigError("(kubernetes): pass --kube-namespace, the pod's namespace is not known outside a cluster")

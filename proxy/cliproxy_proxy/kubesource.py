@@ -19,7 +19,7 @@ import os
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,28 +44,61 @@ class ApiError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ApiServer:
-    """How to reach the API server: the pod's service account, or an explicit URL (tests, ``kubectl proxy``)."""
+    """How to reach the API server: the pod's service account, a kubeconfig, or an explicit URL (and token, CA)."""
 
     url: str
     token_file: Path | None = None
     ca_file: Path | None = None
+    token: str | None = field(default=None, repr=False)
+    client_cert: tuple[str, str] | None = None  # (certificate file, key file)
+    verify: bool = True
 
     @classmethod
     def in_cluster(cls) -> ApiServer:
         host = os.environ.get("KUBERNETES_SERVICE_HOST")
         if not host:
-            raise ConfigError("(kubernetes): not running in a cluster; pass --kube-api with the API server's URL")
+            raise ConfigError(
+                "(kubernetes): not running in a cluster; pass --kubeconfig, or --kube-api with the API server's URL"
+            )
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
         host = f"[{host}]" if ":" in host else host
         return cls(f"https://{host}:{port}", SERVICE_ACCOUNT / "token", SERVICE_ACCOUNT / "ca.crt")
 
+    @classmethod
+    def from_kubeconfig(cls, path: str | None = None, context: str | None = None) -> ApiServer:
+        """The server, credentials and CA of a kubeconfig context, read by the ``kubernetes`` library's loader
+        (``$KUBECONFIG`` or ``~/.kube/config`` by default; inline data lands in temporary files)."""
+        try:
+            from kubernetes import client, config
+        except ImportError:
+            raise ConfigError("(kubernetes): --kubeconfig needs the kubernetes package (cliproxy[operator])") from None
+        settings = client.Configuration()
+        try:
+            config.load_kube_config(config_file=path, context=context, client_configuration=settings)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError) as error:
+            raise ConfigError(f"(kubernetes): kubeconfig unusable: {error}") from None
+        bearer = (settings.api_key or {}).get("authorization") or (settings.api_key or {}).get("BearerToken")
+        token = bearer.removeprefix("Bearer ").strip() if bearer else None
+        cert = (settings.cert_file, settings.key_file) if settings.cert_file and settings.key_file else None
+        ca = Path(settings.ssl_ca_cert) if settings.ssl_ca_cert else None
+        return cls(settings.host, ca_file=ca, token=token, client_cert=cert, verify=bool(settings.verify_ssl))
+
     def ssl_context(self) -> ssl.SSLContext | bool:
-        if self.ca_file is None or not self.url.startswith("https:"):
+        if not self.url.startswith("https:"):
+            return True
+        if not self.verify:
+            return False
+        if self.ca_file is None and self.client_cert is None:
             return True  # aiohttp's default verification
-        return ssl.create_default_context(cafile=str(self.ca_file))
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.client_cert is not None:
+            context.load_cert_chain(*self.client_cert)
+        return context
 
     def headers(self) -> dict[str, str]:
         """Read for every connection: projected service-account tokens are rotated by the kubelet."""
+        if self.token is not None:
+            return {"Authorization": f"Bearer {self.token}"}
         if self.token_file is None:
             return {}
         try:
@@ -107,6 +140,7 @@ class ObjectWatch:
         self.what = f"{kind[:-1]} {namespace}/{name}"
         self.changed = changed
         self.data: Data | None = None  # None: the object does not exist
+        self.existed = False  # it was seen once: its absence now means deleted, not "not rendered yet"
         self.synced = False
         self.tried = asyncio.Event()  # set once the first list has succeeded or failed
 
@@ -145,6 +179,7 @@ class ObjectWatch:
             body = await response.json(loads=json.loads, content_type=None)
         items = body.get("items") or []
         self.data = object_data(self.kind, items[0]) if items else None
+        self.existed = self.existed or self.data is not None
         self.synced = True
         self.tried.set()
         self.changed()
@@ -176,6 +211,7 @@ class ObjectWatch:
             raise ApiError(f"{obj.get('code')} {obj.get('message', '')}".strip())
         if kind in ("ADDED", "MODIFIED"):
             self.data = object_data(self.kind, obj)
+            self.existed = True
         elif kind == "DELETED":
             self.data = None
         else:
@@ -285,6 +321,11 @@ class KubeSource(ConfigSource):
         if view is None:
             return super().read_config()
         configmap = view[0]
+        if configmap is None and self.watches is not None and self.watches[0].existed:
+            # Deleted: serve nothing, as the operator's empty gateway does, rather than the deleted routes and
+            # keys; every replica, running or restarted, converges on the same (empty) config.
+            log.warning("ConfigMap %s/%s was deleted: serving no routes", self.namespace, self.name)
+            return ProxyConfig(), b""
         if configmap is None:
             raise ConfigPending(
                 f"(top level): ConfigMap {self.namespace}/{self.name} does not exist (yet)", indefinite=True

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
-from .test_chart import CHART, NAMESPACE, PROXY, RELEASE, ROOT, VARIANTS, find, objects, one, render
+from .test_chart import CHART, KUBE_VERSION, NAMESPACE, PROXY, RELEASE, ROOT, VARIANTS, find, objects, one, render
 
 POLICY = f"{RELEASE}-cliproxy-secret-references"
 
@@ -48,10 +49,22 @@ def test_network_policy_admits_the_namespace_by_default_and_leaves_egress_open(
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "proxy"
     assert policy["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]
     chosen = one(rendered["network-from"], "NetworkPolicy", PROXY)
-    assert chosen["spec"]["ingress"] == [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}]
+    assert chosen["spec"]["ingress"][0] == {"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}
     assert not find(rendered["no-policies"], "NetworkPolicy") and not find(rendered["sidecar"], "NetworkPolicy")
 
 
 def test_network_policy_with_no_peer_admits_nobody() -> None:
     docs = objects(render({"networkPolicy": {"allowSameNamespace": False}}))
     assert one(docs, "NetworkPolicy", PROXY)["spec"]["ingress"] == []
+
+
+def test_network_policy_admits_scrapers_to_the_metrics_port_alone() -> None:
+    scrapers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    docs = objects(render({"proxy": {"metricsPort": 9090}, "networkPolicy": {"metricsFrom": scrapers}}))
+    policy = one(docs, "NetworkPolicy", PROXY)
+    kubernetes_validate.validate(policy, KUBE_VERSION, strict=True)
+    ingress = policy["spec"]["ingress"]
+    assert ingress == [{"from": [{"podSelector": {}}]},
+                       {"from": scrapers, "ports": [{"port": "metrics", "protocol": "TCP"}]}]  # fmt: skip
+    without_port = objects(render({"networkPolicy": {"metricsFrom": scrapers}}))
+    assert one(without_port, "NetworkPolicy", PROXY)["spec"]["ingress"] == [{"from": [{"podSelector": {}}]}]

@@ -391,6 +391,33 @@ def admit(schema: Mapping[str, Any] | None, obj: dict[str, Any]) -> dict[str, An
 
 
 _validators: dict[int, Any] = {}
+NAMESPACES = "v1/namespaces"
+TERMINATION_SECONDS = 0.5  # how long a deleted namespace stays Terminating before its objects go
+
+
+def _parse_namespaces(original: Callable[[str], Any]) -> Callable[[str], Any]:
+    """kmock 0.8 reads ``/api/v1/namespaces[/name]`` as a namespace prefix and fails; read it as the resource."""
+    from kmock._internal import parsing
+
+    def parse_path(path: str) -> Any:
+        parts = path.strip("/").split("/")
+        if parts[:3] == ["api", "v1", "namespaces"] and (len(parts) <= 4 or parts[4:] in (["status"], ["finalize"])):
+            name, sub = (parts[3:4] or [None])[0], (parts[4:5] or [None])[0]
+            return parsing.ParsedPath("", "v1", "namespaces", None, name, sub)
+        return original(path)
+
+    return parse_path
+
+
+def _serve_namespaces() -> None:
+    from kmock._internal import parsing
+
+    if not getattr(parsing.parse_path, "serves_namespaces", False):
+        parsing.parse_path = _parse_namespaces(parsing.parse_path)
+        parsing.parse_path.serves_namespaces = True  # type: ignore[attr-defined]
+
+
+_serve_namespaces()
 
 
 @attrs.define(kw_only=True)
@@ -399,6 +426,7 @@ class Emulator(kmock.KubernetesEmulator):
 
     _last_rv: int = attrs.field(default=0, init=False)
     _schemas: dict[Any, Any] = attrs.field(factory=dict, init=False)  # CRD resource -> openAPIV3Schema
+    _terminations: set[asyncio.Task[None]] = attrs.field(factory=set, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -496,6 +524,9 @@ class Emulator(kmock.KubernetesEmulator):
             raise kmock.KubernetesError(status=400, reason="BadRequest", message="the body must be an object")
         info = self._info(resource)
         meta = body.setdefault("metadata", {})
+        if self._terminating(request.namespace or meta.get("namespace")):
+            message = f"unable to create new content in namespace {request.namespace} because it is being terminated"
+            raise kmock.KubernetesError(status=403, reason="Forbidden", message=message)
         if request.namespace:
             if meta.get("namespace", request.namespace) != request.namespace:
                 raise kmock.KubernetesError(status=400, reason="BadRequest", message="namespace does not match")
@@ -535,6 +566,8 @@ class Emulator(kmock.KubernetesEmulator):
         meta = current.setdefault("metadata", {})
         if meta.get("deletionTimestamp"):
             return None
+        if (request.resource.group, request.resource.plural) == ("", "namespaces"):
+            return await self._terminate(request.resource, obj, current, request.name)
         if meta.get("finalizers"):
             meta["deletionTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             meta["deletionGracePeriodSeconds"] = 0
@@ -547,6 +580,38 @@ class Emulator(kmock.KubernetesEmulator):
         obj.delete()
         await self._emit(request.resource, "DELETED", current)
         return None
+
+    async def _terminate(self, resource: Any, obj: Any, current: dict[str, Any], namespace: str) -> None:
+        """A namespace is Terminating, then (as the namespace controller does) its objects go, then it goes."""
+        meta = current["metadata"]
+        meta["deletionTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        current["status"] = {"phase": "Terminating"}
+        meta["resourceVersion"] = self._next_rv()
+        obj.history.append(current)
+        await self._emit(resource, "MODIFIED", copy.deepcopy(current))
+
+        async def finish() -> None:
+            await asyncio.sleep(TERMINATION_SECONDS)
+            async with self._lock:
+                for (kind, ns, _), item in list(self._objects.items()):
+                    if ns == namespace and not item.deleted:
+                        raw = copy.deepcopy(item.raw)
+                        raw["metadata"]["resourceVersion"] = self._next_rv()
+                        item.delete()
+                        await self._emit(kind, "DELETED", raw)
+                gone = copy.deepcopy(obj.raw)
+                gone["metadata"]["resourceVersion"] = self._next_rv()
+                obj.delete()
+                await self._emit(resource, "DELETED", gone)
+
+        self._terminations.add(task := asyncio.get_running_loop().create_task(finish()))
+        task.add_done_callback(self._terminations.discard)
+
+    def _terminating(self, namespace: str | None) -> bool:
+        for (resource, ns, name), obj in self._objects.items():
+            if name == namespace and ns is None and not obj.deleted and resource.plural == "namespaces":
+                return bool(obj.raw.get("metadata", {}).get("deletionTimestamp"))
+        return False
 
     async def _update(self, request: kmock.Request) -> Any:
         resource = request.resource
@@ -1246,6 +1311,6 @@ class EnvTest:
 __all__ = [
     "CONFIGMAPS", "CREDENTIALS", "EVENTS", "ROUTES", "SECRETS", "TEST_AGENT",
     "ApiError", "Cluster", "Emulator", "EnvTest", "OperatorRunner", "Recorded", "RecordingProxy",
-    "apply_defaults", "b64", "emulator_log", "envtest_assets", "get_object", "load_crds", "merge_patch", "parse_path",
-    "resource_path", "setup_emulator", "unb64", "wait_for", "write_kubeconfig",
+    "apply_defaults", "b64", "emulator_log", "envtest_assets", "get_object", "load_crds", "matching", "merge_patch",
+    "parse_path", "resource_path", "setup_emulator", "unb64", "wait_for", "write_kubeconfig",
 ]  # fmt: skip

@@ -75,3 +75,23 @@ def test_identity_prefers_the_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("POD_NAME")
     monkeypatch.delenv("POD_ID", raising=False)
     assert identity() != identity(), "outside a pod two operators must not share an identity"
+
+
+def test_a_namespaced_operator_watches_nothing_cluster_scoped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Role grants nothing cluster-wide: namespaced, the operator must not wait on a namespace watch it may not
+    have (kopf retried such lists for a minute before the first render)."""
+    from kopf._core.intents import registries
+
+    from cliproxy_operator.kube import NAMESPACES_ENV
+
+    from .kube import _fresh_import, watched_resources
+
+    watched = {}
+    for scope in ("", "team-a"):
+        monkeypatch.setenv(NAMESPACES_ENV, scope)
+        registry = registries.SmartOperatorRegistry()
+        _fresh_import("cliproxy_operator.handlers", registry)
+        watched[scope] = watched_resources(registry)
+    assert "v1/namespaces" in watched[""]  # all namespaces: a namespace being deleted is left alone
+    assert "v1/namespaces" not in watched["team-a"]
+    assert watched[""] - {"v1/namespaces"} == watched["team-a"]

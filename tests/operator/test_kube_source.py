@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cliproxy_operator.kube import CLIENT_KEYS_LABEL
+from cliproxy_proxy import __main__ as proxy_main
 from cliproxy_proxy import reload
 from cliproxy_proxy.__main__ import load_app
 from cliproxy_proxy.app import PROXY, RELOADER
@@ -40,6 +41,7 @@ from .kube import (
     emulator_log,
     setup_emulator,
     wait_for,
+    write_kubeconfig,
 )
 
 NAME = "cliproxy-gw"
@@ -131,7 +133,7 @@ async def test_a_configmap_ahead_of_its_secret_waits_instead_of_being_refused(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """The two watches may deliver a ConfigMap before the Secret it names: that is not a broken config."""
-    monkeypatch.setattr(reload, "PENDING_GRACE", 0.5)
+    monkeypatch.setattr(reload, "PENDING_GRACE", 30.0)  # far longer than a loaded machine takes to get here
     config_dir, secrets_dir = volume(tmp_path)
     source = KubeSource(config_dir, secrets_dir, api=ApiServer(cluster.url), namespace=cluster.namespace, name=NAME)
     async with proxy_for(aiohttp_server, source) as (app, url):
@@ -149,6 +151,7 @@ async def test_a_configmap_ahead_of_its_secret_waits_instead_of_being_refused(
         assert reloader.last_error == ""
 
         # A Secret that stays without a key the config names is refused once the grace period is over.
+        monkeypatch.setattr(reload, "PENDING_GRACE", 0.5)
         generation = proxy.generation
         await cluster.patch(CONFIGMAPS, NAME, {"data": {"config.json": json.dumps(
             {**rendered(provider), "api-keys-file": "other-keys"})}})  # fmt: skip
@@ -172,6 +175,48 @@ async def test_a_proxy_waits_not_ready_until_its_configmap_exists(
         async with http.get(f"{url}/readyz") as response:
             assert response.status == 200
         await client(url).chat.completions.create(model="small", messages=MESSAGES)
+
+
+async def test_a_deleted_configmap_serves_no_routes_instead_of_the_deleted_ones(
+    cluster: Cluster, provider: FakeProvider, aiohttp_server: Serve, tmp_path: Path
+) -> None:
+    """A running replica and a restarted one converge: both serve nothing once the objects are gone."""
+    await put_objects(cluster, rendered(provider))
+    config_dir, secrets_dir = volume(tmp_path)
+    source = KubeSource(config_dir, secrets_dir, api=ApiServer(cluster.url), namespace=cluster.namespace, name=NAME)
+    async with proxy_for(aiohttp_server, source) as (app, url):
+        proxy = app[PROXY]
+        await client(url).chat.completions.create(model="small", messages=MESSAGES)
+        await cluster.delete(CONFIGMAPS, NAME)
+        await cluster.delete(SECRETS, NAME)
+        await wait_for(lambda: not proxy.runtime.routes, 5, message="the deleted routes kept serving")
+        assert not proxy.runtime.credentials and app[RELOADER].last_error == ""  # not a refused config
+        with pytest.raises(openai.APIStatusError) as refused:  # neither the old route nor its client key
+            await client(url).chat.completions.create(model="small", messages=MESSAGES)
+        assert refused.value.status_code in (401, 404)
+
+
+async def test_a_proxy_outside_a_pod_reaches_the_api_through_a_kubeconfig(
+    cluster: Cluster, provider: FakeProvider, aiohttp_server: Serve, tmp_path: Path
+) -> None:
+    """``--kubeconfig`` takes the server, token and CA of the current context (what ``kubectl`` would use)."""
+    if cluster.emulator is None:
+        pytest.skip("the emulator records the bearer token each request carries")
+    await put_objects(cluster, rendered(provider))
+    config_dir, secrets_dir = volume(tmp_path)
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, cluster.url, token="outside-token")
+    args = proxy_main._parser().parse_args([
+        "--config", str(config_dir), "--secrets-dir", str(secrets_dir), "--kube-name", NAME,
+        "--kube-namespace", cluster.namespace, "--kubeconfig", str(kubeconfig),
+    ])  # fmt: skip
+    source = proxy_main._source(args)
+    assert isinstance(source, KubeSource) and source.api.url == cluster.url
+    async with proxy_for(aiohttp_server, source) as (_app, url):
+        await client(url).chat.completions.create(model="small", messages=MESSAGES)
+    tokens = {dict(r.headers).get("Authorization") for r in cluster.emulator._requests
+              if dict(r.headers).get("User-Agent") == USER_AGENT}  # fmt: skip
+    assert tokens == {"Bearer outside-token"}
 
 
 def write_volume(config_dir: Path, secrets_dir: Path, config: dict[str, Any], upstream_key: str = "key-a") -> None:

@@ -27,15 +27,15 @@ from .kube import CREDENTIALS, ROUTES, SECRETS, Cluster, OperatorRunner, b64, wa
 from .test_kube_source import Serve, proxy_for
 from .test_operator import route, wait_condition
 
-TTL = 4.0
+TTL = 6.0
 MESSAGES = [{"role": "user", "content": "ping"}]
 
 
 @pytest.fixture
 def fast_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Check every 0.3 s and refresh 2 s ahead (seconds-long tokens); set before the operator imports handlers."""
+    """Check every 0.3 s, refresh 4 s ahead (a loaded machine propagates in time); set before handlers import."""
     monkeypatch.setattr(cliproxy_operator.tokens, "CHECK_SECONDS", 0.3)
-    monkeypatch.setattr(cliproxy_operator.tokens, "REFRESH_MARGIN", 2.0)
+    monkeypatch.setattr(cliproxy_operator.tokens, "REFRESH_MARGIN", 4.0)
 
 
 def login_metadata(refresh_url: str) -> dict[str, Any]:

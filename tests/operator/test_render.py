@@ -318,7 +318,9 @@ def test_refresh_url_is_a_vendor_endpoint_or_allowed_by_the_token_secret() -> No
         consent = SecretConsent(refresh_urls={"llm-keys": allowed} if allowed else {})
         assert render(ide, [kiro(url)], SECRETS, consent=consent).credentials["kiro"].usable_keys == 1, url
     for url, allowed in (("https://evil.example", None), ("https://evil.example", "https://relay.corp.example"),
-                         ("https://prod.x.auth.desktop.kiro.dev.evil.example", None)):  # fmt: skip
+                         ("https://prod.x.auth.desktop.kiro.dev.evil.example", None),
+                         ("https://prod.x.auth.desktop.kiro.dev@evil.example", None),
+                         ("http://prod.us-east-1.auth.desktop.kiro.dev", None)):  # fmt: skip
         consent = SecretConsent(refresh_urls={"llm-keys": allowed} if allowed else {})
         result = render(ide, [kiro(url)], SECRETS, consent=consent)
         assert [p.reason for p in result.credentials["kiro"].problems] == ["RefreshURLNotAllowed"], url

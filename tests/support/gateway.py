@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import logging
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import brotli
 import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
+
+try:
+    from compression import zstd  # type: ignore[import-not-found,unused-ignore]  # Python 3.14
+except ImportError:
+    from backports import zstd  # type: ignore[no-redef,unused-ignore]
 
 from cliproxy_proxy.__main__ import load_app
 from cliproxy_proxy.demo_upstream import Upstream, create_demo_app
@@ -39,6 +47,11 @@ COUNTING = ("m-anthropic", "m-gemini", "m-vertex")  # the others answer a count 
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 DATA_URL = f"data:image/png;base64,{IMAGE}"
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+#: Each Content-Encoding the proxy decodes, and how a client encodes a body in it.
+ENCODERS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress, "zstd": zstd.compress,
+}  # fmt: skip
+MAX_BODY = 1 << 20  # small, so a decompression bomb is cheap to try
 ARGUMENTS = '{"query": "Paris"}'
 
 
@@ -278,6 +291,7 @@ def running_gateway(workdir: Path) -> Iterator[Gateway]:
             return [{"name": name, "alias": alias}]
 
         config = base_config(**{
+            "max-body-bytes": MAX_BODY,
             "openai-compatibility": [compat_block(openai_url, models=[("up-small", "m-openai")])],
             "claude-api-key": [{"api-key": ANTHROPIC_KEY, "base-url": claude_url,
                                 "models": models("claude-sonnet-4-6", "m-anthropic")}],

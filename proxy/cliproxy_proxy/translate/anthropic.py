@@ -200,7 +200,7 @@ def _decode_output(config: Any) -> JsonOutput | None:
         return None
     if not isinstance(form, dict) or form.get("type") != "json_schema" or not isinstance(form.get("schema"), dict):
         raise TranslationError("output_config.format: must be json_schema with a schema object")
-    return JsonOutput(form["schema"])
+    return JsonOutput(fields.json_object(form["schema"], "output_config.format.schema"))
 
 
 def _decode_tool_choice(choice: Any) -> tuple[ToolChoice | None, bool | None]:

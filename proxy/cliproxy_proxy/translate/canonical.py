@@ -10,9 +10,31 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
+
+#: How deep a free-form JSON value (a tool's schema, a call's arguments) may nest; real schemas use a handful.
+#: Encoders recurse into such values, and orjson writes no more than 254 levels.
+MAX_DEPTH = 64
+T = TypeVar("T")
+
+
+def bounded(value: T, where: str) -> T:
+    """``value`` itself, once it is known to nest no deeper than ``MAX_DEPTH``."""
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        level = [
+            child
+            for node in level if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]  # fmt: skip
+        if not level:
+            return value
+    if any(isinstance(node, dict | list) for node in level):
+        raise TranslationError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    return value
+
 
 # -- content --------------------------------------------------------------------------------------------
 
@@ -56,7 +78,7 @@ class ToolCall:
             value = None
         if not isinstance(value, dict):
             raise TranslationError(f"{where}: tool call {self.id!r} arguments are not a JSON object")
-        return value
+        return bounded(value, f"{where}: tool call {self.id!r} arguments")
 
 
 @dataclass(slots=True)

@@ -12,9 +12,8 @@ import math
 from typing import Any
 
 from .canonical import TranslationError
+from .canonical import bounded as bounded  # the depth check, for free-form values that are not objects
 
-#: How deep a free-form JSON value (a tool's schema, a call's arguments) may nest; real schemas use a handful.
-MAX_DEPTH = 64
 _INT_RANGE = range(-(2**63), 2**63)
 
 
@@ -90,21 +89,4 @@ def json_object(value: Any, where: str) -> dict[str, Any]:
     """A free-form JSON object (a schema, arguments) that encoders may walk and re-serialise safely."""
     if not isinstance(value, dict):
         raise TranslationError(f"{where}: must be an object")
-    bounded(value, where)
-    return value
-
-
-def bounded(value: Any, where: str) -> Any:
-    """``value`` itself, once it is known to nest no deeper than ``MAX_DEPTH``."""
-    level: list[Any] = [value]
-    for _ in range(MAX_DEPTH):
-        level = [
-            child
-            for node in level if isinstance(node, dict | list)
-            for child in (node.values() if isinstance(node, dict) else node)
-        ]  # fmt: skip
-        if not level:
-            return value
-    if any(isinstance(node, dict | list) for node in level):
-        raise TranslationError(f"{where}: nested more than {MAX_DEPTH} levels deep")
-    return value
+    return bounded(value, where)

@@ -127,7 +127,7 @@ def _args(arguments: str, where: str) -> dict[str, Any]:
         raise TranslationError(f"{where}.arguments: not valid JSON ({exc})") from None
     if not isinstance(args, dict):
         raise TranslationError(f"{where}.arguments: must be a JSON object")
-    return args
+    return fields.bounded(args, f"{where}.arguments")
 
 
 def _model_parts(parts: list[Part], where: str, *, ids: bool, unsigned_thoughts: bool) -> list[dict[str, Any]]:
@@ -254,7 +254,27 @@ _FORMATS = {"string": ("enum", "date-time"), "number": ("float", "double"), "int
 _TYPES = ("string", "number", "integer", "boolean", "array", "object")
 
 
-def _resolve(ref: Any, defs: dict[str, Any], seen: tuple[str, ...], where: str) -> tuple[dict[str, Any], str]:
+_SCHEMA_NODES = 10_000  # far more than any real tool schema has, even inlined
+
+
+class _Defs(dict[str, Any]):
+    """A tool schema's definitions, and how many more schema nodes its conversion may produce.
+
+    Inlining ``$ref``s (and re-merging ``allOf``) can multiply: twenty definitions that each refer to the next
+    twice would expand to a million nodes from a 2 KB request. A budget stops that with a 400.
+    """
+
+    def __init__(self, definitions: dict[str, Any]) -> None:
+        super().__init__(definitions)
+        self.budget = _SCHEMA_NODES
+
+    def spend(self, where: str) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise TranslationError(f"{where}: the schema grows past {_SCHEMA_NODES} nodes once its $refs are inlined")
+
+
+def _resolve(ref: Any, defs: _Defs, seen: tuple[str, ...], where: str) -> tuple[dict[str, Any], str]:
     if not isinstance(ref, str) or not ref.startswith(("#/$defs/", "#/definitions/")):
         raise TranslationError(f"{where}.$ref: only local #/$defs references can be inlined for Gemini")
     name = ref.rsplit("/", 1)[1]
@@ -276,7 +296,7 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> None:
             into.setdefault(key, value)
 
 
-def _variants(schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tuple[str, ...]) -> dict[str, Any]:
+def _variants(schema: dict[str, Any], where: str, defs: _Defs, seen: tuple[str, ...]) -> dict[str, Any]:
     """``anyOf``/``oneOf`` and type lists, with ``null`` taken out as ``nullable``."""
     members = schema.get("anyOf") or schema.get("oneOf")
     rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf", "type")}
@@ -298,13 +318,14 @@ def _variants(schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tu
     return merged
 
 
-def _schema(schema: Any, where: str, defs: dict[str, Any], seen: tuple[str, ...] = ()) -> dict[str, Any]:
+def _schema(schema: Any, where: str, defs: _Defs, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """A JSON Schema cut down to what Gemini's Schema accepts, recursively.
 
     Local ``$ref``s are inlined, ``allOf`` merged, ``null`` types become ``nullable``, ``const`` a one-value enum;
     what Gemini rejects is dropped: ``$schema``, ``additionalProperties``, ``$defs``, ``exclusiveMinimum``, string
     formats other than ``enum``/``date-time``, and ``enum`` on non-string types (its values move to the description).
     """
+    defs.spend(where)
     if schema is True or schema == {}:
         return {}
     if not isinstance(schema, dict):
@@ -346,6 +367,13 @@ def _schema(schema: Any, where: str, defs: dict[str, Any], seen: tuple[str, ...]
     return out
 
 
+def _whole_schema(schema: dict[str, Any], where: str) -> dict[str, Any]:
+    """A JSON Schema with its own definitions, as Gemini's Schema."""
+    defs = _Defs({**fields.mapping(schema.get("definitions"), f"{where}.definitions"),
+                  **fields.mapping(schema.get("$defs"), f"{where}.$defs")})  # fmt: skip
+    return _schema(schema, where, defs)
+
+
 def _enum(out: dict[str, Any], kind: str | None, values: list[Any]) -> str | None:
     """Gemini takes enums of strings only; other enums become a hint in the description."""
     if None in values:
@@ -359,9 +387,7 @@ def _enum(out: dict[str, Any], kind: str | None, values: list[Any]) -> str | Non
     return kind
 
 
-def _object(
-    out: dict[str, Any], schema: dict[str, Any], where: str, defs: dict[str, Any], seen: tuple[str, ...]
-) -> None:
+def _object(out: dict[str, Any], schema: dict[str, Any], where: str, defs: _Defs, seen: tuple[str, ...]) -> None:
     out["type"] = "object"
     properties = fields.mapping(schema.get("properties"), f"{where}.properties")
     if properties:
@@ -386,10 +412,7 @@ def _encode_tools(tools: list[Tool]) -> list[dict[str, Any]]:
         declaration: dict[str, Any] = {"name": tool.name}
         if tool.description:
             declaration["description"] = tool.description
-        raw = tool.parameters or {}
-        defs = {**fields.mapping(raw.get("definitions"), f"{where}.parameters.definitions"),
-                **fields.mapping(raw.get("$defs"), f"{where}.parameters.$defs")}  # fmt: skip
-        parameters = _schema(raw, f"{where}.parameters", defs)
+        parameters = _whole_schema(tool.parameters or {}, f"{where}.parameters")
         if parameters.get("properties"):  # Gemini rejects an OBJECT without properties: no parameters at all
             declaration["parameters"] = parameters
         declarations.append(declaration)
@@ -431,8 +454,7 @@ def _generation_config(request: Request) -> dict[str, Any]:
         config["responseMimeType"] = "application/json"
         schema = request.output.schema
         if schema is not None:
-            defs = {**(schema.get("definitions") or {}), **(schema.get("$defs") or {})}
-            config["responseSchema"] = _schema(schema, "response_format.schema", defs)
+            config["responseSchema"] = _whole_schema(schema, "response_format.schema")
     return config
 
 
@@ -730,10 +752,9 @@ def _decode_output(config: dict[str, Any]) -> JsonOutput | None:
         return None
     schema = _get(config, "responseJsonSchema")
     if schema is None and _get(config, "responseSchema") is not None:
-        schema = _json_schema(_get(config, "responseSchema"), "generationConfig.responseSchema")
-    if schema is not None and not isinstance(schema, dict):
-        raise TranslationError("generationConfig.responseSchema: must be an object")
-    return JsonOutput(schema)
+        where = "generationConfig.responseSchema"
+        schema = _json_schema(fields.bounded(_get(config, "responseSchema"), where), where)
+    return JsonOutput(None if schema is None else fields.json_object(schema, "generationConfig.responseSchema"))
 
 
 # -- response encoding (canonical -> Gemini client) -----------------------------------------------------

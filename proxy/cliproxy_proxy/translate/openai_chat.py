@@ -163,7 +163,9 @@ def _decode_response_format(form: Any) -> JsonOutput | None:
     spec = form.get("json_schema") if kind == "json_schema" else None
     if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
         raise TranslationError("response_format: must be text, json_object or json_schema with a schema object")
-    return JsonOutput(spec.get("schema"), str(spec.get("name") or "response"), spec.get("strict"))
+    schema = fields.json_object(spec["schema"], "response_format.json_schema.schema") if "schema" in spec else None
+    name = fields.text(spec.get("name"), "response_format.json_schema.name") or "response"
+    return JsonOutput(schema, name, fields.flag(spec.get("strict"), "response_format.json_schema.strict"))
 
 
 def encode_response_format(output: JsonOutput) -> dict[str, Any]:

@@ -235,7 +235,9 @@ def _decode_text_format(text: Any) -> JsonOutput | None:
     assert isinstance(form, dict)
     if kind != "json_schema" or not isinstance(form.get("schema"), dict):
         raise TranslationError("text.format: must be text, json_object or json_schema with a schema object")
-    return JsonOutput(form["schema"], str(form.get("name") or "response"), form.get("strict"))
+    schema = fields.json_object(form["schema"], "text.format.schema")
+    name = fields.text(form.get("name"), "text.format.name") or "response"
+    return JsonOutput(schema, name, fields.flag(form.get("strict"), "text.format.strict"))
 
 
 def _check_stateless(body: dict[str, Any]) -> None:

@@ -100,6 +100,21 @@ app.kubernetes.io/part-of: cliproxy
 {{- (.Files.Get "files/operator-rbac.yaml" | fromYaml).rules | toYaml }}
 {{- end }}
 
+{{/* The operator's rules for a namespaced Role: the cluster-scoped resources (namespaces, CRDs, cluster peerings)
+mean nothing in a Role, and the namespaced operator does not ask for them (kopf's scanning is off there). */}}
+{{- define "cliproxy.operator.namespacedRules" -}}
+{{- $clusterScoped := list "namespaces" "customresourcedefinitions" "clusterkopfpeerings" -}}
+{{- $rules := list -}}
+{{- range ($.Files.Get "files/operator-rbac.yaml" | fromYaml).rules -}}
+{{- $resources := list -}}
+{{- range .resources -}}
+{{- if not (has . $clusterScoped) }}{{ $resources = append $resources . }}{{ end -}}
+{{- end -}}
+{{- if $resources }}{{ $rules = append $rules (set (deepCopy .) "resources" $resources) }}{{ end -}}
+{{- end -}}
+{{- $rules | toYaml }}
+{{- end }}
+
 {{/* PromQL label matcher selecting this release's proxy pods. */}}
 {{- define "cliproxy.proxy.promSelector" -}}
 {{- printf "namespace=\"%s\",pod=~\"%s-.*\"" .Release.Namespace (include "cliproxy.proxy.fullname" .) }}

@@ -1,0 +1,151 @@
+"""Many routes in many namespaces against the emulator, counting every request the operator makes.
+
+Shared by ``tests/operator/test_scale.py`` (a small cluster, asserting the bounds) and ``bench/operator_bench.py``
+(2,000 routes in 200 namespaces, printing the figures). The operator is started and stopped through the callables
+given, so the test runs it in a thread and the bench as its own process (to measure its memory alone).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .kube import CREDENTIALS, ROUTES, SECRETS, Cluster, Recorded, b64, get_object, matching, wait_for
+
+NAMESPACES = "v1/namespaces"
+
+
+@dataclass
+class Figures:
+    routes: int
+    namespaces: int
+    create_writes: int = 0
+    create_reads: int = 0
+    ready_seconds: float = 0.0
+    restart_writes: int = 0
+    restart_lists: dict[str, int] = field(default_factory=dict)
+    restart_quiet_seconds: float = 0.0
+    deletion_writes: int = 0
+    writes_by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def writes_per_route(self) -> float:
+        return self.create_writes / self.routes
+
+    @property
+    def reads_per_route(self) -> float:
+        return self.create_reads / self.routes
+
+
+def _operator_requests(cluster: Cluster, since: int) -> list[Recorded]:
+    return matching(cluster.log()[since:], operator_only=True)
+
+
+async def quiet(cluster: Cluster, since: int, quiet_for: float = 1.0, within: float = 120.0) -> float:
+    """Wait until the operator sent no request (but watches) for ``quiet_for`` s; the time of its last one."""
+    started = time.monotonic()
+    last_count, last_change = -1, time.monotonic()
+
+    def calm() -> bool:
+        nonlocal last_count, last_change
+        count = len([r for r in _operator_requests(cluster, since) if not r.watch])
+        if count != last_count:
+            last_count, last_change = count, time.monotonic()
+        return time.monotonic() - last_change >= quiet_for
+
+    await wait_for(calm, within, interval=0.1, message="the operator kept sending requests")
+    return last_change - started
+
+
+def namespace_names(count: int, prefix: str) -> list[str]:
+    return [f"{prefix}-{i:03d}" for i in range(count)]
+
+
+async def populate(cluster: Cluster, namespaces: list[str], routes_per_namespace: int) -> None:
+    """In each namespace: a Namespace object, a Secret, a credential over it, and its routes, as a user applies."""
+    for namespace in namespaces:
+        await cluster.request("POST", "/api/v1/namespaces", json_body={"metadata": {"name": namespace}})
+        opted_in = {"name": "keys", "labels": {"cliproxy.io/credential": "true"}}
+        await cluster.create(SECRETS, {"metadata": opted_in, "data": {"k": b64("sk-or-x")}}, namespace)
+        credential = {"provider": "openrouter", "apiKeys": [{"secretKeyRef": {"name": "keys", "key": "k"}}]}
+        await cluster.create(CREDENTIALS, {"metadata": {"name": "or"}, "spec": credential}, namespace)
+        for i in range(routes_per_namespace):
+            spec = {"credentials": [{"name": "or"}], "models": [{"name": f"vendor/model-{i}"}]}
+            await cluster.create(ROUTES, {"metadata": {"name": f"r{i}"}, "spec": spec}, namespace)
+
+
+def all_ready(cluster: Cluster, namespaces: list[str], routes_per_namespace: int) -> bool:
+    """Read from the emulator's memory, without copies: polling 2,000 routes must not starve the operator."""
+    assert cluster.emulator is not None
+    wanted = {(n, f"r{i}") for n in namespaces for i in range(routes_per_namespace)}
+    for (resource, namespace, name), obj in list(cluster.emulator.objects.items()):
+        if (namespace, name) in wanted and resource.plural == "providerroutes" and not obj.deleted:
+            conditions = (obj.raw.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+                wanted.discard((namespace, name))
+    return not wanted
+
+
+def _writes(requests: list[Recorded]) -> list[Recorded]:
+    return [r for r in requests if r.write]
+
+
+async def run(
+    cluster: Cluster,
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
+    namespaces: int,
+    routes_per_namespace: int,
+    prefix: str = "scale",
+) -> Figures:
+    names = namespace_names(namespaces, prefix)
+    figures = Figures(routes=namespaces * routes_per_namespace, namespaces=namespaces)
+    since = cluster.mark()
+    await start()
+    await populate(cluster, names, routes_per_namespace)
+    applied = time.monotonic()
+    await wait_for(lambda: all_ready(cluster, names, routes_per_namespace), 300, interval=0.5,
+                   message="not every route became Ready")  # fmt: skip
+    figures.ready_seconds = time.monotonic() - applied
+    await quiet(cluster, since)
+    created = _operator_requests(cluster, since)
+    figures.create_writes = len(_writes(created))
+    figures.create_reads = len([r for r in created if r.method == "GET" and not r.watch and r.resource])
+    kinds = (f"{r.method} {r.resource}" + (f"/{r.subresource}" if r.subresource else "") for r in _writes(created))
+    figures.writes_by_kind = dict(collections.Counter(kinds))
+
+    await stop()
+    since = cluster.mark()
+    await start()
+    figures.restart_quiet_seconds = await quiet(cluster, since, quiet_for=2.0)
+    restarted = _operator_requests(cluster, since)
+    figures.restart_writes = len(_writes(restarted))
+    lists = [str(r.resource) for r in restarted if r.method == "GET" and r.name is None and not r.watch and r.resource]
+    figures.restart_lists = dict(collections.Counter(lists))
+
+    since = cluster.mark()
+    for namespace in names:
+        await cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
+    assert cluster.emulator is not None
+
+    async def gone() -> bool:
+        return all([await get_object(cluster.emulator, NAMESPACES, None, n) is None for n in names])  # type: ignore[arg-type]
+
+    await wait_for(gone, 120, interval=0.2, message="the namespaces were not deleted")
+    await quiet(cluster, since)
+    figures.deletion_writes = len([r for r in _writes(_operator_requests(cluster, since)) if r.namespace in names])
+    await stop()
+    return figures
+
+
+def describe(figures: Figures) -> dict[str, Any]:
+    return {
+        "routes": figures.routes, "namespaces": figures.namespaces,
+        "writes_per_route": round(figures.writes_per_route, 2), "reads_per_route": round(figures.reads_per_route, 2),
+        "ready_seconds": round(figures.ready_seconds, 2), "restart_writes": figures.restart_writes,
+        "restart_lists": figures.restart_lists, "restart_quiet_seconds": round(figures.restart_quiet_seconds, 2),
+        "deletion_writes": figures.deletion_writes, "writes_by_kind": figures.writes_by_kind,
+    }  # fmt: skip
