@@ -10,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cliproxy_proxy.catalog import Wire
 from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.embeddings import USAGE_HEADER
 from cliproxy_proxy.translate.canonical import TranslationError
-from cliproxy_proxy.translate.embeddings import decode_request
+from cliproxy_proxy.translate.embeddings import TRANSLATED, decode_request
 
 from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
@@ -218,3 +219,14 @@ async def test_gemini_refusing_the_request_answers_in_openai_format(gemini, star
     with pytest.raises(openai.BadRequestError, match="payload size exceeds") as caught:
         await client.embeddings.create(model="m-embed", input="x")
     assert caught.value.code == "upstream_error"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b'{"embeddings":[{"values":[1e300]}]}', b'{"embeddings":[{"values":["1"]}]}', b'{"embeddings":[]}', b"[]"],
+)
+def test_a_broken_gemini_answer_is_a_bad_response_not_a_crash(answer: bytes) -> None:
+    """The exchange turns these errors into a failover (bad_response); any other exception would be a 500."""
+    request = decode_request({"model": "m", "input": "x", "encoding_format": "base64"})
+    with pytest.raises((ValueError, KeyError, TypeError)):
+        TRANSLATED[Wire.GEMINI].decode(answer, request, "m")

@@ -75,7 +75,11 @@ def _is_token(value: Any) -> bool:
 def encode_vector(values: list[float], encoding: str) -> list[float] | str:
     """One embedding as OpenAI writes it: the floats, or base64 of their little-endian float32 bytes."""
     if encoding == "base64":
-        return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode("ascii")
+        try:
+            packed = struct.pack(f"<{len(values)}f", *values)
+        except OverflowError:  # beyond float32: no embedding, a broken answer
+            raise ValueError("an embedding value does not fit a float32") from None
+        return base64.b64encode(packed).decode("ascii")
     return values
 
 
