@@ -22,6 +22,7 @@ from .clients import Client, ClientUsage, key_index
 from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
 from .discovery import Discovery
+from .embeddings import EmbeddingsExchange
 from .forward import OVERHEAD_HEADER, Exchange
 from .health import Health
 from .limits import ALLOWED, Limits, Verdict
@@ -284,12 +285,12 @@ def _model_not_found(runtime: Runtime, model: str, codec: Codec) -> web.Response
     return _error(codec, 404, message, "model_not_found")
 
 
-def _forwarder(inbound: Codec) -> Handler:
+def _forwarder(inbound: Codec, kind: type[Exchange] = Exchange) -> Handler:
     async def forward(request: web.Request) -> web.StreamResponse:
         started = perf_counter()
         proxy = request.app[PROXY]
         runtime = proxy.runtime  # read once: this request keeps this snapshot whatever reloads meanwhile
-        exchange = await _exchange(request, proxy, runtime, inbound, started)
+        exchange = await _exchange(request, proxy, runtime, inbound, started, kind)
         client = request.get(CLIENT)
         if isinstance(exchange, Exchange):
             if client is None:
@@ -401,7 +402,7 @@ async def _json_body(
 
 
 async def _exchange(
-    request: web.Request, proxy: Proxy, runtime: Runtime, inbound: Codec, started: float
+    request: web.Request, proxy: Proxy, runtime: Runtime, inbound: Codec, started: float, kind: type[Exchange]
 ) -> Exchange | web.Response:
     """The routed exchange for a request, or the error that stops it before any upstream is chosen."""
     read = await _json_body(request, runtime, inbound)
@@ -421,7 +422,7 @@ async def _exchange(
         route = runtime.routes.get(base) if reasoning is not None else None
     if route is None:
         return _model_not_found(runtime, model, inbound)
-    return Exchange(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
+    return kind(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
 
 
 def _checked_model(model: Any, inbound: Codec) -> str | web.Response:
@@ -566,6 +567,7 @@ def create_app(
     app.router.add_post("/v1/completions", _forwarder(OPENAI_COMPLETIONS))
     app.router.add_post("/v1/messages", _forwarder(ANTHROPIC))
     app.router.add_post("/v1/responses", _forwarder(RESPONSES))
+    app.router.add_post("/v1/embeddings", _forwarder(OPENAI_CHAT, EmbeddingsExchange))
     # google-genai speaks v1 by default; [\s\S]: a model name with a line break is judged (400), not unrouted
     for path in ("/v1beta/models/{tail:[\\s\\S]+}", "/v1/models/{tail:[\\s\\S]+}"):
         app.router.add_post(path, gemini)

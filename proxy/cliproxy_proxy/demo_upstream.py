@@ -1,15 +1,18 @@
 """A DEMO upstream: a local fake OpenAI-compatible provider for ``make run`` and the tests.
 
 It is not a model. It speaks OpenAI's wire format (``/v1/models``, chat completions with and without SSE,
-legacy completions) and, for text, Anthropic's Messages API; it checks the key it receives, echoes the last user
-message, and counts usage.
+legacy completions, embeddings) and, for text, Anthropic's Messages API; it checks the key it receives, echoes the
+last user message, and counts usage.
 Faults can be queued per key (an error status, a delay, a stream cut mid-way) to watch the proxy fail over.
 """
 
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
+import base64
+import hashlib
 import time
 import uuid
 from collections import deque
@@ -137,21 +140,31 @@ async def _models(request: web.Request) -> web.Response:
     return web.json_response({"object": "list", "data": data})
 
 
-async def _complete(request: web.Request) -> web.StreamResponse:
+async def _received(request: web.Request) -> Received | web.Response:
+    """An OpenAI request's JSON body, recorded, once its key and model pass; else OpenAI's error."""
     upstream = request.app[UPSTREAM]
-    raw = await request.read()
     try:
-        body = orjson.loads(raw)
+        body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
         return _error(400, "We could not parse the JSON body of your request.", "invalid_json")
+    if not isinstance(body, dict):
+        return _error(400, "The request body must be a JSON object.", "invalid_json")
     received = Received(request.path, dict(request.headers), body)
     if upstream.record:
         upstream.received.append(received)
     if upstream.keys and received.key not in upstream.keys:
         return _error(401, f"Incorrect API key provided: {received.key}.", "invalid_api_key")
-    model = body.get("model")
-    if model not in upstream.models:
-        return _error(404, f"The model `{model}` does not exist.", "model_not_found")
+    if body.get("model") not in upstream.models:
+        return _error(404, f"The model `{body.get('model')}` does not exist.", "model_not_found")
+    return received
+
+
+async def _complete(request: web.Request) -> web.StreamResponse:
+    upstream = request.app[UPSTREAM]
+    received = await _received(request)
+    if isinstance(received, web.Response):
+        return received
+    body, model = received.body, received.body["model"]
     chat = request.path.endswith("/chat/completions")
     if chat and not isinstance(body.get("messages"), list):
         return _error(400, "'messages' is a required property", "invalid_request")
@@ -186,6 +199,71 @@ async def _complete(request: web.Request) -> web.StreamResponse:
                     "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
                     "usage": usage}  # fmt: skip
     return web.Response(body=orjson.dumps(document), content_type="application/json")
+
+
+_EMBEDDING_FIELDS = frozenset({"input", "model", "dimensions", "encoding_format", "user"})
+
+
+def _embedding_objection(body: dict[str, Any]) -> str | None:
+    """What OpenAI's embeddings endpoint would refuse in ``body``, if anything (its schema, checked strictly)."""
+    unknown = sorted(set(body) - _EMBEDDING_FIELDS)
+    if unknown:
+        return f"Unrecognized request argument supplied: {unknown[0]}"
+    items = body.get("input")
+    items = [items] if isinstance(items, str) else items
+    if not isinstance(items, list) or not items or len(items) > 2048:
+        return "'input' must be a non-empty string or array of at most 2048 items"
+    texts = all(isinstance(i, str) and i for i in items)
+    tokens = all(_is_token(i) for i in items)
+    arrays = all(isinstance(i, list) and i and all(_is_token(t) for t in i) for i in items)
+    if not (texts or tokens or arrays):
+        return "'input' must be strings, a token array or token arrays, each non-empty"
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
+        return "'dimensions' must be a positive integer"
+    if body.get("encoding_format", "float") not in ("float", "base64"):
+        return "'encoding_format' must be 'float' or 'base64'"
+    if not isinstance(body.get("user", ""), str):
+        return "'user' must be a string"
+    return None
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _vector(item: Any, size: int) -> list[float]:
+    """A vector derived from the input alone, of values float32 holds exactly (so base64 round-trips)."""
+    digest = hashlib.sha256(orjson.dumps(item)).digest()
+    return [(digest[i % len(digest)] - 128) / 128 for i in range(size)]
+
+
+async def _embeddings(request: web.Request) -> web.Response:
+    upstream = request.app[UPSTREAM]
+    received = await _received(request)
+    if isinstance(received, web.Response):
+        return received
+    body = received.body
+    objection = _embedding_objection(body)
+    if objection is not None:
+        return _error(400, objection, "invalid_request")
+    fault = upstream._fault_for(received.key)
+    if fault is not None and fault.status is not None:
+        payload = fault.body if fault.body is not None else {"error": {"message": "demo fault", "code": "fault"}}
+        return web.Response(status=fault.status, body=orjson.dumps(payload), headers=fault.headers,
+                            content_type="application/json")  # fmt: skip
+    items = body["input"]
+    items = [items] if isinstance(items, str) or isinstance(items[0], int) else items
+    size = body.get("dimensions") or 8
+    data = []
+    for index, item in enumerate(items):
+        vector: list[float] | str = _vector(item, size)
+        if body.get("encoding_format") == "base64":
+            vector = base64.b64encode(array.array("f", vector).tobytes()).decode()  # little-endian hosts only
+        data.append({"object": "embedding", "index": index, "embedding": vector})
+    tokens = sum(len(i.split()) if isinstance(i, str) else len(i) for i in items)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return web.json_response({"object": "list", "data": data, "model": body["model"], "usage": usage})
 
 
 def _chunks(words: list[str], size: int) -> Iterable[str]:
@@ -311,6 +389,7 @@ def create_demo_app(upstream: Upstream) -> web.Application:
         app.router.add_get(f"{prefix}/models", _models)
         app.router.add_post(f"{prefix}/chat/completions", _complete)
         app.router.add_post(f"{prefix}/completions", _complete)
+        app.router.add_post(f"{prefix}/embeddings", _embeddings)
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/messages/count_tokens", _count_tokens)
     return app

@@ -199,24 +199,8 @@ class Exchange:
             except TokenError:
                 return self.failed(target, None, "token_refresh")
         timeouts = credential.policy
-        upstream_codec = credential.codec or UPSTREAM[credential.wire]
-        model = target.upstream_model
-        translating = self.reasoning is not None or not passes_through(self.inbound, upstream_codec)
-        body: bytes | bytearray
-        vendor = None if translating else forwarded(self.request.headers, self.inbound.vendor_headers)
-        if translating:
-            request = for_upstream(dataclasses.replace(self.canonical(), model=model), self.inbound, upstream_codec)
-            body = upstream_codec.encode_request(request)
-            path = upstream_codec.upstream_path(model, self.stream)
-        else:
-            body = self.raw
-            if self.counts_usage_itself(upstream_codec):
-                options = self.payload.get("stream_options")
-                asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-                body = reencode({**self.payload, "stream_options": asked}, model)
-            elif target.rewrite is not None and "model" in self.payload:
-                body = reencode(self.payload, model)
-            path = self.inbound.upstream_path(model, self.stream)
+        body, path, codec = self.outgoing(target, credential.codec or UPSTREAM[credential.wire])
+        vendor = forwarded(self.request.headers, self.inbound.vendor_headers) if codec is None else None
         if not self.proxy.health.serves(target, path):
             message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
             return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
@@ -233,15 +217,33 @@ class Exchange:
         except UpstreamError:
             return self.failed(target, None, "connect")
         self.upstream_seconds += perf_counter() - sent
-        codec = upstream_codec if translating else None
         try:
             if upstream.status >= 400:
-                return await self.upstream_error(target, upstream, path, passed_through=not translating)
+                return await self.upstream_error(target, upstream, path, passed_through=codec is None)
             if self.stream:
                 return await self.relay_stream(target, upstream, codec)
             return await self.relay_body(target, upstream, codec)
         finally:
             upstream.release()
+
+    def outgoing(self, target: Target, upstream_codec: Codec) -> tuple[bytes | bytearray, str, Codec | None]:
+        """The body and path to send ``target``, and the codec its answer is translated with (None: passed through)."""
+        model = target.upstream_model
+        if self.reasoning is not None or not passes_through(self.inbound, upstream_codec):
+            request = for_upstream(dataclasses.replace(self.canonical(), model=model), self.inbound, upstream_codec)
+            return (
+                upstream_codec.encode_request(request),
+                upstream_codec.upstream_path(model, self.stream),
+                upstream_codec,
+            )
+        body: bytes | bytearray = self.raw
+        if self.counts_usage_itself(upstream_codec):
+            options = self.payload.get("stream_options")
+            asked = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            body = reencode({**self.payload, "stream_options": asked}, model)
+        elif target.rewrite is not None and "model" in self.payload:
+            body = reencode(self.payload, model)
+        return body, self.inbound.upstream_path(model, self.stream), None
 
     def counts_usage_itself(self, upstream: Codec) -> bool:
         """Whether an OpenAI-shaped stream must ask for the usage its client did not, so tokens are counted."""
@@ -263,18 +265,11 @@ class Exchange:
         content_type = upstream.headers.get("content-type", "application/json")
         if codec is not None:
             try:
-                answer = _decode_body(codec, body)
+                body, content_type = self.translated(codec, body), "application/json"
             except KiroStreamFailed as error:
                 return self.failed(target, error.status, "upstream_error", error.message)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 return self.failed(target, None, "bad_response")
-            answer.model = self.route.model
-            tools = self.canonical().tools
-            for part in answer.parts:
-                if isinstance(part, ToolCall):
-                    restore_namespace(part, tools)
-            self.usage = (answer.usage.input, answer.usage.output)
-            body, content_type = self.inbound.encode_response(answer), "application/json"
         else:
             try:
                 self.usage = usage_of(orjson.loads(body))
@@ -289,6 +284,17 @@ class Exchange:
         headers = {**self.proxy_headers(), **passed_back(upstream.headers)}
         headers["Content-Type"] = content_type
         return self.finish(web.Response(body=body, status=upstream.status, headers=headers))
+
+    def translated(self, codec: Codec, body: bytes) -> bytes:
+        """A whole upstream answer in the client's format, its usage counted; a malformed one raises."""
+        answer = _decode_body(codec, body)
+        answer.model = self.route.model
+        tools = self.canonical().tools
+        for part in answer.parts:
+            if isinstance(part, ToolCall):
+                restore_namespace(part, tools)
+        self.usage = (answer.usage.input, answer.usage.output)
+        return self.inbound.encode_response(answer)
 
     async def relay_stream(
         self, target: Target, upstream: Response, codec: Codec | None

@@ -34,6 +34,7 @@ GEMINI_KEY = "gemini-key"
 _STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
            429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}  # fmt: skip
 _GEMINI_VERSIONS = ("v1", "v1beta", "v1alpha")
+_ACTIONS = ("generateContent", "streamGenerateContent", "countTokens")
 _VERTEX_VERSIONS = ("v1", "v1beta1")
 _TOP_LEVEL = {"contents", "systemInstruction", "tools", "toolConfig", "generationConfig", "safetySettings",
               "cachedContent", "model"}  # fmt: skip
@@ -511,9 +512,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     vertex = "publishers" in request.match_info
     version = request.match_info["version"]
     model, _, action = request.match_info["call"].partition(":")
-    if version not in (_VERTEX_VERSIONS if vertex else _GEMINI_VERSIONS) or action not in (
-        "generateContent", "streamGenerateContent", "countTokens"
-    ):  # fmt: skip
+    actions = _ACTIONS if vertex else (*_ACTIONS, "batchEmbedContents")  # Vertex embeds through predict
+    if version not in (_VERTEX_VERSIONS if vertex else _GEMINI_VERSIONS) or action not in actions:
         return _error(404, f"The requested URL {request.path} was not found on this server.")
     raw = await request.read()
     try:
@@ -536,6 +536,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
                            f"methods.")  # fmt: skip
     if action == "countTokens":
         return _count(body, vertex)
+    if action == "batchEmbedContents":
+        return _batch_embed(body, model, state)
     errors = validate_generate_content(body, vertex=vertex, signatures=state.require_signatures)
     if errors:
         return _error(400, "\n".join(errors))
@@ -590,6 +592,71 @@ def _count(body: dict[str, Any], vertex: bool) -> web.Response:
     tokens = _words(body.get("contents")) + _words(body.get("systemInstruction"))
     return web.json_response({"totalTokens": tokens, "promptTokensDetails": [{"modality": "TEXT",
                                                                                "tokenCount": tokens}]})  # fmt: skip
+
+
+_EMBED_FIELDS = {"model", "content", "taskType", "title", "outputDimensionality"}
+_TASK_TYPES = {"TASK_TYPE_UNSPECIFIED", "RETRIEVAL_QUERY", "RETRIEVAL_DOCUMENT", "SEMANTIC_SIMILARITY",
+               "CLASSIFICATION", "CLUSTERING", "QUESTION_ANSWERING", "FACT_VERIFICATION",
+               "CODE_RETRIEVAL_QUERY"}  # fmt: skip
+MAX_EMBED_BATCH = 100
+
+
+def _embed_objections(body: Any, model: str) -> list[str]:
+    """BatchEmbedContentsRequest as Google documents it: ``requests[]`` of EmbedContentRequest, each naming
+    the batch's own model, with text-only content and the optional task type, title and dimensionality."""
+    if not isinstance(body, dict) or set(body) != {"requests"}:
+        return ['Invalid JSON payload received. The body must be exactly {"requests": [...]}.']
+    requests = body["requests"]
+    if not isinstance(requests, list) or not requests:
+        return ["* BatchEmbedContentsRequest.requests: contents is not specified"]
+    if len(requests) > MAX_EMBED_BATCH:
+        return [f"* BatchEmbedContentsRequest.requests: at most {MAX_EMBED_BATCH} requests can be in one batch"]
+    errors: list[str] = []
+    for index, one in enumerate(requests):
+        where = f"requests[{index}]"
+        if not isinstance(one, dict):
+            errors.append(f"{where}: must be an object")
+            continue
+        unknown = sorted(set(one) - _EMBED_FIELDS)
+        if unknown:
+            errors.append(
+                f"Invalid JSON payload received. Unknown name \"{unknown[0]}\" at '{where}': Cannot find field."
+            )
+        if one.get("model") != f"models/{model}":
+            errors.append(f"* BatchEmbedContentsRequest.{where}.model: the model must be models/{model}, the batch's")
+        content = one.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if not isinstance(parts, list) or not parts or not all(
+            isinstance(p, dict) and set(p) == {"text"} and isinstance(p["text"], str) and p["text"] for p in parts
+        ):  # fmt: skip
+            errors.append(f"* BatchEmbedContentsRequest.{where}.content: parts must be non-empty text parts")
+        dimensions = one.get("outputDimensionality")
+        if dimensions is not None and (
+            isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1
+        ):
+            errors.append(f"* BatchEmbedContentsRequest.{where}.output_dimensionality: must be a positive integer")
+        if one.get("taskType", "TASK_TYPE_UNSPECIFIED") not in _TASK_TYPES:
+            errors.append(f"* BatchEmbedContentsRequest.{where}.task_type: unknown task type")
+        if "title" in one and one.get("taskType") != "RETRIEVAL_DOCUMENT":
+            errors.append(f"* BatchEmbedContentsRequest.{where}.title: only for task type RETRIEVAL_DOCUMENT")
+    return errors
+
+
+def _batch_embed(body: Any, model: str, state: GeminiUpstream) -> web.Response:
+    """One embedding per request, derived from its text; 768 values unless ``outputDimensionality`` says."""
+    errors = _embed_objections(body, model)
+    if errors:
+        return _error(400, "\n".join(errors))
+    fault = state._fault_for(state.last.key)
+    if fault is not None and fault.status is not None:
+        return _error(fault.status, fault.message)
+    embeddings = []
+    for one in body["requests"]:
+        text = " ".join(p["text"] for p in one["content"]["parts"])
+        seed = sum(text.encode())
+        size = one.get("outputDimensionality") or 768
+        embeddings.append({"values": [((seed + i) % 17 - 8) / 8 for i in range(size)]})
+    return web.json_response({"embeddings": embeddings})
 
 
 def create_gemini_app(state: GeminiUpstream) -> web.Application:

@@ -44,6 +44,7 @@ from ..fakes.responses_upstream import start_responses
 #: Every target wire, by the model id the proxy serves it under: pass-through for one API, translated for the rest.
 TARGETS = ("m-openai", "m-anthropic", "m-gemini", "m-vertex", "m-responses", "m-kiro")
 COUNTING = ("m-anthropic", "m-gemini", "m-vertex")  # the others answer a count with 501 before reading the body
+EMBEDDING = ("m-openai", "m-gemini")  # the others answer embeddings with 404 before any upstream is asked
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 DATA_URL = f"data:image/png;base64,{IMAGE}"
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
@@ -203,6 +204,10 @@ def _gemini_path(action: str) -> Callable[[str, bool], str]:
     return path
 
 
+def _embeddings(model: str, stream: bool) -> dict[str, Any]:
+    return {"model": model, "input": ["hello", "embeddings"], "dimensions": 8, "encoding_format": "base64"}
+
+
 APIS = {
     api.name: api
     for api in (
@@ -215,6 +220,7 @@ APIS = {
         Api("gemini-generate", _gemini_path("generateContent"), _gemini, gemini_error),
         Api("gemini-count", _gemini_path("countTokens"), _gemini_count, gemini_error, False, COUNTING),
         Api("openai-responses", lambda m, s: "/v1/responses", _responses, openai_error),
+        Api("openai-embeddings", lambda m, s: "/v1/embeddings", _embeddings, openai_error, False, EMBEDDING),
     )
 }
 
