@@ -29,9 +29,9 @@ from .limits import ALLOWED, Limits, Verdict
 from .loader import ConfigSource
 from .metrics import UNRESOLVED, Metrics, SessionRow
 from .reload import Reloader
-from .runtime import Runtime, anthropic_model, anthropic_models_body, gemini_model, models_body
+from .runtime import Route, Runtime, anthropic_model, anthropic_models_body, gemini_model, models_body
 from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES, codec_for_path
-from .translate.canonical import Codec
+from .translate.canonical import Codec, Reasoning
 from .translate.thinking import split_thinking_suffix
 from .upstream import Pool
 from .vendor_headers import forwarded
@@ -410,6 +410,17 @@ async def _exchange(
         return read
     payload, raw = read
     named, stream = _model_and_stream(request, inbound, payload)
+    routed = _route(request, runtime, inbound, named)
+    if isinstance(routed, web.Response):
+        return routed
+    route, reasoning = routed
+    return kind(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
+
+
+def _route(
+    request: web.Request, runtime: Runtime, inbound: Codec, named: Any
+) -> tuple[Route, Reasoning | None] | web.Response:
+    """The route serving the model a client named (and the thinking suffix it carried), or the client's 4xx."""
     model = _checked_model(named, inbound)
     if isinstance(model, web.Response):
         return model
@@ -422,7 +433,7 @@ async def _exchange(
         route = runtime.routes.get(base) if reasoning is not None else None
     if route is None:
         return _model_not_found(runtime, model, inbound)
-    return kind(proxy, request, runtime, route, inbound, payload, raw, started, stream=stream, reasoning=reasoning)
+    return route, reasoning
 
 
 def _checked_model(model: Any, inbound: Codec) -> str | web.Response:
@@ -443,15 +454,10 @@ def _counter(inbound: Codec) -> Handler:
             return read
         payload, raw = read
         named = request.match_info["tail"].rpartition(":")[0] if inbound is GEMINI else payload.get("model")
-        model = _checked_model(named, inbound)
-        if isinstance(model, web.Response):
-            return model
-        refused = _out_of_scope(request, model, runtime, inbound)
-        if refused is not None:
-            return refused
-        route = runtime.routes.get(model) or runtime.routes.get(split_thinking_suffix(model)[0])
-        if route is None:
-            return _model_not_found(runtime, model, inbound)
+        routed = _route(request, runtime, inbound, named)
+        if isinstance(routed, web.Response):
+            return routed
+        route = routed[0]
         timeouts = route.policy
         try:
             vendor = forwarded(request.headers, inbound.vendor_headers)
