@@ -205,7 +205,7 @@ class Health:
         if reason == "quota":
             state.strikes += 1
             backoff = min(config.quota_base * 2.0 ** min(state.strikes - 1, 64), config.quota_max)  # no overflow
-            seconds = backoff if retry_after is None else retry_after  # capped at quota-max when parsed
+            seconds = backoff if retry_after is None else min(retry_after, config.quota_max)  # never for good
         else:
             seconds = {"auth": config.auth, "not_found": config.not_found}.get(reason, config.transient)
         state.until = now + seconds
