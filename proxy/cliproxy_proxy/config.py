@@ -142,7 +142,7 @@ class _Routed(_OneSource):
 
 
 class _KeySource(_OneSource):
-    SOURCES = (("api_key",), ("api_key_file",))
+    SOURCES: ClassVar[tuple[tuple[str, ...], ...]] = (("api_key",), ("api_key_file",))
 
     api_key: SecretStr | None = None
     api_key_file: NonEmpty | None = None
@@ -153,14 +153,84 @@ class ApiKeyCredential(_Routed, _KeySource):
 
 
 class VertexCredential(ApiKeyCredential):
-    """Vertex AI: an API key (express mode), or with ``project`` an OAuth access token for that project's endpoint."""
+    """Vertex AI: an API key (express mode), or for ``project``'s endpoint an identity: a service-account key file,
+    Application Default Credentials (``adc: true``: GKE Workload Identity, gcloud, the metadata server), or a
+    static OAuth access token in ``api-key``. ``claude-*`` models are Anthropic's, called with ``rawPredict``."""
 
+    SOURCES = (("api_key",), ("api_key_file",), ("service_account_file",), ("adc",))
+
+    service_account_file: NonEmpty | None = None
+    adc: Literal[True] | None = None
     project: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{4,61}[a-z0-9]$")] | None = None
     location: Annotated[str, Field(pattern=r"^[a-z0-9-]+$")] = "us-central1"
+
+    @model_validator(mode="after")
+    def _identity_needs_project(self) -> Self:
+        if (self.service_account_file is not None or self.adc) and self.project is None:
+            raise ValueError("service-account-file and adc need a project")
+        return self
+
+    @property
+    def identity(self) -> bool:
+        """Whether tokens come from a Google identity (refreshed by google-auth) rather than a fixed key."""
+        return self.service_account_file is not None or self.adc is True
 
     @property
     def scope(self) -> str | None:
         return f"projects/{self.project}/locations/{self.location}" if self.project else None
+
+
+class AzureEntra(_Block):
+    """Microsoft Entra ID for Azure OpenAI. With a client secret: that service principal. Without: azure-identity's
+    default chain (environment, AKS Workload Identity, managed identity, the Azure CLI), ``client-id`` choosing
+    the managed or workload identity when several are bound. ``authority``: another cloud's login host."""
+
+    tenant_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,128}$")] | None = None
+    client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9-]{1,64}$")] | None = None
+    client_secret: SecretStr | None = None
+    client_secret_file: NonEmpty | None = None
+    authority: str | None = None
+
+    @field_validator("authority")
+    @classmethod
+    def _authority(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value, schemes=("https",))
+
+    @model_validator(mode="after")
+    def _secret_needs_ids(self) -> Self:
+        if self.client_secret is not None and self.client_secret_file is not None:
+            raise ValueError("client-secret and client-secret-file are exclusive")
+        secret = self.client_secret is not None or self.client_secret_file is not None
+        if secret and (self.tenant_id is None or self.client_id is None):
+            raise ValueError("a client secret needs tenant-id and client-id")
+        return self
+
+
+class AzureOpenAICredential(_Routed):
+    """Azure OpenAI: a resource's deployments (``models[].name`` is the deployment, ``alias`` what clients ask
+    for) with ``api-version``, or its v1 API (``api: v1``, model names as they are). An ``api-key`` or Entra ID."""
+
+    SOURCES = (("api_key",), ("api_key_file",), ("entra",))
+
+    api_key: SecretStr | None = None
+    api_key_file: NonEmpty | None = None
+    entra: AzureEntra | None = None
+    resource: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")] | None = None
+    api: Literal["deployments", "v1"] = "deployments"
+    api_version: Annotated[str, Field(pattern=r"^\d{4}-\d{2}-\d{2}(-preview)?$")] = "2024-10-21"
+
+    @model_validator(mode="after")
+    def _where(self) -> Self:
+        if (self.resource is None) == (self.base_url is None):
+            raise ValueError("exactly one of resource or base-url is required")
+        if self.api == "deployments" and not self.models:
+            raise ValueError("models: list the deployments (name: the deployment, alias: the model clients ask for)")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        """The resource's root, ``https://{resource}.openai.azure.com``, or ``base-url``."""
+        return self.base_url or f"https://{self.resource}.openai.azure.com"
 
 
 class SessionCredential(_Routed):
@@ -359,6 +429,7 @@ class ProxyConfig(_Block):
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()
     codex_api_key: tuple[ApiKeyCredential, ...] = ()
     vertex_api_key: tuple[VertexCredential, ...] = ()
+    azure_openai: tuple[AzureOpenAICredential, ...] = ()
     deepseek: tuple[ApiKeyCredential, ...] = ()
     groq: tuple[ApiKeyCredential, ...] = ()
     mistral: tuple[ApiKeyCredential, ...] = ()

@@ -465,6 +465,11 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     if len(versions) != 1:
         received.problem = "anthropic-version: header is required" if not versions else "anthropic-version: given twice"
         return _error(400, received.problem)
+    return await respond(request, state, received, body)
+
+
+async def respond(request: web.Request, state: AnthropicUpstream, received: Received, body: Any) -> web.StreamResponse:
+    """A Messages answer to an authorised request: the body checked, then answered whole or streamed."""
     received.problem = validate_request(body, beta="anthropic-beta" in received.headers)
     if received.problem is not None:
         return _error(400, received.problem)

@@ -96,6 +96,8 @@ class GeminiUpstream:
     call_ids: bool = False  # put ids on functionCall parts (newer models do)
     require_signatures: bool = False  # Gemini 3: an unsigned first function call in a model turn is a 400
     invalid_key_status: int = 400  # the real Gemini API answers a wrong key with 400 INVALID_ARGUMENT
+    #: Vertex's project paths: whether an access token is current (an identity fake's); None: ``keys`` decide.
+    tokens: Callable[[str], bool] | None = None
 
     def fail_next(self, key: str, *faults: GeminiFault) -> None:
         """Queue faults for requests with ``key`` (``*`` for any key)."""
@@ -512,7 +514,7 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     vertex = "publishers" in request.match_info
     version = request.match_info["version"]
     model, _, action = request.match_info["call"].partition(":")
-    actions = _ACTIONS if vertex else (*_ACTIONS, "batchEmbedContents")  # Vertex embeds through predict
+    actions = (*_ACTIONS, "predict") if vertex else (*_ACTIONS, "batchEmbedContents")  # Vertex embeds by predict
     if version not in (_VERTEX_VERSIONS if vertex else _GEMINI_VERSIONS) or action not in actions:
         return _error(404, f"The requested URL {request.path} was not found on this server.")
     raw = await request.read()
@@ -527,7 +529,11 @@ async def _generate(request: web.Request) -> web.StreamResponse:
     if not received.key:
         return _error(403, "Method doesn't allow unregistered callers (callers without established identity). "
                            "Please use API Key or other form of API consumer identity to call this API.")  # fmt: skip
-    if received.key not in state.keys:
+    if state.tokens is not None and "project" in request.match_info:
+        if not state.tokens(received.key):
+            return _error(401, "Request had invalid authentication credentials. Expected OAuth 2 access token, "
+                               "login cookie or other valid authentication credential.")  # fmt: skip
+    elif received.key not in state.keys:
         status = state.invalid_key_status
         return _error(status, "API key not valid. Please pass a valid API key.", "API_KEY_INVALID")
     if state.models is not None and model not in state.models:
@@ -538,6 +544,8 @@ async def _generate(request: web.Request) -> web.StreamResponse:
         return _count(body, vertex)
     if action == "batchEmbedContents":
         return _batch_embed(body, model, state)
+    if action == "predict":
+        return _predict(body, model, state)
     errors = validate_generate_content(body, vertex=vertex, signatures=state.require_signatures)
     if errors:
         return _error(400, "\n".join(errors))
@@ -657,6 +665,52 @@ def _batch_embed(body: Any, model: str, state: GeminiUpstream) -> web.Response:
         size = one.get("outputDimensionality") or 768
         embeddings.append({"values": [((seed + i) % 17 - 8) / 8 for i in range(size)]})
     return web.json_response({"embeddings": embeddings})
+
+
+_PREDICT_INSTANCE = {"content", "task_type", "title"}
+_PREDICT_PARAMETERS = {"autoTruncate", "outputDimensionality"}
+
+
+def _predict_objections(body: Any) -> list[str]:
+    """Vertex's text-embedding ``predict``: ``instances[]`` of ``{content, task_type?, title?}`` and optional
+    ``parameters`` (``autoTruncate``, ``outputDimensionality``), as its REST reference documents them."""
+    if not isinstance(body, dict) or not set(body) <= {"instances", "parameters"}:
+        return ['Invalid JSON payload received. Unknown name: only "instances" and "parameters" are fields.']
+    instances = body.get("instances")
+    if not isinstance(instances, list) or not instances:
+        return ["instances: must be a non-empty list"]
+    if len(instances) > MAX_EMBED_BATCH:
+        return [f"instances: at most {MAX_EMBED_BATCH} instances per request"]
+    errors = []
+    for index, one in enumerate(instances):
+        if not isinstance(one, dict) or not set(one) <= _PREDICT_INSTANCE or not isinstance(one.get("content"), str):
+            errors.append(f"instances[{index}]: must be {{content: string, task_type?, title?}}")
+        elif not one["content"]:
+            errors.append(f"instances[{index}].content: must not be empty")
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict) or not set(parameters) <= _PREDICT_PARAMETERS:
+        errors.append("parameters: only autoTruncate and outputDimensionality are known")
+    elif "outputDimensionality" in parameters and (
+        isinstance(parameters["outputDimensionality"], bool) or not isinstance(parameters["outputDimensionality"], int)
+        or parameters["outputDimensionality"] < 1
+    ):  # fmt: skip
+        errors.append("parameters.outputDimensionality: must be a positive integer")
+    return errors
+
+
+def _predict(body: Any, model: str, state: GeminiUpstream) -> web.Response:
+    """One prediction per instance, with its embedding and its token count (words, as everywhere here)."""
+    errors = _predict_objections(body)
+    if errors:
+        return _error(400, "\n".join(errors))
+    size = body.get("parameters", {}).get("outputDimensionality") or 768
+    predictions = []
+    for one in body["instances"]:
+        seed = sum(one["content"].encode())
+        values = [((seed + i) % 17 - 8) / 8 for i in range(size)]
+        statistics = {"truncated": False, "token_count": len(one["content"].split())}
+        predictions.append({"embeddings": {"values": values, "statistics": statistics}})
+    return web.json_response({"predictions": predictions, "metadata": {"billableCharacterCount": 0}})
 
 
 def create_gemini_app(state: GeminiUpstream) -> web.Application:
