@@ -1,0 +1,152 @@
+"""Cloud identities as token sessions: google-auth against a strict fake of Google's token endpoint, and
+azure-identity against a fake Entra (client secret, and AKS Workload Identity's federated token)."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from cliproxy_proxy.config import ConfigError, parse_config
+from cliproxy_proxy.oauth import cloud
+from cliproxy_proxy.oauth.base import TokenError
+
+from ..fakes.azure_openai import Entra, serve_entra
+from ..fakes.google_identity import start_google_identity
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def trusted(ca: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> Iterator[ssl.SSLContext]:
+    """A TLS context for loopback fakes, and the CA in ``SSL_CERT_FILE``, as a private CA is given to the proxy."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server)
+    with ca.cert_pem.tempfile() as path:
+        monkeypatch.setenv("SSL_CERT_FILE", path)
+        yield server
+
+
+@pytest.fixture
+async def entra(trusted: ssl.SSLContext) -> AsyncIterator[Entra]:
+    async with serve_entra(trusted) as state:
+        yield state
+
+
+async def test_a_service_account_key_gets_a_token_signed_by_its_own_key(aiohttp_server) -> None:
+    identity = await start_google_identity(aiohttp_server)
+    session = cloud.CloudSession("vertex", cloud.google_fetch(cloud.service_account(identity.key_file())))
+    assert session.state == "expired"  # nothing fetched before the first request
+    await session.ensure_fresh()
+    assert identity.valid(session.access_token())
+    assert identity.grants == 1 and not identity.refusals
+    await session.ensure_fresh()  # a current token is reused: no second grant
+    assert identity.grants == 1
+
+
+async def test_a_key_the_endpoint_does_not_know_is_refused_without_key_text(aiohttp_server) -> None:
+    identity = await start_google_identity(aiohttp_server)
+    stranger = await start_google_identity(aiohttp_server)  # another account's key, addressed to the same endpoint
+    forged = {**stranger.key_file(), "client_email": identity.email, "token_uri": identity.url}
+    session = cloud.CloudSession("vertex", cloud.google_fetch(cloud.service_account(forged)))
+    with pytest.raises(TokenError) as raised:
+        await session.ensure_fresh()
+    assert identity.refusals == ["Invalid JWT Signature."]
+    assert "PRIVATE KEY" not in str(raised.value) and "BEGIN" not in (session.last_error or "x BEGIN")
+    await session.close()
+
+
+def test_a_service_account_file_must_hold_a_usable_key() -> None:
+    with pytest.raises(TokenError, match="type"):
+        cloud.service_account({"type": "authorized_user"})
+    with pytest.raises(TokenError, match="private_key"):
+        cloud.service_account({"type": "service_account", "client_email": "a@b", "token_uri": "https://t"})
+    with pytest.raises(TokenError, match="cannot be read") as raised:
+        cloud.service_account({"type": "service_account", "client_email": "a@b", "token_uri": "https://t",
+                               "private_key": "-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END PRIVATE KEY-----\n"})  # fmt: skip
+    assert "not-a-key" not in str(raised.value)
+
+
+async def test_entra_client_secret_gets_a_cognitive_services_token(entra: Entra) -> None:
+    def make() -> object:
+        return cloud.azure_credential(entra.tenant, entra.client_id, entra.client_secret, entra.url)
+
+    session = cloud.azure_session("azure", make)
+    try:
+        await session.ensure_fresh()
+        assert entra.valid(session.access_token())
+        assert entra.grants == ["secret"]
+    finally:
+        await session.close()
+
+
+async def test_aks_workload_identity_through_the_default_chain(
+    entra: Entra, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AKS webhook's environment: a projected service-account token exchanged as a client assertion."""
+    token_file = tmp_path / "azure-identity-token"
+    token_file.write_text(entra.federated_token)
+    for name, value in {"AZURE_TENANT_ID": entra.tenant, "AZURE_CLIENT_ID": entra.client_id,
+                        "AZURE_FEDERATED_TOKEN_FILE": str(token_file), "AZURE_AUTHORITY_HOST": entra.url}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    session = cloud.azure_session("azure", lambda: cloud.azure_credential(None, None, None, None))
+    try:
+        await session.ensure_fresh()
+        assert entra.valid(session.access_token())
+        assert entra.grants == ["assertion"]
+    finally:
+        await session.close()
+
+
+async def test_a_wrong_entra_secret_is_a_token_error_naming_no_secret(entra: Entra) -> None:
+    session = cloud.azure_session(
+        "azure", lambda: cloud.azure_credential(entra.tenant, entra.client_id, "wrong-secret-value", entra.url)
+    )
+    try:
+        with pytest.raises(TokenError) as raised:
+            await session.ensure_fresh()
+        assert "wrong-secret-value" not in str(raised.value) and entra.grants == []
+    finally:
+        await session.close()
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"vertex-api-key": [{"service-account-file": "sa.json"}]}, "need a project"),
+        ({"vertex-api-key": [{"adc": True, "api-key": "k", "project": "demo-project"}]}, "exactly one of"),
+        ({"azure-openai": [{"api-key": "k", "models": [{"name": "d"}]}]}, "resource or base-url"),
+        ({"azure-openai": [{"api-key": "k", "resource": "contoso"}]}, "list the deployments"),
+        ({"azure-openai": [{"entra": {"client-secret": "s"}, "resource": "contoso", "api": "v1"}]}, "tenant-id"),
+        (
+            {"azure-openai": [{"api-key": "k", "resource": "contoso", "api": "v1", "api-version": "latest"}]},
+            "api-version",
+        ),
+        (
+            {"azure-openai": [{"entra": {"authority": "http://login.example"}, "resource": "contoso", "api": "v1"}]},
+            "https",
+        ),
+    ],  # fmt: skip
+)
+def test_cloud_blocks_refuse_what_cannot_work(block: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as raised:
+        parse_config(block)
+    assert "client-secret: s" not in str(raised.value)
+
+
+def test_cloud_blocks_accept_each_identity() -> None:
+    config = parse_config({
+        "vertex-api-key": [{"service-account-file": "sa.json", "project": "demo-project"},
+                           {"adc": True, "project": "demo-project", "location": "global"}],
+        "azure-openai": [{"resource": "contoso", "api-key": "k", "models": [{"name": "gpt4o-prod", "alias": "gpt-4o"}]},
+                         {"base-url": "https://contoso.cognitiveservices.azure.com", "api": "v1", "entra": {}}],
+    })  # fmt: skip
+    assert [v.identity for v in config.vertex_api_key] == [True, True]
+    assert [a.endpoint for a in config.azure_openai] == [
+        "https://contoso.openai.azure.com", "https://contoso.cognitiveservices.azure.com"]  # fmt: skip
