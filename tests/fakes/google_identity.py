@@ -9,6 +9,7 @@ short-lived on purpose: the Vertex fake refuses an expired one, so a test can wa
 from __future__ import annotations
 
 import base64
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,12 @@ CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 AUDIENCE = "https://oauth2.googleapis.com/token"
 
 
+@functools.cache
+def account_key(number: int = 0) -> rsa.RSAPrivateKey:
+    """A service account's RSA key; generated once per number and run (2048-bit generation is slow)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def _b64decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
@@ -38,8 +45,7 @@ class GoogleIdentity:
 
     email: str = "proxy@demo-project.iam.gserviceaccount.com"
     lifetime: float = 3600.0
-    key: rsa.RSAPrivateKey = field(default_factory=lambda: rsa.generate_private_key(public_exponent=65537,
-                                                                                   key_size=2048))  # fmt: skip
+    key: rsa.RSAPrivateKey = field(default_factory=account_key)
     issued: dict[str, float] = field(default_factory=dict)  # token -> expiry (epoch seconds)
     grants: int = 0  # assertions accepted
     refusals: list[str] = field(default_factory=list)  # why assertions were refused

@@ -15,7 +15,7 @@ from cliproxy_proxy.oauth import cloud
 from cliproxy_proxy.oauth.base import TokenError
 
 from ..fakes.azure_openai import Entra, serve_entra
-from ..fakes.google_identity import start_google_identity
+from ..fakes.google_identity import account_key, start_google_identity
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ async def test_a_service_account_key_gets_a_token_signed_by_its_own_key(aiohttp_
 
 async def test_a_key_the_endpoint_does_not_know_is_refused_without_key_text(aiohttp_server) -> None:
     identity = await start_google_identity(aiohttp_server)
-    stranger = await start_google_identity(aiohttp_server)  # another account's key, addressed to the same endpoint
+    stranger = await start_google_identity(aiohttp_server, key=account_key(1))  # another account's key
     forged = {**stranger.key_file(), "client_email": identity.email, "token_uri": identity.url}
     session = cloud.CloudSession("vertex", cloud.google_fetch(cloud.service_account(forged)))
     with pytest.raises(TokenError) as raised:
@@ -68,8 +68,10 @@ def test_a_service_account_file_must_hold_a_usable_key() -> None:
     with pytest.raises(TokenError, match="private_key"):
         cloud.service_account({"type": "service_account", "client_email": "a@b", "token_uri": "https://t"})
     with pytest.raises(TokenError, match="cannot be read") as raised:
-        cloud.service_account({"type": "service_account", "client_email": "a@b", "token_uri": "https://t",
-                               "private_key": "-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END PRIVATE KEY-----\n"})  # fmt: skip
+        broken = "-----BEGIN PRIVATE KEY-----\nnot-a-key\n-----END PRIVATE KEY-----\n"
+        cloud.service_account(
+            {"type": "service_account", "client_email": "a@b", "token_uri": "https://t", "private_key": broken}
+        )
     assert "not-a-key" not in str(raised.value)
 
 
@@ -92,9 +94,10 @@ async def test_aks_workload_identity_through_the_default_chain(
     """The AKS webhook's environment: a projected service-account token exchanged as a client assertion."""
     token_file = tmp_path / "azure-identity-token"
     token_file.write_text(entra.federated_token)
-    for name, value in {"AZURE_TENANT_ID": entra.tenant, "AZURE_CLIENT_ID": entra.client_id,
-                        "AZURE_FEDERATED_TOKEN_FILE": str(token_file), "AZURE_AUTHORITY_HOST": entra.url}.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AZURE_TENANT_ID", entra.tenant)
+    monkeypatch.setenv("AZURE_CLIENT_ID", entra.client_id)
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", entra.url)
     session = cloud.azure_session("azure", lambda: cloud.azure_credential(None, None, None, None))
     try:
         await session.ensure_fresh()
@@ -132,7 +135,7 @@ async def test_a_wrong_entra_secret_is_a_token_error_naming_no_secret(entra: Ent
             {"azure-openai": [{"entra": {"authority": "http://login.example"}, "resource": "contoso", "api": "v1"}]},
             "https",
         ),
-    ],  # fmt: skip
+    ],
 )
 def test_cloud_blocks_refuse_what_cannot_work(block: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message) as raised:
