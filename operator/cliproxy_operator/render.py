@@ -56,6 +56,7 @@ class SecretConsent:
 @dataclass
 class CredentialState:
     usable_keys: int = 0
+    identity: bool = False  # authenticated by the pod's cloud identity, not by keys
     files: list[str] = field(default_factory=list)  # secret file names holding its keys or token
     problems: list[Problem] = field(default_factory=list)
 
@@ -155,8 +156,9 @@ def _credentials(
             else:
                 files[file] = value
                 state.files.append(file)
-        state.usable_keys = len(state.files)
-        if not state.files and not state.problems:
+        state.identity = _keyless(spec)
+        state.usable_keys = len(state.files) or int(state.identity)
+        if not state.usable_keys and not state.problems:
             state.problems.append(Problem("NoKeys", "neither apiKeys nor tokenSecretRef gives a key"))
     return states
 
@@ -188,10 +190,31 @@ def _entries(route: Resource, credential: Resource, state: CredentialState, prio
         if spec.get("modelsEndpoint"):
             entry["models-endpoint"] = spec["modelsEndpoint"]
         return [entry]
-    if provider == "vertex-api-key" and spec.get("vertex"):
-        common.update({k: v for k, v in spec["vertex"].items() if k in ("project", "location")})
+    vertex, azure = spec.get("vertex") or {}, spec.get("azure") or {}
+    if provider == "vertex-api-key" and vertex:
+        common.update({k: v for k, v in vertex.items() if k in ("project", "location")})
+    if provider == "azure-openai":
+        common.update({key: azure[field] for field, key in _AZURE_KEYS.items() if azure.get(field)})
+        if "entra" in azure:
+            common["entra"] = {key: azure["entra"][field] for field, key in _ENTRA_KEYS.items()
+                               if azure["entra"].get(field)}  # fmt: skip
+    if state.identity:
+        return [{**common, "adc": True} if provider == "vertex-api-key" else common]
     source = "token-file" if spec.get("tokenSecretRef") else "api-key-file"
+    if vertex.get("auth") == "serviceAccountKey":
+        source = "service-account-file"
     return [{**common, source: file} for file in state.files]
+
+
+_AZURE_KEYS = {"resource": "resource", "api": "api", "apiVersion": "api-version"}
+_ENTRA_KEYS = {"tenantID": "tenant-id", "clientID": "client-id", "authority": "authority"}
+
+
+def _keyless(spec: Mapping[str, Any]) -> bool:
+    """A credential whose pod identity authenticates it (GKE or AKS Workload Identity): no Secret to read."""
+    if spec.get("provider") == "vertex-api-key":
+        return (spec.get("vertex") or {}).get("auth") == "workloadIdentity"
+    return spec.get("provider") == "azure-openai" and "entra" in (spec.get("azure") or {})
 
 
 def _exposed(route: Resource, prefix: str | None) -> list[str]:
@@ -294,7 +317,7 @@ def render(
             cred_name = str(ref.get("name"))
             if cred_name not in by_name:
                 state.problems.append(Problem("CredentialNotFound", f"ProviderCredential {cred_name!r} does not exist"))
-            elif not creds[cred_name].files:
+            elif not creds[cred_name].usable_keys:
                 reasons = "; ".join(p.message for p in creds[cred_name].problems)
                 state.problems.append(Problem("CredentialNotReady", f"ProviderCredential {cred_name!r}: {reasons}"))
             else:

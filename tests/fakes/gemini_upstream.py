@@ -671,7 +671,7 @@ _PREDICT_INSTANCE = {"content", "task_type", "title"}
 _PREDICT_PARAMETERS = {"autoTruncate", "outputDimensionality"}
 
 
-def _predict_objections(body: Any) -> list[str]:
+def _predict_objections(body: Any, model: str) -> list[str]:
     """Vertex's text-embedding ``predict``: ``instances[]`` of ``{content, task_type?, title?}`` and optional
     ``parameters`` (``autoTruncate``, ``outputDimensionality``), as its REST reference documents them."""
     if not isinstance(body, dict) or not set(body) <= {"instances", "parameters"}:
@@ -679,8 +679,9 @@ def _predict_objections(body: Any) -> list[str]:
     instances = body.get("instances")
     if not isinstance(instances, list) or not instances:
         return ["instances: must be a non-empty list"]
-    if len(instances) > MAX_EMBED_BATCH:
-        return [f"instances: at most {MAX_EMBED_BATCH} instances per request"]
+    most = 1 if model.startswith("gemini-embedding") else 250  # gemini-embedding-001 embeds one input per call
+    if len(instances) > most:
+        return [f"instances: at most {most} instances per request for {model}"]
     errors = []
     for index, one in enumerate(instances):
         if not isinstance(one, dict) or not set(one) <= _PREDICT_INSTANCE or not isinstance(one.get("content"), str):
@@ -700,7 +701,7 @@ def _predict_objections(body: Any) -> list[str]:
 
 def _predict(body: Any, model: str, state: GeminiUpstream) -> web.Response:
     """One prediction per instance, with its embedding and its token count (words, as everywhere here)."""
-    errors = _predict_objections(body)
+    errors = _predict_objections(body, model)
     if errors:
         return _error(400, "\n".join(errors))
     size = body.get("parameters", {}).get("outputDimensionality") or 768

@@ -503,7 +503,7 @@ def test_credential_spec_fields_and_contract() -> None:
     spec = _schema("ProviderCredential")["properties"]["spec"]
     assert set(spec["properties"]) == {
         "provider", "providerName", "baseURL", "refreshURL", "apiKeys", "tokenSecretRef", "headers", "proxyURL",
-        "prefix", "rateLimit", "modelsEndpoint", "vertex",
+        "prefix", "rateLimit", "modelsEndpoint", "vertex", "azure",
     }  # fmt: skip
     assert spec["required"] == ["provider"]
     props = spec["properties"]
@@ -645,7 +645,7 @@ def test_defaults_are_applied_like_the_api_server() -> None:
         {"provider": "vertex-api-key", "apiKeys": [_key()], "vertex": {"project": "my-project"}},
     )
     assert (errors, failures) == ([], [])
-    assert credential["spec"]["vertex"] == {"project": "my-project", "location": "us-central1"}
+    assert credential["spec"]["vertex"] == {"project": "my-project", "location": "us-central1", "auth": "apiKey"}
     assert "vertex" not in admit("ProviderCredential", {"provider": "groq", "apiKeys": [_key()]})[0]["spec"]
 
 
@@ -789,6 +789,9 @@ ONE_SOURCE = "exactly one of apiKeys (at least one entry) or tokenSecretRef is r
 TOKEN_ONLY_FOR = "tokenSecretRef is only allowed for providers kiro, cursor, ampcode, minimax, roo and kilo"
 NEEDS_TOKEN = "providers kiro, cursor and ampcode authenticate with tokenSecretRef, not apiKeys"
 VERTEX_ONLY = "vertex is only allowed for provider vertex-api-key"
+AZURE_ONLY = "azure is only allowed for provider azure-openai"
+AZURE_WHERE = "provider azure-openai needs azure.resource or baseURL"
+IDENTITY_NO_KEYS = "a workload identity (vertex.auth workloadIdentity, azure.entra) takes no apiKeys"
 NEEDS_BASE_URL = "baseURL is required for provider openai-compatibility"
 ENDPOINT_ONLY = "modelsEndpoint is only allowed for provider openai-compatibility"
 UNIQUE_CREDENTIALS = "credential names must be unique"
@@ -824,6 +827,31 @@ CEL_CASES = [
         {"provider": "gemini-api-key", "apiKeys": [_key()], "vertex": {"project": "my-proj"}},
         [("spec", VERTEX_ONLY)],
     ),
+    (PC, {"provider": "vertex-api-key", "vertex": {"project": "my-proj", "auth": "workloadIdentity"}}, []),
+    (
+        PC,
+        {"provider": "vertex-api-key", "vertex": {"project": "my-proj", "auth": "serviceAccountKey"}},
+        [("spec", ONE_SOURCE)],
+    ),
+    (
+        PC,
+        {
+            "provider": "vertex-api-key",
+            "apiKeys": [_key()],
+            "vertex": {"project": "my-proj", "auth": "workloadIdentity"},
+        },
+        [("spec", IDENTITY_NO_KEYS)],
+    ),
+    (PC, {"provider": "azure-openai", "apiKeys": [_key()], "azure": {"resource": "contoso"}}, []),
+    (PC, {"provider": "azure-openai", "azure": {"resource": "contoso", "entra": {}}}, []),
+    (PC, {"provider": "azure-openai", "azure": {"resource": "contoso"}}, [("spec", ONE_SOURCE)]),
+    (
+        PC,
+        {"provider": "azure-openai", "apiKeys": [_key()], "azure": {"resource": "contoso", "entra": {}}},
+        [("spec", IDENTITY_NO_KEYS)],
+    ),
+    (PC, {"provider": "azure-openai", "apiKeys": [_key()]}, [("spec", AZURE_WHERE)]),
+    (PC, {"provider": "openrouter", "apiKeys": [_key()], "azure": {"resource": "contoso"}}, [("spec", AZURE_ONLY)]),
     (PC, {"provider": "openai-compatibility", "apiKeys": [_key()]}, [("spec", NEEDS_BASE_URL)]),
     (
         PC,
@@ -878,6 +906,9 @@ def test_cel_rule_locations_and_reasons() -> None:
         TOKEN_ONLY_FOR: (".tokenSecretRef", "FieldValueForbidden"),
         NEEDS_TOKEN: (".tokenSecretRef", "FieldValueRequired"),
         VERTEX_ONLY: (".vertex", "FieldValueForbidden"),
+        AZURE_ONLY: (".azure", "FieldValueForbidden"),
+        AZURE_WHERE: (".azure", "FieldValueRequired"),
+        IDENTITY_NO_KEYS: (".apiKeys", "FieldValueForbidden"),
         NEEDS_BASE_URL: (".baseURL", "FieldValueRequired"),
         ENDPOINT_ONLY: (".modelsEndpoint", "FieldValueForbidden"),
     }

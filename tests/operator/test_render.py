@@ -339,3 +339,28 @@ def test_a_keyless_gateway_opens_only_when_every_route_asks() -> None:
     keyed = render([one], CREDENTIALS, SECRETS, {"default": ["ck"]})
     assert "allow-unauthenticated" not in keyed.gateways["default"].config_text
     assert not keyed.routes["one"].warnings and not keyed.routes["one"].notices
+
+
+def test_cloud_identities_render_without_keys_or_with_a_key_file() -> None:
+    """AKS and GKE Workload Identity need no Secret; a service-account key file becomes ``service-account-file``."""
+    secrets = {"llm-keys": {**SECRETS["llm-keys"], "sa": '{"type": "service_account"}'}}
+    creds = [
+        credential("aks", "azure-openai", azure={"resource": "contoso", "apiVersion": "2025-01-01-preview",
+                                                 "entra": {"clientID": "5f2e7a10-aaaa"}}),
+        credential("gke", "vertex-api-key", vertex={"project": "my-project-1", "auth": "workloadIdentity"}),
+        credential("sa", "vertex-api-key", "sa", vertex={"project": "my-project-1", "auth": "serviceAccountKey"}),
+    ]  # fmt: skip
+    routes = [route("azure", "aks", models=[{"name": "gpt4o-prod", "alias": "gpt-4o"}]),
+              route("vertex", "gke", ("sa", 1), models=[{"name": "gemini-2.5-pro"}])]  # fmt: skip
+    result = render(routes, creds, secrets)
+    assert {name: state.usable_keys for name, state in result.credentials.items()} == {"aks": 1, "gke": 1, "sa": 1}
+    gateway = result.gateways["default"]
+    document = yaml.safe_load(gateway.config_text)
+    assert document["azure-openai"] == [{
+        "name": "azure/aks", "models": [{"name": "gpt4o-prod", "alias": "gpt-4o"}], "resource": "contoso",
+        "api-version": "2025-01-01-preview", "entra": {"client-id": "5f2e7a10-aaaa"},
+    }]  # fmt: skip
+    vertex = {entry["name"]: entry for entry in document["vertex-api-key"]}
+    assert vertex["vertex/gke"]["adc"] is True and "api-key-file" not in vertex["vertex/gke"]
+    assert vertex["vertex/sa"]["service-account-file"] == "sa.key-0"
+    assert set(gateway.secret_data) == {"sa.key-0"}

@@ -150,12 +150,54 @@ class GeminiEmbeddings:
         return Answer(orjson.dumps(document), tokens, estimated=True)
 
 
+#: Vertex's ``predict`` takes at most this many instances (text-embedding-*); gemini-embedding-* takes one.
+VERTEX_BATCH = 250
+
+
+class VertexEmbeddings:
+    """Vertex AI's ``predict`` for embedding models: ``instances[].content``, ``outputDimensionality`` for
+    ``dimensions``. Each prediction reports its token count, so usage is the provider's, not an estimate."""
+
+    passes_through = False
+
+    def path(self, model: str) -> str:
+        return f"/v1/publishers/google/models/{model}:predict"  # the credential's project scope is put in
+
+    def encode(self, request: EmbeddingsRequest, model: str) -> bytes:
+        if request.tokens:
+            raise TranslationError("input: token arrays are only served by OpenAI-shaped providers; send text")
+        most = 1 if model.startswith("gemini-embedding") else VERTEX_BATCH
+        if len(request.texts) > most:
+            raise TranslationError(f"input: this model's provider (Vertex AI) embeds at most {most} text(s) at once")
+        document: dict[str, Any] = {"instances": [{"content": item} for item in request.texts]}
+        if request.dimensions is not None:
+            document["parameters"] = {"outputDimensionality": request.dimensions}
+        return orjson.dumps(document)
+
+    def decode(self, body: bytes, request: EmbeddingsRequest, model: str) -> Answer:
+        """``predictions[].embeddings`` as OpenAI's ``data[]``; a malformed answer raises (bad_response)."""
+        predictions = orjson.loads(body)["predictions"]
+        if not isinstance(predictions, list) or len(predictions) != len(request.texts):
+            raise ValueError("predict answered another number of embeddings than it was sent")
+        data, tokens = [], 0
+        for index, prediction in enumerate(predictions):
+            values = prediction["embeddings"]["values"]
+            if not isinstance(values, list) or not all(_is_float(v) for v in values):
+                raise ValueError("an embedding's values are not numbers")
+            count = prediction["embeddings"].get("statistics", {}).get("token_count", 0)
+            tokens += int(count) if _is_float(count) else 0
+            data.append({"object": "embedding", "index": index, "embedding": encode_vector(values, request.encoding)})
+        document = {"object": "list", "data": data, "model": model,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+        return Answer(orjson.dumps(document), tokens, estimated=False)
+
+
 def _is_float(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 #: The wires that serve embeddings in their own shape, translated both ways.
-TRANSLATED: dict[Wire, EmbeddingsWire] = {Wire.GEMINI: GeminiEmbeddings()}
+TRANSLATED: dict[Wire, EmbeddingsWire] = {Wire.GEMINI: GeminiEmbeddings(), Wire.VERTEX: VertexEmbeddings()}
 
 
 def serves(wire: Wire) -> bool:
