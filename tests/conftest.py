@@ -23,9 +23,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from cliproxy_proxy.__main__ import load_app
-from cliproxy_proxy.app import PROXY, Proxy
+from cliproxy_proxy.app import PROXY
 from cliproxy_proxy.demo_upstream import Upstream, create_demo_app
 from cliproxy_proxy.loader import ConfigSource
+from cliproxy_proxy.state import Proxy
 
 CLIENT_KEY = "client-key-1"
 UPSTREAM_KEYS = frozenset({"key-a", "key-b", "key-c"})

@@ -208,9 +208,10 @@ def test_key_comparison_checks_every_key() -> None:
 
 
 async def test_no_api_keys_serves_loopback_only() -> None:
-    from cliproxy_proxy.app import PROXY, Proxy
+    from cliproxy_proxy.app import PROXY
     from cliproxy_proxy.config import parse_config
     from cliproxy_proxy.runtime import build_runtime
+    from cliproxy_proxy.state import Proxy
 
     async def handler(request: object) -> object:
         return "served"
