@@ -14,7 +14,7 @@ from cliproxy_proxy import discovery
 from cliproxy_proxy.app import _is_loopback, auth_middleware
 from cliproxy_proxy.clients import key_index
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 
 async def test_models_list_prefix_alias_and_exclusion(provider: FakeProvider, start_proxy) -> None:
