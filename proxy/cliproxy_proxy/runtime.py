@@ -248,7 +248,7 @@ class _Builder:
         session_origin: str = "",
     ) -> None:
         kind = KINDS[block]
-        codec = codec or UPSTREAM[kind.wire]
+        codec = codec or UPSTREAM[kind.wire].for_entry(entry)
         scope = entry.scope if isinstance(entry, VertexCredential) else None
         auth: dict[str, str] = {}
         if key is not None:  # a project endpoint takes an OAuth access token, not an API key
@@ -306,7 +306,7 @@ class _Builder:
         session = self.sessions.get(SessionSpec(block, where, origin, refresh, proxy_url), fmt, raw, path)
         kind = KINDS[block]
         tokens = session.tokens
-        codec = UPSTREAM[kind.wire].with_tokens(tokens)
+        codec = UPSTREAM[kind.wire].for_entry(entry).with_tokens(tokens)
         base_url = base_url_of(entry, tokens, kind.default_base_url or "")
         # A token delivered anew (the operator's refresh) is a new credential: no cooldown of the old one carries over.
         self.add(block, index, entry, None, block, base_url, None, session=session, codec=codec,

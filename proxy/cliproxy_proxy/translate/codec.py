@@ -103,6 +103,11 @@ class Codec(Protocol):
 
     def stream_decoder(self) -> StreamDecoder: ...
 
+    def for_entry(self, entry: object) -> Codec:
+        """The codec for one config entry (``config._Routed``): one holding what its wire needs of it (a region, a
+        cloud identity built once); most wires serve every entry with one codec."""
+        ...
+
     def with_tokens(self, tokens: TokenSet) -> Codec:
         """The codec for one session credential (Kiro's carries the account's profile ARN)."""
         ...
@@ -161,6 +166,9 @@ class CodecBase:
 
     def stream_decoder(self) -> StreamDecoder:
         return SSEDecoder(self.event_decoder())
+
+    def for_entry(self, entry: object) -> Self:
+        return self
 
     def with_tokens(self, tokens: TokenSet) -> Self:
         return self
