@@ -231,7 +231,7 @@ class AzureOpenAICredential(_Routed):
     def _where(self) -> Self:
         if (self.resource is None) == (self.base_url is None):
             raise ValueError("exactly one of resource or base-url is required")
-        if self.api == "deployments" and not self.models:
+        if not self.models:
             raise ValueError("models: list the deployments (name: the deployment, alias: the model clients ask for)")
         return self
 
@@ -239,6 +239,11 @@ class AzureOpenAICredential(_Routed):
     def endpoint(self) -> str:
         """The resource's root, ``https://{resource}.openai.azure.com``, or ``base-url``."""
         return self.base_url or f"https://{self.resource}.openai.azure.com"
+
+    @property
+    def api_base(self) -> str:
+        """What the operations' paths go below: ``/openai`` (deployment URLs) or ``/openai/v1``."""
+        return self.endpoint + ("/openai/v1" if self.api == "v1" else "/openai")
 
 
 class SessionCredential(_Routed):

@@ -26,7 +26,7 @@ class CountError(Exception):
 
 
 def _target(route: Route, health: Health) -> Target:
-    others = {id(t) for t in route.targets if not t.credential.codec.counts_tokens}
+    others = {id(t) for t in route.targets if not t.credential.codec.for_model(t.upstream_model).counts_tokens}
     target = health.pick(route, "fill-first", others)
     if target is None and len(others) < len(route.targets):
         raise CountError(429, f"The providers of model '{route.model}' that count tokens are cooling down; "
@@ -42,16 +42,19 @@ async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec,
     """Input tokens of a request, as the provider counts them; ``vendor``: the client's vendor headers."""
     target = _target(route, health)
     credential = target.credential
+    codec = credential.codec.for_model(target.upstream_model)
     try:
-        path, body = credential.codec.count_request(inbound, payload, raw, target.upstream_model)
+        path, body = codec.count_request(inbound, payload, raw, target.upstream_model)
     except TranslationError as error:
         raise CountError(400, str(error), "untranslatable_request") from None
-    path = credential.scoped(path)
-    same_format = vendor if inbound.name == credential.codec.name else None
+    path = credential.scoped(path, target.upstream_model)
+    same_format = vendor if inbound.name == codec.name else None
     unreachable = CountError(
         502, f"The provider of model '{route.model}' could not be reached.", "upstream_unavailable"
     )
     try:
+        if credential.session is not None:  # a token fetched on first use, or refreshed since
+            await credential.session.ensure_fresh()
         if credential.codec.authenticates_each_request:
             head = await credential.signed_head(path, same_format, body)
         else:
@@ -72,7 +75,7 @@ async def count_tokens(pool: Pool, health: Health, route: Route, inbound: Codec,
         document = orjson.loads(answer)
     except orjson.JSONDecodeError:
         document = None
-    count = credential.codec.count_of(document) if isinstance(document, dict) else None
+    count = codec.count_of(document) if isinstance(document, dict) else None
     if count is None:
         raise CountError(502, "The provider's token count was not understood.", "upstream_bad_response")
     return count

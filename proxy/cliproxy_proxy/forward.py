@@ -201,18 +201,19 @@ class Exchange:
             except TokenError:
                 return self.failed(target, None, "token_refresh")
         timeouts = credential.policy
-        body, path, codec = self.outgoing(target, credential.codec)
+        body, path, codec = self.outgoing(target, credential.codec.for_model(target.upstream_model))
         vendor = forwarded(self.request.headers, self.inbound.vendor_headers) if codec is None else None
         if not self.proxy.health.serves(target, path):
             message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
             return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
+        located = credential.scoped(path, target.upstream_model)
         if credential.codec.authenticates_each_request:  # a signature over this body, a token fetched anew...
             try:
-                head = await self.keepalive(credential.signed_head(credential.scoped(path), vendor, body))
+                head = await self.keepalive(credential.signed_head(located, vendor, body))
             except TokenError:
                 return self.failed(target, None, "token_refresh")
         else:
-            head = credential.head(credential.scoped(path), vendor)
+            head = credential.head(located, vendor)
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
@@ -255,7 +256,9 @@ class Exchange:
 
     def counts_usage_itself(self, upstream: Codec) -> bool:
         """Whether an OpenAI-shaped stream must ask for the usage its client did not, so tokens are counted."""
-        if not self.stream or upstream is not OPENAI_CHAT or self.inbound not in (OPENAI_CHAT, OPENAI_COMPLETIONS):
+        if not self.stream or self.inbound not in (OPENAI_CHAT, OPENAI_COMPLETIONS):
+            return False
+        if upstream.name != OPENAI_CHAT.name:  # OpenAI's wire at another host (Azure) counts the same way
             return False
         options = self.payload.get("stream_options")
         return not isinstance(options, dict) or options.get("include_usage") is not True

@@ -7,6 +7,7 @@ keeps the snapshot it started with while a reload happens.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Mapping
@@ -19,6 +20,7 @@ from .clients import Client, client_of
 from .config import (
     CONTROL_CHARACTERS,
     ApiKeyCredential,
+    AzureOpenAICredential,
     CompatProvider,
     ConfigError,
     EntryPolicy,
@@ -32,6 +34,7 @@ from .config import (
 from .loader import ConfigSource
 from .model_lists import DEFAULT_SHAPE, prebuilt
 from .oauth.base import TokenError
+from .oauth.cloud import identity_of
 from .oauth.session import Session
 from .oauth.tokens import token_format
 from .oauth.vendors import (
@@ -107,11 +110,12 @@ class Credential:
     def discovers_models(self) -> bool:
         return not self.models and self.session is None and self.wire is Wire.OPENAI_CHAT
 
-    def scoped(self, path: str) -> str:
-        """A Vertex path inside this credential's project, when it has one."""
-        if self.vertex_scope is None:
-            return path
-        return path.replace("/v1/publishers/", f"/v1/{self.vertex_scope}/publishers/", 1)
+    def scoped(self, path: str, model: str = "") -> str:
+        """Where a request for ``model`` goes: inside this credential's Vertex project, when it has one, at the
+        place its codec puts the model (a deployment URL)."""
+        if self.vertex_scope is not None:
+            path = path.replace("/v1/publishers/", f"/v1/{self.vertex_scope}/publishers/", 1)
+        return self.codec.locate(path, model)
 
     def head(self, path: str, vendor: Mapping[str, str] | None = None) -> bytes:
         """The precomputed request line and headers for a POST to ``path``; a session's token is current.
@@ -355,7 +359,16 @@ class _Builder:
                 base_url = entry.base_url or kind.default_base_url or ""
                 if isinstance(entry, VertexCredential):
                     base_url = entry.project_base_url or base_url
-                assert isinstance(entry, ApiKeyCredential | SessionCredential)  # one key source, by validation
+                elif isinstance(entry, AzureOpenAICredential):
+                    base_url = entry.api_base
+                identity = identity_of(entry, functools.partial(self.secret, lines=True), where)
+                if identity is not None:  # a cloud identity's tokens, fetched and refreshed by its library
+                    spec = SessionSpec(block, where, identity.source, True, None)
+                    session = self.sessions.cloud(spec, identity.make)
+                    self.add(block, index, entry, None, block, base_url, None, session=session,
+                             session_origin=identity.source)  # fmt: skip
+                    continue
+                assert isinstance(entry, ApiKeyCredential | SessionCredential | AzureOpenAICredential)  # by validation
                 secret = self.secret(entry.api_key, entry.api_key_file, where)
                 self.add(block, index, entry, secret, block, base_url, None)
 

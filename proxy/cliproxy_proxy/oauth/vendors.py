@@ -7,6 +7,7 @@ OpenAI- or Anthropic-shaped endpoint taking the session token as a bearer key, a
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,13 @@ class Sessions:
             session = Session(fmt, store, post, refresh=spec.refresh, name=spec.where)
             session.adopt(raw)
             self.live[spec] = session
+        return session
+
+    def cloud(self, spec: SessionSpec, make: Callable[[str], Session]) -> Session:
+        """The session of a cloud identity for ``spec``, made on first need (no token is fetched yet)."""
+        session = self.live.get(spec)
+        if session is None:
+            session = self.live[spec] = make(spec.where)
         return session
 
     async def retire(self, keep: set[Session]) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 
 from ..catalog import Wire
 from .anthropic import AnthropicCodec
+from .azure_openai import AzureOpenAICodec
 from .canonical import Message, Request, Thinking
 from .codec import Codec
 from .completions import OpenAICompletionsCodec
@@ -27,6 +28,7 @@ UPSTREAM: dict[Wire, Codec] = {
     Wire.GEMINI: GEMINI,
     Wire.VERTEX: VertexCodec(),
     Wire.RESPONSES: RESPONSES,
+    Wire.AZURE_OPENAI: AzureOpenAICodec(),
     Wire.KIRO: KiroCodec(),  # each Kiro credential has its own, carrying its profile ARN
 }
 

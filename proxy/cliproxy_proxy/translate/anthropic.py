@@ -467,6 +467,10 @@ class AnthropicCodec(CodecBase):
         return "/v1/messages"  # the base URL is https://api.anthropic.com, without /v1
 
     def encode_request(self, request: Request) -> bytes:
+        return orjson.dumps(self.request_body(request))
+
+    def request_body(self, request: Request) -> dict[str, Any]:
+        """The Messages body, before it is serialised (Vertex moves the model and adds its version)."""
         max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
         body: dict[str, Any] = {"model": request.model, "max_tokens": max_tokens}
         system = [{"type": "text", "text": t.text} for t in request.system if t.text]
@@ -504,7 +508,7 @@ class AnthropicCodec(CodecBase):
             body["stop_sequences"] = request.stop
         if request.stream:
             body["stream"] = True
-        return orjson.dumps(body)
+        return body
 
     def decode_response(self, body: dict[str, Any]) -> Response:
         parts: list[Part] = []

@@ -112,6 +112,14 @@ class Codec(Protocol):
         """The codec for one session credential (Kiro's carries the account's profile ARN)."""
         ...
 
+    def for_model(self, model: str) -> Codec:
+        """The codec that speaks to ``model`` (Vertex serves Claude in Anthropic's wire, Gemini in Google's)."""
+        ...
+
+    def locate(self, path: str, model: str) -> str:
+        """Where a request for ``model`` goes below the base URL (Azure's deployment URLs name it, with a version)."""
+        ...
+
     # authentication of the upstream request
     def auth_headers(self, key: str) -> dict[str, str]: ...
 
@@ -172,6 +180,12 @@ class CodecBase:
 
     def with_tokens(self, tokens: TokenSet) -> Self:
         return self
+
+    def for_model(self, model: str) -> Codec:
+        return self  # type: ignore[return-value]  # a CodecBase subclass meets Codec
+
+    def locate(self, path: str, model: str) -> str:
+        return path
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}

@@ -20,11 +20,12 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import copy
 import mimetypes
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import orjson
@@ -60,7 +61,8 @@ from .canonical import (
     Usage,
 )
 from .codec import Codec, CodecBase
-from .embeddings import EmbeddingsWire, GeminiEmbeddings
+from .embeddings import EmbeddingsWire, GeminiEmbeddings, VertexEmbeddings
+from .vertex_claude import VertexClaudeCodec
 
 #: Prefix on canonical signatures that Gemini issued (see the module docstring).
 SIGNATURE_PREFIX = "gemini:"
@@ -883,12 +885,31 @@ class GeminiCodec(CodecBase):
 
 
 class VertexCodec(GeminiCodec):
-    """Gemini on Vertex AI in API-key express mode (``aiplatform.googleapis.com``): the same wire format."""
+    """Gemini on Vertex AI (``aiplatform.googleapis.com``): the same wire format. In API-key express mode the key is
+    Google's header; at a project's endpoint it is an OAuth access token, and ``claude-*`` models are Anthropic's
+    (``rawPredict``, :class:`VertexClaudeCodec`)."""
 
     name = "vertex"
     default_base_url = "https://aiplatform.googleapis.com"
     _path_prefix = "/v1/publishers/google/models"
-    embeddings: EmbeddingsWire | None = None  # Vertex embeds through ``predict``, not ``batchEmbedContents``
+    embeddings: EmbeddingsWire | None = VertexEmbeddings()  # ``predict``, not ``batchEmbedContents``
+    bearer = False  # a project endpoint: the key is an access token
+    claude: Codec | None = None
+
+    def for_entry(self, entry: object) -> Self:
+        if not getattr(entry, "project", None):
+            return self
+        codec = copy.copy(self)
+        codec.bearer, codec.claude = True, VertexClaudeCodec()
+        return codec
+
+    def for_model(self, model: str) -> Codec:
+        if self.claude is not None and model.startswith("claude-"):
+            return self.claude
+        return self
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if self.bearer else super().auth_headers(key)
 
     def _count_body(self, generate: dict[str, Any], model: str) -> dict[str, Any]:
         return generate

@@ -1,0 +1,215 @@
+"""Azure OpenAI and Vertex AI (Gemini, Claude through rawPredict, predict embeddings) behind the proxy, called with
+the openai, anthropic and google-genai SDKs: text, a streamed tool call, an image; embeddings with the openai SDK.
+
+The upstreams are strict fakes (``tests/fakes/azure_openai.py``, ``vertex.py``): Azure checks api-version, its
+``api-key`` header or an Entra token, and the body against the openai SDK's request types; Vertex accepts only
+access tokens its Google token endpoint issued (and refuses them once expired), and Claude bodies only in Vertex's
+shape. The Entra token endpoint is served over TLS, trusted through ``SSL_CERT_FILE``.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+import trustme
+from google import genai
+from google.genai import types
+
+from ..fakes.azure_openai import API_KEY, AzureOpenAI, Entra, serve_entra, start_azure
+from ..fakes.google_identity import start_google_identity
+from ..fakes.vertex import Vertex, start_vertex
+from ..support.proxy import CLIENT_KEY, base_config, eventually
+
+IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+CLAUDE = "claude-sonnet-4-5@20250929"
+PROJECT = "/v1/projects/demo-project/locations/us-central1/publishers"
+
+
+@dataclass
+class Clouds:
+    azure: AzureOpenAI
+    entra: Entra
+    vertex: Vertex
+    config: dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def server_tls(ca: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> Iterator[ssl.SSLContext]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(context)
+    with ca.cert_pem.tempfile() as path:
+        monkeypatch.setenv("SSL_CERT_FILE", path)  # how a private CA is given to the proxy
+        yield context
+
+
+@pytest.fixture
+async def clouds(aiohttp_server, server_tls: ssl.SSLContext, tmp_path: Path) -> AsyncIterator[Clouds]:
+    identity = await start_google_identity(aiohttp_server)
+    vertex = await start_vertex(aiohttp_server, identity)
+    (tmp_path / "sa.json").write_text(json.dumps(identity.key_file()))
+    async with serve_entra(server_tls) as entra:
+        azure, azure_url = await start_azure(aiohttp_server, entra=entra)
+        entra_block = {"tenant-id": entra.tenant, "client-id": entra.client_id, "client-secret": entra.client_secret,
+                       "authority": entra.url}  # fmt: skip
+        config = base_config(**{
+            "azure-openai": [
+                {"base-url": azure_url, "api-key": API_KEY, "api-version": "2024-10-21",
+                 "models": [{"name": "chat-prod", "alias": "m-azure"}, {"name": "embed", "alias": "e-azure"}]},
+                {"base-url": azure_url, "api": "v1", "entra": entra_block,
+                 "models": [{"name": "chat-prod", "alias": "m-azure-v1"}]},
+            ],
+            "vertex-api-key": [
+                {"service-account-file": str(tmp_path / "sa.json"), "project": "demo-project", "base-url": vertex.url,
+                 "models": [{"name": CLAUDE, "alias": "m-claude"}, {"name": "gemini-2.5-flash", "alias": "m-gemini"},
+                            {"name": "text-embedding-005", "alias": "e-vertex"}]},
+            ],
+        })  # fmt: skip
+        yield Clouds(azure, entra, vertex, config)
+
+
+def sent(clouds: Clouds, model: str) -> list[Any]:
+    """What the upstream behind ``model`` received (path, headers, body)."""
+    if model.startswith("m-azure"):
+        return [(r.path + (f"?api-version={r.query['api-version']}" if r.query else ""), r.headers, r.body)
+                for r in clouds.azure.received]  # fmt: skip
+    if model == "m-claude":
+        return [(r.path, r.headers, r.body) for r in clouds.vertex.claude.received]
+    return [(r.path, r.headers, r.body) for r in clouds.vertex.gemini.received]
+
+
+def image_reached(body: Any) -> bool:
+    return IMAGE in json.dumps(body)
+
+
+TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": SCHEMA}}
+
+
+@pytest.mark.parametrize("model", ["m-azure", "m-azure-v1", "m-claude"])
+async def test_openai_sdk(model: str, clouds: Clouds, start_proxy) -> None:
+    client = (await start_proxy(clouds.config)).client()
+    history: list[Any] = [{"role": "user", "content": [
+        {"type": "text", "text": "hello cloud"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{IMAGE}"}}]}]  # fmt: skip
+    first = await client.chat.completions.create(model=model, messages=history)
+    assert "hello cloud" in (first.choices[0].message.content or "")
+    assert first.model == ("gpt-4o" if model.startswith("m-azure") else model)  # Azure names the deployment's model
+    assert first.usage is not None and first.usage.prompt_tokens > 0
+    assert image_reached(sent(clouds, model)[-1][2])
+    stream = await client.chat.completions.create(model=model, messages=[*history[:0], {"role": "user",
+                                                  "content": "Paris"}], tools=[TOOL], stream=True)  # fmt: skip
+    pieces: list[str] = []
+    name = None
+    async for chunk in stream:
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                name = name or (call.function.name if call.function else None)
+                pieces.append((call.function.arguments if call.function else None) or "")
+    assert name == "get_weather" and json.loads("".join(pieces)) == {"city": "Paris"}
+    path, headers, body = sent(clouds, model)[-1]
+    if model == "m-azure":
+        assert path == "/openai/deployments/chat-prod/chat/completions?api-version=2024-10-21"
+        assert headers["api-key"] == API_KEY and "authorization" not in headers
+    elif model == "m-azure-v1":
+        assert path == "/openai/v1/chat/completions" and body["model"] == "chat-prod"
+        assert clouds.entra.valid(headers["authorization"].removeprefix("Bearer ")) and "api-key" not in headers
+        assert clouds.entra.grants == ["secret"]  # one token, reused
+    else:
+        assert path == f"{PROJECT}/anthropic/models/{CLAUDE}:streamRawPredict"
+        assert "model" not in body and body["anthropic_version"] == "vertex-2023-10-16"
+    assert not clouds.azure.refused and not clouds.vertex.claude.invalid
+
+
+@pytest.mark.parametrize("model", ["m-azure", "m-claude"])
+async def test_anthropic_sdk(model: str, clouds: Clouds, start_proxy) -> None:
+    running = await start_proxy(clouds.config)
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": IMAGE}}
+    reply = await client.messages.create(model=model, max_tokens=256, messages=[
+        {"role": "user", "content": [{"type": "text", "text": "hello cloud"}, image]}])  # fmt: skip
+    assert reply.content[0].type == "text" and "hello cloud" in reply.content[0].text
+    assert image_reached(sent(clouds, model)[-1][2])
+    tool = {"name": "get_weather", "description": "Weather", "input_schema": SCHEMA}
+    async with client.messages.stream(model=model, max_tokens=256, tools=[tool],  # type: ignore[list-item]
+                                      messages=[{"role": "user", "content": "Paris"}]) as stream:  # fmt: skip
+        final = await stream.get_final_message()
+    calls = [block for block in final.content if block.type == "tool_use"]
+    assert [(c.name, c.input) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert final.stop_reason == "tool_use"
+
+
+@pytest.mark.parametrize("model", ["m-azure-v1", "m-claude", "m-gemini"])
+async def test_google_genai_sdk(model: str, clouds: Clouds, start_proxy) -> None:
+    running = await start_proxy(clouds.config)
+    client = genai.Client(api_key=CLIENT_KEY, http_options=types.HttpOptions(base_url=running.url))
+    image = types.Part.from_bytes(data=__import__("base64").b64decode(IMAGE), mime_type="image/png")
+    reply = await client.aio.models.generate_content(model=model, contents=["hello cloud", image])
+    assert "hello cloud" in (reply.text or "")
+    assert image_reached(sent(clouds, model)[-1][2])
+    declaration = types.FunctionDeclaration(name="get_weather", description="Weather", parameters_json_schema=SCHEMA)
+    config = types.GenerateContentConfig(tools=[types.Tool(function_declarations=[declaration])])
+    calls = []
+    async for chunk in await client.aio.models.generate_content_stream(model=model, contents="Paris", config=config):
+        calls += chunk.function_calls or []
+    assert [(c.name, c.args) for c in calls] == [("get_weather", {"city": "Paris"})]
+
+
+@pytest.mark.parametrize(("model", "path"), [
+    ("e-azure", "/openai/deployments/embed/embeddings?api-version=2024-10-21"),
+    ("e-vertex", f"{PROJECT}/google/models/text-embedding-005:predict"),
+])  # fmt: skip
+async def test_embeddings_with_the_openai_sdk(model: str, path: str, clouds: Clouds, start_proxy) -> None:
+    client = (await start_proxy(clouds.config)).client()
+    answer = await client.embeddings.create(model=model, input=["one text", "two more words"], dimensions=8,
+                                            encoding_format="float")  # fmt: skip
+    assert [len(d.embedding) for d in answer.data] == [8, 8]
+    assert answer.model == ("text-embedding-3-small" if model == "e-azure" else model)  # Azure's own, passed through
+    assert answer.usage.prompt_tokens == 5  # the provider's own count (words, in the fakes)
+    if model == "e-azure":
+        received = clouds.azure.received[-1]
+        assert f"{received.path}?api-version={received.query['api-version']}" == path
+    else:
+        received = clouds.vertex.gemini.received[-1]
+        assert received.path == path and received.body["instances"] == [{"content": "one text"},
+                                                                          {"content": "two more words"}]  # fmt: skip
+
+
+async def test_vertex_tokens_are_refreshed_once_they_expire(aiohttp_server, start_proxy, tmp_path: Path) -> None:
+    """The token endpoint issues one-second tokens and Vertex refuses expired ones: every request still succeeds."""
+    identity = await start_google_identity(aiohttp_server, lifetime=1.0)
+    vertex = await start_vertex(aiohttp_server, identity)
+    (tmp_path / "sa.json").write_text(json.dumps(identity.key_file()))
+    block = {"service-account-file": "sa.json", "project": "demo-project", "base-url": vertex.url,
+             "models": [{"name": CLAUDE, "alias": "m-claude"}]}  # fmt: skip
+    client = (await start_proxy(base_config(**{"vertex-api-key": [block]}), secrets_dir=tmp_path)).client()
+    messages: Any = [{"role": "user", "content": "first"}]
+    await client.chat.completions.create(model="m-claude", messages=messages)
+    first = vertex.claude.received[-1].headers["authorization"]
+    await eventually(lambda: not identity.valid(first.removeprefix("Bearer ")), within=30.0)
+    reply = await client.chat.completions.create(model="m-claude", messages=[{"role": "user", "content": "again"}])
+    assert "again" in (reply.choices[0].message.content or "")
+    assert vertex.claude.received[-1].headers["authorization"] != first
+    assert identity.grants >= 2 and vertex.refused_tokens == 0 and not identity.refusals
+
+
+async def test_azure_refuses_a_wrong_key_as_an_auth_failure(clouds: Clouds, start_proxy) -> None:
+    azure = clouds.config["azure-openai"][0]
+    config = {**clouds.config, "azure-openai": [{**azure, "api-key": "not-the-key"}]}
+    client = (await start_proxy(config)).client()
+    with pytest.raises(openai.APIStatusError) as raised:
+        await client.chat.completions.create(model="m-azure", messages=[{"role": "user", "content": "x"}])
+    assert raised.value.status_code == 502 and "not-the-key" not in raised.value.response.text
+    assert clouds.azure.refused == ["auth: key"]
