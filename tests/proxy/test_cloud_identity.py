@@ -148,7 +148,8 @@ def test_cloud_blocks_accept_each_identity() -> None:
         "vertex-api-key": [{"service-account-file": "sa.json", "project": "demo-project"},
                            {"adc": True, "project": "demo-project", "location": "global"}],
         "azure-openai": [{"resource": "contoso", "api-key": "k", "models": [{"name": "gpt4o-prod", "alias": "gpt-4o"}]},
-                         {"base-url": "https://contoso.cognitiveservices.azure.com", "api": "v1", "entra": {}}],
+                         {"base-url": "https://contoso.cognitiveservices.azure.com", "api": "v1", "entra": {},
+                          "models": [{"name": "gpt-4o"}]}],
     })  # fmt: skip
     assert [v.identity for v in config.vertex_api_key] == [True, True]
     assert [a.endpoint for a in config.azure_openai] == [
