@@ -214,6 +214,9 @@ class AzureEntra(_Block):
         return self
 
 
+_DEPLOYMENT = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
+
+
 class AzureOpenAICredential(_Routed):
     """Azure OpenAI: a resource's deployments (``models[].name`` is the deployment, ``alias`` what clients ask
     for) with ``api-version``, or its v1 API (``api: v1``, model names as they are). An ``api-key`` or Entra ID."""
@@ -233,6 +236,9 @@ class AzureOpenAICredential(_Routed):
             raise ValueError("exactly one of resource or base-url is required")
         if not self.models:
             raise ValueError("models: list the deployments (name: the deployment, alias: the model clients ask for)")
+        unfit = [m.name for m in self.models if not _DEPLOYMENT.fullmatch(m.name)]
+        if unfit:  # the name goes into the URL's path: nothing that could leave it (/, ?, #, ..)
+            raise ValueError(f"models: {unfit[0]!r} is not a deployment name (letters, digits, '.', '_', '-')")
         return self
 
     @property

@@ -126,6 +126,15 @@ async def test_a_wrong_entra_secret_is_a_token_error_naming_no_secret(entra: Ent
         ({"vertex-api-key": [{"adc": True, "api-key": "k", "project": "demo-project"}]}, "exactly one of"),
         ({"azure-openai": [{"api-key": "k", "models": [{"name": "d"}]}]}, "resource or base-url"),
         ({"azure-openai": [{"api-key": "k", "resource": "contoso"}]}, "list the deployments"),
+        (
+            {
+                "azure-openai": [
+                    {"api-key": "k", "resource": "contoso", "models": [{"name": "../v1/files?x=", "alias": "m"}]}
+                ]
+            },
+            "not a deployment name",
+        ),
+        ({"azure-openai": [{"api-key": "k", "resource": "contoso", "models": [{"name": ".."}]}]}, "not a deployment"),
         ({"azure-openai": [{"entra": {"client-secret": "s"}, "resource": "contoso", "api": "v1"}]}, "tenant-id"),
         (
             {"azure-openai": [{"api-key": "k", "resource": "contoso", "api": "v1", "api-version": "latest"}]},

@@ -199,7 +199,7 @@ class VertexEmbeddings:
             if not isinstance(values, list) or not all(_is_float(v) for v in values):
                 raise ValueError("an embedding's values are not numbers")
             count = prediction["embeddings"].get("statistics", {}).get("token_count", 0)
-            tokens += int(count) if _is_float(count) else 0
+            tokens += int(count) if _is_float(count) and 0 <= count < 2**31 else 0  # a counter never goes back
             data.append({"object": "embedding", "index": index, "embedding": encode_vector(values, request.encoding)})
         document = {"object": "list", "data": data, "model": model,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
