@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anthropic
 import openai
 import pytest
@@ -213,3 +214,26 @@ async def test_azure_refuses_a_wrong_key_as_an_auth_failure(clouds: Clouds, star
         await client.chat.completions.create(model="m-azure", messages=[{"role": "user", "content": "x"}])
     assert raised.value.status_code == 502 and "not-the-key" not in raised.value.response.text
     assert clouds.azure.refused == ["auth: key"]
+
+
+async def test_the_azure_fake_refuses_what_azure_refuses(aiohttp_server) -> None:
+    """The fake's strictness is what the tests above lean on: each of these would pass a broken proxy otherwise."""
+    azure, url = await start_azure(aiohttp_server)
+    body = {"messages": [{"role": "user", "content": "x"}]}
+    chat = f"{url}/openai/deployments/chat-prod/chat/completions"
+    async with aiohttp.ClientSession() as http:
+        cases = [
+            (chat, {"api-key": API_KEY}, body, 404),  # no api-version
+            (f"{chat}?api-version=v1", {"api-key": API_KEY}, body, 400),  # not a date
+            (f"{chat}?api-version=2024-10-21", {"api-key": "nope"}, body, 401),
+            (f"{chat}?api-version=2024-10-21", {"Authorization": "Bearer forged"}, body, 401),
+            (f"{chat}?api-version=2024-10-21", {"api-key": API_KEY}, {"messages": "x"}, 400),  # not the SDK's shape
+            (f"{url}/openai/v1/chat/completions", {"api-key": API_KEY}, {**body, "model": "nope"}, 404),
+            (f"{chat}?api-version=2024-10-21", {"api-key": API_KEY}, body, 200),
+        ]
+        for target, headers, payload, status in cases:
+            async with http.post(target, json=payload, headers=headers) as response:
+                document = await response.json()
+                assert response.status == status, (target, headers, document)
+                assert status == 200 or set(document["error"]) == {"code", "message"}
+    assert len(azure.refused) == 6
