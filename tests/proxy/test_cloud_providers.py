@@ -20,11 +20,10 @@ import aiohttp
 import anthropic
 import openai
 import pytest
-import trustme
 from google import genai
 from google.genai import types
 
-from ..fakes.azure_openai import API_KEY, AzureOpenAI, Entra, serve_entra, start_azure
+from ..fakes.azure_openai import API_KEY, AzureOpenAI, Entra, serve_entra, start_azure, trusted_tls
 from ..fakes.google_identity import start_google_identity
 from ..fakes.vertex import Vertex, start_vertex
 from ..support.proxy import CLIENT_KEY, base_config, eventually
@@ -43,17 +42,9 @@ class Clouds:
     config: dict[str, Any]
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 @pytest.fixture
-def server_tls(ca: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> Iterator[ssl.SSLContext]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(context)
-    with ca.cert_pem.tempfile() as path:
-        monkeypatch.setenv("SSL_CERT_FILE", path)  # how a private CA is given to the proxy
+def server_tls(monkeypatch: pytest.MonkeyPatch) -> Iterator[ssl.SSLContext]:
+    with trusted_tls(monkeypatch) as context:
         yield context
 
 
