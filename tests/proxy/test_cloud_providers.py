@@ -23,6 +23,7 @@ import pytest
 from google import genai
 from google.genai import types
 
+from ..fakes.anthropic_upstream import sign
 from ..fakes.azure_openai import API_KEY, AzureOpenAI, Entra, serve_entra, start_azure, trusted_tls
 from ..fakes.google_identity import start_google_identity
 from ..fakes.vertex import Vertex, start_vertex
@@ -228,3 +229,25 @@ async def test_the_azure_fake_refuses_what_azure_refuses(aiohttp_server) -> None
                 assert response.status == status, (target, headers, document)
                 assert status == 200 or set(document["error"]) == {"code", "message"}
     assert len(azure.refused) == 6
+
+
+async def test_claude_on_vertex_keeps_an_anthropic_clients_signed_thinking(clouds: Clouds, start_proxy) -> None:
+    """Mid tool loop with thinking on, Claude needs its own signed thinking back: the body is re-encoded for Vertex,
+    but it is still Claude's format, so the signature travels (another vendor's codec would drop it)."""
+    running = await start_proxy(clouds.config)
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    thought = "The user wants the weather; call the tool."
+    tool = {"name": "get_weather", "description": "Weather", "input_schema": SCHEMA}
+    messages: Any = [
+        {"role": "user", "content": "Paris"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": thought, "signature": sign(thought)},
+                                          {"type": "tool_use", "id": "toolu_1", "name": "get_weather",
+                                           "input": {"city": "Paris"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]},
+    ]  # fmt: skip
+    await client.messages.create(model="m-claude", max_tokens=4096, tools=[tool], messages=messages,  # type: ignore[list-item]
+                                 thinking={"type": "enabled", "budget_tokens": 2048})  # fmt: skip
+    received = clouds.vertex.claude.received[-1]
+    assert received.problem is None and received.body["thinking"]["type"] == "enabled"
+    assert received.body["messages"][1]["content"][0] == {"type": "thinking", "thinking": thought,
+                                                          "signature": sign(thought)}  # fmt: skip

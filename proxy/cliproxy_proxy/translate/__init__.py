@@ -35,6 +35,8 @@ UPSTREAM: dict[Wire, Codec] = {
 
 def passes_through(inbound: Codec, upstream: Codec) -> bool:
     """Whether a request can go out as the client sent it (the model id aside)."""
+    if not upstream.takes_client_bodies:
+        return False
     return inbound.name == upstream.name or (inbound is OPENAI_COMPLETIONS and upstream is OPENAI_CHAT)
 
 

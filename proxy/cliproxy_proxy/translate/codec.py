@@ -74,6 +74,8 @@ class Codec(Protocol):
     vendor_headers: tuple[str, ...]  # prefixes of the client headers a same-format upstream must see too
     model_key: str  # the answer's field naming the model, rewritten when an alias is passed through
     json_mode: bool  # False: structured output is asked for in the system prompt instead
+    #: False: a same-format client's body is still re-encoded (Vertex wants Claude's model and version moved).
+    takes_client_bodies: bool
     default_headers: Mapping[str, str]  # sent on every request; a client's own same-format header replaces them
     #: True: :meth:`authenticate` is awaited before every request (a signature over the body, a refreshed token);
     #: False: :meth:`auth_headers` is all, computed once per credential and path.
@@ -153,6 +155,7 @@ class CodecBase:
 
     model_key = "model"
     json_mode = True
+    takes_client_bodies = True
     default_headers: Mapping[str, str] = {}
     authenticates_each_request = False
     embeddings: EmbeddingsWire | None = None

@@ -21,7 +21,7 @@ VERTEX_VERSION = "vertex-2023-10-16"
 class VertexClaudeCodec(AnthropicCodec):
     """The Anthropic codec's upstream half, addressed and versioned as Vertex wants."""
 
-    name = "vertex-anthropic"  # never a pass-through: the body must change for Vertex
+    takes_client_bodies = False  # the body must change for Vertex; the format (and Claude's signatures) is the same
     default_headers: Mapping[str, str] = MappingProxyType({})
     counts_tokens = False
 
