@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -16,7 +17,10 @@ from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.forward import FALLBACK_HEADER
 from cliproxy_proxy.runtime import build_runtime
 
-from ..support.proxy import FakeProvider, base_config, compat_block
+from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
+from ..fakes.anthropic_upstream import Fault as AnthropicFault
+from ..fakes.anthropic_upstream import start_anthropic
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 TOO_LONG = {
@@ -59,6 +63,34 @@ async def test_a_failing_model_falls_back_and_says_so(provider: FakeProvider, st
     assert answer.model == "large"  # what answered, not what was asked for
     assert raw.headers[FALLBACK_HEADER] == "small"
     assert fallbacks_taken(running, "small", "large", reason) == 1
+
+
+async def test_a_resting_model_falls_back_at_once(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(two_models(provider, {"small": ["large"]}))
+    provider.state.fail_next("key-a", Fault(status=429, headers={"Retry-After": "30"}))
+    async with running.client() as client:
+        for _ in range(2):
+            await client.chat.completions.create(model="small", messages=MESSAGES)
+    assert [r.key for r in provider.received] == ["key-a", "key-b", "key-b"]  # key-a rests: not asked again
+    assert fallbacks_taken(running, "small", "large", "cooldown") == 1
+
+
+async def test_a_context_window_refusal_falls_back_across_wires(provider: FakeProvider, start_proxy,
+                                                                aiohttp_server) -> None:  # fmt: skip
+    """Anthropic's own refusal, read by its codec, hands a Claude client's request to an OpenAI-shaped model."""
+    claude, claude_url = await start_anthropic(aiohttp_server)
+    config = two_models(provider, {"claude": ["large"]}, **{"claude-api-key": [
+        {"api-key": ANTHROPIC_KEY, "base-url": claude_url, "models": [{"name": "claude-sonnet-4-6", "alias": "claude"}]}
+    ]})  # fmt: skip
+    running = await start_proxy(config)
+    claude.fail_next(AnthropicFault(status=400, message="prompt is too long: 210000 tokens > 200000 maximum"))
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0, timeout=60.0)
+    raw = await client.messages.with_raw_response.create(model="claude", max_tokens=64, messages=MESSAGES)
+    answer = await raw.parse()
+    assert answer.model == "large" and answer.content[0].type == "text" and answer.content[0].text
+    assert raw.headers[FALLBACK_HEADER] == "claude"
+    assert len(claude.received) == 1 and [r.key for r in provider.received] == ["key-b"]
+    assert fallbacks_taken(running, "claude", "large", "context_window") == 1
 
 
 async def test_a_streamed_request_falls_back_before_its_first_byte(provider: FakeProvider, start_proxy) -> None:
