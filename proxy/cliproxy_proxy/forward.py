@@ -19,7 +19,7 @@ import orjson
 from aiohttp import ClientConnectionResetError, web
 
 from .clients import CLIENT
-from .health import REASONS, classify, names_missing_model
+from .health import REASONS, names_missing_model
 from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
@@ -37,7 +37,7 @@ from .translate.canonical import (
     reencode,
     restore_namespace,
 )
-from .translate.codec import Codec, ErrorKind
+from .translate.codec import Codec, ErrorKind, status_kind
 from .translate.relay import TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
 from .vendor_headers import forwarded, passed_back
@@ -409,7 +409,7 @@ class Exchange:
     def failed(self, target: Target, status: int | None, kind: str, message: str = "", body: bytes = b"",
                retry_after: float | None = None, path: str = "") -> Failure:  # fmt: skip
         """Count a failed attempt and rest what failed; ``kind`` is the cooldown reason when it names one."""
-        reason = kind if kind in REASONS else classify(status) or "transient"
+        reason = kind if kind in REASONS else (_REASON[status_kind(status)] if status else None) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
         health, config = self.proxy.health, self.runtime.config.cooldowns

@@ -69,19 +69,6 @@ class _Limiter:
         return wait
 
 
-def classify(status: int | None) -> str | None:
-    """The cooldown reason for an upstream outcome; None means the failure is the request's own fault."""
-    if status is None or status == 408 or status >= 500:
-        return "transient"
-    if status == 429:
-        return "quota"
-    if status in (401, 402, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    return None
-
-
 #: Why a (credential, model) rests; also the ``reason`` label of ``cliproxy_credential_cooldowns_total``.
 REASONS = frozenset({"quota", "auth", "not_found", "no_endpoint", "transient"})
 
