@@ -149,15 +149,17 @@ class Health:
     def _weighted(self, model: str, ready: list[Target], strategy: str) -> Target:
         """nginx's smooth weighted round-robin: each pick adds every weight, takes the highest and charges it the
         total, so 5:1:1 goes a a b a c a a, spread rather than bunched. Weight 0 is a standby: picked only when
-        no weighted credential is ready."""
-        weighted = [t for t in ready if t.credential.weight] or ready
-        if strategy == "fill-first" or len(weighted) == 1:
-            return weighted[0]
-        best, best_current, total = weighted[0], -math.inf, 0
-        for target in weighted:
+        no weighted credential is ready, and then shared as if each weighed 1."""
+        standby = not any(t.credential.weight for t in ready)
+        pool = ready if standby else [t for t in ready if t.credential.weight]
+        if strategy == "fill-first" or len(pool) == 1:
+            return pool[0]
+        best, best_current, total = pool[0], -math.inf, 0
+        for target in pool:
+            weight = 1 if standby else target.credential.weight
             key = (model, target.credential.id, target.upstream_model)
-            current = self.current[key] = self.current.get(key, 0) + target.credential.weight
-            total += target.credential.weight
+            current = self.current[key] = self.current.get(key, 0) + weight
+            total += weight
             if current > best_current:
                 best, best_current = target, current
         self.current[(model, best.credential.id, best.upstream_model)] -= total

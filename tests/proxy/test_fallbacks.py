@@ -11,10 +11,13 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cliproxy_proxy.config import ConfigError, parse_config
 from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.forward import FALLBACK_HEADER
+from cliproxy_proxy.health import Health
 from cliproxy_proxy.runtime import build_runtime
 
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
@@ -199,3 +202,19 @@ def test_a_weight_is_a_bounded_integer() -> None:
     block["api-key-entries"][0]["weight"] = -1
     with pytest.raises(ConfigError, match="weight"):
         parse_config(base_config(**{"openai-compatibility": [block]}))
+
+
+@settings(max_examples=60, deadline=None)
+@given(weights=st.lists(st.integers(0, 6), min_size=1, max_size=5), rounds=st.integers(1, 3))
+def test_every_window_of_total_weight_picks_gives_each_credential_its_weight(weights: list[int], rounds: int) -> None:
+    """Smooth weighted round-robin's promise, for any weights: shares exact per window, standbys never picked."""
+    block = compat_block("http://127.0.0.1:1/v1", keys=tuple(f"key-{n}" for n in range(len(weights))))
+    for entry, weight in zip(block["api-key-entries"], weights, strict=True):
+        entry["weight"] = weight
+    route = build_runtime(parse_config(base_config(**{"openai-compatibility": [block]})), None).routes["small"]
+    health = Health()
+    total = sum(weights) or len(weights)  # all standbys: they share like weight 1
+    for _ in range(rounds):
+        picks = [health.pick(route, "round-robin", set()) for _ in range(total)]
+        shares = [sum(1 for p in picks if p is target) for target in route.targets]
+        assert shares == (weights if sum(weights) else [1] * len(weights))
