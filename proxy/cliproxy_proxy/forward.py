@@ -436,7 +436,7 @@ class Exchange:
             body = scrub(body, secret)
         message = self._upstream_message(body, upstream.status)
         status = upstream.status
-        kind = target.credential.codec.classify_error(status, body)
+        kind = target.credential.codec.for_model(target.upstream_model).classify_error(status, body)
         reason = _REASON[kind]
         if kind == "not_found" and not names_missing_model(body, target.upstream_model):
             reason = "no_endpoint"  # the path is unknown there, not the model: rest only this endpoint

@@ -23,6 +23,7 @@ import pytest
 from google import genai
 from google.genai import types
 
+from ..fakes.anthropic_upstream import Fault as AnthropicFault
 from ..fakes.anthropic_upstream import sign
 from ..fakes.azure_openai import API_KEY, AzureOpenAI, Entra, serve_entra, start_azure, trusted_tls
 from ..fakes.google_identity import start_google_identity
@@ -251,3 +252,13 @@ async def test_claude_on_vertex_keeps_an_anthropic_clients_signed_thinking(cloud
     assert received.problem is None and received.body["thinking"]["type"] == "enabled"
     assert received.body["messages"][1]["content"][0] == {"type": "thinking", "thinking": thought,
                                                           "signature": sign(thought)}  # fmt: skip
+
+
+async def test_claude_on_vertex_errors_are_read_as_claudes(clouds: Clouds, start_proxy) -> None:
+    """Anthropic's "prompt is too long" from Claude on Vertex is a context-window refusal (a fallback takes it), not
+    the plain 400 the Gemini side of the same entry would make of it."""
+    clouds.vertex.claude.fail_next(AnthropicFault(status=400, message="prompt is too long: 250000 tokens > 200000"))
+    client = (await start_proxy({**clouds.config, "fallbacks": {"m-claude": ["m-gemini"]}})).client()
+    reply = await client.chat.completions.create(model="m-claude", messages=[{"role": "user", "content": "long"}])
+    assert "long" in (reply.choices[0].message.content or "")
+    assert clouds.vertex.gemini.received[-1].model == "gemini-2.5-flash"
