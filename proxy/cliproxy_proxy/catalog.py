@@ -18,6 +18,7 @@ class Wire(StrEnum):
     VERTEX = "vertex"
     RESPONSES = "openai-responses"
     KIRO = "kiro"
+    AZURE_OPENAI = "azure-openai"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,7 @@ _KINDS = (
     ProviderKind("openai-compatibility", Wire.OPENAI_CHAT, None, "compatibility"),
     ProviderKind("vertex-api-key", Wire.VERTEX, "https://aiplatform.googleapis.com", "compatibility"),
     # A resource's own host: the default is a placeholder, every entry names its resource or base-url.
-    ProviderKind("azure-openai", Wire.OPENAI_CHAT, None, "cloud"),
+    ProviderKind("azure-openai", Wire.AZURE_OPENAI, None, "cloud"),
     # The session blocks' endpoints as their vendors' own tools call them (docs/providers.md): cliproxyapi++'s
     # providers.json has roo without /proxy, kilo at /v1 and minimax at its old domain.
     ProviderKind("minimax", Wire.OPENAI_CHAT, "https://api.minimax.io/v1", "oauth"),

@@ -22,12 +22,14 @@ import secrets
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pydantic
+import pytest
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from openai.types import embedding_create_params
@@ -90,6 +92,21 @@ async def _token(request: web.Request) -> web.Response:
     life = int(state.lifetime)
     return web.json_response({"token_type": "Bearer", "expires_in": life, "ext_expires_in": life,
                               "access_token": token})  # fmt: skip
+
+
+@functools.cache
+def _authority() -> trustme.CA:
+    return trustme.CA()
+
+
+@contextlib.contextmanager
+def trusted_tls(monkeypatch: pytest.MonkeyPatch) -> Iterator[ssl.SSLContext]:
+    """A TLS context for loopback fakes whose CA the proxy trusts through ``SSL_CERT_FILE``, as a private CA is."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _authority().issue_cert("localhost").configure_cert(context)
+    with _authority().cert_pem.tempfile() as path:
+        monkeypatch.setenv("SSL_CERT_FILE", path)
+        yield context
 
 
 @contextlib.asynccontextmanager

@@ -6,11 +6,14 @@ import random
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 
 from cliproxy_operator.render import CONFIG_KEY, SecretConsent, render
 from cliproxy_proxy.loader import ConfigSource
 from cliproxy_proxy.runtime import build_runtime
+
+from ..fakes.google_identity import GoogleIdentity
 
 SECRETS = {"llm-keys": {"openrouter-a": "sk-or-AAA", "openrouter-b": "sk-or-BBB", "claude": "sk-ant-CCC",
                         "vllm": "tok-DDD", "kiro": '{"accessToken": "kiro-EEE"}'}}  # fmt: skip
@@ -341,9 +344,10 @@ def test_a_keyless_gateway_opens_only_when_every_route_asks() -> None:
     assert not keyed.routes["one"].warnings and not keyed.routes["one"].notices
 
 
-def test_cloud_identities_render_without_keys_or_with_a_key_file() -> None:
+def test_cloud_identities_render_without_keys_or_with_a_key_file(tmp_path: Path) -> None:
     """AKS and GKE Workload Identity need no Secret; a service-account key file becomes ``service-account-file``."""
-    secrets = {"llm-keys": {**SECRETS["llm-keys"], "sa": '{"type": "service_account"}'}}
+    key_file = orjson.dumps({**GoogleIdentity(url="https://oauth2.googleapis.com/token").key_file()}).decode()
+    secrets = {"llm-keys": {**SECRETS["llm-keys"], "sa": key_file}}
     creds = [
         credential("aks", "azure-openai", azure={"resource": "contoso", "apiVersion": "2025-01-01-preview",
                                                  "entra": {"clientID": "5f2e7a10-aaaa"}}),
@@ -364,3 +368,27 @@ def test_cloud_identities_render_without_keys_or_with_a_key_file() -> None:
     assert vertex["vertex/gke"]["adc"] is True and "api-key-file" not in vertex["vertex/gke"]
     assert vertex["vertex/sa"]["service-account-file"] == "sa.key-0"
     assert set(gateway.secret_data) == {"sa.key-0"}
+    runtime = load(gateway, tmp_path)  # no token is fetched before a request
+    credentials = {c.label: c for c in runtime.credentials}
+    assert {label: c.session is not None for label, c in credentials.items()} == {
+        "azure/aks": True, "vertex/gke": True, "vertex/sa": True}  # fmt: skip
+    assert credentials["azure/aks"].base_url == "https://contoso.openai.azure.com/openai"
+
+
+def test_fallbacks_and_weights_render_into_the_proxys_routing(tmp_path: Path) -> None:
+    team = route("team-a", "claude", prefix="team-a", forceModelPrefix=True, models=[{"name": "sonnet"}],
+                 fallbacks={"team-a/sonnet": ["team-default", "team-a/sonnet", "team-default"],
+                            "team-default": ["team-a/sonnet"]})  # fmt: skip
+    team["spec"]["credentials"] = [{"name": "claude", "weight": 0}, {"name": "openrouter", "weight": 3}]
+    local = route("local", "local-vllm", models=[{"name": "qwen3-32b", "alias": "team-default"}])
+    result = render([team, local], CREDENTIALS, SECRETS)
+    runtime = load(result.gateways["default"], tmp_path)
+    assert {model: [r.model for r in chain] for model, chain in runtime.fallbacks.items()} == {
+        "team-a/sonnet": ["team-default"]  # itself and the repeat left out
+    }
+    # Another route's model is not this route's to divert: its clients' prompts would follow the author's choice.
+    assert [(p.reason, "team-default" in p.message) for p in result.routes["team-a"].warnings] == [
+        ("InvalidFallback", True)
+    ]
+    weights = {t.credential.provider: t.credential.weight for t in runtime.routes["team-a/sonnet"].targets}
+    assert weights == {"claude-api-key": 0, "openrouter": 3} and runtime.routes["team-a/sonnet"].weighted

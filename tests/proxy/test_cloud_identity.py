@@ -4,38 +4,28 @@ azure-identity against a fake Entra (client secret, and AKS Workload Identity's 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from cliproxy_proxy.config import ConfigError, parse_config
 from cliproxy_proxy.oauth import cloud
 from cliproxy_proxy.oauth.base import TokenError
 
-from ..fakes.azure_openai import Entra, serve_entra
+from ..fakes.azure_openai import Entra, serve_entra, trusted_tls
 from ..fakes.google_identity import account_key, start_google_identity
 
 
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
+@pytest.fixture
+def server_tls(monkeypatch: pytest.MonkeyPatch) -> Iterator[ssl.SSLContext]:
+    with trusted_tls(monkeypatch) as context:
+        yield context
 
 
 @pytest.fixture
-def trusted(ca: trustme.CA, monkeypatch: pytest.MonkeyPatch) -> Iterator[ssl.SSLContext]:
-    """A TLS context for loopback fakes, and the CA in ``SSL_CERT_FILE``, as a private CA is given to the proxy."""
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server)
-    with ca.cert_pem.tempfile() as path:
-        monkeypatch.setenv("SSL_CERT_FILE", path)
-        yield server
-
-
-@pytest.fixture
-async def entra(trusted: ssl.SSLContext) -> AsyncIterator[Entra]:
-    async with serve_entra(trusted) as state:
+async def entra(server_tls: ssl.SSLContext) -> AsyncIterator[Entra]:
+    async with serve_entra(server_tls) as state:
         yield state
 
 
@@ -75,17 +65,20 @@ def test_a_service_account_file_must_hold_a_usable_key() -> None:
     assert "not-a-key" not in str(raised.value)
 
 
-async def test_entra_client_secret_gets_a_cognitive_services_token(entra: Entra) -> None:
-    def make() -> object:
-        return cloud.azure_credential(entra.tenant, entra.client_id, entra.client_secret, entra.url)
-
+async def first_token(make: Callable[[], object]) -> str:
+    """The first token an azure-identity credential gets through a session, which is closed after."""
     session = cloud.azure_session("azure", make)
     try:
         await session.ensure_fresh()
-        assert entra.valid(session.access_token())
-        assert entra.grants == ["secret"]
+        return session.access_token()
     finally:
         await session.close()
+
+
+async def test_entra_client_secret_gets_a_cognitive_services_token(entra: Entra) -> None:
+    token = await first_token(lambda: cloud.azure_credential(entra.tenant, entra.client_id, entra.client_secret,
+                                                             entra.url))  # fmt: skip
+    assert entra.valid(token) and entra.grants == ["secret"]
 
 
 async def test_aks_workload_identity_through_the_default_chain(
@@ -98,25 +91,16 @@ async def test_aks_workload_identity_through_the_default_chain(
     monkeypatch.setenv("AZURE_CLIENT_ID", entra.client_id)
     monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token_file))
     monkeypatch.setenv("AZURE_AUTHORITY_HOST", entra.url)
-    session = cloud.azure_session("azure", lambda: cloud.azure_credential(None, None, None, None))
-    try:
-        await session.ensure_fresh()
-        assert entra.valid(session.access_token())
-        assert entra.grants == ["assertion"]
-    finally:
-        await session.close()
+    token = await first_token(lambda: cloud.azure_credential(None, None, None, None))
+    assert entra.valid(token) and entra.grants == ["assertion"]
 
 
 async def test_a_wrong_entra_secret_is_a_token_error_naming_no_secret(entra: Entra) -> None:
-    session = cloud.azure_session(
-        "azure", lambda: cloud.azure_credential(entra.tenant, entra.client_id, "wrong-secret-value", entra.url)
-    )
-    try:
-        with pytest.raises(TokenError) as raised:
-            await session.ensure_fresh()
-        assert "wrong-secret-value" not in str(raised.value) and entra.grants == []
-    finally:
-        await session.close()
+    with pytest.raises(TokenError) as raised:
+        await first_token(
+            lambda: cloud.azure_credential(entra.tenant, entra.client_id, "wrong-secret-value", entra.url)
+        )
+    assert "wrong-secret-value" not in str(raised.value) and entra.grants == []
 
 
 @pytest.mark.parametrize(
@@ -126,6 +110,15 @@ async def test_a_wrong_entra_secret_is_a_token_error_naming_no_secret(entra: Ent
         ({"vertex-api-key": [{"adc": True, "api-key": "k", "project": "demo-project"}]}, "exactly one of"),
         ({"azure-openai": [{"api-key": "k", "models": [{"name": "d"}]}]}, "resource or base-url"),
         ({"azure-openai": [{"api-key": "k", "resource": "contoso"}]}, "list the deployments"),
+        (
+            {
+                "azure-openai": [
+                    {"api-key": "k", "resource": "contoso", "models": [{"name": "../v1/files?x=", "alias": "m"}]}
+                ]
+            },
+            "not a deployment name",
+        ),
+        ({"azure-openai": [{"api-key": "k", "resource": "contoso", "models": [{"name": ".."}]}]}, "not a deployment"),
         ({"azure-openai": [{"entra": {"client-secret": "s"}, "resource": "contoso", "api": "v1"}]}, "tenant-id"),
         (
             {"azure-openai": [{"api-key": "k", "resource": "contoso", "api": "v1", "api-version": "latest"}]},
@@ -148,7 +141,8 @@ def test_cloud_blocks_accept_each_identity() -> None:
         "vertex-api-key": [{"service-account-file": "sa.json", "project": "demo-project"},
                            {"adc": True, "project": "demo-project", "location": "global"}],
         "azure-openai": [{"resource": "contoso", "api-key": "k", "models": [{"name": "gpt4o-prod", "alias": "gpt-4o"}]},
-                         {"base-url": "https://contoso.cognitiveservices.azure.com", "api": "v1", "entra": {}}],
+                         {"base-url": "https://contoso.cognitiveservices.azure.com", "api": "v1", "entra": {},
+                          "models": [{"name": "gpt-4o"}]}],
     })  # fmt: skip
     assert [v.identity for v in config.vertex_api_key] == [True, True]
     assert [a.endpoint for a in config.azure_openai] == [

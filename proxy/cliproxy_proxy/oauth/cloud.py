@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -168,3 +170,53 @@ def azure_session(name: str, make: Callable[[], Any], scope: str = AZURE_SCOPE) 
                 await held.pop().close()
 
     return CloudSession(name, fetch, release)
+
+
+# -- config entries ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A config entry's cloud identity: what makes its session (once per snapshot that changes it)."""
+
+    source: str  # a digest of what identifies it (a key file's content, an application's ids): the session's key
+    make: Callable[[str], CloudSession]  # the session, given its name
+
+
+def identity_of(entry: object, read: Callable[[Any, str | None, str], str], where: str) -> Identity | None:
+    """The cloud identity of a ``vertex-api-key`` or ``azure-openai`` entry, or None when it uses a fixed key.
+
+    ``read(inline, file, where)`` reads a secret (a key file, a client secret), so reloads watch its file.
+    Raises ConfigError naming the entry when a key file cannot be used.
+    """
+    from ..config import AzureOpenAICredential, ConfigError, VertexCredential
+
+    if isinstance(entry, VertexCredential) and entry.identity:
+        if entry.adc:
+            return Identity("adc", lambda name: CloudSession(name, google_fetch(None)))
+        text = read(None, entry.service_account_file, f"{where}.service-account-file")
+        try:
+            document = orjson.loads(text)
+            if not isinstance(document, dict):
+                raise TokenError("the service-account key file is not a JSON object")
+            credentials = service_account(document)
+        except orjson.JSONDecodeError:
+            raise ConfigError(f"{where}.service-account-file: not a JSON service-account key file") from None
+        except TokenError as error:
+            raise ConfigError(f"{where}.service-account-file: {error}") from None
+        return Identity(_digest(text), lambda name: CloudSession(name, google_fetch(credentials)))
+    if isinstance(entry, AzureOpenAICredential) and entry.entra is not None:
+        entra = entry.entra
+        given = entra.client_secret is not None or entra.client_secret_file is not None
+        secret = read(entra.client_secret, entra.client_secret_file, f"{where}.entra") if given else None
+        ids = (entra.tenant_id, entra.client_id, entra.authority)
+
+        def make(name: str) -> CloudSession:
+            return azure_session(name, lambda: azure_credential(*ids[:2], secret, ids[2]))
+
+        return Identity(_digest("\0".join(str(part) for part in (*ids, secret))), make)
+    return None
+
+
+def _digest(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()

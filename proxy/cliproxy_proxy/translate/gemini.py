@@ -20,11 +20,12 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import copy
 import mimetypes
 import re
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import orjson
@@ -59,6 +60,9 @@ from .canonical import (
     TranslationError,
     Usage,
 )
+from .codec import Codec, CodecBase
+from .embeddings import EmbeddingsWire, GeminiEmbeddings, VertexEmbeddings
+from .vertex_claude import VertexClaudeCodec
 
 #: Prefix on canonical signatures that Gemini issued (see the module docstring).
 SIGNATURE_PREFIX = "gemini:"
@@ -775,7 +779,7 @@ def _encode_usage(usage: Usage) -> dict[str, Any]:
 # -- the codecs -----------------------------------------------------------------------------------------
 
 
-class GeminiCodec:
+class GeminiCodec(CodecBase):
     """The Gemini API (``generativelanguage.googleapis.com``); auth is the caller's ``x-goog-api-key`` header."""
 
     name = "gemini"
@@ -784,6 +788,11 @@ class GeminiCodec:
     vendor_headers: tuple[str, ...] = ("x-goog-",)
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
+    model_key = "modelVersion"
+    embeddings: EmbeddingsWire | None = GeminiEmbeddings()
+    counts_tokens = True
+    auth_markers = (b"API_KEY_INVALID",)  # Google answers a wrong key with 400: it is the key, not the request
+    context_window_markers = (b"exceeds the maximum number of tokens",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
@@ -848,16 +857,62 @@ class GeminiCodec:
         return Response(str(_get(body, "responseId") or ""), str(_get(body, "modelVersion") or ""), parts, finish,
                         _decode_usage(_get(body, "usageMetadata")))  # fmt: skip
 
-    def stream_decoder(self) -> _StreamDecoder:
+    def event_decoder(self) -> _StreamDecoder:
         return _StreamDecoder()
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-goog-api-key": key}
+
+    def count_request(self, inbound: Codec, payload: dict[str, Any], raw: bytes | bytearray, model: str
+                      ) -> tuple[str, bytes | bytearray]:  # fmt: skip
+        """``countTokens``: a Gemini client's body as sent, another's as the generate request it would make."""
+        path = f"{self._path_prefix}/{model.removeprefix('models/')}:countTokens"
+        if inbound.name == GeminiCodec.name:
+            return path, raw
+        request = inbound.decode_request({"max_tokens": 1, **payload})
+        request.model = model
+        generate = orjson.loads(self.encode_request(request))
+        generate.pop("generationConfig", None)
+        return path, orjson.dumps(self._count_body(generate, model))
+
+    def _count_body(self, generate: dict[str, Any], model: str) -> dict[str, Any]:
+        """Gemini wants the request's fields wrapped; Vertex counts them as they are."""
+        return {"generateContentRequest": {"model": f"models/{model}", **generate}}
+
+    def count_of(self, body: dict[str, Any]) -> int | None:
+        count = body.get("totalTokens")
+        return count if isinstance(count, int) else None
 
 
 class VertexCodec(GeminiCodec):
-    """Gemini on Vertex AI in API-key express mode (``aiplatform.googleapis.com``): the same wire format."""
+    """Gemini on Vertex AI (``aiplatform.googleapis.com``): the same wire format. In API-key express mode the key is
+    Google's header; at a project's endpoint it is an OAuth access token, and ``claude-*`` models are Anthropic's
+    (``rawPredict``, :class:`VertexClaudeCodec`)."""
 
     name = "vertex"
     default_base_url = "https://aiplatform.googleapis.com"
     _path_prefix = "/v1/publishers/google/models"
+    embeddings: EmbeddingsWire | None = VertexEmbeddings()  # ``predict``, not ``batchEmbedContents``
+    bearer = False  # a project endpoint: the key is an access token
+    claude: Codec | None = None
+
+    def for_entry(self, entry: object) -> Self:
+        if not getattr(entry, "project", None):
+            return self
+        codec = copy.copy(self)
+        codec.bearer, codec.claude = True, VertexClaudeCodec()
+        return codec
+
+    def for_model(self, model: str) -> Codec:
+        if self.claude is not None and model.startswith("claude-"):
+            return self.claude
+        return self
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if self.bearer else super().auth_headers(key)
+
+    def _count_body(self, generate: dict[str, Any], model: str) -> dict[str, Any]:
+        return generate
 
 
 # -- streams --------------------------------------------------------------------------------------------
