@@ -156,7 +156,9 @@ def _credentials(
                 files[file] = value
                 state.files.append(file)
         state.usable_keys = len(state.files)
-        if not state.files and not state.problems:
+        if spec["provider"] == "bedrock":
+            state.usable_keys = 1  # no keys: it signs as the gateway pod's own AWS identity (IRSA, Pod Identity)
+        elif not state.files and not state.problems:
             state.problems.append(Problem("NoKeys", "neither apiKeys nor tokenSecretRef gives a key"))
     return states
 
@@ -188,6 +190,8 @@ def _entries(route: Resource, credential: Resource, state: CredentialState, prio
         if spec.get("modelsEndpoint"):
             entry["models-endpoint"] = spec["modelsEndpoint"]
         return [entry]
+    if provider == "bedrock":
+        return [{**common, "region": (spec.get("bedrock") or {}).get("region")}]
     if provider == "vertex-api-key" and spec.get("vertex"):
         common.update({k: v for k, v in spec["vertex"].items() if k in ("project", "location")})
     source = "token-file" if spec.get("tokenSecretRef") else "api-key-file"

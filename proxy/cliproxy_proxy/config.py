@@ -234,6 +234,27 @@ class AmpCredential(_Routed):
     SOURCES = (("token_file",), ("upstream_api_key",))
 
 
+class BedrockCredential(_Routed):
+    """AWS Bedrock, signed with SigV4: keys from botocore's default chain (environment, IRSA, EKS Pod Identity,
+    instance metadata), from a named shared ``profile``, or from key files (a mounted Secret)."""
+
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]
+    profile: NonEmpty | None = None
+    access_key_id_file: NonEmpty | None = None
+    secret_access_key_file: NonEmpty | None = None
+    session_token_file: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _keys(self) -> Self:
+        if (self.access_key_id_file is None) != (self.secret_access_key_file is None):
+            raise ValueError("access-key-id-file and secret-access-key-file go together")
+        if self.session_token_file is not None and self.access_key_id_file is None:
+            raise ValueError("session-token-file needs access-key-id-file and secret-access-key-file")
+        if self.profile is not None and self.access_key_id_file is not None:
+            raise ValueError("at most one of profile or the key files")
+        return self
+
+
 class Routing(_Block):
     strategy: Literal["round-robin", "fill-first"] = "round-robin"
 
@@ -359,6 +380,7 @@ class ProxyConfig(_Block):
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()
     codex_api_key: tuple[ApiKeyCredential, ...] = ()
     vertex_api_key: tuple[VertexCredential, ...] = ()
+    bedrock: tuple[BedrockCredential, ...] = ()
     deepseek: tuple[ApiKeyCredential, ...] = ()
     groq: tuple[ApiKeyCredential, ...] = ()
     mistral: tuple[ApiKeyCredential, ...] = ()

@@ -24,6 +24,7 @@ from .config import (
     CONTROL_CHARACTERS,
     AmpCredential,
     ApiKeyCredential,
+    BedrockCredential,
     CompatProvider,
     ConfigError,
     CursorCredential,
@@ -358,6 +359,8 @@ class _Builder:
                 ):
                     self.add_session(block, index, entry, where)
                     continue
+                if isinstance(entry, BedrockCredential):
+                    raise ConfigError(f"{where}: bedrock is not served yet")
                 base_url = entry.base_url or kind.default_base_url or ""
                 if isinstance(entry, VertexCredential) and entry.project and not entry.base_url:
                     host = "aiplatform" if entry.location == "global" else f"{entry.location}-aiplatform"

@@ -503,7 +503,7 @@ def test_credential_spec_fields_and_contract() -> None:
     spec = _schema("ProviderCredential")["properties"]["spec"]
     assert set(spec["properties"]) == {
         "provider", "providerName", "baseURL", "refreshURL", "apiKeys", "tokenSecretRef", "headers", "proxyURL",
-        "prefix", "rateLimit", "modelsEndpoint", "vertex",
+        "prefix", "rateLimit", "modelsEndpoint", "vertex", "bedrock",
     }  # fmt: skip
     assert spec["required"] == ["provider"]
     props = spec["properties"]
@@ -791,6 +791,8 @@ NEEDS_TOKEN = "providers kiro, cursor and ampcode authenticate with tokenSecretR
 VERTEX_ONLY = "vertex is only allowed for provider vertex-api-key"
 NEEDS_BASE_URL = "baseURL is required for provider openai-compatibility"
 ENDPOINT_ONLY = "modelsEndpoint is only allowed for provider openai-compatibility"
+BEDROCK_NEEDS = "provider bedrock takes a bedrock block (its region) and no apiKeys or tokenSecretRef"
+BEDROCK_ONLY = "bedrock is only allowed for provider bedrock"
 UNIQUE_CREDENTIALS = "credential names must be unique"
 ALIAS_SLASH = "models[].alias must not contain '/' when prefix is set (clients call <prefix>/<alias>)"
 TOKEN = {"name": "session", "key": "token"}
@@ -837,6 +839,14 @@ CEL_CASES = [
     ),
     (PC, {"provider": "groq", "apiKeys": [_key()], "modelsEndpoint": "/models"}, [("spec", ENDPOINT_ONLY)]),
     (PC, {"provider": "groq", "apiKeys": [_key()], "baseURL": "https://proxy.example/v1"}, []),
+    (PC, {"provider": "bedrock", "bedrock": {"region": "eu-central-1"}}, []),
+    (PC, {"provider": "bedrock"}, [("spec", BEDROCK_NEEDS)]),
+    (PC, {"provider": "bedrock", "bedrock": {"region": "us-east-1"}, "apiKeys": [_key()]}, [("spec", BEDROCK_NEEDS)]),
+    (
+        PC,
+        {"provider": "groq", "apiKeys": [_key()], "bedrock": {"region": "us-east-1"}},
+        [("spec", BEDROCK_ONLY)],
+    ),
     (PR, {"credentials": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, []),
     (
         PR,
@@ -875,6 +885,8 @@ def test_cel_rule_locations_and_reasons() -> None:
     by_message = {rule["message"]: rule for rule in spec["x-kubernetes-validations"]}
     assert {m: (r.get("fieldPath"), r.get("reason")) for m, r in by_message.items()} == {
         ONE_SOURCE: (None, None),
+        BEDROCK_NEEDS: (".bedrock", "FieldValueRequired"),
+        BEDROCK_ONLY: (".bedrock", "FieldValueForbidden"),
         TOKEN_ONLY_FOR: (".tokenSecretRef", "FieldValueForbidden"),
         NEEDS_TOKEN: (".tokenSecretRef", "FieldValueRequired"),
         VERTEX_ONLY: (".vertex", "FieldValueForbidden"),
