@@ -62,13 +62,24 @@ def test_a_whole_conversation_encodes_to_what_converse_accepts() -> None:
             Message("assistant", [Text("Hello, how can I help?")]),  # opens with the assistant
             Message("user", [Text("What is in this picture?"), Image("image/jpg", data=PNG)]),
             Message("user", [Text("")]),  # same role again, and empty
-            Message("assistant", [Thinking("unsigned: left out"), Thinking("mine", "sig-1"),
-                                  ToolCall("call_1", "get_weather", '{"city": "Oslo"}')]),  # fmt: skip
+            Message(
+                "assistant",
+                [
+                    Thinking("unsigned: left out"),
+                    Thinking("mine", "sig-1"),
+                    ToolCall("call_1", "get_weather", '{"city": "Oslo"}'),
+                ],
+            ),
             Message("user", [ToolResult("call_1", [Text("-3 C"), Image("image/png", data=PNG)], is_error=True)]),
         ],
-        tools=[WEATHER], tool_choice="required", max_tokens=100, temperature=0.5, top_p=0.9, stop=["END", ""],
+        tools=[WEATHER],
+        tool_choice="required",
+        max_tokens=100,
+        temperature=0.5,
+        top_p=0.9,
+        stop=["END", ""],
         reasoning=Reasoning(effort="low"),
-    )  # fmt: skip
+    )
     body = accepted(encode_converse(request))
     messages = body["messages"]
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant", "user"]
@@ -127,10 +138,17 @@ def test_the_fake_refuses_what_the_service_model_does() -> None:
         ({**good, "inferenceConfig": {"maxTokens": 0}}, "inferenceConfig.maxTokens"),
         ({**good, "messages": [{"role": "robot", "content": [{"text": "x"}]}]}, "role"),
         ({**good, "messages": [{"role": "user", "content": [{"text": "x", "image": {}}]}]}, "union"),
-        ({**good, "messages": [{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": "%%"}}}]}]},
-         "base64"),  # fmt: skip
-        ({**good, "toolConfig": {"tools": [{"toolSpec": {"name": "bad name", "inputSchema": {"json": {}}}}]}},
-         "toolSpec.name"),  # fmt: skip
+        (
+            {
+                **good,
+                "messages": [{"role": "user", "content": [{"image": {"format": "png", "source": {"bytes": "%%"}}}]}],
+            },
+            "base64",
+        ),
+        (
+            {**good, "toolConfig": {"tools": [{"toolSpec": {"name": "bad name", "inputSchema": {"json": {}}}}]}},
+            "toolSpec.name",
+        ),
     ]:
         with pytest.raises(Problem, match=where):
             validate("ConverseRequest", bad)
@@ -147,7 +165,8 @@ def test_a_converse_answer_decodes() -> None:
         "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 20, "cacheReadInputTokens": 4,
                   "cacheWriteInputTokens": 1},
     })  # fmt: skip
-    assert answer.parts == [Thinking("hmm", "s"), Text("Calling."), ToolCall("tooluse_1", "get_weather", '{"city":"Oslo"}')]
+    call = ToolCall("tooluse_1", "get_weather", '{"city":"Oslo"}')
+    assert answer.parts == [Thinking("hmm", "s"), Text("Calling."), call]
     assert answer.finish == "tool_calls"
     assert answer.usage == Usage(input=15, output=5, cached=4)
 
@@ -232,7 +251,8 @@ def test_titan_and_cohere_embeddings() -> None:
         wire.encode(many, "amazon.titan-embed-text-v2:0")
     assert orjson.loads(wire.encode(many, "cohere.embed-english-v3")) == {
         "texts": ["abcd", "efghijkl"], "input_type": "search_document"}  # fmt: skip
-    answer = wire.decode(b'{"embeddings": [[1.0], [2.0]], "response_type": "embeddings_floats"}', many, "cohere.embed-v4")
+    floats = b'{"embeddings": [[1.0], [2.0]], "response_type": "embeddings_floats"}'
+    answer = wire.decode(floats, many, "cohere.embed-v4:0")
     assert (answer.tokens, answer.estimated) == (3, True)
     assert orjson.loads(answer.body)["data"][1]["embedding"] == base64.b64encode(b"\x00\x00\x00\x40").decode()
     with pytest.raises(ValueError, match="number of embeddings"):
