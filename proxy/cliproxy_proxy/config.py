@@ -120,6 +120,10 @@ class _Routed(_OneSource):
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else check_url(value)
 
+    def default_base_url(self, catalog: str | None) -> str | None:
+        """Where requests go without ``base-url``: the catalog's endpoint, unless the entry names its own (a region)."""
+        return catalog
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
@@ -236,23 +240,36 @@ class AmpCredential(_Routed):
 
 class BedrockCredential(_Routed):
     """AWS Bedrock, signed with SigV4: keys from botocore's default chain (environment, IRSA, EKS Pod Identity,
-    instance metadata), from a named shared ``profile``, or from key files (a mounted Secret)."""
+    instance metadata), from a named shared ``profile``, or given (inline or, better, as files of a Secret)."""
+
+    #: Secrets given inline or by file (``<name>-file``); the runtime reads the files into the inline fields.
+    SECRET_FILES: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key", "session_token")
 
     region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]
     profile: NonEmpty | None = None
+    access_key_id: SecretStr | None = None
     access_key_id_file: NonEmpty | None = None
+    secret_access_key: SecretStr | None = None
     secret_access_key_file: NonEmpty | None = None
+    session_token: SecretStr | None = None
     session_token_file: NonEmpty | None = None
 
     @model_validator(mode="after")
     def _keys(self) -> Self:
-        if (self.access_key_id_file is None) != (self.secret_access_key_file is None):
-            raise ValueError("access-key-id-file and secret-access-key-file go together")
-        if self.session_token_file is not None and self.access_key_id_file is None:
-            raise ValueError("session-token-file needs access-key-id-file and secret-access-key-file")
-        if self.profile is not None and self.access_key_id_file is not None:
-            raise ValueError("at most one of profile or the key files")
+        given = {name: getattr(self, name) is not None or getattr(self, f"{name}_file") is not None
+                 for name in self.SECRET_FILES}  # fmt: skip
+        if any(getattr(self, name) is not None and getattr(self, f"{name}_file") is not None for name in given):
+            raise ValueError("a key is given inline or by file, not both")
+        if given["access_key_id"] != given["secret_access_key"]:
+            raise ValueError("access-key-id and secret-access-key go together")
+        if given["session_token"] and not given["access_key_id"]:
+            raise ValueError("session-token needs access-key-id and secret-access-key")
+        if self.profile is not None and given["access_key_id"]:
+            raise ValueError("at most one of profile or the keys")
         return self
+
+    def default_base_url(self, catalog: str | None) -> str | None:
+        return f"https://bedrock-runtime.{self.region}.amazonaws.com"
 
 
 class Routing(_Block):
