@@ -102,6 +102,10 @@ class EntryPolicy(_Block):
 class _Routed(_OneSource):
     """Keys every credential-bearing block shares: routing scope and network options."""
 
+    #: Secrets its codec presents itself, each given inline (``<name>``) or by file (``<name>-file``); an entry
+    #: that has them takes no ``api-key``.
+    SECRET_FILES: ClassVar[tuple[str, ...]] = ()
+
     name: NonEmpty | None = None
     prefix: Prefix | None = None
     base_url: str | None = None
@@ -250,7 +254,6 @@ class BedrockCredential(_Routed):
     """AWS Bedrock, signed with SigV4: keys from botocore's default chain (environment, IRSA, EKS Pod Identity,
     instance metadata), from a named shared ``profile``, or given (inline or, better, as files of a Secret)."""
 
-    #: Secrets given inline or by file (``<name>-file``); the runtime reads the files into the inline fields.
     SECRET_FILES: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key", "session_token")
 
     region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]

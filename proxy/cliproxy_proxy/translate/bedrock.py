@@ -21,6 +21,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from typing import Any
@@ -28,7 +29,11 @@ from urllib.parse import quote
 
 import orjson
 
+from ..aws import AwsIdentity, StaticKeys, sigv4_headers
+from ..config import BedrockCredential
+from ..oauth.base import TokenError
 from .canonical import (
+    SSE_COMMENT,
     THINKING_LEVELS,
     Event,
     Finish,
@@ -39,6 +44,8 @@ from .canonical import (
     Part,
     Request,
     Response,
+    StreamEncoder,
+    StreamEnd,
     StreamError,
     Text,
     TextDelta,
@@ -52,7 +59,8 @@ from .canonical import (
     Usage,
     bounded,
 )
-from .embeddings import Answer, EmbeddingsRequest, encode_vector
+from .codec import CodecBase, CredentialView, ErrorKind, UpstreamCall
+from .embeddings import Answer, EmbeddingsRequest, EmbeddingsWire, encode_vector
 from .eventstream import EventStreamDecoder, EventStreamError
 from .eventstream import Message as Frame
 
@@ -363,6 +371,8 @@ class BedrockEmbeddings:
     estimated, four characters a token, and the answer says so.
     """
 
+    passes_through = False
+
     def path(self, model: str) -> str:
         return model_path(model, "invoke")
 
@@ -384,8 +394,8 @@ class BedrockEmbeddings:
         return orjson.dumps(titan)
 
     def decode(self, body: bytes, request: EmbeddingsRequest, model: str) -> Answer:
-        document = orjson.loads(body)
-        if _is_cohere(model):
+        document = orjson.loads(body)  # ``model`` is the client's name for it: the answer's shape tells the family
+        if "embeddings" in document:  # Cohere
             vectors = document["embeddings"]
             if isinstance(vectors, dict):  # embeddings_by_type
                 vectors = vectors["float"]
@@ -410,3 +420,84 @@ def _is_cohere(model: str) -> bool:
 
 def _is_float(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# -- the codec ------------------------------------------------------------------------------------------
+
+log = logging.getLogger("cliproxy.bedrock")
+
+
+class BedrockCodec(CodecBase):
+    """The upstream half of the codec protocol for Bedrock's Converse API (no client speaks it to us).
+
+    Each config entry has its own (``for_entry``), carrying the entry's AWS identity; every request is signed
+    over its final body (``authenticate``).
+    """
+
+    name = "bedrock"
+    stream_end = StreamEnd()  # never passed through (not SSE): its decoder judges the end
+    keepalive = SSE_COMMENT
+    vendor_headers: tuple[str, ...] = ()
+    json_mode = False
+    authenticates_each_request = True
+    embeddings: EmbeddingsWire | None = BedrockEmbeddings()
+    context_window_markers = CONTEXT_WINDOW_MARKERS
+
+    def __init__(self, identity: AwsIdentity | None = None) -> None:
+        self.identity = identity
+
+    def for_entry(self, entry: object) -> BedrockCodec:
+        """The entry's codec, its keys looked for now (this runs in the reloader's thread); keys not found yet are
+        looked for again, in a thread, when a request needs them."""
+        if not isinstance(entry, BedrockCredential):
+            return self
+        static = None
+        if entry.access_key_id is not None and entry.secret_access_key is not None:
+            token = entry.session_token.get_secret_value() if entry.session_token is not None else None
+            static = StaticKeys(entry.access_key_id.get_secret_value(), entry.secret_access_key.get_secret_value(),
+                                token)  # fmt: skip
+        identity = AwsIdentity(entry.region, profile=entry.profile, static=static)
+        try:
+            identity.resolve()
+        except TokenError as error:
+            log.warning("bedrock (%s, %s): %s; looked for again on the next request", entry.name or "unnamed",
+                        entry.region, error)  # fmt: skip
+        return BedrockCodec(identity)
+
+    def upstream_path(self, model: str, stream: bool) -> str:
+        return model_path(model, "converse-stream" if stream else "converse")
+
+    def encode_request(self, request: Request) -> bytes:
+        return orjson.dumps(encode_converse(request))
+
+    def decode_response(self, body: dict[str, Any]) -> Response:
+        return decode_converse(body)
+
+    def stream_decoder(self) -> BedrockStreamDecoder:
+        return BedrockStreamDecoder()
+
+    async def authenticate(self, call: UpstreamCall, credential: CredentialView) -> None:
+        if self.identity is None:
+            raise TokenError("bedrock: no AWS identity for this credential")
+        keys = await self.identity.keys()
+        call.headers.update(sigv4_headers(keys, SERVICE, self.identity.region, call.method, call.url, call.headers,
+                                          call.body))  # fmt: skip
+
+    def classify_error(self, status: int, body: bytes) -> ErrorKind:
+        if status == 424:  # ModelErrorException: the model failed this time, another try may not
+            return "retryable"
+        return super().classify_error(status, body)
+
+    # The inbound half: no client speaks Bedrock's format, and no route leads here.
+
+    def decode_request(self, body: dict[str, Any]) -> Request:
+        raise TranslationError("Bedrock is not a client format")
+
+    def encode_response(self, response: Response) -> bytes:
+        raise TranslationError("Bedrock is not a client format")
+
+    def stream_encoder(self, request: Request) -> StreamEncoder:
+        raise TranslationError("Bedrock is not a client format")
+
+    def encode_error(self, status: int, message: str, code: str | None) -> bytes:
+        raise TranslationError("Bedrock is not a client format")
