@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import anthropic
 import botocore.session
 import openai
 import pytest
 
 from ..fakes.bedrock import Fault, start_bedrock
-from ..support.proxy import base_config
+from ..support.proxy import CLIENT_KEY, base_config
 
 CLAUDE = "anthropic.claude-3-7-sonnet-20250219-v1:0"
 MODELS = [{"name": CLAUDE, "alias": "sonnet"}, {"name": "amazon.titan-embed-text-v2:0", "alias": "titan"},
@@ -197,3 +198,38 @@ async def test_embeddings_through_titan_and_cohere(aiohttp_server, start_proxy, 
     with pytest.raises(openai.BadRequestError, match="one text per request"):
         await client.embeddings.create(model="titan", input=["a", "b"])
     assert [r.problem for r in service.received] == [None, None]
+
+
+async def test_claudes_reasoning_on_bedrock_reaches_an_anthropic_client(
+    aiohttp_server, start_proxy, tmp_path: Path
+) -> None:
+    service, url = await start_bedrock(aiohttp_server)
+    running = await start_proxy(base_config(bedrock=[bedrock(url, **key_files(tmp_path, "k", service.issue()))]))
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    messages: list[Any] = [{"role": "user", "content": "think first"}]
+    thinking: Any = {"type": "enabled", "budget_tokens": 2048}
+    async with client.messages.stream(model="sonnet", max_tokens=1024, thinking=thinking, messages=messages) as stream:
+        final = await stream.get_final_message()
+    assert [(b.type, getattr(b, "signature", None)) for b in final.content] == [
+        ("thinking", "sig-bedrock-1"), ("text", None)
+    ]  # fmt: skip
+    sent = service.received[-1].body
+    assert sent["additionalModelRequestFields"] == {"thinking": {"type": "enabled", "budget_tokens": 2048}}
+    assert sent["inferenceConfig"]["maxTokens"] > 2048  # room to answer beyond the budget
+    # The signed reasoning goes back in the history; the next turn is accepted as Converse requires.
+    messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in final.content]},
+                 {"role": "user", "content": "and now?"}]  # fmt: skip
+    again = await client.messages.create(model="sonnet", max_tokens=1024, thinking=thinking, messages=messages)
+    assert again.content[-1].type == "text" and service.received[-1].problem is None
+
+
+async def test_a_request_bedrock_refuses_comes_back_with_its_message(
+    aiohttp_server, start_proxy, tmp_path: Path
+) -> None:
+    service, url = await start_bedrock(aiohttp_server)
+    running = await start_proxy(base_config(bedrock=[bedrock(url, **key_files(tmp_path, "k", service.issue()))]))
+    with pytest.raises(openai.BadRequestError, match=r"temperature: 1\.5 is outside \[0, 1\]"):
+        await running.client().chat.completions.create(
+            model="sonnet", messages=[{"role": "user", "content": "x"}], temperature=1.5
+        )
+    assert len(service.received) == 1  # the request's fault: no other credential is tried

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cliproxy_proxy.translate.bedrock import (
+    BedrockCodec,
     BedrockEmbeddings,
     BedrockStreamDecoder,
     decode_converse,
@@ -259,3 +260,19 @@ def test_titan_and_cohere_embeddings() -> None:
         wire.decode(b'{"embeddings": [[1.0]]}', many, "an-alias")
     with pytest.raises(TranslationError, match="token arrays"):
         wire.encode(decode_request({"model": "e", "input": [1, 2, 3]}), "cohere.embed-english-v3")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (400, b'{"message":"Input is too long for requested model."}', "context_window"),
+        (400, b'{"message":"prompt is too long: 210000 tokens > 200000 maximum"}', "context_window"),
+        (400, b'{"message":"The model returned the following errors: messages: text field is blank"}', "fatal"),
+        (429, b'{"message":"Too many requests, please wait before trying again."}', "quota"),
+        (403, b'{"message":"The security token included in the request is expired"}', "auth"),
+        (424, b'{"message":"Model returned an error"}', "retryable"),
+        (503, b'{"message":"Service unavailable"}', "retryable"),
+    ],
+)
+def test_what_bedrocks_errors_mean_for_routing(status: int, body: bytes, kind: str) -> None:
+    assert BedrockCodec().classify_error(status, body) == kind
