@@ -147,6 +147,8 @@ def _credentials(
         ]
         if spec.get("tokenSecretRef"):
             refs.append(("tokenSecretRef", spec["tokenSecretRef"], f"{name}.token"))
+        if spec["provider"] == "bedrock":
+            refs = []  # it presents no key (whatever else the spec names): nothing is copied into the gateway
         for what, ref, file in refs:
             value = _refused(what, ref, spec, consent) or _resolve(ref, secrets, what)
             if isinstance(value, Problem):
@@ -297,7 +299,7 @@ def render(
             cred_name = str(ref.get("name"))
             if cred_name not in by_name:
                 state.problems.append(Problem("CredentialNotFound", f"ProviderCredential {cred_name!r} does not exist"))
-            elif not creds[cred_name].files:
+            elif not creds[cred_name].usable_keys:
                 reasons = "; ".join(p.message for p in creds[cred_name].problems)
                 state.problems.append(Problem("CredentialNotReady", f"ProviderCredential {cred_name!r}: {reasons}"))
             else:
