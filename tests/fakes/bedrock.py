@@ -1,4 +1,4 @@
-"""A fake AWS Bedrock runtime: Converse, ConverseStream and InvokeModel (Titan and Cohere embeddings), for tests.
+"""A fake AWS Bedrock runtime: Converse, ConverseStream, CountTokens and InvokeModel (Titan and Cohere embeddings).
 
 It is strict where the real service is:
 
@@ -330,6 +330,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
             raise Problem("Content-Type must be application/json")
         if action == "invoke":
             _embedding_rules(model, body)
+        elif action == "count-tokens":
+            validate("CountTokensRequest", body)
+            _conversation_rules(body["input"].get("converse") or {"messages": []})
         else:
             validate("ConverseStreamRequest" if action == "converse-stream" else "ConverseRequest", body)
             _conversation_rules(body)
@@ -341,6 +344,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return _error(fault.status, fault.kind, fault.message)
     if action == "invoke":
         return web.json_response(_embeddings(model, body))
+    if action == "count-tokens":
+        return web.json_response({"inputTokens": _usage(body["input"]["converse"], [])["inputTokens"]})
     blocks, stop = _answer(body)
     usage = _usage(body, blocks)
     if action == "converse":
@@ -408,7 +413,7 @@ def _embeddings(model: str, body: dict[str, Any]) -> dict[str, Any]:
 def create_bedrock_app(service: BedrockService) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[BEDROCK_SERVICE] = service
-    app.router.add_post(r"/model/{model:.+}/{action:converse|converse-stream|invoke}", handle)
+    app.router.add_post(r"/model/{model:.+}/{action:converse|converse-stream|invoke|count-tokens}", handle)
     return app
 
 

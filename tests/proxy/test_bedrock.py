@@ -233,3 +233,14 @@ async def test_a_request_bedrock_refuses_comes_back_with_its_message(
             model="sonnet", messages=[{"role": "user", "content": "x"}], temperature=1.5
         )
     assert len(service.received) == 1  # the request's fault: no other credential is tried
+
+
+async def test_bedrock_counts_an_anthropic_clients_tokens(aiohttp_server, start_proxy, tmp_path: Path) -> None:
+    service, url = await start_bedrock(aiohttp_server)
+    running = await start_proxy(base_config(bedrock=[bedrock(url, **key_files(tmp_path, "k", service.issue()))]))
+    client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0)
+    counted = await client.messages.count_tokens(model="sonnet", system="Be brief.",
+                                                 messages=[{"role": "user", "content": "count me"}])  # fmt: skip
+    assert counted.input_tokens > 0
+    assert service.received[-1].action == "count-tokens" and service.received[-1].problem is None
+    assert service.received[-1].body["input"]["converse"]["system"] == [{"text": "Be brief."}]

@@ -59,7 +59,7 @@ from .canonical import (
     Usage,
     bounded,
 )
-from .codec import CodecBase, CredentialView, ErrorKind, UpstreamCall
+from .codec import Codec, CodecBase, CredentialView, ErrorKind, UpstreamCall
 from .embeddings import Answer, EmbeddingsRequest, EmbeddingsWire, encode_vector
 from .eventstream import EventStreamDecoder, EventStreamError
 from .eventstream import Message as Frame
@@ -442,6 +442,7 @@ class BedrockCodec(CodecBase):
     authenticates_each_request = True
     embeddings: EmbeddingsWire | None = BedrockEmbeddings()
     context_window_markers = CONTEXT_WINDOW_MARKERS
+    counts_tokens = True
 
     def __init__(self, identity: AwsIdentity | None = None) -> None:
         self.identity = identity
@@ -482,6 +483,20 @@ class BedrockCodec(CodecBase):
         keys = await self.identity.keys()
         call.headers.update(sigv4_headers(keys, SERVICE, self.identity.region, call.method, call.url, call.headers,
                                           call.body))  # fmt: skip
+
+    def count_request(self, inbound: Codec, payload: dict[str, Any], raw: bytes | bytearray, model: str
+                      ) -> tuple[str, bytes | bytearray]:  # fmt: skip
+        """CountTokens takes the Converse body's conversation (no sampling settings) under ``input.converse``."""
+        request = inbound.decode_request(payload)
+        request.model = model
+        body = encode_converse(request)
+        converse = {key: body[key] for key in ("messages", "system", "toolConfig", "additionalModelRequestFields")
+                    if key in body}  # fmt: skip
+        return model_path(model, "count-tokens"), orjson.dumps({"input": {"converse": converse}})
+
+    def count_of(self, body: dict[str, Any]) -> int | None:
+        count = body.get("inputTokens")
+        return count if isinstance(count, int) and not isinstance(count, bool) else None
 
     def classify_error(self, status: int, body: bytes) -> ErrorKind:
         if status == 424:  # ModelErrorException: the model failed this time, another try may not
