@@ -34,7 +34,6 @@ from ..config import BedrockCredential
 from ..oauth.base import TokenError
 from .canonical import (
     SSE_COMMENT,
-    THINKING_LEVELS,
     Event,
     Finish,
     FinishReason,
@@ -58,10 +57,11 @@ from .canonical import (
     TranslationError,
     Usage,
     bounded,
+    thinking_budget,
 )
 from .codec import Codec, CodecBase, CredentialView, ErrorKind, UpstreamCall
 from .embeddings import Answer, EmbeddingsRequest, EmbeddingsWire, encode_vector
-from .eventstream import EventStreamDecoder, EventStreamError
+from .eventstream import FramedEventDecoder
 from .eventstream import Message as Frame
 
 SERVICE = "bedrock"  # the SigV4 signing name of bedrock-runtime
@@ -176,19 +176,6 @@ def _tool_config(request: Request, messages: list[dict[str, Any]]) -> dict[str, 
     return config
 
 
-def _thinking_budget(request: Request) -> int:
-    reasoning = request.reasoning
-    if reasoning is None:
-        return 0
-    if reasoning.budget is not None:
-        return max(reasoning.budget, 0)
-    if reasoning.effort is None:
-        return 0
-    if reasoning.effort not in THINKING_LEVELS:
-        raise TranslationError(f"reasoning.effort: {reasoning.effort!r} is not a known thinking level")
-    return THINKING_LEVELS[reasoning.effort]
-
-
 def encode_converse(request: Request) -> dict[str, Any]:
     """The Converse / ConverseStream body for a canonical request (the model id goes in the path)."""
     messages = _messages(request.messages)
@@ -205,7 +192,7 @@ def encode_converse(request: Request) -> dict[str, Any]:
         inference["topP"] = request.top_p
     if request.stop:
         inference["stopSequences"] = [s for s in request.stop if s]
-    budget = _thinking_budget(request)
+    budget = thinking_budget(request.reasoning)
     if budget > 0 and "anthropic.claude" in request.model:
         body["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": budget}}
         if inference.get("maxTokens", 0) <= budget:
@@ -251,43 +238,22 @@ def decode_converse(body: dict[str, Any]) -> Response:
     return Response(ident, "", parts, _finish(body.get("stopReason")), _usage(body.get("usage")))
 
 
-class BedrockStreamDecoder:
+class BedrockStreamDecoder(FramedEventDecoder):
     """ConverseStream's event stream (raw bytes, any chunking) as canonical events.
 
     A framing error, an in-stream exception or a stream cut mid-frame become ``StreamError``; a stream that ends
     without ``messageStop`` yields no finish, so the relay knows it was cut.
     """
 
-    __slots__ = ("done", "frames", "started", "stop", "tools")
+    vendor = "Bedrock"
 
     def __init__(self) -> None:
-        self.frames = EventStreamDecoder()
+        super().__init__()
         self.started = False
-        self.done = False
         self.stop: FinishReason | None = None  # held until the usage that follows it
         self.tools: dict[int, int] = {}  # contentBlockIndex -> tool call index
 
-    def feed(self, chunk: bytes) -> list[Event]:
-        if self.done:
-            return []
-        try:
-            frames = self.frames.feed(chunk)
-        except EventStreamError as error:
-            self.done = True
-            return [StreamError(502, f"Bedrock stream is not valid event-stream framing: {error}")]
-        events: list[Event] = []
-        for frame in frames:
-            events.extend(self._frame(frame))
-            if self.done:
-                break
-        return events
-
-    def close(self) -> list[Event]:
-        if self.done:
-            return []
-        self.done = True
-        if self.frames.pending:
-            return [StreamError(502, "Bedrock stream ended in the middle of a message")]
+    def finish(self) -> list[Event]:
         return [Finish(self.stop)] if self.stop is not None else []
 
     def _start(self) -> list[Event]:
@@ -296,7 +262,7 @@ class BedrockStreamDecoder:
         self.started = True
         return [MessageStart(f"msg_{uuid.uuid4().hex[:24]}", "")]
 
-    def _frame(self, frame: Frame) -> list[Event]:
+    def frame(self, frame: Frame) -> list[Event]:
         payload = orjson.loads(frame.payload) if frame.payload else {}
         if not isinstance(payload, dict):
             raise ValueError("a Bedrock stream event is not a JSON object")
