@@ -454,7 +454,7 @@ class Exchange:
 
     @staticmethod
     def _upstream_message(body: bytes, status: int) -> str:
-        """``error.message`` (OpenAI, Anthropic, Gemini), else a top-level ``message`` (AWS services)."""
+        """``error.message`` (most vendors), else a top-level ``message`` (AWS services)."""
         try:
             document = orjson.loads(body)
             error = document.get("error")

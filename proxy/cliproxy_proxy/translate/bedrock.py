@@ -43,7 +43,6 @@ from .canonical import (
     Part,
     Request,
     Response,
-    StreamEncoder,
     StreamEnd,
     StreamError,
     Text,
@@ -468,17 +467,3 @@ class BedrockCodec(CodecBase):
         if status == 424:  # ModelErrorException: the model failed this time, another try may not
             return "retryable"
         return super().classify_error(status, body)
-
-    # The inbound half: no client speaks Bedrock's format, and no route leads here.
-
-    def decode_request(self, body: dict[str, Any]) -> Request:
-        raise TranslationError("Bedrock is not a client format")
-
-    def encode_response(self, response: Response) -> bytes:
-        raise TranslationError("Bedrock is not a client format")
-
-    def stream_encoder(self, request: Request) -> StreamEncoder:
-        raise TranslationError("Bedrock is not a client format")
-
-    def encode_error(self, status: int, message: str, code: str | None) -> bytes:
-        raise TranslationError("Bedrock is not a client format")

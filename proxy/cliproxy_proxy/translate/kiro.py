@@ -43,7 +43,6 @@ from .canonical import (
     Part,
     Request,
     Response,
-    StreamEncoder,
     StreamEnd,
     StreamError,
     Text,
@@ -430,17 +429,3 @@ class KiroCodec(CodecBase):
 
     def decode_response(self, body: dict[str, Any]) -> Response:
         raise TranslationError("Kiro answers in event-stream frames, not JSON")
-
-    # The inbound half: no client speaks Kiro's format, and no route leads here.
-
-    def decode_request(self, body: dict[str, Any]) -> Request:
-        raise TranslationError("Kiro is not a client format")
-
-    def encode_response(self, response: Response) -> bytes:
-        raise TranslationError("Kiro is not a client format")
-
-    def stream_encoder(self, request: Request) -> StreamEncoder:
-        raise TranslationError("Kiro is not a client format")
-
-    def encode_error(self, status: int, message: str, code: str | None) -> bytes:
-        raise TranslationError("Kiro is not a client format")
