@@ -244,3 +244,23 @@ async def test_bedrock_counts_an_anthropic_clients_tokens(aiohttp_server, start_
     assert counted.input_tokens > 0
     assert service.received[-1].action == "count-tokens" and service.received[-1].problem is None
     assert service.received[-1].body["input"]["converse"]["system"] == [{"text": "Be brief."}]
+
+
+async def test_no_aws_keys_anywhere_is_a_502_that_says_so(
+    aiohttp_server, start_proxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The config still loads (the keys may appear: an IRSA token file a moment late); requests look again."""
+    service, url = await start_bedrock(aiohttp_server)
+    isolate(monkeypatch, tmp_path)
+    running = await start_proxy(base_config(bedrock=[bedrock(url)]))
+    with pytest.raises(openai.APIStatusError) as failed:
+        await running.client().chat.completions.create(model="sonnet", messages=[{"role": "user", "content": "x"}])
+    assert failed.value.status_code == 502
+    assert failed.value.body["code"] == "upstream_token_unavailable"  # type: ignore[index]
+    assert not service.received
+    access, secret, token = service.issue()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_SESSION_TOKEN", token or "")
+    answer = await running.client().chat.completions.create(model="sonnet", messages=[{"role": "user", "content": "y"}])
+    assert answer.choices[0].message.content == "echo: y"
