@@ -206,6 +206,9 @@ class BedrockService:
     keys: dict[str, Keys] = field(default_factory=dict, repr=False)
     received: list[Received] = field(default_factory=list)
     faults: deque[Fault] = field(default_factory=deque)
+    pod_token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)  # the pod's projected token
+    identity_ttl: float = 3600.0  # how long keys from Pod Identity or STS live
+    identity_calls: list[str] = field(default_factory=list)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def issue(self, ttl: float = 3600.0, *, session: bool = True) -> tuple[str, str, str | None]:
@@ -410,10 +413,54 @@ def _embeddings(model: str, body: dict[str, Any]) -> dict[str, Any]:
             "inputTextTokenCount": len(body["inputText"].split())}  # fmt: skip
 
 
+# -- the identities a pod signs as -----------------------------------------------------------------------
+
+
+def _stamp(ttl: float) -> str:
+    return datetime.datetime.fromtimestamp(time.time() + ttl, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def pod_identity(request: web.Request) -> web.Response:
+    """The EKS Pod Identity agent (botocore's container provider): the pod's projected token, then keys."""
+    service = request.app[BEDROCK_SERVICE]
+    service.identity_calls.append("pod-identity")
+    if request.headers.get("Authorization") != service.pod_token:
+        return web.json_response({"message": "invalid token"}, status=401)
+    access, secret, token = service.issue(service.identity_ttl)
+    return web.json_response({"AccessKeyId": access, "SecretAccessKey": secret, "Token": token,
+                              "AccountId": "123456789012", "Expiration": _stamp(service.identity_ttl)})  # fmt: skip
+
+
+async def sts(request: web.Request) -> web.Response:
+    """STS ``AssumeRoleWithWebIdentity`` (IRSA): the service account's token for a role's keys, in STS's XML."""
+    service = request.app[BEDROCK_SERVICE]
+    service.identity_calls.append("sts")
+    form = await request.post()
+    if form.get("Action") != "AssumeRoleWithWebIdentity" or form.get("WebIdentityToken") != service.pod_token:
+        return web.Response(status=403, content_type="text/xml", text=(
+            "<ErrorResponse><Error><Type>Sender</Type><Code>InvalidIdentityToken</Code>"
+            "<Message>Couldn't verify the token</Message></Error></ErrorResponse>"))  # fmt: skip
+    access, secret, token = service.issue(service.identity_ttl)
+    return web.Response(
+        content_type="text/xml",
+        text=(
+            '<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+            "<AssumeRoleWithWebIdentityResult><Credentials>"
+            f"<AccessKeyId>{access}</AccessKeyId><SecretAccessKey>{secret}</SecretAccessKey>"
+            f"<SessionToken>{token}</SessionToken><Expiration>{_stamp(service.identity_ttl)}</Expiration>"
+            f"</Credentials><AssumedRoleUser><Arn>{form.get('RoleArn')}/{form.get('RoleSessionName')}</Arn>"
+            "<AssumedRoleId>AROAFAKE:session</AssumedRoleId></AssumedRoleUser></AssumeRoleWithWebIdentityResult>"
+            "<ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata></AssumeRoleWithWebIdentityResponse>"
+        ),
+    )
+
+
 def create_bedrock_app(service: BedrockService) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[BEDROCK_SERVICE] = service
     app.router.add_post(r"/model/{model:.+}/{action:converse|converse-stream|invoke|count-tokens}", handle)
+    app.router.add_get("/pod-identity", pod_identity)
+    app.router.add_post("/sts", sts)
     return app
 
 

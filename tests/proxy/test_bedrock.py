@@ -264,3 +264,31 @@ async def test_no_aws_keys_anywhere_is_a_502_that_says_so(
     monkeypatch.setenv("AWS_SESSION_TOKEN", token or "")
     answer = await running.client().chat.completions.create(model="sonnet", messages=[{"role": "user", "content": "y"}])
     assert answer.choices[0].message.content == "echo: y"
+
+
+@pytest.mark.parametrize("identity", ["eks-pod-identity", "irsa"])
+async def test_a_pods_kubernetes_identity_signs_and_is_renewed_before_it_expires(
+    identity: str, aiohttp_server, start_proxy, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The default chain as a pod on EKS sees it: the Pod Identity agent (container credentials), or IRSA's web
+    identity exchanged at STS. Keys that live ten minutes are within botocore's refresh window: each request
+    renews them first, in a thread, and the renewed keys sign."""
+    service, url = await start_bedrock(aiohttp_server, identity_ttl=600)
+    isolate(monkeypatch, tmp_path)
+    (tmp_path / "token").write_text(service.pod_token)
+    if identity == "eks-pod-identity":
+        monkeypatch.setenv("AWS_CONTAINER_CREDENTIALS_FULL_URI", f"{url}/pod-identity")
+        monkeypatch.setenv("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", str(tmp_path / "token"))
+    else:
+        monkeypatch.setenv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/bedrock-gateway")
+        monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(tmp_path / "token"))
+        monkeypatch.setenv("AWS_ENDPOINT_URL_STS", f"{url}/sts")
+    async with asyncio.timeout(30):  # a generous bound: finding keys on the loop would wait on this very loop
+        running = await start_proxy(base_config(bedrock=[bedrock(url)]))
+    client = running.client()
+    for text in ("one", "two"):
+        answer = await client.chat.completions.create(model="sonnet", messages=[{"role": "user", "content": text}])
+        assert answer.choices[0].message.content == f"echo: {text}"
+    used = {r.headers["Authorization"].split("/")[0].split("=")[1] for r in service.received}
+    assert len(used) == 2 and all(r.problem is None for r in service.received)  # renewed keys signed the second
+    assert set(service.identity_calls) == {"pod-identity" if identity == "eks-pod-identity" else "sts"}

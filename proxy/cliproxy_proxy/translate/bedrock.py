@@ -21,6 +21,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
@@ -413,8 +414,8 @@ class BedrockCodec(CodecBase):
         self.identity = identity
 
     def for_entry(self, entry: object) -> BedrockCodec:
-        """The entry's codec, its keys looked for now (this runs in the reloader's thread); keys not found yet are
-        looked for again, in a thread, when a request needs them."""
+        """The entry's codec. Its keys are looked for now when this runs off the event loop (the reloader's thread);
+        on the loop, or when none are found yet, the first request looks for them, in a thread."""
         if not isinstance(entry, BedrockCredential):
             return self
         static = None
@@ -423,11 +424,12 @@ class BedrockCodec(CodecBase):
             static = StaticKeys(entry.access_key_id.get_secret_value(), entry.secret_access_key.get_secret_value(),
                                 token)  # fmt: skip
         identity = AwsIdentity(entry.region, profile=entry.profile, static=static)
-        try:
-            identity.resolve()
-        except TokenError as error:
-            log.warning("bedrock (%s, %s): %s; looked for again on the next request", entry.name or "unnamed",
-                        entry.region, error)  # fmt: skip
+        if not _on_event_loop():
+            try:
+                identity.resolve()
+            except TokenError as error:
+                log.warning("bedrock (%s, %s): %s; looked for again on the next request", entry.name or "unnamed",
+                            entry.region, error)  # fmt: skip
         return BedrockCodec(identity)
 
     def upstream_path(self, model: str, stream: bool) -> str:
@@ -467,3 +469,11 @@ class BedrockCodec(CodecBase):
         if status == 424:  # ModelErrorException: the model failed this time, another try may not
             return "retryable"
         return super().classify_error(status, body)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
