@@ -123,7 +123,7 @@ def _length(shape: dict[str, Any], size: int, where: str) -> None:
         raise Problem(f"{where}: length {size} is outside [{shape.get('min')}, {shape.get('max')}]")
 
 
-def _conversation_rules(body: dict[str, Any]) -> None:
+def conversation_rules(body: dict[str, Any]) -> None:
     """What the service checks beyond the shapes: alternation, tool pairing, the tool config tool blocks need."""
     messages = body.get("messages") or []
     if not messages or messages[0]["role"] != "user":
@@ -335,10 +335,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
             _embedding_rules(model, body)
         elif action == "count-tokens":
             validate("CountTokensRequest", body)
-            _conversation_rules(body["input"].get("converse") or {"messages": []})
+            conversation_rules(body["input"].get("converse") or {"messages": []})
         else:
             validate("ConverseStreamRequest" if action == "converse-stream" else "ConverseRequest", body)
-            _conversation_rules(body)
+            conversation_rules(body)
     except Problem as problem:
         received.problem = str(problem)
         return _error(400, "ValidationException", str(problem))
@@ -357,7 +357,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
                                   "metrics": {"latencyMs": 12}})  # fmt: skip
     response = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
     await response.prepare(request)
-    for frame in _frames(service, blocks, stop, usage, fault):
+    for frame in stream_frames(service, blocks, stop, usage, fault):
         await response.write(frame)
     await response.write_eof()
     return response
@@ -371,7 +371,7 @@ def _delta(index: int, delta: dict[str, Any]) -> bytes:
     return _event("contentBlockDelta", {"contentBlockIndex": index, "delta": delta})
 
 
-def _frames(service: BedrockService, blocks: list[dict[str, Any]], stop: str, usage: dict[str, int],
+def stream_frames(service: BedrockService, blocks: list[dict[str, Any]], stop: str, usage: dict[str, int],
             fault: Fault | None) -> list[bytes]:  # fmt: skip
     frames = [_event("messageStart", {"role": "assistant"})]
     for index, block in enumerate(blocks):

@@ -41,7 +41,7 @@ from cliproxy_proxy.translate.canonical import (
 from cliproxy_proxy.translate.embeddings import decode_request
 from cliproxy_proxy.translate.eventstream import event, exception
 
-from ..fakes.bedrock import BedrockService, Fault, Problem, _conversation_rules, _frames, validate
+from ..fakes.bedrock import BedrockService, Fault, Problem, conversation_rules, stream_frames, validate
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n-fake-").decode()
 WEATHER = Tool("get_weather", "Weather in a city", {"type": "object", "properties": {"city": {"type": "string"}},
@@ -51,7 +51,7 @@ WEATHER = Tool("get_weather", "Weather in a city", {"type": "object", "propertie
 def accepted(body: dict[str, object]) -> dict[str, object]:
     """The body, once the service model and Converse's conversation rules both accept it."""
     validate("ConverseRequest", body)
-    _conversation_rules(body)
+    conversation_rules(body)
     return body
 
 
@@ -174,7 +174,7 @@ def test_a_converse_answer_decodes() -> None:
 
 def _stream(blocks: list[dict[str, object]], stop: str, fault: Fault | None = None) -> bytes:
     usage = {"inputTokens": 7, "outputTokens": 3, "totalTokens": 10}
-    return b"".join(_frames(BedrockService(words_per_event=1, json_chunk=3), blocks, stop, usage, fault))
+    return b"".join(stream_frames(BedrockService(words_per_event=1, json_chunk=3), blocks, stop, usage, fault))
 
 
 def _decode(data: bytes, cuts: list[int]) -> list[object]:

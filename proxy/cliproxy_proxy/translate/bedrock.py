@@ -65,7 +65,6 @@ from .eventstream import FramedEventDecoder
 from .eventstream import Message as Frame
 
 SERVICE = "bedrock"  # the SigV4 signing name of bedrock-runtime
-DEFAULT_BASE_URL = "https://bedrock-runtime.{region}.amazonaws.com"
 _IMAGE_FORMATS = frozenset({"png", "jpeg", "gif", "webp"})
 _STOP_REASONS: dict[str, FinishReason] = {
     "end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length",
@@ -81,10 +80,6 @@ EXCEPTION_STATUS = {
 CONTEXT_WINDOW_MARKERS = (b"too long", b"context window", b"context length", b"maximum context", b"too many tokens")
 #: Claude's extended thinking needs room to answer beyond its budget: maxTokens is raised to budget + this.
 ANSWER_ROOM = 4096
-
-
-def base_url(region: str) -> str:
-    return DEFAULT_BASE_URL.format(region=region)
 
 
 def model_path(model: str, action: str) -> str:
