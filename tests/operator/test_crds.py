@@ -716,6 +716,8 @@ SCHEMA_REJECTS = [
     _bad(PC, "vertex", {"location": "us-east1"}, "required", provider="vertex-api-key"),
     _bad(PC, "vertex", {"project": "My-Project"}, "pattern", "vertex.project", provider="vertex-api-key"),
     _bad(PC, "vertex.location", "US_EAST", "pattern", provider="vertex-api-key", vertex={"project": "my-project"}),
+    _bad(PC, "bedrock", {}, "required", provider="bedrock"),
+    _bad(PC, "bedrock.region", "US-EAST-1", "pattern", provider="bedrock", bedrock={"region": "us-east-1"}),
     _bad(PC, "apiKey", "sk-inline", "additionalProperties", ""),
     _bad(PR, "gateway", "Default", "pattern"),
     _bad(PR, "gateway", "g" * 41, "maxLength"),
