@@ -112,7 +112,7 @@ def test_tool_choice(choice: str | None, expected: dict[str, object] | None) -> 
     assert body["toolConfig"].get("toolChoice") == expected
 
 
-def test_tool_choice_none_keeps_tools_only_when_the_history_needs_them() -> None:
+def test_tools_are_declared_when_the_history_needs_them() -> None:
     plain = encode_converse(Request("m.x", [Message("user", [Text("hi")])], tools=[WEATHER], tool_choice="none"))
     assert "toolConfig" not in accepted(plain)
     history = [Message("user", [Text("hi")]), Message("assistant", [ToolCall("t1", "get_weather", "{}")]),
@@ -120,6 +120,11 @@ def test_tool_choice_none_keeps_tools_only_when_the_history_needs_them() -> None
     body = accepted(encode_converse(Request("m.x", history, tools=[WEATHER], tool_choice="none")))
     assert "toolChoice" not in body["toolConfig"]
     assert body["messages"][2]["content"][0]["toolResult"]["content"] == [{"text": "(empty)"}]
+    # Tool calls in the history and no tools at all (a count, a client that dropped them): the called ones.
+    body = accepted(encode_converse(Request("m.x", history)))
+    assert body["toolConfig"] == {
+        "tools": [{"toolSpec": {"name": "get_weather", "inputSchema": {"json": {"type": "object"}}}}]
+    }
 
 
 def test_what_bedrock_cannot_take_is_the_clients_error() -> None:

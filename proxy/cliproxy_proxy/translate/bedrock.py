@@ -13,8 +13,9 @@ Decisions worth knowing:
 * Reasoning is Claude's extended thinking, asked for in ``additionalModelRequestFields``; other model families
   get no reasoning field. Unsigned reasoning cannot be replayed and is left out of the history.
 * Structured output has no portable Converse field: it is asked for in the system prompt (``json_mode`` off).
-* ``tool_choice: none`` leaves the tools out unless the history holds tool blocks (Converse then requires the
-  tool list), in which case the choice stays the model's.
+* Converse refuses tool blocks in the history without a tool list: ``tool_choice: none`` leaves the tools out
+  unless the history holds tool calls (the choice then stays the model's), and a request with tool calls in its
+  history but no tools declares the tools called, with a loose schema.
 * A stream's stop reason (``messageStop``) is held until its usage (``metadata``) arrives, so clients see one
   finish carrying both.
 """
@@ -147,13 +148,22 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     return encoded
 
 
-def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
-    return any("toolUse" in block or "toolResult" in block for m in messages for block in m["content"])
+def _called(messages: list[dict[str, Any]]) -> list[str]:
+    """The names of the tools the history calls, in order of first call."""
+    names = [block["toolUse"]["name"] for m in messages for block in m["content"] if "toolUse" in block]
+    return list(dict.fromkeys(names))
 
 
 def _tool_config(request: Request, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if not request.tools or (request.tool_choice == "none" and not _has_tool_blocks(messages)):
-        return None
+    """Converse refuses tool blocks in the history without a tool list: when the request offers none (or says
+    ``none``), the list is what the history needs (the tools it called, declared loosely), and no choice is set."""
+    called = _called(messages)
+    if request.tool_choice == "none" or not request.tools:
+        if not called:
+            return None
+        if not request.tools:
+            return {"tools": [{"toolSpec": {"name": name, "inputSchema": {"json": {"type": "object"}}}}
+                              for name in called]}  # fmt: skip
     tools = []
     for tool in request.tools:
         spec: dict[str, Any] = {"name": tool.name, "inputSchema": {"json": bounded(tool.parameters, tool.name)}}
