@@ -56,6 +56,8 @@ import kmock._internal.dsl as kmock_dsl
 import kmock._internal.rendering as kmock_rendering
 import yaml
 
+from . import ssa
+
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "deploy" / "crds"
 GROUP, VERSION = "cliproxy.io", "v1alpha1"
@@ -643,7 +645,10 @@ class Emulator(kmock.KubernetesEmulator):
             body.pop("status", None)  # the main endpoint does not take status when a status subresource exists
         if self._is_custom(resource):
             body = admit(self._schemas[resource], body)
+            if manager := request.params.get("fieldManager"):
+                ssa.record_update(self._schemas[resource], None, body, manager)
         self._normalise(resource, body)
+        meta = body["metadata"]
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         if self._is_custom(resource) or "spec" in body:
@@ -743,7 +748,7 @@ class Emulator(kmock.KubernetesEmulator):
             ops = [op for op in body if self._op_allowed(op.get("path", ""), status_only, has_status)]
             new = jsonpatch.apply_patch(current, ops, in_place=False)
         elif content_type == "application/apply-patch+yaml":
-            raise kmock.KubernetesError(status=415, reason="UnsupportedMediaType", message="apply is not emulated")
+            new = self._apply(request, current, status_only)
         else:
             if content_type == "application/strategic-merge-patch+json" and self._is_custom(resource):
                 message = "strategic merge patch is not supported for custom resources"
@@ -772,6 +777,9 @@ class Emulator(kmock.KubernetesEmulator):
                 new["status"] = copy.deepcopy(current["status"])
         if self._is_custom(resource):
             new = admit(self._schemas[resource], new)
+            manager = request.params.get("fieldManager")
+            if manager and not status_only and content_type != "application/apply-patch+yaml":
+                ssa.record_update(self._schemas[resource], current, new, manager)
         self._normalise(resource, new)
         meta = new["metadata"]
         meta["resourceVersion"] = old_meta.get("resourceVersion")
@@ -785,6 +793,23 @@ class Emulator(kmock.KubernetesEmulator):
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             return key
         return None
+
+    def _apply(self, request: kmock.Request, current: dict[str, Any], status_only: bool) -> dict[str, Any]:
+        """Server-side apply (``tests/operator/ssa.py``), for custom resources' spec and metadata."""
+        manager = request.params.get("fieldManager")
+        if not manager:
+            raise _Invalid("fieldManager: Required value: is required for apply patch")
+        if not self._is_custom(request.resource) or status_only:
+            raise kmock.KubernetesError(status=415, reason="UnsupportedMediaType", message="apply is not emulated")
+        applied = request.data if isinstance(request.data, dict) else yaml.safe_load(request.text or "")
+        if not isinstance(applied, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="an apply body must be an object")
+        self._check_rv(applied, current)
+        try:
+            return ssa.apply(self._schemas[request.resource], current, applied, manager,
+                             request.params.get("force") == "true")  # fmt: skip
+        except ssa.Conflict as conflict:
+            raise kmock.KubernetesError(status=409, reason="Conflict", message=str(conflict)) from conflict
 
     @staticmethod
     def _check_rv(body: Mapping[str, Any], current: Mapping[str, Any]) -> None:
