@@ -86,7 +86,16 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), 60)
 
-            figures = await scale.run(cluster, start, stop, namespaces, routes_per_namespace)
+            def say(text: str) -> None:
+                print(f"  [{time.monotonic() - began:6.1f} s] {text}", flush=True)
+
+            began = time.monotonic()
+            try:
+                figures = await scale.run(cluster, start, stop, namespaces, routes_per_namespace, say=say)
+            finally:
+                if process is not None and process.returncode is None:  # a failed run leaves no operator behind
+                    process.kill()
+                    await process.wait()
     return {**scale.describe(figures), "peak_memory_mib": round(peak_kib / 1024, 1)}
 
 

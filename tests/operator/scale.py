@@ -100,13 +100,16 @@ async def run(
     namespaces: int,
     routes_per_namespace: int,
     prefix: str = "scale",
+    say: Callable[[str], None] = lambda _: None,
 ) -> Figures:
     names = namespace_names(namespaces, prefix)
     figures = Figures(routes=namespaces * routes_per_namespace, namespaces=namespaces)
     since = cluster.mark()
     await start()
+    say("operator watching; applying the routes")
     await populate(cluster, names, routes_per_namespace)
     applied = time.monotonic()
+    say("all applied; waiting for Ready")
     await wait_for(lambda: all_ready(cluster, names, routes_per_namespace), 300, interval=0.5,
                    message="not every route became Ready")  # fmt: skip
     figures.ready_seconds = time.monotonic() - applied
@@ -117,6 +120,7 @@ async def run(
     kinds = (f"{r.method} {r.resource}" + (f"/{r.subresource}" if r.subresource else "") for r in _writes(created))
     figures.writes_by_kind = dict(collections.Counter(kinds))
 
+    say(f"settled: {figures.create_writes} writes; restarting the operator")
     await stop()
     since = cluster.mark()
     await start()
@@ -126,6 +130,7 @@ async def run(
     lists = [str(r.resource) for r in restarted if r.method == "GET" and r.name is None and not r.watch and r.resource]
     figures.restart_lists = dict(collections.Counter(lists))
 
+    say(f"restart quiet after {figures.restart_quiet_seconds:.1f} s; deleting the namespaces")
     since = cluster.mark()
     for namespace in names:
         await cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
