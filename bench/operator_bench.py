@@ -75,7 +75,7 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[
                     "plain", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                 )  # fmt: skip
                 watched = ("cliproxy.io/v1alpha1/providerroutes", "v1/secrets", "v1/configmaps")
-                await wait_for(lambda: all(cluster.watching(r, since=since) for r in watched), 300)
+                await wait_for(lambda: all(cluster.watching(r, since=since) for r in watched), 1200)
 
             async def stop() -> None:
                 nonlocal peak_kib

@@ -44,9 +44,11 @@ def _operator_requests(cluster: Cluster, since: int) -> list[Recorded]:
     return matching(cluster.log()[since:], operator_only=True)
 
 
-async def quiet(cluster: Cluster, since: int, quiet_for: float = 1.0, within: float = 120.0) -> float:
-    """Wait until the operator sent no request (but watches) for ``quiet_for`` s; the time of its last one."""
-    started = time.monotonic()
+async def quiet(cluster: Cluster, since: int, quiet_for: float = 1.0, within: float = 120.0,
+                started: float | None = None) -> float:  # fmt: skip
+    """Wait until the operator sent no request (but watches) for ``quiet_for`` s; the time of its last one after
+    ``started`` (a monotonic time; now by default)."""
+    started = time.monotonic() if started is None else started
     last_count, last_change = -1, time.monotonic()
 
     def calm() -> bool:
@@ -123,8 +125,9 @@ async def run(
     say(f"settled: {figures.create_writes} writes; restarting the operator")
     await stop()
     since = cluster.mark()
+    restarted_at = time.monotonic()  # quiet is timed from the process start: kopf lists before it watches
     await start()
-    figures.restart_quiet_seconds = await quiet(cluster, since, quiet_for=2.0)
+    figures.restart_quiet_seconds = await quiet(cluster, since, quiet_for=2.0, within=1200, started=restarted_at)
     restarted = _operator_requests(cluster, since)
     figures.restart_writes = len(_writes(restarted))
     lists = [str(r.resource) for r in restarted if r.method == "GET" and r.name is None and not r.watch and r.resource]
