@@ -84,7 +84,7 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[
                 peak_kib = max(peak_kib, *(int(line.split()[1]) for line in status.splitlines()
                                            if line.startswith("VmHWM:")))  # fmt: skip
                 process.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(process.wait(), 60)
+                await asyncio.wait_for(process.wait(), 600)
 
             def say(text: str) -> None:
                 print(f"  [{time.monotonic() - began:6.1f} s] {text}", flush=True)
