@@ -14,6 +14,7 @@ from fnmatch import translate
 from prometheus_client import CollectorRegistry, Counter
 
 from .config import Budget, ClientKey, ClientRateLimit
+from .translate.canonical import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class Client:
     rate_limit: ClientRateLimit | None
     budget: Budget | None
     expires_at: float | None  # Unix time; None: never
+    plain: bool = False  # an ``api-keys`` key, not a ``client-keys`` entry
 
     def allows(self, model: str) -> bool:
         return self.unrestricted or self.models.fullmatch(model.lower()) is not None
@@ -36,6 +38,12 @@ class Client:
     @property
     def limited(self) -> bool:
         return self.rate_limit is not None or self.budget is not None
+
+
+def plain_client(label: str) -> Client:
+    """A plain ``api-keys`` key: every model, no limits, shown by its place in the config (never by the key)."""
+    return Client(name=label, models=re.compile(".*"), unrestricted=True, rate_limit=None, budget=None,
+                  expires_at=None, plain=True)  # fmt: skip
 
 
 def client_of(entry: ClientKey) -> Client:
@@ -57,8 +65,19 @@ def key_index(presented: bytes, keys: tuple[bytes, ...]) -> int:
     return found
 
 
+@dataclass(slots=True)
+class ClientTotals:
+    """One client's figures in this replica since it started, for ``/v1/metrics/clients``."""
+
+    requests: int = 0
+    input: int = 0
+    output: int = 0
+    cached: int = 0
+    cost_usd: float = 0.0
+
+
 class ClientUsage:
-    """Per-client requests and tokens in Prometheus, labelled by client name (a key never becomes a label)."""
+    """Per-client requests, tokens and cost in Prometheus, labelled by client name (a key never becomes a label)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -69,9 +88,24 @@ class ClientUsage:
             "cliproxy_client_tokens", "Tokens used by named client keys, by client and direction",
             ["client", "direction"], registry=registry,
         )  # fmt: skip
+        self.cost = Counter(
+            "cliproxy_client_cost_usd", "US dollars spent by client keys (genai-prices' table or the config's pricing)",
+            ["client"], registry=registry,
+        )  # fmt: skip
+        self.totals: dict[str, ClientTotals] = {}
 
-    def record(self, client: Client, status: int, tokens: tuple[int, int] | None) -> None:
+    def record(self, client: Client, status: int, usage: Usage | None, cost: float = 0.0) -> None:
         self.requests.labels(client.name, str(status)).inc()
-        if tokens:
-            self.tokens.labels(client.name, "input").inc(tokens[0])
-            self.tokens.labels(client.name, "output").inc(tokens[1])
+        totals = self.totals.get(client.name)
+        if totals is None:
+            totals = self.totals[client.name] = ClientTotals()
+        totals.requests += 1
+        if usage is not None:
+            self.tokens.labels(client.name, "input").inc(usage.input)
+            self.tokens.labels(client.name, "output").inc(usage.output)
+            self.tokens.labels(client.name, "cached").inc(usage.cached)
+            totals.input, totals.output, totals.cached = (totals.input + usage.input, totals.output + usage.output,
+                                                          totals.cached + usage.cached)  # fmt: skip
+        if cost:
+            self.cost.labels(client.name).inc(cost)
+            totals.cost_usd += cost

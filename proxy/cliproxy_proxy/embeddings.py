@@ -13,7 +13,7 @@ from aiohttp import web
 from .forward import Exchange, Failure
 from .runtime import Route, Runtime, Target
 from .translate import embeddings
-from .translate.canonical import Codec, Reasoning, TranslationError, reencode
+from .translate.canonical import Codec, Reasoning, TranslationError, Usage, reencode
 
 if TYPE_CHECKING:
     from .app import Proxy
@@ -24,6 +24,8 @@ USAGE_HEADER = "X-Cliproxy-Usage"
 
 class EmbeddingsExchange(Exchange):
     """One embeddings request through the routing of chat."""
+
+    operation = "embeddings"
 
     def __init__(
         self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route, inbound: Codec,
@@ -60,7 +62,7 @@ class EmbeddingsExchange(Exchange):
     def translated(self, codec: Codec, body: bytes) -> bytes:
         assert self.credential is not None  # set by attempt() before any answer
         answer = embeddings.TRANSLATED[self.credential.wire].decode(body, self.embedding, self.route.model)
-        self.usage, self.estimated = (answer.tokens, 0), answer.estimated
+        self.usage, self.estimated = Usage(answer.tokens), answer.estimated
         return answer.body
 
     def proxy_headers(self) -> dict[str, str]:

@@ -26,6 +26,7 @@ from . import fields
 from .canonical import (
     SSE_COMMENT,
     THINKING_LEVELS,
+    USAGE_MARKERS,
     Event,
     Finish,
     FinishReason,
@@ -365,10 +366,11 @@ def _decode_usage(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     cached = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + cached + int(usage.get("cache_creation_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + cached + written
     details = usage.get("output_tokens_details")
     thinking = int(details.get("thinking_tokens") or 0) if isinstance(details, dict) else 0
-    return Usage(prompt, int(usage.get("output_tokens") or 0), cached, thinking)
+    return Usage(prompt, int(usage.get("output_tokens") or 0), cached, thinking, written)
 
 
 def _stop_reason(reason: FinishReason | None, stop_sequence: str | None) -> str:
@@ -409,6 +411,15 @@ class AnthropicCodec:
     stream_end = StreamEnd(rb'"type"\s*:\s*"(?:message_stop|error)"')
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("anthropic-",)
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        """A message's usage, or a stream's: its input in ``message_start``, its output in ``message_delta``."""
+        if not isinstance(document, dict):
+            return None
+        message = document.get("message")
+        usage = message.get("usage") if isinstance(message, dict) else document.get("usage")
+        return _decode_usage(usage) if isinstance(usage, dict) else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 

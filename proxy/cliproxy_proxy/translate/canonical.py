@@ -179,14 +179,26 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens of one answer. ``input`` counts every prompt token; ``cached`` (read from a prompt cache) and
+    ``cache_write`` (written to one) are parts of it, priced apart."""
+
     input: int = 0
     output: int = 0
     cached: int = 0
     reasoning: int = 0
+    cache_write: int = 0
 
     @property
     def total(self) -> int:
         return self.input + self.output
+
+    def merged(self, later: Usage | None) -> Usage:
+        """This report and a later one of the same answer: streams report running totals, or parts (Anthropic's
+        input at the start, its output at the end), so each count is the largest seen."""
+        if later is None:
+            return self
+        return Usage(max(self.input, later.input), max(self.output, later.output), max(self.cached, later.cached),
+                     max(self.reasoning, later.reasoning), max(self.cache_write, later.cache_write))  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -306,6 +318,9 @@ class StreamEncoder(Protocol):
     def close(self) -> bytes: ...
 
 
+#: How a JSON ``usage`` object begins, in the two spellings providers send (not the ``"usage":null`` of most chunks).
+USAGE_MARKERS: tuple[bytes, ...] = (b'"usage":{', b'"usage": {')
+
 #: What keeps an idle client stream open: an SSE comment, which every SSE parser skips...
 SSE_COMMENT = b": keep-alive\n\n"
 #: ...except google-genai's and litellm's Gemini parsers, which take any non-``data:`` line for JSON.
@@ -339,3 +354,11 @@ class Codec(Protocol):
     def decode_response(self, body: dict[str, Any]) -> Response: ...
 
     def stream_decoder(self) -> StreamDecoder: ...
+
+    #: What every body or stream event that reports this wire's token usage holds, spacing and all: a stream passed
+    #: through decodes only the events that do.
+    usage_markers: tuple[bytes, ...]
+
+    def usage_of(self, document: Any) -> Usage | None:
+        """The token usage a body or a stream event of this wire reports, if it reports one."""
+        ...

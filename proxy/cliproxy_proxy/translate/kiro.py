@@ -435,6 +435,10 @@ class KiroCodec:
     stream_end = StreamEnd()  # never passed through (not SSE): its decoder judges the end, no frame half-read
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ()
+    usage_markers: tuple[bytes, ...] = ()  # never passed through: its decoder reads the usage
+
+    def usage_of(self, document: Any) -> Usage | None:
+        return None
 
     def __init__(self, profile_arn: str | None = None, origin: str = ORIGIN) -> None:
         self.profile_arn = profile_arn

@@ -11,6 +11,7 @@ from ..errors import error_body
 from . import fields
 from .canonical import (
     SSE_COMMENT,
+    USAGE_MARKERS,
     Event,
     Finish,
     FinishReason,
@@ -183,6 +184,11 @@ class OpenAIChatCodec:
     stream_end = STREAM_END
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("openai-beta",)
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        usage = document.get("usage") if isinstance(document, dict) else None
+        return _decode_usage(usage) if isinstance(usage, dict) else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 

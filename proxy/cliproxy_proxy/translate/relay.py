@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .canonical import Event, Finish, MessageStart, StreamDecoder, StreamEncoder, StreamError
+from .canonical import Event, Finish, MessageStart, StreamDecoder, StreamEncoder, StreamError, Usage
 from .sse import SSEParser
 
 
@@ -22,7 +22,7 @@ class TranslatingRelay:
         self.decoder = decoder
         self.encoder = encoder
         self.model = exposed_model
-        self.usage: tuple[int, int] | None = None
+        self.usage: Usage | None = None
         self.complete = False
 
     def feed(self, chunk: bytes) -> bytes:
@@ -45,7 +45,7 @@ class TranslatingRelay:
             event.model = self.model  # the client sees the id it asked for, not the upstream's
         elif isinstance(event, Finish):
             if event.usage is not None:
-                self.usage = (event.usage.input, event.usage.output)
+                self.usage = event.usage
             self.complete = self.complete or event.reason is not None
         elif isinstance(event, StreamError):
             self.complete = True

@@ -20,6 +20,7 @@ from ..errors import error_body
 from . import fields
 from .canonical import (
     SSE_COMMENT,
+    USAGE_MARKERS,
     Event,
     Finish,
     FinishReason,
@@ -472,6 +473,15 @@ class ResponsesCodec:
     stream_end = StreamEnd(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("openai-beta",)
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        """A response's usage, or a stream's (in its ``response.completed`` event's response)."""
+        if not isinstance(document, dict):
+            return None
+        response = document.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else document.get("usage")
+        return _decode_usage(usage) if isinstance(usage, dict) else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 
