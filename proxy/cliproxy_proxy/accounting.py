@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
-from .clients import Client, ClientTotals, ClientUsage
+from .clients import Client, ClientUsage
 from .config import ProxyConfig
 from .limits import MICRO, Limits, Verdict, period
 from .pricing import Prices
@@ -121,7 +121,7 @@ class Accounting:
         spends = await asyncio.gather(*(self.limits.spent(client) for client in clients))
         body: dict[str, Any] = {}
         for client, spent in zip(clients, spends, strict=True):
-            totals = self.clients.totals.get(client.name) or ClientTotals()
+            totals = self.clients.totals(client.name)
             entry: dict[str, Any] = {
                 "request_count": totals.requests, "input_tokens": totals.input, "output_tokens": totals.output,
                 "cached_tokens": totals.cached, "cost_usd": round(totals.cost_usd, 6),

@@ -10,6 +10,7 @@ import hmac
 import re
 from dataclasses import dataclass, field
 from fnmatch import translate
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -76,36 +77,61 @@ class ClientTotals:
     cost_usd: float = 0.0
 
 
+@dataclass(slots=True)
+class _Series:
+    """One client's resolved Prometheus children (``labels()`` takes a lock and a lookup: once per name)."""
+
+    input: Any
+    output: Any
+    cached: Any
+    cost: Any
+    by_status: dict[int, Any] = field(default_factory=dict)
+    totals: ClientTotals = field(default_factory=ClientTotals)
+
+
 class ClientUsage:
     """Per-client requests, tokens and cost in Prometheus, labelled by client name (a key never becomes a label)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "cliproxy_client_requests", "Requests of named client keys, by client and status",
+            "cliproxy_client_requests", "Requests of client keys, by client and status",
             ["client", "status"], registry=registry,
         )  # fmt: skip
         self.tokens = Counter(
-            "cliproxy_client_tokens", "Tokens used by named client keys, by client and direction",
+            "cliproxy_client_tokens", "Tokens used by client keys, by client and direction (input, output, cached)",
             ["client", "direction"], registry=registry,
         )  # fmt: skip
         self.cost = Counter(
             "cliproxy_client_cost_usd", "US dollars spent by client keys (genai-prices' table or the config's pricing)",
             ["client"], registry=registry,
         )  # fmt: skip
-        self.totals: dict[str, ClientTotals] = {}
+        self.series: dict[str, _Series] = {}
+
+    def totals(self, name: str) -> ClientTotals:
+        series = self.series.get(name)
+        return series.totals if series is not None else ClientTotals()
 
     def record(self, client: Client, status: int, usage: Usage | None, cost: float = 0.0) -> None:
-        self.requests.labels(client.name, str(status)).inc()
-        totals = self.totals.get(client.name)
-        if totals is None:
-            totals = self.totals[client.name] = ClientTotals()
+        name = client.name
+        series = self.series.get(name)
+        if series is None:
+            series = self.series[name] = _Series(
+                self.tokens.labels(name, "input"), self.tokens.labels(name, "output"),
+                self.tokens.labels(name, "cached"), self.cost.labels(name),
+            )  # fmt: skip
+        counter = series.by_status.get(status)
+        if counter is None:
+            counter = series.by_status[status] = self.requests.labels(name, str(status))
+        counter.inc()
+        totals = series.totals
         totals.requests += 1
         if usage is not None:
-            self.tokens.labels(client.name, "input").inc(usage.input)
-            self.tokens.labels(client.name, "output").inc(usage.output)
-            self.tokens.labels(client.name, "cached").inc(usage.cached)
-            totals.input, totals.output, totals.cached = (totals.input + usage.input, totals.output + usage.output,
-                                                          totals.cached + usage.cached)  # fmt: skip
+            series.input.inc(usage.input)
+            series.output.inc(usage.output)
+            series.cached.inc(usage.cached)
+            totals.input += usage.input
+            totals.output += usage.output
+            totals.cached += usage.cached
         if cost:
-            self.cost.labels(client.name).inc(cost)
+            series.cost.inc(cost)
             totals.cost_usd += cost
