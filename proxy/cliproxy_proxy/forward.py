@@ -567,6 +567,8 @@ class Exchange:
                 **dropped_header(self._canonical)}  # fmt: skip
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
+        if self.usage is not None:
+            self.usage = self.usage.bounded()
         usage = self.usage or Usage()
         tokens_in, tokens_out = usage.input, usage.output
         if self.credential is not None and self.usage is not None:

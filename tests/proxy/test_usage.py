@@ -171,3 +171,20 @@ async def test_the_request_log_holds_one_line_per_request_and_no_secret(
     assert answered["input_tokens"] > 0 and answered["output_tokens"] > 0 and answered["ttft_ms"] is not None
     assert len(answered["credential"]) == 12 and answered["latency_ms"] >= answered["ttft_ms"]
     assert refused["status"] == 404 and refused["model"] is None and len(refused["request_id"]) == 16
+
+
+async def test_a_negative_usage_from_an_upstream_is_counted_as_zero_not_a_500(aiohttp_server, start_proxy) -> None:  # type: ignore[no-untyped-def]
+    """Prometheus refuses to count down (the request used to end in a 500), and a budget must not be refunded."""
+    _, url = await start_anthropic(aiohttp_server, cached_tokens=-(10**6))
+    config = base_config(**{
+        "claude-api-key": [{"api-key": ANTHROPIC_KEY, "base-url": url, "models": [{"name": "claude-sonnet-4-6"}]}],
+        "client-keys": [{"name": "team", "api-key": TEAM, "budget": {"usd": 1}}],
+    })  # fmt: skip
+    running = await start_proxy(config)
+    answer = await running.client(key=TEAM).chat.completions.create(
+        model="claude-sonnet-4-6", messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.choices[0].message.content
+    team = (await _metrics(running, TEAM))["team"]
+    assert (team["input_tokens"], team["cached_tokens"]) == (0, 0) and team["output_tokens"] > 0
+    assert team["cost_usd"] >= 0

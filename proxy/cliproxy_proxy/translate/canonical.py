@@ -177,6 +177,9 @@ class Request:
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
+USAGE_BOUND = 1 << 40
+
+
 @dataclass(slots=True)
 class Usage:
     """Tokens of one answer. ``input`` counts every prompt token; ``cached`` (read from a prompt cache) and
@@ -191,6 +194,14 @@ class Usage:
     @property
     def total(self) -> int:
         return self.input + self.output
+
+    def bounded(self) -> Usage:
+        """The counts an upstream reported, each within [0, 2**40]: a negative one would refund a budget (and
+        Prometheus refuses to count it), an absurd one would overflow Redis' integers."""
+        counts = (self.input, self.output, self.cached, self.reasoning, self.cache_write)
+        if all(0 <= count <= USAGE_BOUND for count in counts):
+            return self
+        return Usage(*(min(max(0, count), USAGE_BOUND) for count in counts))
 
     def merged(self, later: Usage | None) -> Usage:
         """This report and a later one of the same answer: streams report running totals, or parts (Anthropic's
