@@ -52,6 +52,7 @@ from .canonical import (
     ToolResult,
     TranslationError,
     Usage,
+    usage_object,
 )
 
 #: Marks a ``Thinking.signature`` that holds a ``redacted_thinking`` block's data rather than a signature.
@@ -415,11 +416,8 @@ class AnthropicCodec:
 
     def usage_of(self, document: Any) -> Usage | None:
         """A message's usage, or a stream's: its input in ``message_start``, its output in ``message_delta``."""
-        if not isinstance(document, dict):
-            return None
-        message = document.get("message")
-        usage = message.get("usage") if isinstance(message, dict) else document.get("usage")
-        return _decode_usage(usage) if isinstance(usage, dict) else None
+        usage = usage_object(document, "message")
+        return _decode_usage(usage) if usage is not None else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 

@@ -332,6 +332,16 @@ class StreamEncoder(Protocol):
 #: How a JSON ``usage`` object begins, in the two spellings providers send (not the ``"usage":null`` of most chunks).
 USAGE_MARKERS: tuple[bytes, ...] = (b'"usage":{', b'"usage": {')
 
+
+def usage_object(document: Any, envelope: str = "") -> dict[str, Any] | None:
+    """A body's ``usage`` object, or the one inside the ``envelope`` object a stream event carries it in."""
+    if not isinstance(document, dict):
+        return None
+    inner = document.get(envelope) if envelope else None
+    usage = inner.get("usage") if isinstance(inner, dict) else document.get("usage")
+    return usage if isinstance(usage, dict) else None
+
+
 #: What keeps an idle client stream open: an SSE comment, which every SSE parser skips...
 SSE_COMMENT = b": keep-alive\n\n"
 #: ...except google-genai's and litellm's Gemini parsers, which take any non-``data:`` line for JSON.

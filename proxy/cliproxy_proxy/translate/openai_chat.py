@@ -37,6 +37,7 @@ from .canonical import (
     ToolResult,
     TranslationError,
     Usage,
+    usage_object,
 )
 
 _FINISH_IN: dict[str, FinishReason] = {
@@ -187,8 +188,8 @@ class OpenAIChatCodec:
     usage_markers = USAGE_MARKERS
 
     def usage_of(self, document: Any) -> Usage | None:
-        usage = document.get("usage") if isinstance(document, dict) else None
-        return _decode_usage(usage) if isinstance(usage, dict) else None
+        usage = usage_object(document)
+        return _decode_usage(usage) if usage is not None else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 

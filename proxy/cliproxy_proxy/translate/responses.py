@@ -48,6 +48,7 @@ from .canonical import (
     Usage,
     qualified,
     restore_namespace,
+    usage_object,
 )
 from .openai_chat import encode_response_format
 
@@ -477,11 +478,8 @@ class ResponsesCodec:
 
     def usage_of(self, document: Any) -> Usage | None:
         """A response's usage, or a stream's (in its ``response.completed`` event's response)."""
-        if not isinstance(document, dict):
-            return None
-        response = document.get("response")
-        usage = response.get("usage") if isinstance(response, dict) else document.get("usage")
-        return _decode_usage(usage) if isinstance(usage, dict) else None
+        usage = usage_object(document, "response")
+        return _decode_usage(usage) if usage is not None else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 
