@@ -16,7 +16,7 @@ from genai_prices import Usage as TableUsage
 from genai_prices import calc_price
 from prometheus_client import generate_latest
 
-from cliproxy_proxy.config import ModelPrice
+from cliproxy_proxy.config import ConfigError, ModelPrice, parse_config
 from cliproxy_proxy.pricing import Prices, table_rates
 from cliproxy_proxy.translate.canonical import Usage
 
@@ -159,7 +159,8 @@ async def test_the_request_log_holds_one_line_per_request_and_no_secret(
     async for _ in stream:
         pass
     with pytest.raises(openai.NotFoundError):
-        await running.client().chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+        await running.client().chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}],
+                                                       extra_headers={"X-Request-Id": '"} {"forged": 1'})  # fmt: skip
     await running.proxy.accounting.request_log.drain()
     text = log.read_text()
     for secret in ("upstream-secret-1", CLIENT_KEY, "a secret body"):
@@ -170,7 +171,8 @@ async def test_the_request_log_holds_one_line_per_request_and_no_secret(
                                                                                                   200, 0)  # fmt: skip
     assert answered["input_tokens"] > 0 and answered["output_tokens"] > 0 and answered["ttft_ms"] is not None
     assert len(answered["credential"]) == 12 and answered["latency_ms"] >= answered["ttft_ms"]
-    assert refused["status"] == 404 and refused["model"] is None and len(refused["request_id"]) == 16
+    assert refused["status"] == 404 and refused["model"] is None and "forged" not in text
+    assert len(refused["request_id"]) == 16  # the proxy's own id, not the caller's
 
 
 async def test_a_negative_usage_from_an_upstream_is_counted_as_zero_not_a_500(aiohttp_server, start_proxy) -> None:  # type: ignore[no-untyped-def]
@@ -188,3 +190,30 @@ async def test_a_negative_usage_from_an_upstream_is_counted_as_zero_not_a_500(ai
     team = (await _metrics(running, TEAM))["team"]
     assert (team["input_tokens"], team["cached_tokens"]) == (0, 0) and team["output_tokens"] > 0
     assert team["cost_usd"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"client-keys": [{"name": "a", "api-key": "k1", "budget": {"per": "day"}}]}, "needs tokens, usd or both"),
+        ({"client-keys": [{"name": "a", "api-key": "k1", "budget": {"usd": -1}}]}, "client-keys[0].budget.usd"),
+        ({"client-keys": [{"name": "a", "api-key": "k1", "budget": {"usd": "inf"}}]}, "client-keys[0].budget.usd"),
+        ({"pricing": {"m*": {"input": -1, "output": 1}}}, "pricing.m*.input"),
+        ({"pricing": {"m*": {"input": "nan", "output": 1}}}, "pricing.m*.input"),
+        ({"pricing": {"m*": {"input": 1}}}, "pricing.m*.output"),
+        ({"request-log": {"enabled": True, "path": ""}}, "request-log.path"),
+        ({"request-log": {"enabled": True, "file": "x"}}, "request-log.file"),
+    ],
+)
+def test_bad_pricing_budgets_and_request_logs_are_refused_with_their_path(
+    document: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config(document)
+    assert message in str(refused.value) and "k1" not in str(refused.value)
+
+
+def test_cliproxyapi_request_log_switch_is_accepted_and_ignored() -> None:
+    config = parse_config({"request-log": True})
+    assert not config.request_log.enabled
+    assert any(note.startswith("request-log: ignored") for note in config.ignored)
