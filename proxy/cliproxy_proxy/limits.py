@@ -239,11 +239,21 @@ return 1
 """
 
 
+def budget_key(client_name: str, budget_period: str) -> str:
+    """The tokens a client used in a budget period (the operator reads it for a ClientKey's status)."""
+    return f"cliproxy:{{{client_name}}}:budget:{budget_period}"
+
+
+def spend_key(client_name: str, budget_period: str) -> str:
+    """The micro-dollars a client spent in a budget period (an integer: Redis adds them exactly)."""
+    return f"cliproxy:{{{client_name}}}:spend:{budget_period}"
+
+
 def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
     base = f"cliproxy:{{{client.name}}}"
-    return (f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", f"{base}:budget:{budget_period}",
-            f"{base}:spend:{budget_period}")  # fmt: skip
+    return (f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", budget_key(client.name, budget_period),
+            spend_key(client.name, budget_period))  # fmt: skip
 
 
 class Shared:
