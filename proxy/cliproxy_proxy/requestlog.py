@@ -40,10 +40,11 @@ class _Writer(threading.Thread):
         self.lines: queue.Queue[bytes | None] = queue.Queue(QUEUE_LINES)
 
     def run(self) -> None:
+        own = self.path != "stdout"
         try:
-            stream: IO[bytes] = sys.stdout.buffer if self.path == "stdout" else open(self.path, "ab")  # noqa: SIM115
-        except OSError as error:
-            log.warning("request-log: cannot open %s (%s); no request is logged", self.path, error.strerror)
+            stream: IO[bytes] = open(self.path, "ab") if own else sys.stdout.buffer  # noqa: SIM115
+        except (OSError, AttributeError) as error:  # AttributeError: a stdout without bytes (replaced)
+            log.warning("request-log: cannot write to %s (%s); no request is logged", self.path, error)
             while self.lines.get() is not None:  # keep draining, so requests never see a full queue
                 pass
             return
@@ -64,7 +65,7 @@ class _Writer(threading.Thread):
         except OSError as error:
             log.warning("request-log: writing %s failed (%s); no request is logged", self.path, error.strerror)
         finally:
-            if stream is not sys.stdout.buffer:
+            if own:
                 stream.close()
 
 

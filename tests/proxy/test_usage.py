@@ -217,3 +217,16 @@ def test_cliproxyapi_request_log_switch_is_accepted_and_ignored() -> None:
     config = parse_config({"request-log": True})
     assert not config.request_log.enabled
     assert any(note.startswith("request-log: ignored") for note in config.ignored)
+
+
+async def test_a_request_log_that_cannot_be_written_costs_requests_nothing(
+    provider: FakeProvider, start_proxy, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "missing" / "requests.jsonl"
+    config = base_config(**{"openai-compatibility": [compat_block(provider.url)],
+                            "request-log": {"enabled": True, "path": str(log)}})  # fmt: skip
+    running = await start_proxy(config)
+    for _ in range(3):
+        await running.client().chat.completions.create(model="small", messages=[{"role": "user", "content": "x"}])
+    await running.proxy.accounting.request_log.drain()
+    assert not log.exists() and "request-log: cannot write to" in caplog.text
