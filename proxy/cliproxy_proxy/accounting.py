@@ -8,7 +8,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
@@ -18,12 +18,24 @@ from .config import ProxyConfig
 from .limits import MICRO, Limits, Verdict, period
 from .pricing import Prices
 from .requestlog import RequestLog, request_id
+from .runtime import Credential, Route, Target
 from .tracing import Tracing, finish, from_environment, provider_name
+from .translate.canonical import Usage
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from .forward import Exchange
+
+class Exchange(Protocol):
+    """What is counted of a finished exchange (``forward.Exchange``, which imports this module through the state)."""
+
+    operation: str
+    route: Route
+    usage: Usage | None
+    target: Target | None
+    credential: Credential | None
+    ttft: float | None
+    attempts: int
 
 
 class Accounting:

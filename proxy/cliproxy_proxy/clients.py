@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from fnmatch import translate
 from typing import Any
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from .config import Budget, ClientKey, ClientRateLimit
@@ -135,3 +136,7 @@ class ClientUsage:
         if cost:
             series.cost.inc(cost)
             totals.cost_usd += cost
+
+
+#: The client key a request presented: a ``client-keys`` entry, or a plain ``api-keys`` key named by its place.
+CLIENT = web.RequestKey("client", Client)

@@ -18,35 +18,34 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .health import REASONS, classify, names_missing_model
+from .clients import CLIENT
+from .health import REASONS, names_missing_model
 from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay
 from .runtime import Credential, Route, Runtime, Target
 from .scrub import Scrubber, TextScrubber, scrub
+from .state import Proxy
 from .tracing import finish, provider_name
-from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, UPSTREAM, for_upstream, passes_through
+from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, for_upstream, passes_through
 from .translate.canonical import (
-    Codec,
     Reasoning,
     Request,
     StreamError,
     ToolCall,
     TranslationError,
+    UpstreamFailed,
     Usage,
     reencode,
     restore_namespace,
 )
-from .translate.canonical import Response as Answer
-from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
-from .translate.relay import FramedRelay, TranslatingRelay
+from .translate.codec import Codec, ErrorKind, status_kind
+from .translate.relay import TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
 from .vendor_headers import forwarded, passed_back
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
-
-    from .app import Proxy
 
 T = TypeVar("T")
 
@@ -56,9 +55,16 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
+#: Set when the answer comes from a fallback model: names the model the client asked for, which failed.
+FALLBACK_HEADER = "X-Cliproxy-Fallback-From"
 #: Event loop timers may fire a millisecond early (uvloop rounds to ms): never wake before a cooldown ends.
 TIMER_SLACK = 0.005
 _CLIENT_GONE = (ConnectionResetError, ClientConnectionResetError)
+#: The cooldown reason of each kind of upstream error; None: the request is at fault, and goes back to the client.
+_REASON: dict[ErrorKind, str | None] = {
+    "auth": "auth", "quota": "quota", "not_found": "not_found", "retryable": "transient",
+    "context_window": None, "fatal": None,
+}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -125,6 +131,7 @@ class Exchange:
         self.span: Span | None = None  # the request's trace span, when tracing is on
         self.trace_headers: dict[str, str] | None = None  # the traceparent of the attempt in progress
         self._canonical: Request | None = None
+        self.fallback_from: str | None = None  # the model asked for, once a fallback model has taken over
 
     def canonical(self) -> Request:
         """The client's request in the canonical model, decoded once, on first need."""
@@ -154,6 +161,36 @@ class Exchange:
             raise
 
     async def _run(self) -> web.StreamResponse:
+        """The model asked for, then its fallbacks in order while each fails in a way another model may not."""
+        outcome = await self._through()
+        for fallback in self.runtime.fallbacks.get(self.route.model, ()):
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            if self.allowed(fallback.model):
+                self.fall_back(fallback, outcome)
+                outcome = await self._through()
+        if isinstance(outcome, web.StreamResponse):
+            return outcome
+        if isinstance(outcome, Failure):
+            return await self.give_up(outcome)
+        return await self.all_cooling(outcome)
+
+    def allowed(self, model: str) -> bool:
+        """Whether the caller's key may use ``model``: a fallback reaches no model the key could not ask for."""
+        client = self.request.get(CLIENT)
+        return client is None or client.allows(model)
+
+    def fall_back(self, route: Route, outcome: Failure | float) -> None:
+        reason = outcome.reason if isinstance(outcome, Failure) else "cooldown"
+        self.proxy.metrics.fallbacks.labels(self.route.model, route.model, reason).inc()
+        self.fallback_from = self.fallback_from or self.route.model
+        self.route, self.provider = route, route.owner
+        if self._canonical is not None:
+            self._canonical.model = route.model
+
+    async def _through(self) -> web.StreamResponse | Failure | float:
+        """One model's targets by priority and strategy, with its retries: an answer, the last failure, or the
+        wait until one of its credentials is ready again."""
         strategy, policy = self.runtime.config.routing.strategy, self.route.policy
         health = self.proxy.health
         per_round = policy.max_retry_credentials or math.inf
@@ -167,8 +204,8 @@ class Exchange:
                     break
                 tried.add(id(target))
                 outcome = await self.attempt(target)
-                if not isinstance(outcome, Failure):
-                    return outcome
+                if not isinstance(outcome, Failure) or outcome.reason == "context_window":
+                    return outcome  # an answer, or a request too long for the model whichever credential serves it
                 failure = outcome
             wait = health.soonest(self.route)
             if round_ == policy.request_retry or wait > policy.max_retry_interval:
@@ -176,9 +213,7 @@ class Exchange:
             if failure is not None and failure.reason == "no_endpoint":
                 break  # a 404 for the path is an answer: waiting will not make the endpoint appear
             await self.keepalive(asyncio.sleep(wait + TIMER_SLACK))
-        if failure is not None:
-            return await self.give_up(failure)
-        return await self.all_cooling(wait)
+        return failure if failure is not None else wait
 
     async def attempt(self, target: Target) -> web.StreamResponse | Failure:
         """One upstream attempt; traced as a client span of the request's, when tracing is on."""
@@ -205,6 +240,7 @@ class Exchange:
         self.target, self.attempts = target, self.attempts + 1
         self.provider = credential.provider
         self.proxy.health.charge_request(credential)
+        self.proxy.metrics.selections.labels(credential.provider, credential.label).inc()
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
         try:
@@ -231,21 +267,27 @@ class Exchange:
             except TokenError:
                 return self.failed(target, None, "token_refresh")
         timeouts = credential.policy
-        body, path, codec = self.outgoing(target, credential.codec or UPSTREAM[credential.wire])
+        body, path, codec = self.outgoing(target, credential.codec)
         vendor = forwarded(self.request.headers, self.inbound.vendor_headers) if codec is None else None
         if self.trace_headers:
             vendor = {**(vendor or {}), **self.trace_headers}
         if not self.proxy.health.serves(target, path):
             message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
             return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
+        if credential.codec.authenticates_each_request:  # a signature over this body, a token fetched anew...
+            try:
+                head = await self.keepalive(credential.signed_head(credential.scoped(path), vendor, body))
+            except TokenError:
+                return self.failed(target, None, "token_refresh")
+        else:
+            head = credential.head(credential.scoped(path), vendor)
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
                 self.proxy.pool.request(
-                    credential.endpoint, credential.head(credential.scoped(path), vendor), body,
-                    connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+                    credential.endpoint, head, body, connect_timeout=timeouts.connect, read_timeout=timeouts.read
                 )
-            )  # fmt: skip
+            )
         except UpstreamTimeout:
             return self.failed(target, None, "timeout")
         except UpstreamError:
@@ -300,13 +342,13 @@ class Exchange:
         if codec is not None:
             try:
                 body, content_type = self.translated(codec, body), "application/json"
-            except KiroStreamFailed as error:
+            except UpstreamFailed as error:
                 return self.failed(target, error.status, "upstream_error", error.message)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 return self.failed(target, None, "bad_response")
         else:
             try:
-                self.usage = UPSTREAM[target.credential.wire].usage_of(orjson.loads(body))
+                self.usage = target.credential.codec.usage_of(orjson.loads(body))
             except orjson.JSONDecodeError:  # cut short (a close-delimited body ends at any FIN): not an answer
                 return self.failed(target, None, "bad_response")
             if target.rewrite is not None:
@@ -321,7 +363,7 @@ class Exchange:
 
     def translated(self, codec: Codec, body: bytes) -> bytes:
         """A whole upstream answer in the client's format, its usage counted; a malformed one raises."""
-        answer = _decode_body(codec, body)
+        answer = codec.decode_body(body)
         answer.model = self.route.model
         tools = self.canonical().tools
         for part in answer.parts:
@@ -336,15 +378,11 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            wire = UPSTREAM[target.credential.wire]
+            wire = target.credential.codec
             relay = SSERelay(target.rewrite, self.inbound.stream_end, wire, drop_usage=self.counts_usage_itself(wire))
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
-            decoder = codec.stream_decoder()
-            if isinstance(decoder, KiroStreamDecoder):  # binary frames, not SSE
-                relay = FramedRelay(decoder, encoder, self.route.model)
-            else:
-                relay = TranslatingRelay(decoder, encoder, self.route.model)
+            relay = TranslatingRelay(codec.stream_decoder(), encoder, self.route.model)
         waited_from = perf_counter()
         try:
             first = await self.keepalive(upstream.readany())
@@ -407,7 +445,7 @@ class Exchange:
     def failed(self, target: Target, status: int | None, kind: str, message: str = "", body: bytes = b"",
                retry_after: float | None = None, path: str = "") -> Failure:  # fmt: skip
         """Count a failed attempt and rest what failed; ``kind`` is the cooldown reason when it names one."""
-        reason = kind if kind in REASONS else classify(status) or "transient"
+        reason = kind if kind in REASONS else (_REASON[status_kind(status)] if status else None) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
         health, config = self.proxy.health, self.runtime.config.cooldowns
@@ -431,19 +469,21 @@ class Exchange:
             body = scrub(body, secret)
         message = self._upstream_message(body, upstream.status)
         status = upstream.status
-        reason = classify(status)
-        if status == 400 and b"API_KEY_INVALID" in body:
-            reason = "auth"  # Google answers a wrong key with 400, not 401: it is the key, not the request
-        elif status == 404 and not names_missing_model(body, target.upstream_model):
+        kind = target.credential.codec.classify_error(status, body)
+        reason = _REASON[kind]
+        if kind == "not_found" and not names_missing_model(body, target.upstream_model):
             reason = "no_endpoint"  # the path is unknown there, not the model: rest only this endpoint
         if not passed_through:
             body = b""  # in the provider's format, not the client's: only its message travels on
         session = target.credential.session
         if reason == "auth" and session is not None and session.refresh:
-            # A session token refused before its expiry (revoked, or Kiro's 403 for a stale one): refresh it now
-            # and rest the credential briefly, rather than for the half hour a bad API key gets.
+            # A session token refused before its expiry (revoked, or the 403 some vendors send for a stale one):
+            # refresh it now and rest the credential briefly, rather than for the half hour a bad API key gets.
             session.request_refresh()
             reason = "transient"
+        if kind == "context_window":  # no other credential would do better; a fallback model may
+            self.proxy.metrics.errors.labels(target.credential.provider, "context_window").inc()
+            return Failure(status, kind, message, body)
         if reason is None:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
@@ -563,8 +603,11 @@ class Exchange:
     def proxy_headers(self) -> dict[str, str]:
         overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
         self.proxy.metrics.provider(self.provider).overhead.observe(overhead)
-        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider,
-                **dropped_header(self._canonical)}  # fmt: skip
+        headers = {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider,
+                   **dropped_header(self._canonical)}  # fmt: skip
+        if self.fallback_from is not None:
+            headers[FALLBACK_HEADER] = self.fallback_from
+        return headers
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
         if self.usage is not None:
@@ -578,13 +621,6 @@ class Exchange:
             tokens_in, tokens_out,
         )  # fmt: skip
         return response
-
-
-def _decode_body(codec: Codec, body: bytes) -> Answer:
-    """A whole upstream answer in the canonical model; Kiro answers in frames even then."""
-    if isinstance(codec, KiroCodec):
-        return codec.decode_body(body)
-    return codec.decode_response(orjson.loads(body))
 
 
 def _is_json_error(body: bytes) -> bool:

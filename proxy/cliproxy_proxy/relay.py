@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import orjson
 
-from .translate.canonical import USAGE_MARKERS, Codec, Usage
+from .translate.canonical import USAGE_MARKERS, Usage
+from .translate.codec import Codec
 
 
 class ModelRewrite:

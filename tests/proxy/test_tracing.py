@@ -18,9 +18,9 @@ from opentelemetry.trace import SpanKind
 
 from cliproxy_proxy.tracing import Tracing, from_environment
 
-from ..conftest import CLIENT_KEY, RunningProxy, base_config
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import AnthropicUpstream, start_anthropic
+from ..support.proxy import CLIENT_KEY, RunningProxy, base_config
 
 CALLER_TRACE = "0af7651916cd43dd8448eb211c80319c"
 TRACEPARENT = f"00-{CALLER_TRACE}-b7ad6b7169203331-01"

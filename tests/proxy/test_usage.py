@@ -20,9 +20,9 @@ from cliproxy_proxy.config import ConfigError, ModelPrice, parse_config
 from cliproxy_proxy.pricing import Prices, table_rates
 from cliproxy_proxy.translate.canonical import Usage
 
-from ..conftest import CLIENT_KEY, FakeProvider, RunningProxy, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
+from ..support.proxy import CLIENT_KEY, FakeProvider, RunningProxy, base_config, compat_block
 from ..support.redis_server import RedisServer
 
 TEAM = "team-key-1"

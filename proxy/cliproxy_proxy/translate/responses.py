@@ -50,6 +50,7 @@ from .canonical import (
     restore_namespace,
     usage_object,
 )
+from .codec import CodecBase
 from .openai_chat import encode_response_format
 
 #: Effort levels the Responses API names; ``none`` is left out on the way up (older reasoning models reject it).
@@ -469,11 +470,13 @@ def _response_id(upstream_id: str) -> str:
 # -- the codec ------------------------------------------------------------------------------------------
 
 
-class ResponsesCodec:
+class ResponsesCodec(CodecBase):
     name = "openai-responses"
     stream_end = StreamEnd(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("openai-beta",)
+    context_window_markers = (b"context_length_exceeded",)
+
     usage_markers = USAGE_MARKERS
 
     def usage_of(self, document: Any) -> Usage | None:
@@ -563,7 +566,7 @@ class ResponsesCodec:
                         _finish_of(body, any(isinstance(p, ToolCall) for p in parts)),
                         _decode_usage(body.get("usage")))  # fmt: skip
 
-    def stream_decoder(self) -> _StreamDecoder:
+    def event_decoder(self) -> _StreamDecoder:
         return _StreamDecoder()
 
 
