@@ -345,10 +345,32 @@ class ClientRateLimit(_Block):
 
 
 class Budget(_Block):
-    """Tokens a client key may use per calendar day or month (UTC)."""
+    """Tokens and/or US dollars a client key may spend per calendar day or month (UTC)."""
 
-    tokens: Annotated[int, Field(gt=0)]
+    tokens: Annotated[int, Field(gt=0)] | None = None
+    usd: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] | None = None
     per: Literal["day", "month"] = "month"
+
+    @model_validator(mode="after")
+    def _some_amount(self) -> Self:
+        if self.tokens is None and self.usd is None:
+            raise ValueError("a budget needs tokens, usd or both")
+        return self
+
+
+class ModelPrice(_Block):
+    """A model's price in US dollars per million tokens; ``cached-input`` defaults to ``input``."""
+
+    input: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    output: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    cached_input: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
+
+
+class RequestLog(_Block):
+    """One JSON line per request (never a key or a body): to ``path``, or to standard output when it is ``stdout``."""
+
+    enabled: bool = False
+    path: NonEmpty = "stdout"
 
 
 ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=63)]
@@ -391,6 +413,9 @@ class ProxyConfig(_Block):
     allow_unauthenticated: bool = False
     client_keys: tuple[ClientKey, ...] = ()
     redis: Redis | None = None
+    # Prices per million tokens by model glob (the exposed or the upstream id); they win over genai-prices' table.
+    pricing: dict[NonEmpty, ModelPrice] = Field(default_factory=dict)
+    request_log: RequestLog = RequestLog()
     force_model_prefix: bool = False
     routing: Routing = Routing()
     request_retry: Annotated[int, Field(ge=0, le=10)] = 3

@@ -1,11 +1,12 @@
-"""Client limits (rpm, tpm, max-parallel, token budgets): one interface, two engines.
+"""Client limits (rpm, tpm, max-parallel, budgets in tokens and US dollars): one interface, two engines.
 
 ``Local`` counts in this process (one replica). ``Shared`` counts in Redis, so every replica naming the same
 Redis enforces one limit: each admission is ONE Lua script (one round trip) before the upstream call, and the
 tokens an answer used are settled afterwards in a background task. While Redis is unreachable a check waits
 at most ``redis.timeout``, then applies ``redis.on-error``; Redis is retried with a growing backoff.
 
-Requests and tokens are counted in one-second buckets over a sliding minute.
+Requests and tokens are counted in one-second buckets over a sliding minute. Dollars are counted as whole
+micro-dollars, so Redis adds them exactly.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .config import Budget, Redis
 log = logging.getLogger("cliproxy.limits")
 
 WINDOW = 60  # seconds: rpm and tpm count the last minute
+MICRO = 1_000_000  # micro-dollars per US dollar
 LEASE = 900  # seconds a max-parallel slot is held at most if its replica dies before releasing it
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 
@@ -52,9 +54,18 @@ ALLOWED = Verdict(True)
 class Engine(Protocol):
     async def admit(self, client: Client) -> Verdict: ...
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int) -> None: ...
+    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None: ...
+
+    async def spent(self, client: Client) -> tuple[int, int] | None: ...
 
     async def close(self) -> None: ...
+
+
+def budget_limits(budget: Budget | None) -> tuple[int, int]:
+    """The budget's tokens and micro-dollars (0: that amount is not limited)."""
+    if budget is None:
+        return 0, 0
+    return budget.tokens or 0, round(budget.usd * MICRO) if budget.usd is not None else 0
 
 
 def period(budget: Budget, now: float) -> tuple[str, int]:
@@ -101,7 +112,8 @@ class _Usage:
     tokens: _Window = field(default_factory=_Window)
     in_flight: int = 0
     period: str = ""
-    spent: int = 0
+    spent: int = 0  # tokens this period
+    spent_micro_usd: int = 0
 
 
 class Local:
@@ -121,8 +133,9 @@ class Local:
         if budget is not None:
             current, left = period(budget, now)
             if usage.period != current:
-                usage.period, usage.spent = current, 0
-            if usage.spent >= budget.tokens:
+                usage.period, usage.spent, usage.spent_micro_usd = current, 0, 0
+            tokens, micro_usd = budget_limits(budget)
+            if (tokens and usage.spent >= tokens) or (micro_usd and usage.spent_micro_usd >= micro_usd):
                 return Verdict(False, left, "budget")
         if limit is not None and limit.max_parallel is not None:
             if usage.in_flight >= limit.max_parallel:
@@ -131,13 +144,22 @@ class Local:
         usage.requests.add(second, 1)
         return ALLOWED
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int) -> None:
+    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         usage = self.usage.setdefault(client.name, _Usage())
         if client.rate_limit is not None and client.rate_limit.max_parallel is not None:
             usage.in_flight = max(0, usage.in_flight - 1)
         if tokens:
             usage.tokens.add(int(time.time()), tokens)
             usage.spent += tokens
+        usage.spent_micro_usd += micro_usd
+
+    async def spent(self, client: Client) -> tuple[int, int] | None:
+        if client.budget is None:
+            return None
+        usage = self.usage.get(client.name)
+        if usage is None or usage.period != period(client.budget, time.time())[0]:
+            return 0, 0
+        return usage.spent, usage.spent_micro_usd
 
     async def close(self) -> None:
         return None
@@ -145,8 +167,9 @@ class Local:
 
 # -- Redis ----------------------------------------------------------------------------------------------
 
-# KEYS: requests, tokens, in-flight, budget. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
-# lease seconds, ticket. A limit of 0 is not set. Time is Redis' own, so replicas' clocks do not matter.
+# KEYS: requests, tokens, in-flight, budget, spend. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
+# lease seconds, ticket, budget micro-dollars. A limit of 0 is not set. Time is Redis' own, so replicas' clocks do
+# not matter.
 _ADMIT = """
 local t = redis.call('TIME')
 local second = tonumber(t[1])
@@ -177,6 +200,10 @@ end
 if budget > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= budget then
   return {0, tonumber(ARGV[5]), 'budget'}
 end
+local dollars = tonumber(ARGV[8])
+if dollars > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= dollars then
+  return {0, tonumber(ARGV[5]), 'budget'}
+end
 if parallel > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if redis.call('ZCARD', KEYS[3]) >= parallel then return {0, 1, 'max-parallel'} end
@@ -190,7 +217,8 @@ end
 return {1, 0, ''}
 """
 
-# KEYS: tokens, in-flight, budget. ARGV: tokens, ticket, budget seconds left (0: no budget), count tokens (1/0).
+# KEYS: tokens, in-flight, budget, spend. ARGV: tokens, ticket, budget seconds left (0: no budget), count tokens
+# (1/0), micro-dollars.
 _SETTLE = """
 local tokens = tonumber(ARGV[1])
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[2], ARGV[2]) end
@@ -202,14 +230,30 @@ if tokens > 0 and tonumber(ARGV[3]) > 0 then
   redis.call('INCRBY', KEYS[3], tokens)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]) + 3600)
 end
+local dollars = tonumber(ARGV[5])
+if dollars > 0 and tonumber(ARGV[3]) > 0 then
+  redis.call('INCRBY', KEYS[4], dollars)
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]) + 3600)
+end
 return 1
 """
 
 
-def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str]:
+def budget_key(client_name: str, budget_period: str) -> str:
+    """The tokens a client used in a budget period (the operator reads it for a ClientKey's status)."""
+    return f"cliproxy:{{{client_name}}}:budget:{budget_period}"
+
+
+def spend_key(client_name: str, budget_period: str) -> str:
+    """The micro-dollars a client spent in a budget period (an integer: Redis adds them exactly)."""
+    return f"cliproxy:{{{client_name}}}:spend:{budget_period}"
+
+
+def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
     base = f"cliproxy:{{{client.name}}}"
-    return f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", f"{base}:budget:{budget_period}"
+    return (f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", budget_key(client.name, budget_period),
+            spend_key(client.name, budget_period))  # fmt: skip
 
 
 class Shared:
@@ -232,9 +276,10 @@ class Shared:
         now = time.time()
         current, left = period(budget, now) if budget is not None else ("", 0)
         ticket = os.urandom(8).hex() if limit is not None and limit.max_parallel else ""
+        tokens, micro_usd = budget_limits(budget)
         argv = (
             (limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0,
-            (limit.max_parallel or 0) if limit else 0, budget.tokens if budget else 0, left, LEASE, ticket,
+            (limit.max_parallel or 0) if limit else 0, tokens, left, LEASE, ticket, micro_usd,
         )  # fmt: skip
         answer = await self._call(self.admit_script, _keys(client, current), argv)
         if answer is None:
@@ -245,14 +290,27 @@ class Shared:
         return Verdict(bool(allowed), int(retry_after), refused.decode() if isinstance(refused, bytes) else refused,
                        ticket)  # fmt: skip
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int) -> None:
+    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         if not verdict.counted:
             return
         budget = client.budget
         current, left = period(budget, time.time()) if budget is not None else ("", 0)
-        _, used, in_flight, spent = _keys(client, current)
+        _, used, in_flight, spent, spend = _keys(client, current)
         counts_tokens = int(client.rate_limit is not None and client.rate_limit.tpm is not None)
-        await self._call(self.settle_script, (used, in_flight, spent), (tokens, verdict.ticket, left, counts_tokens))
+        await self._call(self.settle_script, (used, in_flight, spent, spend),
+                         (tokens, verdict.ticket, left, counts_tokens, micro_usd))  # fmt: skip
+
+    async def spent(self, client: Client) -> tuple[int, int] | None:
+        """The budget period's tokens and micro-dollars across every replica (None: no budget, or Redis is down)."""
+        if client.budget is None or (self.backoff and time.monotonic() < self.down_until):
+            return None
+        *_, tokens_key, spend_key = _keys(client, period(client.budget, time.time())[0])
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                tokens, micro_usd = await self.redis.mget(tokens_key, spend_key)
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return int(tokens or 0), int(micro_usd or 0)
 
     async def _call(self, script: Any, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
         """The script's answer, or None when Redis did not give one within the timeout (or is backing off)."""
@@ -303,8 +361,12 @@ class Limits:
     async def admit(self, client: Client) -> Verdict:
         return await self.engine.admit(client)
 
-    def settle(self, client: Client, verdict: Verdict, tokens: int) -> None:
-        self._background(self.engine.settle(client, verdict, tokens))
+    def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
+        self._background(self.engine.settle(client, verdict, tokens, micro_usd))
+
+    async def spent(self, client: Client) -> tuple[int, int] | None:
+        """The current budget period's (tokens, micro-dollars), when the client has a budget and it is known."""
+        return await self.engine.spent(client)
 
     def _background(self, work: Any) -> None:
         try:

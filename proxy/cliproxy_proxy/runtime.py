@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from .catalog import KINDS, Wire
-from .clients import Client, client_of
+from .clients import Client, client_of, plain_client
 from .config import (
     CONTROL_CHARACTERS,
     MAX_FALLBACKS,
@@ -199,7 +199,7 @@ class Runtime:
     secret_files: tuple[Path, ...]
     loaded_at: float
     sessions: Sessions = field(default_factory=Sessions, repr=False)
-    clients: tuple[Client | None, ...] = ()  # whose each of client_keys is (None: a plain api-keys key)
+    clients: tuple[Client, ...] = ()  # whose each of client_keys is (a plain api-keys key: named by its place)
     fallbacks: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)  # model -> routes tried after it
 
     @property
@@ -460,12 +460,14 @@ def build_runtime(
     sessions = sessions or Sessions()
     creds, secret_files = credentials or build_credentials(config, source, sessions)
     client_keys = [k.get_secret_value() for k in config.api_keys]
+    clients = [plain_client(f"api-keys[{index}]") for index in range(len(client_keys))]
     if config.api_keys_file is not None:
         builder = _Builder(config, source)
         text = builder.secret(None, config.api_keys_file, "api-keys-file", lines=True)
-        client_keys.extend(line.strip() for line in text.splitlines() if line.strip())
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        client_keys.extend(lines)
+        clients.extend(plain_client(f"api-keys-file[{index}]") for index in range(len(lines)))
         secret_files.extend(builder.secret_files)
-    clients: list[Client | None] = [None] * len(client_keys)
     builder = _Builder(config, source)
     for index, entry in enumerate(config.client_keys):
         key = builder.secret(entry.api_key, entry.api_key_file, f"client-keys[{index}].api-key-file").strip()

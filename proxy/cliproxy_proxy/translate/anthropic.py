@@ -27,6 +27,8 @@ import orjson
 from . import fields
 from .canonical import (
     SSE_COMMENT,
+    THINKING_LEVELS,
+    USAGE_MARKERS,
     Event,
     Finish,
     FinishReason,
@@ -54,6 +56,7 @@ from .canonical import (
     Usage,
     reencode,
     thinking_budget,
+    usage_object,
 )
 from .codec import Codec, CodecBase
 
@@ -360,10 +363,11 @@ def _decode_usage(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     cached = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + cached + int(usage.get("cache_creation_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + cached + written
     details = usage.get("output_tokens_details")
     thinking = int(details.get("thinking_tokens") or 0) if isinstance(details, dict) else 0
-    return Usage(prompt, int(usage.get("output_tokens") or 0), cached, thinking)
+    return Usage(prompt, int(usage.get("output_tokens") or 0), cached, thinking, written)
 
 
 def _stop_reason(reason: FinishReason | None, stop_sequence: str | None) -> str:
@@ -408,6 +412,13 @@ class AnthropicCodec(CodecBase):
     default_headers: Mapping[str, str] = MappingProxyType({"anthropic-version": API_VERSION})
     counts_tokens = True
     context_window_markers = (b"prompt is too long",)
+
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        """A message's usage, or a stream's: its input in ``message_start``, its output in ``message_delta``."""
+        usage = usage_object(document, "message")
+        return _decode_usage(usage) if usage is not None else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 
