@@ -27,7 +27,6 @@ import orjson
 from . import fields
 from .canonical import (
     SSE_COMMENT,
-    THINKING_LEVELS,
     USAGE_MARKERS,
     Event,
     Finish,
