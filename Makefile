@@ -46,11 +46,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p cliproxy_proxy -p cliproxy_operator
 
-bench: $(STAMP)
+bench: $(STAMP) sysdeps
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/propagation_bench.py
 	$(BIN)/python bench/fault_bench.py
+	$(BIN)/python bench/limits_bench.py
 
 # The clients people run (SDKs, litellm, Claude Code, Codex CLI) through the proxy at scripted upstreams: a table of
 # client x upstream. Not part of `make test`: it installs litellm and two npm packages, and runs the CLIs.

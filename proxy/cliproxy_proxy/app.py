@@ -53,7 +53,8 @@ class Proxy:
         self.discovery = Discovery(self.metrics.discovered)
         self.draining = False
         self.pool = Pool()
-        self.limits = Limits(self.metrics.registry)
+        self.limits = Limits(self.metrics.registry, self.health.adopt)
+        self.health.share = self.limits.share
         self.client_usage = ClientUsage(self.metrics.registry)
         self.limits.configure(runtime.config.redis)
         self.metrics_port = runtime.config.metrics_port  # read at start, like the main port: a reload keeps it
@@ -602,6 +603,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if discovers or reloader.source.using_api:
             await reloader.check(force=discovers)  # the API's objects, and the upstreams' model lists, before serving
     metrics = await _metrics_listener(proxy) if proxy.metrics_port else None
+    proxy.limits.start()
     watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
     loop = asyncio.get_running_loop()
     if reloader is not None:

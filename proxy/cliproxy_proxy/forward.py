@@ -68,6 +68,10 @@ class Failure:
     retry_after: float | None = None
 
 
+#: An attempt not made: the credential is over its own rpm/tpm (the client gets a 429 only when all are).
+HELD = Failure(None, "held")
+
+
 class _StreamBroken(Exception):
     """The upstream stream ended badly after the client already got data."""
 
@@ -158,7 +162,8 @@ class Exchange:
                 outcome = await self.attempt(target)
                 if not isinstance(outcome, Failure):
                     return outcome
-                failure = outcome
+                if outcome is not HELD:
+                    failure = outcome
             wait = health.soonest(self.route)
             if round_ == policy.request_retry or wait > policy.max_retry_interval:
                 break
@@ -172,7 +177,10 @@ class Exchange:
     async def attempt(self, target: Target) -> web.StreamResponse | Failure:
         credential = self.credential = target.credential
         self.provider = credential.provider
-        self.proxy.health.charge_request(credential)
+        held = await self.proxy.limits.reserve(credential)
+        if held:  # over its own rpm/tpm: skipped as a resting one would be, not a failure
+            self.proxy.health.hold(credential, held)
+            return HELD
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
         try:
@@ -534,7 +542,7 @@ class Exchange:
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
         tokens_in, tokens_out = self.usage or (0, 0)
         if self.credential is not None and self.usage is not None:
-            self.proxy.health.charge_tokens(self.credential, tokens_in + tokens_out)
+            self.proxy.limits.spend(self.credential, tokens_in + tokens_out)
         self.proxy.metrics.finish(
             self.provider, self.route.model, status or response.status, perf_counter() - self.started,
             tokens_in, tokens_out,

@@ -1,0 +1,60 @@
+"""The ``redis`` block's topologies: one server, a Sentinel URL, a Cluster; and what a bad block is told."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis as RedisClient
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import SentinelConnectionPool
+
+from cliproxy_proxy.config import ConfigError, parse_config
+from cliproxy_proxy.config import Redis as RedisSettings
+from cliproxy_proxy.store import SentinelTarget, connect, parse_sentinel_url
+
+
+@pytest.mark.parametrize(
+    ("url", "parsed"),
+    [
+        ("redis+sentinel://s1:26379,s2:26380/mymaster",
+         SentinelTarget((("s1", 26379), ("s2", 26380)), "mymaster", 0, None, None, False)),
+        ("rediss+sentinel://:p%40ss@s1,[::1]:26381/cache/2",
+         SentinelTarget((("s1", 26379), ("::1", 26381)), "cache", 2, None, "p@ss", True)),
+        ("redis+sentinel://user:pw@10.0.0.1:5000/m/",
+         SentinelTarget((("10.0.0.1", 5000),), "m", 0, "user", "pw", False)),
+    ],
+)  # fmt: skip
+def test_a_sentinel_url_names_its_sentinels_master_db_and_credentials(url: str, parsed: SentinelTarget) -> None:
+    assert parse_sentinel_url(url) == parsed
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ({"url": "http://redis:6379"}, "redis.url: String should match pattern"),
+        ({"url": "redis+sentinel://s1:26379"}, "names its master"),
+        ({"url": "redis+sentinel://s1:26379/m", "cluster": True}, "cluster: true takes a redis://"),
+        ({"url": "unix:///run/redis.sock", "cluster": True}, "cluster: true takes a redis://"),
+        ({"url": "redis://:hunter2@redis:6379", "timeout": 9}, "redis.timeout"),
+    ],
+)
+def test_a_bad_redis_block_is_refused_by_path_without_echoing_it(block: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"api-keys": ["k"], "redis": block})
+    assert message in str(refused.value) and "hunter2" not in str(refused.value)
+
+
+def test_each_topology_gets_its_redis_py_client_with_the_check_timeout() -> None:
+    single = connect(RedisSettings(url="redis://127.0.0.1:6379/3", timeout=0.2), socket_timeout=0.2)
+    assert isinstance(single, RedisClient)
+    assert single.connection_pool.connection_kwargs["socket_timeout"] == 0.2
+    assert single.connection_pool.connection_kwargs["db"] == 3
+
+    sentinel = connect(RedisSettings(url="redis+sentinel://:pw@s1:26379/mymaster/1"), socket_timeout=None)
+    assert isinstance(sentinel.connection_pool, SentinelConnectionPool)
+    assert sentinel.connection_pool.service_name == "mymaster"
+    assert sentinel.connection_pool.connection_kwargs["password"] == "pw"
+    assert sentinel.connection_pool.connection_kwargs["db"] == 1
+
+    cluster = connect(RedisSettings(url="redis://node-1:7000", cluster=True), socket_timeout=0.05)
+    assert isinstance(cluster, RedisCluster)
+    assert [(node.host, node.port) for node in cluster.nodes_manager.startup_nodes.values()] == [("node-1", 7000)]
