@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def write_config(tmp: Path, port: int, upstream: int, redis_url: str) -> Path:
     config = {
         "port": port, "host": "127.0.0.1", "api-keys": ["bench-plain"], "streaming": {"keepalive-seconds": 0},
         "client-keys": [{"name": "bench", "api-key": "bench-limited", "rate-limit": {"rpm": HUGE, "tpm": HUGE}}],
-        "redis": {"url": redis_url},
+        "redis": {"url": redis_url, "timeout": 1.0},  # what is measured is Redis' path, not on-error's
         "openai-compatibility": [
             {"name": "plain", "base-url": base, "api-key-entries": [{"api-key": UPSTREAM_KEY}],
              "models": [{"name": "demo-small", "alias": "bench-model"}]},
@@ -50,10 +51,42 @@ def write_config(tmp: Path, port: int, upstream: int, redis_url: str) -> Path:
     return path
 
 
-def commands(redis: Redis) -> int:
-    """Commands Redis has run so far, but the INFO calls that ask."""
+def round_trips(redis: Redis) -> int:
+    """Scripts Redis has run so far: every limit check and settle is one (and one round trip). commandstats also
+    counts the commands a script calls, so only the scripts themselves are summed."""
     stats = redis.info("commandstats")
-    return sum(int(row["calls"]) for name, row in stats.items() if name != "cmdstat_info")
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+def round_trips_per_request(redis: Redis, url: str, key: str, model: str, n: int = 50) -> float:
+    """Scripts per request, from ``n`` requests one after the other (wrk's counts miss the ones still in flight)."""
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]}).encode()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    before = settled(redis)
+    for _ in range(n):
+        with opener.open(urllib.request.Request(url, body, headers), timeout=10) as response:
+            response.read()
+    return round((settled(redis) - before) / n, 3)
+
+
+def settled(redis: Redis) -> int:
+    """The script count once it stops moving: a loaded proxy still works off wrk's last requests and settles."""
+    count = round_trips(redis)
+    while True:
+        time.sleep(0.5)
+        now = round_trips(redis)
+        if now == count:
+            return count
+        count = now
+
+
+def outages(url: str) -> float:
+    """Checks the proxy decided by ``redis.on-error`` so far (a Redis answer slower than ``timeout``)."""
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as response:
+        text = response.read().decode()
+    return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
+               if line.startswith("cliproxy_limit_store_unavailable_total"))  # fmt: skip
 
 
 def main() -> int:
@@ -98,32 +131,32 @@ def main() -> int:
         for name, (url, key, model) in paths.items():
             runs[name] = {}
             for conns in (1, 32):
-                before = commands(redis)
-                run = runs[name][conns] = run_wrk(wrk, url, key, model, False, conns, secs, tmp)
-                time.sleep(0.5)  # the last answers' settling, in the background
-                per_request = round((commands(redis) - before) / max(1, run.requests), 3)
+                runs[name][conns] = run_wrk(wrk, url, key, model, False, conns, secs, tmp)
+            per_request = round_trips_per_request(redis, url, key, model)
             direct = runs["direct"]
             figures[name] = {"p50_c1_ms": runs[name][1].p50, "rps_c32": runs[name][32].rps,
                              "added_p50_ms": round(runs[name][1].p50 - direct[1].p50, 3),
                              "ratio_c32": round(runs[name][32].rps / direct[32].rps, 3),
-                             "redis_commands_per_request": per_request}  # fmt: skip
+                             "redis_round_trips_per_request": per_request}  # fmt: skip
             print(f"  {name}: {figures[name]}", flush=True)
         redis.close()
+        decided_by_on_error = outages(f"http://127.0.0.1:{proxy_port}/metrics")
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
-    print(f"\n{'path':22} {'+p50 ms (c=1)':>14} {'ratio (c=32)':>13} {'Redis cmds/req':>15}")
+    print(f"\n{'path':22} {'+p50 ms (c=1)':>14} {'ratio (c=32)':>13} {'Redis round trips/req':>22}")
     for name, row in figures.items():
         print(f"{name:22} {row['added_p50_ms']:>+14.3f} {row['ratio_c32']:>13.2f} "
-              f"{row['redis_commands_per_request']:>15}")  # fmt: skip
+              f"{row['redis_round_trips_per_request']:>22}")  # fmt: skip
+    print(f"checks decided by on-error (Redis slower than its timeout): {decided_by_on_error:.0f}")
     limited = figures["client limits"]
     missed = limited["added_p50_ms"] > TARGET_ADDED_P50_MS or limited["ratio_c32"] < TARGET_RATIO
     print(f"targets with client limits on Redis: +p50 <= {TARGET_ADDED_P50_MS} ms at c=1, ratio >= {TARGET_RATIO} "
           f"at c=32: {'MISSED' if missed else 'met'}")  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"duration_s": secs, "pinned": pin, "figures": figures,
+    report = {"duration_s": secs, "pinned": pin, "figures": figures, "decided_by_on_error": decided_by_on_error,
               "runs": {name: {f"c={c}": asdict(r) for c, r in by.items()} for name, by in runs.items()}}  # fmt: skip
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")

@@ -142,7 +142,9 @@ async def test_redis_killed_mid_load_applies_allow_then_enforces_again_once_back
     provider: FakeProvider, redis_server: RedisServer, start_proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis = {"url": redis_server.url, "timeout": 0.5}  # a loaded CI box: the bound, not a speed
-    apps, clients = await replicas(start_proxy, limited_config(provider, redis, **{"rate-limit": {"rpm": 5}}), True)
+    config = limited_config(provider, redis, **{"rate-limit": {"rpm": 5}})
+    config["openai-compatibility"][0]["rate-limit"] = {"rpm": 1000}  # the credential's check meets the outage too
+    apps, clients = await replicas(start_proxy, config, True)
     before = await asyncio.gather(*(ask(clients[i % 2]) for i in range(8)))
     assert before.count(200) == 5
     caplog.set_level(logging.WARNING, "cliproxy.limits")
