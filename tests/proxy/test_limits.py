@@ -257,6 +257,16 @@ async def test_a_429_on_one_replica_benches_the_credential_on_the_others(
     target = next(t for t in third.proxy.runtime.routes["small"].targets if t.credential.secret == "key-a")
     await eventually(lambda: third.proxy.health.blocked_for(target, third.proxy.health.clock()) > 25)
 
+    redis_server.kill()  # every replica's subscription drops; each subscribes again once Redis is back
+    redis_server.start()
+    async with Redis.from_url(redis_server.url) as redis:
+        await eventually_subscribed(redis, 3)
+    provider.state.fail_next("key-b", Fault(status=401))
+    with pytest.raises(openai.InternalServerError):  # key-a rests, key-b is refused: the 502 upstream_auth_error
+        await plain(first.client())
+    target = next(t for t in second.proxy.runtime.routes["small"].targets if t.credential.secret == "key-b")
+    await eventually(lambda: second.proxy.health.blocked_for(target, second.proxy.health.clock()) > 1000)
+
 
 async def test_a_forged_or_malformed_cooldown_message_is_ignored(
     provider: FakeProvider, redis_server: RedisServer, start_proxy
@@ -275,9 +285,9 @@ async def test_a_forged_or_malformed_cooldown_message_is_ignored(
     assert set(running.proxy.health.cooldowns) == {(key_a.id, "up-large")}
 
 
-async def eventually_subscribed(redis: Redis) -> None:
+async def eventually_subscribed(redis: Redis, replicas: int = 1) -> None:
     for _ in range(200):
-        if (await redis.pubsub_numsub(CHANNEL))[0][1] >= 1:
+        if (await redis.pubsub_numsub(CHANNEL))[0][1] >= replicas:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("no replica subscribed")
