@@ -252,6 +252,7 @@ async def test_a_429_on_one_replica_benches_the_credential_on_the_others(
     provider.received.clear()
     await plain(second.client())
     assert [r.key for r in provider.received] == ["key-b"]  # the second replica never asked key-a
+    await assert_no_secret_in_redis(redis_server, (b"key-a", b"key-b"))
 
     third = await start_proxy(config)  # a replica started later learns it from the resync
     target = next(t for t in third.proxy.runtime.routes["small"].targets if t.credential.secret == "key-a")
@@ -291,3 +292,15 @@ async def eventually_subscribed(redis: Redis, replicas: int = 1) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("no replica subscribed")
+
+
+async def assert_no_secret_in_redis(server: RedisServer, secrets: tuple[bytes, ...]) -> None:
+    """Redis names credentials by id and clients by name: no key is in any key name, field or value."""
+    async with Redis.from_url(server.url) as redis:
+        stored = [name async for name in redis.scan_iter()]
+        for name in list(stored):
+            if await redis.type(name) == b"hash":
+                stored += [item for pair in (await redis.hgetall(name)).items() for item in pair]
+            elif await redis.type(name) == b"string":
+                stored.append(await redis.get(name))
+    assert len(stored) > 3 and not [item for item in stored for secret in secrets if secret in item]
