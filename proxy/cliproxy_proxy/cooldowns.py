@@ -28,6 +28,7 @@ log = logging.getLogger("cliproxy.cooldowns")
 CHANNEL = "cliproxy:cooldowns"
 KEY = "cliproxy:{cooldowns}"  # one hash, so one Cluster slot
 RESYNC = 5.0  # seconds between reads of the whole hash
+LONGEST = 86400.0  # seconds: a rest heard from Redis lasts at most a day here, whatever the message says
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 
 Call = Callable[[Any, tuple[str, ...], tuple[Any, ...]], Awaitable[Any]]
@@ -101,7 +102,7 @@ class CooldownFeed:
             case [str() as credential_id, str() as model, int() | float() as seconds, str() as reason] if (
                 math.isfinite(seconds) and seconds > 0
             ):
-                self.adopt(credential_id, model, float(seconds), reason)
+                self.adopt(credential_id, model, min(float(seconds), LONGEST), reason)
 
     async def watch(self) -> None:
         """Follow the channel for ever, resyncing on each (re)subscription and every ``RESYNC`` seconds."""

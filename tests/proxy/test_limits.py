@@ -281,9 +281,11 @@ async def test_a_forged_or_malformed_cooldown_message_is_ignored(
                         orjson.dumps([key_a.id, "up-small", 60, "transient"]),
                         orjson.dumps(["unknown-credential", "up-small", 60, "quota"])):  # fmt: skip
             await redis.publish(CHANNEL, message)
-        await redis.publish(CHANNEL, orjson.dumps([key_a.id, "up-large", 60, "quota"]))  # a well-formed one
-    await eventually(lambda: (key_a.id, "up-large") in running.proxy.health.cooldowns)
-    assert set(running.proxy.health.cooldowns) == {(key_a.id, "up-large")}
+        await redis.publish(CHANNEL, orjson.dumps([key_a.id, "up-large", 10**12, "quota"]))  # well formed, long
+    health = running.proxy.health
+    await eventually(lambda: (key_a.id, "up-large") in health.cooldowns)
+    assert set(health.cooldowns) == {(key_a.id, "up-large")}
+    assert 86000 < health.cooldowns[(key_a.id, "up-large")].until - health.clock() <= 86400  # a day at most
 
 
 async def eventually_subscribed(redis: Redis, replicas: int = 1) -> None:
