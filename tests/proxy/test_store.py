@@ -1,15 +1,23 @@
-"""The ``redis`` block's topologies: one server, a Sentinel URL, a Cluster; and what a bad block is told."""
+"""The ``redis`` block's topologies: one server, a Sentinel URL (and a real Sentinel), a Cluster; and what a bad
+block is told."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis as RedisClient
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from cliproxy_proxy.config import ConfigError, parse_config
+from cliproxy_proxy.clients import client_of
+from cliproxy_proxy.config import ClientKey, ConfigError, parse_config
 from cliproxy_proxy.config import Redis as RedisSettings
+from cliproxy_proxy.limits import Limits
 from cliproxy_proxy.store import SentinelTarget, connect, parse_sentinel_url
+
+from ..support.redis_server import RedisSentinel, RedisServer
 
 
 @pytest.mark.parametrize(
@@ -58,3 +66,19 @@ def test_each_topology_gets_its_redis_py_client_with_the_check_timeout() -> None
     cluster = connect(RedisSettings(url="redis://node-1:7000", cluster=True), socket_timeout=0.05)
     assert isinstance(cluster, RedisCluster)
     assert [(node.host, node.port) for node in cluster.nodes_manager.startup_nodes.values()] == [("node-1", 7000)]
+
+
+async def test_limits_hold_through_a_real_sentinel_watched_master(redis_server: RedisServer, tmp_path: Path) -> None:
+    sentinel = RedisSentinel(tmp_path, redis_server)
+    sentinel.start()
+    limits = Limits(CollectorRegistry())
+    try:
+        limits.configure(RedisSettings(url=sentinel.url, timeout=5.0))  # a loaded box: the bound, not a speed
+        client = client_of(ClientKey.model_validate({"name": "team", "api-key": "k", "rate-limit": {"rpm": 2}}))
+        verdicts = [await limits.admit(client) for _ in range(3)]
+        assert [v.allowed for v in verdicts] == [True, True, False] and verdicts[2].limit == "rpm"
+        async with RedisClient.from_url(redis_server.url) as master:  # counted on the master Sentinel named
+            assert await master.exists("cliproxy:{team}:requests")
+    finally:
+        await limits.close()
+        sentinel.kill()

@@ -49,3 +49,39 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+class RedisSentinel:
+    """A real Sentinel (``redis-server --sentinel``) watching one master as ``mymaster``."""
+
+    def __init__(self, directory: Path, master: RedisServer) -> None:
+        self.binary = master.binary
+        self.port = free_port()
+        self.config = directory / "sentinel.conf"  # Sentinel rewrites its config: a file of its own
+        self.config.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {directory}\n"
+                               f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n")  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/mymaster/0"
+
+    def start(self) -> None:
+        command = [self.binary, str(self.config), "--sentinel"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(500):  # up to 5 s for it to name the master
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as connection:
+                    connection.sendall(b"SENTINEL get-master-addr-by-name mymaster\r\n")
+                    if connection.recv(64).startswith(b"*2"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.01)
+        raise AssertionError("redis-server --sentinel did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
