@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from .config import Redis
@@ -84,11 +85,9 @@ class CooldownFeed:
             self._adopt([credential_id, model, left, reason.decode(errors="replace")])
 
     async def _read(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """Redis' time and the hash, in one round trip; called as a script is, through the engine's guard."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
-            pipe.hgetall(keys[0])
-            return await pipe.execute()
+        """Redis' time and the hash (two round trips every ``RESYNC`` s: a Cluster pipeline refuses TIME); called
+        as a script is, through the engine's guard."""
+        return await self.redis.time(), await self.redis.hgetall(keys[0])
 
     def _received(self, data: Any) -> None:
         try:
@@ -110,6 +109,8 @@ class CooldownFeed:
         while True:
             subscriber = connect(self.settings, socket_timeout=None)
             try:
+                if isinstance(subscriber, RedisCluster):
+                    await subscriber.initialize()  # its pubsub picks a node from the slot map, unread until then
                 async with subscriber.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     if backoff:

@@ -1,8 +1,10 @@
-"""The ``redis`` block's topologies: one server, a Sentinel URL (and a real Sentinel), a Cluster; and what a bad
-block is told."""
+"""The ``redis`` block's topologies: one server, a Sentinel URL, a Cluster (a real Sentinel and a real one-node
+Cluster); and what a bad block is told."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from cliproxy_proxy.clients import client_of
 from cliproxy_proxy.config import ClientKey, ConfigError, parse_config
 from cliproxy_proxy.config import Redis as RedisSettings
+from cliproxy_proxy.cooldowns import CHANNEL
 from cliproxy_proxy.limits import Limits
 from cliproxy_proxy.store import SentinelTarget, connect, parse_sentinel_url
 
@@ -82,3 +85,40 @@ async def test_limits_hold_through_a_real_sentinel_watched_master(redis_server: 
     finally:
         await limits.close()
         sentinel.kill()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis Cluster of one node holding every slot; once for the module (a node waits 2 s to call itself ok)."""
+    node = RedisServer(tmp_path_factory.mktemp("cluster"), cluster=True)
+    node.start()
+    yield node
+    node.kill()
+
+
+async def test_limits_and_cooldowns_through_a_real_redis_cluster(cluster: RedisServer) -> None:
+    async with RedisClient.from_url(cluster.url) as redis:
+        await redis.flushall()
+    heard: list[tuple[str, str, float, str]] = []
+    limits = Limits(CollectorRegistry(), lambda *rest: heard.append(rest))
+    try:
+        limits.configure(RedisSettings(url=cluster.url, cluster=True, timeout=5.0))  # a loaded box: a bound
+        client = client_of(ClientKey.model_validate({"name": "team", "api-key": "k", "rate-limit": {"rpm": 2}}))
+        verdicts = [await limits.admit(client) for _ in range(3)]
+        assert [v.allowed for v in verdicts] == [True, True, False] and verdicts[2].limit == "rpm"
+        async with RedisClient.from_url(cluster.url) as redis:
+            for _ in range(200):  # the feed subscribes in the background
+                if (await redis.pubsub_numsub(CHANNEL))[0][1]:
+                    break
+                await asyncio.sleep(0.05)
+        limits.share("credential-id", "model", 30, "quota")  # published, heard back through the cluster
+        for _ in range(200):
+            if heard:
+                break
+            await asyncio.sleep(0.05)
+        assert heard == [("credential-id", "model", 30.0, "quota")]
+        assert limits.feed is not None
+        await limits.feed.resync()  # and read back from the hash
+        assert heard[1][:2] == ("credential-id", "model") and 0 < heard[1][2] <= 30
+    finally:
+        await limits.close()

@@ -16,33 +16,48 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """One redis-server process without persistence; ``url`` stays the same across ``kill`` and ``start``."""
+    """One redis-server process without persistence; ``url`` stays the same across ``kill`` and ``start``.
 
-    def __init__(self, directory: Path) -> None:
+    ``cluster``: a Redis Cluster of this one node, holding every slot.
+    """
+
+    def __init__(self, directory: Path, *, cluster: bool = False) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed: `make sysdeps` installs it (Debian package redis-server)"
         self.binary = binary
         self.directory = directory
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
+        self.cluster = cluster
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://127.0.0.1:{self.port}" + ("" if self.cluster else "/0")
 
     def start(self) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", str(self.directory)]  # fmt: skip
+        if self.cluster:
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(500):  # up to 5 s for it to listen
+        self._until(b"PING\r\n", b"+PONG")
+        if self.cluster:
+            self._until(b"CLUSTER ADDSLOTSRANGE 0 16383\r\n", b"+OK")
+            self._until(b"CLUSTER INFO\r\n", b"cluster_state:ok")
+
+    def _until(self, command: bytes, answer: bytes) -> None:
+        """Send ``command`` until the reply holds ``answer``; up to 5 s."""
+        for _ in range(500):
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.1) as connection:
-                    connection.sendall(b"PING\r\n")
-                    if connection.recv(16).startswith(b"+PONG"):
+                    connection.sendall(command)
+                    reply = connection.recv(4096)
+                    if answer in reply:
                         return
             except OSError:
-                time.sleep(0.01)
-        raise AssertionError("redis-server did not start")
+                pass
+            time.sleep(0.01)
+        raise AssertionError(f"redis-server did not answer {command!r} with {answer!r}")
 
     def kill(self) -> None:
         if self.process is not None:
