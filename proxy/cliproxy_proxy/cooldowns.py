@@ -127,6 +127,9 @@ class CooldownFeed:
                 if not backoff:
                     log.warning("cooldown feed lost Redis (%s); resubscribing with backoff", type(error).__name__)
                 backoff = min(_BACKOFF_MAX, backoff * 2 or _BACKOFF_FIRST)
+            except Exception:  # anything else is a bug; it must not end the sharing for good
+                log.exception("cooldown feed failed; resubscribing in %s s", _BACKOFF_MAX)
+                backoff = _BACKOFF_MAX
             finally:
                 await subscriber.aclose()
             await asyncio.sleep(backoff)
