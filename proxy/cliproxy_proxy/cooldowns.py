@@ -4,7 +4,8 @@ A replica that rests a credential for a provider's verdict (429, 401/402/403, a 
 rest into one Redis hash (field: credential id and model; value: until when, on Redis' clock) and publishes it on
 a channel. Every replica follows the channel and adopts what it hears, so the others bench the credential as soon
 as the message arrives, with no extra round trip on any request. A periodic resync of the hash is the fallback
-for messages missed while a subscriber was reconnecting.
+for messages missed while a subscriber was reconnecting; and each time the feed subscribes again (Redis back,
+maybe empty), it announces the rests this replica holds, so what was decided during an outage is shared after it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -21,7 +21,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from .config import Redis
-from .health import Share
+from .health import Health
 from .store import connect
 
 log = logging.getLogger("cliproxy.cooldowns")
@@ -31,8 +31,6 @@ KEY = "cliproxy:{cooldowns}"  # one hash, so one Cluster slot
 RESYNC = 5.0  # seconds between reads of the whole hash
 LONGEST = 86400.0  # seconds: a rest heard from Redis lasts at most a day here, whatever the message says
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
-
-Call = Callable[[Any, tuple[str, ...], tuple[Any, ...]], Awaitable[Any]]
 
 # KEYS: the hash. ARGV: field, milliseconds, reason, channel, message. A longer rest already there wins; the
 # rests that ended are dropped, so the hash holds only running ones (and expires with the longest).
@@ -54,26 +52,41 @@ return 1
 
 
 class CooldownFeed:
-    """Publishes this replica's verdict rests and adopts the other replicas' ones."""
+    """Publishes this replica's verdict rests and adopts the other replicas' ones.
 
-    def __init__(self, settings: Redis, redis: Any, call: Call, adopt: Share) -> None:
+    Everything goes over the subscription's own client, made afresh at each (re)subscription: no pooled
+    connection from before a Redis restart fails a publish. While not subscribed, a rest stays this replica's
+    until the next subscription announces it.
+    """
+
+    def __init__(self, settings: Redis, health: Health) -> None:
         self.settings = settings
-        self.call = call  # the limit engine's: bounded by redis.timeout, backing off while Redis is down
-        self.adopt = adopt
-        self.redis = redis
-        self.publish_script = redis.register_script(_PUBLISH)
+        self.health = health
+        self.client: Any = None  # while subscribed
+        self.publish_script: Any = None
 
     async def publish(self, credential_id: str, model: str, seconds: float, reason: str) -> None:
+        """Write and announce one rest, within ``redis.timeout``."""
+        if self.client is None:
+            return
         field = orjson.dumps([credential_id, model])
         message = orjson.dumps([credential_id, model, seconds, reason])
-        await self.call(self.publish_script, (KEY,), (field, math.ceil(seconds * 1000), reason, CHANNEL, message))
+        argv = (field, math.ceil(seconds * 1000), reason, CHANNEL, message)
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                await self.publish_script(keys=(KEY,), args=argv)
+        except (RedisError, OSError):  # TimeoutError too
+            return
+
+    async def announce(self) -> None:
+        """Publish every verdict rest this replica holds (after Redis came back, it may hold none of them)."""
+        for rest in self.health.verdict_rests():
+            await self.publish(*rest)
 
     async def resync(self) -> None:
         """Adopt every rest the hash holds, timed on Redis' clock (the hash's ends are on it)."""
-        answer = await self.call(self._read, (KEY,), ())
-        if answer is None:
-            return
-        (seconds, micros), rests = answer
+        async with asyncio.timeout(self.settings.timeout):
+            (seconds, micros), rests = await self.client.time(), await self.client.hgetall(KEY)
         now = seconds * 1000 + micros // 1000
         for field, value in rests.items():
             until, _, reason = value.partition(b" ")
@@ -83,11 +96,6 @@ class CooldownFeed:
             except (orjson.JSONDecodeError, ValueError, TypeError):
                 continue
             self._adopt([credential_id, model, left, reason.decode(errors="replace")])
-
-    async def _read(self, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
-        """Redis' time and the hash (two round trips every ``RESYNC`` s: a Cluster pipeline refuses TIME); called
-        as a script is, through the engine's guard."""
-        return await self.redis.time(), await self.redis.hgetall(keys[0])
 
     def _received(self, data: Any) -> None:
         try:
@@ -101,10 +109,10 @@ class CooldownFeed:
             case [str() as credential_id, str() as model, int() | float() as seconds, str() as reason] if (
                 math.isfinite(seconds) and seconds > 0
             ):
-                self.adopt(credential_id, model, min(float(seconds), LONGEST), reason)
+                self.health.adopt(credential_id, model, min(float(seconds), LONGEST), reason)
 
     async def watch(self) -> None:
-        """Follow the channel for ever, resyncing on each (re)subscription and every ``RESYNC`` seconds."""
+        """Follow the channel for ever: announce and resync on each (re)subscription, resync every ``RESYNC`` s."""
         backoff = 0.0
         while True:
             subscriber = connect(self.settings, socket_timeout=None)
@@ -115,6 +123,8 @@ class CooldownFeed:
                     await pubsub.subscribe(CHANNEL)
                     if backoff:
                         log.warning("cooldown feed subscribed again")
+                    self.client, self.publish_script = subscriber, subscriber.register_script(_PUBLISH)
+                    await self.announce()
                     backoff, resync_at = 0.0, 0.0
                     while True:
                         if time.monotonic() >= resync_at:
@@ -131,5 +141,6 @@ class CooldownFeed:
                 log.exception("cooldown feed failed; resubscribing in %s s", _BACKOFF_MAX)
                 backoff = _BACKOFF_MAX
             finally:
+                self.client = None
                 await subscriber.aclose()
             await asyncio.sleep(backoff)

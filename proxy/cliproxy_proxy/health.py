@@ -99,6 +99,15 @@ class Health:
         if until > state.until:
             state.until, state.reason = until, reason
 
+    def verdict_rests(self) -> list[tuple[str, str, float, str]]:
+        """The running rests for a provider's verdict, as (credential id, model, seconds left, reason)."""
+        now = self.clock()
+        return [
+            (credential_id, model, state.until - now, state.reason)
+            for (credential_id, model), state in self.cooldowns.items()
+            if state.reason in SHARED_REASONS and state.until > now
+        ]
+
     def blocked_for(self, target: Target, now: float, panic: bool = False) -> float:
         """Seconds until this target may be tried: the longer of its cooldown and its rate limit.
 

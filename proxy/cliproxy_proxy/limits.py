@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from .clients import Client
 from .config import Budget, Redis
 from .cooldowns import CooldownFeed
-from .health import Share
+from .health import Health
 from .runtime import Credential
 from .store import connect
 
@@ -361,17 +361,17 @@ class Limits:
     """The proxy's limit engine for its config: Redis when ``redis`` is set, else in process.
 
     Settling runs in background tasks, so an answer never waits for it. With Redis, the verdict rests credentials
-    get are shared too: ``share`` publishes this replica's, and the feed hands the others' to ``adopt``.
+    get are shared too: ``share`` publishes this replica's, and the feed has ``health`` adopt the others'.
     """
 
-    def __init__(self, registry: CollectorRegistry, adopt: Share | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry, health: Health | None = None) -> None:
         self.outages = Counter(
             "cliproxy_limit_store_unavailable", "Limit checks decided by redis.on-error, by outcome",
             ["outcome"], registry=registry,
         )  # fmt: skip
         self.settings: Redis | None = None
         self.engine: Engine = Local()
-        self.adopt = adopt
+        self.health = health
         self.feed: CooldownFeed | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.pending: set[asyncio.Task[None]] = set()
@@ -388,9 +388,9 @@ class Limits:
         if settings is None:
             self.engine = Local()
         else:
-            shared = self.engine = Shared(settings, self.outages)
-            if self.adopt is not None:
-                self.feed = CooldownFeed(settings, shared.redis, shared._call, self.adopt)
+            self.engine = Shared(settings, self.outages)
+            if self.health is not None:
+                self.feed = CooldownFeed(settings, self.health)
         self._background(old.close())
         self.start()
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from cliproxy_proxy.clients import Client, client_of
 from cliproxy_proxy.config import ClientKey
 from cliproxy_proxy.config import Redis as RedisSettings
-from cliproxy_proxy.cooldowns import CHANNEL
+from cliproxy_proxy.cooldowns import CHANNEL, KEY
 from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.limits import Limits
 
@@ -262,6 +262,12 @@ async def test_a_429_on_one_replica_benches_the_credential_on_the_others(
     redis_server.start()
     async with Redis.from_url(redis_server.url) as redis:
         await eventually_subscribed(redis, 3)
+        for _ in range(200):  # the empty Redis learns key-a's rest again from the replicas that hold it
+            if await redis.hexists(KEY, orjson.dumps([key_a.id, "up-small"])):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no replica announced its rests again")
     provider.state.fail_next("key-b", Fault(status=401))
     with pytest.raises(openai.InternalServerError):  # key-a rests, key-b is refused: the 502 upstream_auth_error
         await plain(first.client())

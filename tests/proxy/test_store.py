@@ -16,8 +16,9 @@ from redis.asyncio.sentinel import SentinelConnectionPool
 from cliproxy_proxy.clients import client_of
 from cliproxy_proxy.config import ClientKey, ConfigError, parse_config
 from cliproxy_proxy.config import Redis as RedisSettings
-from cliproxy_proxy.cooldowns import CHANNEL
+from cliproxy_proxy.health import Health
 from cliproxy_proxy.limits import Limits
+from cliproxy_proxy.runtime import build_runtime
 from cliproxy_proxy.store import SentinelTarget, connect, parse_sentinel_url
 
 from ..support.redis_server import RedisSentinel, RedisServer
@@ -99,26 +100,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
 async def test_limits_and_cooldowns_through_a_real_redis_cluster(cluster: RedisServer) -> None:
     async with RedisClient.from_url(cluster.url) as redis:
         await redis.flushall()
-    heard: list[tuple[str, str, float, str]] = []
-    limits = Limits(CollectorRegistry(), lambda *rest: heard.append(rest))
+    runtime = build_runtime(parse_config({"groq": [{"api-key": "k", "models": [{"name": "llama"}]}]}), None)
+    health = Health()
+    health.sync(runtime.credentials)
+    credential = runtime.credentials[0].id
+    limits = Limits(CollectorRegistry(), health)
     try:
         limits.configure(RedisSettings(url=cluster.url, cluster=True, timeout=5.0))  # a loaded box: a bound
         client = client_of(ClientKey.model_validate({"name": "team", "api-key": "k", "rate-limit": {"rpm": 2}}))
         verdicts = [await limits.admit(client) for _ in range(3)]
         assert [v.allowed for v in verdicts] == [True, True, False] and verdicts[2].limit == "rpm"
-        async with RedisClient.from_url(cluster.url) as redis:
-            for _ in range(200):  # the feed subscribes in the background
-                if (await redis.pubsub_numsub(CHANNEL))[0][1]:
-                    break
-                await asyncio.sleep(0.05)
-        limits.share("credential-id", "model", 30, "quota")  # published, heard back through the cluster
-        for _ in range(200):
-            if heard:
+        feed = limits.feed
+        assert feed is not None
+        for _ in range(200):  # the feed subscribes in the background
+            if feed.client is not None:
                 break
             await asyncio.sleep(0.05)
-        assert heard == [("credential-id", "model", 30.0, "quota")]
-        assert limits.feed is not None
-        await limits.feed.resync()  # and read back from the hash
-        assert heard[1][:2] == ("credential-id", "model") and 0 < heard[1][2] <= 30
+        limits.share(credential, "llama", 30, "quota")  # published, and heard back through the cluster
+        for _ in range(200):
+            if health.cooldowns:
+                break
+            await asyncio.sleep(0.05)
+        assert 29 < health.cooldowns[(credential, "llama")].until - health.clock() <= 30
+        health.cooldowns.clear()
+        await feed.resync()  # and read back from the hash
+        assert 0 < health.cooldowns[(credential, "llama")].until - health.clock() <= 30
     finally:
         await limits.close()
