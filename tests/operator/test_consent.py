@@ -17,15 +17,15 @@ from cliproxy_operator.secret_rules import OPT_IN_LABEL, REFRESH_URL_ANNOTATION
 
 from ..fakes.kiro import start_kiro
 from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, Cluster, OperatorRunner, b64, unb64, wait_for
-from .test_kube_source import Serve
-from .test_oauth_operator import fast_tokens, ide_file  # noqa: F401 (a fixture)
-from .test_operator import (
+from .objects import (
     RENDERED,
     WITHIN,
+    Serve,
     basic_setup,
     condition,
     config_of,
     credential,
+    ide_file,
     route,
     secret,
     wait_condition,
@@ -81,7 +81,7 @@ async def test_a_secret_without_the_opt_in_label_backs_no_credential(
     ],
 )
 async def test_a_token_secret_the_owner_did_not_open_to_this_url_sends_nothing(
-    fast_tokens: None,  # noqa: F811
+    fast_tokens: None,
     cluster: Cluster,
     operator: OperatorRunner,
     aiohttp_server: Serve,

@@ -22,7 +22,7 @@ from cliproxy_proxy.cooldowns import CHANNEL, KEY
 from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.limits import Limits
 
-from ..conftest import FakeProvider, RunningProxy, base_config, compat_block, eventually
+from ..support.proxy import FakeProvider, RunningProxy, base_config, compat_block, eventually
 from ..support.redis_server import RedisServer
 
 TEAM = "team-key-1"
