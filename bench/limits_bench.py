@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
-from proxy_bench import ROOT, UPSTREAM_KEY, Run, ensure_wrk, free_port, run_wrk, start, wait_ready
+from proxy_bench import ROOT, UPSTREAM_KEY, Run, cpu_seconds, ensure_wrk, free_port, run_wrk, start, wait_ready
 from redis import Redis
 
 HUGE = 10**12  # limits no run reaches: every request is counted, none refused
@@ -131,12 +131,15 @@ def main() -> int:
         for name, (url, key, model) in paths.items():
             runs[name] = {}
             for conns in (1, 32):
+                spent = cpu_seconds(procs[2].pid)
                 runs[name][conns] = run_wrk(wrk, url, key, model, False, conns, secs, tmp)
+            cpu_ms = 1000 * (cpu_seconds(procs[2].pid) - spent) / max(1, runs[name][32].requests)
             per_request = round_trips_per_request(redis, url, key, model)
             direct = runs["direct"]
             figures[name] = {"p50_c1_ms": runs[name][1].p50, "rps_c32": runs[name][32].rps,
                              "added_p50_ms": round(runs[name][1].p50 - direct[1].p50, 3),
                              "ratio_c32": round(runs[name][32].rps / direct[32].rps, 3),
+                             "proxy_cpu_ms_per_request_c32": round(cpu_ms, 3) if name != "direct" else 0.0,
                              "redis_round_trips_per_request": per_request}  # fmt: skip
             print(f"  {name}: {figures[name]}", flush=True)
         redis.close()
@@ -146,10 +149,11 @@ def main() -> int:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=10)
-    print(f"\n{'path':22} {'+p50 ms (c=1)':>14} {'ratio (c=32)':>13} {'Redis round trips/req':>22}")
+    print(f"\n{'path':22} {'+p50 ms (c=1)':>14} {'ratio (c=32)':>13} {'proxy CPU ms/req':>17} "
+          f"{'Redis round trips/req':>22}")  # fmt: skip
     for name, row in figures.items():
         print(f"{name:22} {row['added_p50_ms']:>+14.3f} {row['ratio_c32']:>13.2f} "
-              f"{row['redis_round_trips_per_request']:>22}")  # fmt: skip
+              f"{row['proxy_cpu_ms_per_request_c32']:>17.3f} {row['redis_round_trips_per_request']:>22}")  # fmt: skip
     print(f"checks decided by on-error (Redis slower than its timeout): {decided_by_on_error:.0f}")
     limited = figures["client limits"]
     missed = limited["added_p50_ms"] > TARGET_ADDED_P50_MS or limited["ratio_c32"] < TARGET_RATIO
