@@ -48,11 +48,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p cliproxy_proxy -p cliproxy_operator
 
-bench: $(STAMP)
+bench: $(STAMP) sysdeps
 	$(BIN)/python bench/proxy_bench.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/propagation_bench.py
 	$(BIN)/python bench/fault_bench.py
+	$(BIN)/python bench/limits_bench.py
 
 # The operator tests against a real etcd + kube-apiserver (the envtest tier): KUBEBUILDER_ASSETS names a directory
 # holding both binaries (`setup-envtest use -p path`). Neither PyPI nor Debian ships a kube-apiserver, so this is

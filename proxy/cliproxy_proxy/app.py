@@ -543,6 +543,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if discovers or reloader.source.using_api:
             await reloader.check(force=discovers)  # the API's objects, and the upstreams' model lists, before serving
     metrics = await _metrics_listener(proxy) if proxy.metrics_port else None
+    proxy.limits.start()
     watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
     loop = asyncio.get_running_loop()
     if reloader is not None:

@@ -394,11 +394,27 @@ class ClientKey(_KeySource):
 
 
 class Redis(_Block):
-    """Where client limits are shared between replicas; ``on-error`` is what a check does while it is unreachable."""
+    """Where limits and cooldowns are shared between replicas; ``on-error`` is what a check does while it is
+    unreachable.
 
-    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")]
+    ``url`` names one server (``redis://``, ``rediss://``, ``unix://``), a Sentinel-watched master
+    (``redis+sentinel://[:password@]host:26379,host2:26379/master[/db]``), or with ``cluster: true`` a
+    Redis Cluster node to discover the others from.
+    """
+
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://")]
+    cluster: bool = False
     timeout: Annotated[float, Field(gt=0, le=5)] = 0.05
     on_error: Literal["allow", "deny"] = "allow"
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> Self:
+        sentinel = "+sentinel://" in self.url
+        if self.cluster and not self.url.startswith(("redis://", "rediss://")):
+            raise ValueError("cluster: true takes a redis:// or rediss:// url (one node of the cluster)")
+        if sentinel and not urlsplit(self.url).path.strip("/"):
+            raise ValueError("a redis+sentinel:// url names its master: redis+sentinel://host:26379/mymaster")
+        return self
 
 
 class ProxyConfig(_Block):

@@ -78,6 +78,10 @@ class Failure:
     retry_after: float | None = None
 
 
+#: An attempt not made: the credential is over its own rpm/tpm (the client gets a 429 only when all are).
+HELD = Failure(None, "held")
+
+
 class _StreamBroken(Exception):
     """The upstream stream ended badly after the client already got data."""
 
@@ -206,7 +210,8 @@ class Exchange:
                 outcome = await self.attempt(target)
                 if not isinstance(outcome, Failure) or outcome.reason == "context_window":
                     return outcome  # an answer, or a request too long for the model whichever credential serves it
-                failure = outcome
+                if outcome is not HELD:
+                    failure = outcome
             wait = health.soonest(self.route)
             if round_ == policy.request_retry or wait > policy.max_retry_interval:
                 break
@@ -239,7 +244,10 @@ class Exchange:
         credential = self.credential = target.credential
         self.target, self.attempts = target, self.attempts + 1
         self.provider = credential.provider
-        self.proxy.health.charge_request(credential)
+        held = await self.proxy.limits.reserve(credential)
+        if held:  # over its own rpm/tpm: skipped as a resting one would be, not a failure
+            self.proxy.health.hold(credential, held)
+            return HELD
         self.proxy.metrics.selections.labels(credential.provider, credential.label).inc()
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
@@ -617,7 +625,7 @@ class Exchange:
         usage = self.usage or Usage()
         tokens_in, tokens_out = usage.input, usage.output
         if self.credential is not None and self.usage is not None:
-            self.proxy.health.charge_tokens(self.credential, usage.total)
+            self.proxy.limits.spend(self.credential, usage.total)
         self.proxy.metrics.finish(
             self.provider, self.route.model, status or response.status, perf_counter() - self.started,
             tokens_in, tokens_out,

@@ -1,9 +1,14 @@
-"""Client limits (rpm, tpm, max-parallel, budgets in tokens and US dollars): one interface, two engines.
+"""Client limits (rpm, tpm, max-parallel, budgets in tokens and US dollars) and upstream credentials' rpm/tpm:
+one interface, two engines.
 
 ``Local`` counts in this process (one replica). ``Shared`` counts in Redis, so every replica naming the same
 Redis enforces one limit: each admission is ONE Lua script (one round trip) before the upstream call, and the
 tokens an answer used are settled afterwards in a background task. While Redis is unreachable a check waits
 at most ``redis.timeout``, then applies ``redis.on-error``; Redis is retried with a growing backoff.
+
+A credential is reserved by its own script once the client is admitted: its counters live under its own hash tag
+(a Cluster shard of their own, which one script cannot span together with the client's), and a client refused
+must not spend a credential's rpm. So a request of a limited client to a limited credential costs two round trips.
 
 Requests and tokens are counted in one-second buckets over a sliding minute. Dollars are counted as whole
 micro-dollars, so Redis adds them exactly.
@@ -21,13 +26,14 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import Redis as RedisClient
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .clients import Client
 from .config import Budget, Redis
+from .cooldowns import CooldownFeed
+from .health import Health
+from .runtime import Credential
+from .store import connect
 
 log = logging.getLogger("cliproxy.limits")
 
@@ -57,6 +63,10 @@ class Engine(Protocol):
     async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None: ...
 
     async def spent(self, client: Client) -> tuple[int, int] | None: ...
+
+    async def reserve(self, credential: Credential) -> float: ...
+
+    async def spend(self, credential: Credential, tokens: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -117,10 +127,11 @@ class _Usage:
 
 
 class Local:
-    """Limits of one replica, kept in memory by client name (a reload keeps the counts)."""
+    """Limits of one replica, kept in memory by client name and credential id (a reload keeps the counts)."""
 
     def __init__(self) -> None:
         self.usage: dict[str, _Usage] = {}
+        self.credentials: dict[str, _Usage] = {}
 
     async def admit(self, client: Client) -> Verdict:
         now = time.time()
@@ -161,20 +172,32 @@ class Local:
             return 0, 0
         return usage.spent, usage.spent_micro_usd
 
+    async def reserve(self, credential: Credential) -> float:
+        """0 when the credential takes one more request now (counted), else the seconds until it may."""
+        limit, second = credential.rate_limit, int(time.time())
+        usage = self.credentials.setdefault(credential.id, _Usage())
+        if limit is not None and limit.rpm is not None and usage.requests.used(second) >= limit.rpm:
+            return usage.requests.retry_after(second)
+        if limit is not None and limit.tpm is not None and usage.tokens.used(second) >= limit.tpm:
+            return usage.tokens.retry_after(second)
+        usage.requests.add(second, 1)
+        return 0.0
+
+    async def spend(self, credential: Credential, tokens: int) -> None:
+        self.credentials.setdefault(credential.id, _Usage()).tokens.add(int(time.time()), tokens)
+
     async def close(self) -> None:
         return None
 
 
 # -- Redis ----------------------------------------------------------------------------------------------
 
-# KEYS: requests, tokens, in-flight, budget, spend. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
-# lease seconds, ticket, budget micro-dollars. A limit of 0 is not set. Time is Redis' own, so replicas' clocks do
-# not matter.
-_ADMIT = """
+# A window's use (a hash of second -> amount): its total over the last minute, and the seconds until its oldest
+# second leaves the window. Time is Redis' own, so replicas' clocks do not matter.
+_WINDOW = """
 local t = redis.call('TIME')
 local second = tonumber(t[1])
 local now = second + tonumber(t[2]) / 1000000
-local rpm, tpm, parallel, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local function used(key)
   local total, oldest = 0, second
   local all = redis.call('HGETALL', key)
@@ -189,6 +212,14 @@ local function used(key)
   end
   return total, math.max(1, oldest + 60 - second)
 end
+"""
+
+# KEYS: requests, tokens, in-flight, budget, spend. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
+# lease seconds, ticket, budget micro-dollars. A limit of 0 is not set.
+_ADMIT = (
+    _WINDOW
+    + """
+local rpm, tpm, parallel, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if rpm > 0 then
   local n, wait = used(KEYS[1])
   if n >= rpm then return {0, wait, 'rpm'} end
@@ -216,6 +247,7 @@ if rpm > 0 then
 end
 return {1, 0, ''}
 """
+)
 
 # KEYS: tokens, in-flight, budget, spend. ARGV: tokens, ticket, budget seconds left (0: no budget), count tokens
 # (1/0), micro-dollars.
@@ -237,6 +269,38 @@ if dollars > 0 and tonumber(ARGV[3]) > 0 then
 end
 return 1
 """
+
+
+# KEYS: a credential's requests, tokens. ARGV: rpm, tpm (0: not set). Answers 0, or the seconds until it may.
+_RESERVE = (
+    _WINDOW
+    + """
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rpm > 0 then
+  local n, wait = used(KEYS[1])
+  if n >= rpm then return wait end
+end
+if tpm > 0 then
+  local n, wait = used(KEYS[2])
+  if n >= tpm then return wait end
+end
+redis.call('HINCRBY', KEYS[1], second, 1)
+redis.call('EXPIRE', KEYS[1], 61)
+return 0
+"""
+)
+
+# KEYS: a credential's tokens. ARGV: tokens.
+_SPEND = """
+redis.call('HINCRBY', KEYS[1], tonumber(redis.call('TIME')[1]), tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[1], 61)
+return 1
+"""
+
+
+def _credential_keys(credential: Credential) -> tuple[str, str]:
+    base = f"cliproxy:credential:{{{credential.id}}}"
+    return f"{base}:requests", f"{base}:tokens"
 
 
 def budget_key(client_name: str, budget_period: str) -> str:
@@ -262,12 +326,11 @@ class Shared:
     def __init__(self, settings: Redis, outages: Counter) -> None:
         self.settings = settings
         self.outages = outages
-        self.redis = RedisClient.from_url(
-            settings.url, socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0,
-        )  # fmt: skip
+        self.redis = connect(settings, socket_timeout=settings.timeout)
         self.admit_script = self.redis.register_script(_ADMIT)
         self.settle_script = self.redis.register_script(_SETTLE)
+        self.reserve_script = self.redis.register_script(_RESERVE)
+        self.spend_script = self.redis.register_script(_SPEND)
         self.down_until = 0.0  # monotonic time before which Redis is not tried again
         self.backoff = 0.0  # 0: reachable
 
@@ -283,8 +346,7 @@ class Shared:
         )  # fmt: skip
         answer = await self._call(self.admit_script, _keys(client, current), argv)
         if answer is None:
-            allowed = self.settings.on_error == "allow"
-            self.outages.labels("allowed" if allowed else "denied").inc()
+            allowed = self._fallback()
             return Verdict(allowed, 1, "" if allowed else "unavailable", counted=False)
         allowed, retry_after, refused = answer
         return Verdict(bool(allowed), int(retry_after), refused.decode() if isinstance(refused, bytes) else refused,
@@ -312,6 +374,23 @@ class Shared:
             return None
         return int(tokens or 0), int(micro_usd or 0)
 
+    async def reserve(self, credential: Credential) -> float:
+        limit = credential.rate_limit
+        argv = ((limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0)
+        answer = await self._call(self.reserve_script, _credential_keys(credential), argv)
+        if answer is None:
+            return 0.0 if self._fallback() else 1.0
+        return float(answer)
+
+    async def spend(self, credential: Credential, tokens: int) -> None:
+        await self._call(self.spend_script, _credential_keys(credential)[1:], (tokens,))
+
+    def _fallback(self) -> bool:
+        """Whether a check Redis did not answer is allowed (``on-error``), counted."""
+        allowed = self.settings.on_error == "allow"
+        self.outages.labels("allowed" if allowed else "denied").inc()
+        return allowed
+
     async def _call(self, script: Any, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
         """The script's answer, or None when Redis did not give one within the timeout (or is backing off)."""
         if self.backoff and time.monotonic() < self.down_until:
@@ -321,13 +400,13 @@ class Shared:
                 answer = await script(keys=keys, args=argv)
         except (RedisError, OSError, TimeoutError) as error:
             if not self.backoff:
-                log.warning("redis unreachable (%s); client limits apply on-error=%s until it is back",
+                log.warning("redis unreachable (%s); limits apply on-error=%s until it is back",
                             type(error).__name__, self.settings.on_error)  # fmt: skip
             self.backoff = min(_BACKOFF_MAX, self.backoff * 2 or _BACKOFF_FIRST)
             self.down_until = time.monotonic() + self.backoff
             return None
         if self.backoff:
-            log.warning("redis reachable again; client limits are shared again")
+            log.warning("redis reachable again; limits are shared again")
             self.backoff = 0.0
         return answer
 
@@ -338,16 +417,20 @@ class Shared:
 class Limits:
     """The proxy's limit engine for its config: Redis when ``redis`` is set, else in process.
 
-    Settling runs in background tasks, so an answer never waits for it.
+    Settling runs in background tasks, so an answer never waits for it. With Redis, the verdict rests credentials
+    get are shared too: ``share`` publishes this replica's, and the feed has ``health`` adopt the others'.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, health: Health | None = None) -> None:
         self.outages = Counter(
-            "cliproxy_limit_store_unavailable", "Client limit checks decided by redis.on-error, by outcome",
+            "cliproxy_limit_store_unavailable", "Limit checks decided by redis.on-error, by outcome",
             ["outcome"], registry=registry,
         )  # fmt: skip
         self.settings: Redis | None = None
         self.engine: Engine = Local()
+        self.health = health
+        self.feed: CooldownFeed | None = None
+        self.watcher: asyncio.Task[None] | None = None
         self.pending: set[asyncio.Task[None]] = set()
 
     def configure(self, settings: Redis | None) -> None:
@@ -355,8 +438,32 @@ class Limits:
         if settings == self.settings:
             return
         old, self.settings = self.engine, settings
-        self.engine = Shared(settings, self.outages) if settings is not None else Local()
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+        self.feed = None
+        if settings is None:
+            self.engine = Local()
+        else:
+            self.engine = Shared(settings, self.outages)
+            if self.health is not None:
+                self.feed = CooldownFeed(settings, self.health)
         self._background(old.close())
+        self.start()
+
+    def start(self) -> None:
+        """Follow the other replicas' cooldowns, from the first moment a loop runs (configure may come before)."""
+        if self.feed is None or self.watcher is not None:
+            return
+        try:
+            self.watcher = asyncio.get_running_loop().create_task(self.feed.watch())
+        except RuntimeError:
+            return
+
+    def share(self, credential_id: str, model: str, seconds: float, reason: str) -> None:
+        """Publish a verdict rest of this replica's to the others, in the background."""
+        if self.feed is not None:
+            self._background(self.feed.publish(credential_id, model, seconds, reason))
 
     async def admit(self, client: Client) -> Verdict:
         return await self.engine.admit(client)
@@ -368,6 +475,16 @@ class Limits:
         """The current budget period's (tokens, micro-dollars), when the client has a budget and it is known."""
         return await self.engine.spent(client)
 
+    async def reserve(self, credential: Credential) -> float:
+        """0 when the credential may take this request (counted against its rpm), else the seconds until it may."""
+        return 0.0 if credential.rate_limit is None else await self.engine.reserve(credential)
+
+    def spend(self, credential: Credential, tokens: int) -> None:
+        """Count an answer's tokens against its credential's tpm, in the background."""
+        limit = credential.rate_limit
+        if tokens and limit is not None and limit.tpm is not None:
+            self._background(self.engine.spend(credential, tokens))
+
     def _background(self, work: Any) -> None:
         try:
             task = asyncio.get_running_loop().create_task(work)
@@ -378,6 +495,9 @@ class Limits:
         task.add_done_callback(self.pending.discard)
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            await asyncio.gather(self.watcher, return_exceptions=True)
         if self.pending:
             await asyncio.gather(*self.pending, return_exceptions=True)
         await self.engine.close()

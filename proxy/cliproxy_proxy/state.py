@@ -28,7 +28,8 @@ class Proxy:
         self.discovery = Discovery(self.metrics.discovered)
         self.draining = False
         self.pool = Pool()
-        self.limits = Limits(self.metrics.registry)
+        self.limits = Limits(self.metrics.registry, self.health)
+        self.health.share = self.limits.share
         self.client_usage = ClientUsage(self.metrics.registry)
         self.limits.configure(runtime.config.redis)
         self.accounting = Accounting(self.metrics.registry, self.limits, self.client_usage)
