@@ -297,7 +297,8 @@ class Budget(_Block):
     per: Literal["day", "month"] = "month"
 
 
-ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=63)]
+# 127: room for the operator's <namespace>.<name> of a ClientKey
+ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=127)]
 
 
 class ClientKey(_KeySource):

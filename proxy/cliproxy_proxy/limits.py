@@ -18,6 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis as RedisClient
@@ -30,6 +31,8 @@ from .config import Budget, Redis
 
 log = logging.getLogger("cliproxy.limits")
 
+REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis a deployment names for every config without its own (Helm)
+REDIS_PASSWORD_ENV = "CLIPROXY_REDIS_PASSWORD"  # its password, kept out of the URL in the pod spec
 WINDOW = 60  # seconds: rpm and tpm count the last minute
 LEASE = 900  # seconds a max-parallel slot is held at most if its replica dies before releasing it
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
@@ -206,10 +209,15 @@ return 1
 """
 
 
+def budget_key(client_name: str, budget_period: str) -> str:
+    """The tokens a client used in a budget period (the operator reads it for a ClientKey's status)."""
+    return f"cliproxy:{{{client_name}}}:budget:{budget_period}"
+
+
 def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
     base = f"cliproxy:{{{client.name}}}"
-    return f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", f"{base}:budget:{budget_period}"
+    return f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", budget_key(client.name, budget_period)
 
 
 class Shared:
@@ -277,8 +285,21 @@ class Shared:
         await self.redis.aclose()
 
 
+def redis_from_env() -> Redis | None:
+    """The deployment's Redis (``CLIPROXY_REDIS_URL``, password in ``CLIPROXY_REDIS_PASSWORD``), or None."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        return None
+    password = os.environ.get(REDIS_PASSWORD_ENV)
+    if password:
+        scheme, _, rest = url.partition("://")
+        url = f"{scheme}://:{quote(password, safe='')}@{rest.rpartition('@')[2]}"
+    return Redis(url=url)
+
+
 class Limits:
-    """The proxy's limit engine for its config: Redis when ``redis`` is set, else in process.
+    """The proxy's limit engine for its config: Redis when ``redis`` is set (or the deployment names one in
+    ``CLIPROXY_REDIS_URL``, read once at start), else in process.
 
     Settling runs in background tasks, so an answer never waits for it.
     """
@@ -290,10 +311,12 @@ class Limits:
         )  # fmt: skip
         self.settings: Redis | None = None
         self.engine: Engine = Local()
+        self.default = redis_from_env()
         self.pending: set[asyncio.Task[None]] = set()
 
     def configure(self, settings: Redis | None) -> None:
         """Switch engines when the ``redis`` block changed; the same block keeps the engine and its counts."""
+        settings = settings or self.default
         if settings == self.settings:
             return
         old, self.settings = self.engine, settings

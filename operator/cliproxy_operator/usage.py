@@ -1,0 +1,72 @@
+"""What each ClientKey used in its current budget period, read from the Redis its gateway's proxies count in.
+
+The proxies keep a budgeted key's period tokens in Redis (cliproxy_proxy.limits.budget_key); the operator reads
+them for the status, one pipelined round trip per namespace on a timer, never one per key. Without Redis each
+replica counts alone and there is nothing shared to read: the status says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from cliproxy_proxy.config import Budget
+from cliproxy_proxy.limits import budget_key, period
+
+from .clientkeys import client_name
+from .render import Resource
+
+REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis the gateways' proxies share (the chart's redis.url or bundled)
+REDIS_PASSWORD_ENV = "CLIPROXY_REDIS_PASSWORD"  # its password, when not in the URL (redis.existingSecret)
+INTERVAL_ENV = "CLIPROXY_USAGE_SECONDS"
+INTERVAL = 30.0
+TIMEOUT = 5.0  # a read that takes longer is given up; the statuses keep the last usage read
+
+
+@dataclass(frozen=True)
+class Usage:
+    period: str
+    tokens: int
+
+
+def connect() -> Redis | None:
+    """A client for the configured Redis, or None without one."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        return None
+    return Redis.from_url(url, password=os.environ.get(REDIS_PASSWORD_ENV) or None, socket_timeout=TIMEOUT,
+                          socket_connect_timeout=TIMEOUT)  # fmt: skip
+
+
+def interval() -> float:
+    return float(os.environ.get(INTERVAL_ENV) or INTERVAL)
+
+
+def counters(namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, tuple[str, str]]:
+    """Each budgeted ClientKey's period and the Redis key its proxies count that period's tokens in."""
+    found = {}
+    for resource in clientkeys:
+        budget = resource.get("spec", {}).get("budget")
+        if not budget:
+            continue
+        name = str(resource["metadata"]["name"])
+        current, _ = period(Budget.model_construct(tokens=0, per=budget.get("per") or "month"), now.timestamp())
+        found[name] = (current, budget_key(client_name(namespace, name), current))
+    return found
+
+
+async def read(redis: Redis, wanted: Mapping[str, tuple[str, str]]) -> dict[str, Usage]:
+    """Every counter in one pipelined round trip (GETs, not MGET: a Redis Cluster spreads clients over shards)."""
+    if not wanted:
+        return {}
+    names = sorted(wanted)
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.get(wanted[name][1])
+        values: list[Any] = await pipe.execute()
+    return {name: Usage(wanted[name][0], int(value or 0)) for name, value in zip(names, values, strict=True)}
