@@ -22,7 +22,6 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
-from redis.exceptions import RedisError
 
 from . import tokens, usage
 from .clientkeys import KEY_PREFIX, ROTATE_ANNOTATION, expired, render_client_keys, status_of
@@ -299,20 +298,22 @@ async def _generated_keys(namespace: str, clientkeys: list[Mapping[str, Any]]) -
 async def _watch_usage(every: float) -> None:
     """Every ``every`` seconds, each namespace's ClientKey usage (one Redis round trip) and expiries: a change
     re-reconciles the namespace, which writes the statuses that differ."""
-    warned = False
+    failing = False
     while True:
         for namespace in list(_indexes.get("clientkey_index", {})):
+            if _terminating(namespace):
+                continue
             clientkeys = list(_indexes["clientkey_index"].get(namespace, []))
             now = datetime.now(UTC)
-            read: dict[str, usage.Usage] = _usage.get(namespace, ({}, frozenset()))[0]
+            read: dict[str, usage.Usage] | None = _usage.get(namespace, ({}, frozenset()))[0]
             if "redis" in _shared:
-                try:
-                    read = await usage.read(_shared["redis"], usage.counters(namespace, clientkeys, now))
-                    warned = False
-                except (RedisError, OSError) as error:
-                    if not warned:
-                        log.warning(f"ClientKey usage not read from Redis ({type(error).__name__}); retrying")
-                    warned = True
+                read = await usage.observe(_shared["redis"], namespace, clientkeys, now)
+                if (read is None) != failing:
+                    failing = not failing
+                    log.warning("ClientKey usage: Redis " + ("unreachable; statuses keep the last usage read"
+                                                             if failing else "reachable again"))  # fmt: skip
+            if read is None:
+                continue
             facts = (read, frozenset(k["metadata"]["name"] for k in clientkeys if expired(k, now)))
             if facts != _usage.get(namespace):
                 _usage[namespace] = facts

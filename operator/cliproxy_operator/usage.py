@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from cliproxy_proxy.config import Budget
 from cliproxy_proxy.limits import budget_key, period
@@ -70,3 +71,11 @@ async def read(redis: Redis, wanted: Mapping[str, tuple[str, str]]) -> dict[str,
             pipe.get(wanted[name][1])
         values: list[Any] = await pipe.execute()
     return {name: Usage(wanted[name][0], int(value or 0)) for name, value in zip(names, values, strict=True)}
+
+
+async def observe(redis: Redis, namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, Usage] | None:
+    """The namespace's usage now, or None when Redis did not answer (the caller keeps what it read last)."""
+    try:
+        return await read(redis, counters(namespace, clientkeys, now))
+    except (RedisError, OSError):
+        return None
