@@ -163,3 +163,5 @@ async def test_status_shows_the_period_usage_the_proxies_counted_in_redis(
     dave = await wait_condition(cluster, operator, CLIENTKEYS, "dave", "BudgetExhausted", "True", "TokenBudgetSpent")
     assert dave["status"]["usage"] == {"period": period, "tokens": 1100}
     await warning(cluster, operator, "dave", "BudgetExhausted")
+    await cluster.settle()  # Redis is read every 0.2 s; while nothing changes, the API hears nothing of it
+    assert [e["reason"] for e in await cluster.events("dave") if e.get("type") == "Warning"] == ["BudgetExhausted"]
