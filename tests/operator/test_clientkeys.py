@@ -123,6 +123,8 @@ async def test_a_secret_ref_that_breaks_the_rules_is_refused(
     await cluster.create(CLIENTKEYS, client_key("carol", secretRef={"name": "carol-key", "key": "key"}))
     await wait_condition(cluster, operator, CLIENTKEYS, "carol", "Ready", "True")
     assert await key_file(cluster, operator, "carol") == "sk-carol-own-key"
+    await cluster.patch(SECRETS, "carol-key", {"data": {"key": b64("sk-carol-rotated")}})  # her owner rotates it
+    assert await key_file(cluster, operator, "carol", other_than="sk-carol-own-key") == "sk-carol-rotated"
 
 
 async def test_expiry_is_a_condition_that_turns_on_time(
