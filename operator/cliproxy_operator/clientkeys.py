@@ -23,6 +23,7 @@ from .render import _resolve as resolve
 KEY_PREFIX = "cpk-"  # a generated key says what it is (secret scanners, a leaked log line)
 GENERATED_KEY = "api-key"  # the data key of a generated Secret
 GENERATED_SUFFIX = ".client-key"  # a dot: never the name of a rendered object (cliproxy-<gateway>, no dots)
+MICRO = 1_000_000  # the proxies count dollars as whole micro-dollars
 ROTATE_ANNOTATION = "cliproxy.io/rotate"  # on a ClientKey: a new value asks for a new generated key
 _LIMIT_KEYS = {"rpm": "rpm", "tpm": "tpm", "maxParallel": "max-parallel"}
 
@@ -153,6 +154,8 @@ def budget_condition(resource: Resource, usage: Any, shared: bool) -> tuple[bool
     per = budget.get("per") or "month"
     if budget.get("tokens") and usage.tokens >= budget["tokens"]:
         return True, "TokenBudgetSpent", f"the budget of {budget['tokens']} tokens per {per} is spent"
+    if budget.get("usd") and usage.micro_usd >= round(budget["usd"] * MICRO):
+        return True, "UsdBudgetSpent", f"the budget of {budget['usd']} USD per {per} is spent"
     return False, "WithinBudget", f"within the budget for {usage.period}"
 
 
@@ -178,5 +181,5 @@ def status_of(
     fields: dict[str, Any] = {"keySecretName": state.key_secret, "clientName": state.client,
                               "models": ",".join(resource.get("spec", {}).get("models") or ["*"])}  # fmt: skip
     if usage is not None:
-        fields["usage"] = {"period": usage.period, "tokens": usage.tokens}
+        fields["usage"] = {"period": usage.period, "tokens": usage.tokens, "spendUSD": usage.usd}
     return problems, fields, [("Ready", *ready), ("Expired", *expiry), ("BudgetExhausted", *spent)]

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cliproxy_proxy.config import Budget
-from cliproxy_proxy.limits import budget_key, period
+from cliproxy_proxy.limits import budget_key, period, spend_key
 
-from .clientkeys import client_name
+from .clientkeys import MICRO, client_name
 from .render import Resource
 
 REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis the gateways' proxies share (the chart's redis.url or bundled)
@@ -33,6 +33,13 @@ TIMEOUT = 5.0  # a read that takes longer is given up; the statuses keep the las
 class Usage:
     period: str
     tokens: int
+    micro_usd: int = 0
+
+    @property
+    def usd(self) -> str:
+        """Dollars as a decimal string, exact to the micro-dollar the proxies count in (``0.0123``)."""
+        whole, micro = divmod(self.micro_usd, MICRO)
+        return f"{whole}.{micro:06d}".rstrip("0").rstrip(".") if micro else str(whole)
 
 
 def connect() -> Redis | None:
@@ -48,8 +55,8 @@ def interval() -> float:
     return float(os.environ.get(INTERVAL_ENV) or INTERVAL)
 
 
-def counters(namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, tuple[str, str]]:
-    """Each budgeted ClientKey's period and the Redis key its proxies count that period's tokens in."""
+def counters(namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, tuple[str, str, str]]:
+    """Each budgeted ClientKey's period and the Redis keys its proxies count that period's tokens and cost in."""
     found = {}
     for resource in clientkeys:
         budget = resource.get("spec", {}).get("budget")
@@ -57,11 +64,12 @@ def counters(namespace: str, clientkeys: list[Resource], now: datetime) -> dict[
             continue
         name = str(resource["metadata"]["name"])
         current, _ = period(Budget.model_construct(tokens=0, per=budget.get("per") or "month"), now.timestamp())
-        found[name] = (current, budget_key(client_name(namespace, name), current))
+        client = client_name(namespace, name)
+        found[name] = (current, budget_key(client, current), spend_key(client, current))
     return found
 
 
-async def read(redis: Redis, wanted: Mapping[str, tuple[str, str]]) -> dict[str, Usage]:
+async def read(redis: Redis, wanted: Mapping[str, tuple[str, str, str]]) -> dict[str, Usage]:
     """Every counter in one pipelined round trip (GETs, not MGET: a Redis Cluster spreads clients over shards)."""
     if not wanted:
         return {}
@@ -69,8 +77,10 @@ async def read(redis: Redis, wanted: Mapping[str, tuple[str, str]]) -> dict[str,
     async with redis.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.get(wanted[name][1])
+            pipe.get(wanted[name][2])
         values: list[Any] = await pipe.execute()
-    return {name: Usage(wanted[name][0], int(value or 0)) for name, value in zip(names, values, strict=True)}
+    return {name: Usage(wanted[name][0], int(values[2 * i] or 0), int(values[2 * i + 1] or 0))
+            for i, name in enumerate(names)}  # fmt: skip
 
 
 async def observe(redis: Redis, namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, Usage] | None:

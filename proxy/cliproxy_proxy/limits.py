@@ -214,6 +214,11 @@ def budget_key(client_name: str, budget_period: str) -> str:
     return f"cliproxy:{{{client_name}}}:budget:{budget_period}"
 
 
+def spend_key(client_name: str, budget_period: str) -> str:
+    """The micro-dollars a client spent in a budget period (a budgeted client's answers add their cost)."""
+    return f"cliproxy:{{{client_name}}}:spend:{budget_period}"
+
+
 def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
     base = f"cliproxy:{{{client.name}}}"

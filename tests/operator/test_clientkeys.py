@@ -20,7 +20,7 @@ from cliproxy_operator.clientkeys import KEY_PREFIX, ROTATE_ANNOTATION
 from cliproxy_proxy.clients import client_of
 from cliproxy_proxy.config import ClientKey as ClientKeyEntry
 from cliproxy_proxy.config import Redis as RedisSettings
-from cliproxy_proxy.limits import Shared
+from cliproxy_proxy.limits import Shared, spend_key
 
 from ..support.redis_server import RedisServer
 from .kube import CLIENTKEYS, CONFIGMAPS, SECRETS, Cluster, OperatorRunner, b64, unb64, wait_for
@@ -149,7 +149,7 @@ async def test_status_shows_the_period_usage_the_proxies_counted_in_redis(
     await cluster.create(CLIENTKEYS, client_key("dave", budget={"tokens": 1000, "per": "day"}))
     dave = await wait_condition(cluster, operator, CLIENTKEYS, "dave", "BudgetExhausted", "False", "WithinBudget")
     period = datetime.now(UTC).strftime("%Y-%m-%d")
-    assert dave["status"]["usage"] == {"period": period, "tokens": 0}
+    assert dave["status"]["usage"] == {"period": period, "tokens": 0, "spendUSD": "0"}
 
     # The proxy's own engine settles two answers, as two replicas would.
     entry = ClientKeyEntry.model_validate({"name": f"{cluster.namespace}.dave", "api-key": "k",
@@ -160,10 +160,11 @@ async def test_status_shows_the_period_usage_the_proxies_counted_in_redis(
     try:
         for tokens in (400, 700):
             await engine.settle(client, await engine.admit(client), tokens)
+        await engine.redis.incrby(spend_key(client.name, period), 1_234_500)  # their cost, in micro-dollars
     finally:
         await engine.close()
     dave = await wait_condition(cluster, operator, CLIENTKEYS, "dave", "BudgetExhausted", "True", "TokenBudgetSpent")
-    assert dave["status"]["usage"] == {"period": period, "tokens": 1100}
+    assert dave["status"]["usage"] == {"period": period, "tokens": 1100, "spendUSD": "1.2345"}
     await warning(cluster, operator, "dave", "BudgetExhausted")
     await cluster.settle()  # Redis is read every 0.2 s; while nothing changes, the API hears nothing of it
     assert [e["reason"] for e in await cluster.events("dave") if e.get("type") == "Warning"] == ["BudgetExhausted"]

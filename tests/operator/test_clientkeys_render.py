@@ -97,7 +97,7 @@ def test_status_conditions_follow_expiry_and_the_shared_budget() -> None:
     assert conditions == {"Ready": (True, "Rendered"), "Expired": (False, "NotExpired"),
                           "BudgetExhausted": (False, "WithinBudget")}  # fmt: skip
     assert fields == {"keySecretName": "alice.client-key", "clientName": "team-a.alice", "models": "*",
-                      "usage": {"period": "2026-12", "tokens": 400}} and problems == []  # fmt: skip
+                      "usage": {"period": "2026-12", "tokens": 400, "spendUSD": "0"}} and problems == []  # fmt: skip
 
     problems, _, wanted = status_of(key, state, NOW, Usage("2026-12", 1000), True)
     assert wanted[2][:3] == ("BudgetExhausted", True, "TokenBudgetSpent") and problems[0].reason == "BudgetExhausted"
@@ -108,3 +108,12 @@ def test_status_conditions_follow_expiry_and_the_shared_budget() -> None:
     assert conditions == {"Ready": (False, "Expired"), "Expired": (True, "Expired"),
                           "BudgetExhausted": (False, "UsageNotShared")}  # fmt: skip
     assert [p.reason for p in problems] == ["Expired"]
+
+
+def test_a_usd_budget_is_spent_when_the_proxies_cost_reaches_it() -> None:
+    key = client_key("carl", budget={"usd": 2.5, "per": "day"})
+    state = rendered([key], {"carl": "cpk-C"}).clients["carl"]
+    _, fields, wanted = status_of(key, state, NOW, Usage("2026-12-02", 900, 2_499_999), True)
+    assert fields["usage"]["spendUSD"] == "2.499999" and wanted[2][1:3] == (False, "WithinBudget")
+    _, fields, wanted = status_of(key, state, NOW, Usage("2026-12-02", 901, 2_500_000), True)
+    assert fields["usage"]["spendUSD"] == "2.5" and wanted[2][1:3] == (True, "UsdBudgetSpent")
