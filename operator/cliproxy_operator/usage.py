@@ -17,13 +17,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from cliproxy_proxy.config import Budget
-from cliproxy_proxy.limits import budget_key, period, spend_key
+from cliproxy_proxy.limits import budget_key, period, redis_from_env, spend_key
 
 from .clientkeys import MICRO, client_name
 from .render import Resource
 
-REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis the gateways' proxies share (the chart's redis.url or bundled)
-REDIS_PASSWORD_ENV = "CLIPROXY_REDIS_PASSWORD"  # its password, when not in the URL (redis.existingSecret)
 INTERVAL_ENV = "CLIPROXY_USAGE_SECONDS"
 INTERVAL = 30.0
 TIMEOUT = 5.0  # a read that takes longer is given up; the statuses keep the last usage read
@@ -43,12 +41,11 @@ class Usage:
 
 
 def connect() -> Redis | None:
-    """A client for the configured Redis, or None without one."""
-    url = os.environ.get(REDIS_URL_ENV)
-    if not url:
+    """A client for the Redis the proxies of this deployment share (the same environment as theirs), or None."""
+    settings = redis_from_env()
+    if settings is None:
         return None
-    return Redis.from_url(url, password=os.environ.get(REDIS_PASSWORD_ENV) or None, socket_timeout=TIMEOUT,
-                          socket_connect_timeout=TIMEOUT)  # fmt: skip
+    return Redis.from_url(settings.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
 
 
 def interval() -> float:
