@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
+
 from cliproxy_operator.clientkeys import render_client_keys, status_of
 from cliproxy_operator.render import CONFIG_KEY, SecretConsent, render
-from cliproxy_operator.usage import Usage
+from cliproxy_operator.usage import Usage, observe
 
 from .test_render import CREDENTIALS, ROUTES, SECRETS, load
 
@@ -117,3 +120,16 @@ def test_a_usd_budget_is_spent_when_the_proxies_cost_reaches_it() -> None:
     assert fields["usage"]["spendUSD"] == "2.499999" and wanted[2][1:3] == (False, "WithinBudget")
     _, fields, wanted = status_of(key, state, NOW, Usage("2026-12-02", 901, 2_500_000), True)
     assert fields["usage"]["spendUSD"] == "2.5" and wanted[2][1:3] == (True, "UsdBudgetSpent")
+
+
+async def test_an_unreachable_redis_reads_as_unknown_not_as_zero() -> None:
+    """None keeps the statuses' last usage; zeros would tell every spent budget it has been refilled."""
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    redis = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=5)
+    try:
+        assert await observe(redis, NS, [client_key("alice", budget={"tokens": 10})], NOW) is None
+        assert await observe(redis, NS, [client_key("free")], NOW) == {}  # nothing budgeted: nothing to ask
+    finally:
+        await redis.aclose()
