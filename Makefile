@@ -7,6 +7,8 @@ DEMO_PORT ?= 18080
 # Where `make clients` installs Claude Code and Codex CLI (npm, a local prefix: nothing global).
 CLIENTS_NPM ?= build/clients/npm
 KIND_CLUSTER ?= kind
+# The git revision `make bench` measures this tree's proxy against, in the same run (BASELINE= to skip).
+BASELINE ?= main
 # PROXY_IMAGE, OPERATOR_IMAGE and IMAGE_TAG: the names the chart runs by default (override on the command line).
 include deploy/helm/cliproxy/images.env
 # Debian packages the tests run (shellcheck checks deploy/e2e/kind-e2e.sh; the limit tests share a real
@@ -47,7 +49,7 @@ lint: $(STAMP)
 	$(BIN)/mypy -p cliproxy_proxy -p cliproxy_operator
 
 bench: $(STAMP)
-	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/proxy_bench.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/propagation_bench.py
 	$(BIN)/python bench/fault_bench.py

@@ -1,5 +1,9 @@
 """Proxy overhead benchmark: wrk against the demo upstream directly, then through cliproxy, in the same run.
 
+With ``--baseline REF`` (a git revision, ``make bench`` passes ``main``) a second proxy runs that revision's code
+on the same config, and each scenario reports this tree's throughput against it: "no slower than before" is
+then a ratio measured in one run, not two numbers from different days.
+
 Every request goes to 127.0.0.1 only. Run with ``make bench`` (or ``--quick`` for 2 s runs); results are printed as a
 table and written to ``bench/results/proxy.json``. See ``bench/README.md`` for how to read them.
 """
@@ -19,6 +23,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from statistics import geometric_mean
 
 ROOT = Path(__file__).resolve().parent
 UPSTREAM_KEY, CLIENT_KEY = "bench-upstream", "bench-client"
@@ -185,9 +190,22 @@ async def _first_bytes(url: str, key: str, model: str, n: int, concurrency: int)
             "events": round(sum(events) / len(events), 1)}  # fmt: skip
 
 
-def start(argv: list[str], log: Path, cpu: str | None) -> subprocess.Popen[bytes]:
-    """Start a child with output to ``log``, pinned to ``cpu`` with taskset when given."""
+def baseline_tree(ref: str, tmp: Path) -> Path:
+    """The proxy package of git revision ``ref``, unpacked under ``tmp``: what PYTHONPATH points the baseline at."""
+    target = tmp / "baseline"
+    target.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT.parent), "archive", ref, "proxy"], capture_output=True, check=False)
+    if archive.returncode != 0:
+        sys.exit(f"proxy_bench: cannot read {ref!r} from git: {archive.stderr.decode()[-500:]}")
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target / "proxy"
+
+
+def start(argv: list[str], log: Path, cpu: str | None, path: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a child with output to ``log``, pinned to ``cpu`` with taskset when given, importing from ``path``."""
     env = {k: v for k, v in os.environ.items() if k not in PROXY_VARS}
+    if path is not None:
+        env["PYTHONPATH"] = str(path)  # ahead of the editable install: the baseline's own code
     pinned = ["taskset", "-c", cpu, *argv] if cpu is not None else argv
     with log.open("wb") as out:
         return subprocess.Popen(pinned, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -225,6 +243,7 @@ def main() -> int:
     parser.add_argument("--no-pin", action="store_true", help="no taskset (default: wrk+upstream core 0, proxy 1)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the children's logs and wrk scripts")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "proxy.json")
+    parser.add_argument("--baseline", metavar="REF", help="also run git revision REF's proxy, compared per scenario")
     args = parser.parse_args()
     secs = 2 if args.quick else max(1, args.duration)
     pin = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
@@ -240,7 +259,7 @@ def main() -> int:
         proxy_argv = [sys.executable, "-m", "cliproxy_proxy", "--config", str(config), "--host", "127.0.0.1",
                       "--port", str(proxy_port)]  # fmt: skip
         procs.append(start(proxy_argv, tmp / "proxy.log", "1" if pin else None))
-        upstream, proxy = procs
+        upstream, proxy = procs[0], procs[1]
         wait_ready(upstream, f"http://127.0.0.1:{up_port}/v1/models", UPSTREAM_KEY, tmp / "upstream.log")
         wait_ready(proxy, f"http://127.0.0.1:{proxy_port}/readyz", None, tmp / "proxy.log")
         children = {"upstream": upstream, "proxy": proxy}
@@ -248,6 +267,14 @@ def main() -> int:
             "direct": (f"http://127.0.0.1:{up_port}/v1/chat/completions", UPSTREAM_KEY, "demo-small"),
             "proxy": (f"http://127.0.0.1:{proxy_port}/v1/chat/completions", CLIENT_KEY, "bench-model"),
         }
+        if args.baseline:
+            base_port = free_port()
+            base_argv = [*proxy_argv[:-1], str(base_port)]
+            base = start(base_argv, tmp / "baseline.log", "1" if pin else None, baseline_tree(args.baseline, tmp))
+            procs.append(base)
+            wait_ready(base, f"http://127.0.0.1:{base_port}/readyz", None, tmp / "baseline.log")
+            children["baseline"] = base
+            paths["baseline"] = (f"http://127.0.0.1:{base_port}/v1/chat/completions", CLIENT_KEY, "bench-model")
         print(f"wrk {secs}s per run, -t1; upstream pid {upstream.pid}, proxy pid {proxy.pid}, pinned: {pin}")
         failures: list[str] = []
         for stream in (False, True):  # warm-up: connection pools, imports, caches
@@ -268,11 +295,17 @@ def main() -> int:
                 d, p = runs["direct"], runs["proxy"]
                 failures += [f"{name} {path}: {run.errors}" for path, run in runs.items() if any(run.errors.values())]
                 print(f"  {name}: direct {d.rps:.0f} rps, proxy {p.rps:.0f} rps", flush=True)
-                results.append({"scenario": name, "stream": stream, "connections": conns,
-                                "direct": asdict(d), "proxy": asdict(p), "cpu_percent": cpu,
-                                "ratio": round(p.rps / d.rps, 3) if d.rps else 0.0,
-                                "added_p50_ms": round(p.p50 - d.p50, 3),
-                                "added_p99_ms": round(p.p99 - d.p99, 3)})  # fmt: skip
+                result = {"scenario": name, "stream": stream, "connections": conns,
+                          "direct": asdict(d), "proxy": asdict(p), "cpu_percent": cpu,
+                          "ratio": round(p.rps / d.rps, 3) if d.rps else 0.0,
+                          "added_p50_ms": round(p.p50 - d.p50, 3),
+                          "added_p99_ms": round(p.p99 - d.p99, 3)}  # fmt: skip
+                if "baseline" in runs:
+                    b = runs["baseline"]
+                    result["baseline"] = asdict(b)
+                    result["vs_baseline"] = round(p.rps / b.rps, 3) if b.rps else 0.0
+                    print(f"    baseline {args.baseline}: {b.rps:.0f} rps; this tree / it {result['vs_baseline']:.2f}")
+                results.append(result)
         ttft = {}
         streams = {"direct": paths["direct"], "pass-through": paths["proxy"],
                    "to Claude": (paths["proxy"][0], CLIENT_KEY, "bench-claude")}  # fmt: skip
@@ -300,6 +333,10 @@ def main() -> int:
                 proc.wait()
     print()
     print(table(results))
+    if args.baseline:
+        ratios = [float(str(r["vs_baseline"])) for r in results]
+        print(f"\nthis tree against {args.baseline}, same run: throughput ratio per scenario "
+              f"{', '.join(f'{v:.2f}' for v in ratios)} (geometric mean {geometric_mean(ratios):.3f})")  # fmt: skip
     print(f"\nproxy memory: after warm-up RSS {mem_warm['VmRSS'] / 1024:.1f} MiB (peak {mem_warm['VmHWM'] / 1024:.1f});"
           f" at end RSS {mem_end['VmRSS'] / 1024:.1f} MiB (peak {mem_end['VmHWM'] / 1024:.1f})")  # fmt: skip
     print(f"note: wrk, upstream{' (both core 0)' if pin else ''} and proxy{' (core 1)' if pin else ''} share "
@@ -315,7 +352,8 @@ def main() -> int:
     failures += [f"proxy log: {row[:300]}" for row in log_problems[:5]]
     failures += [] if alive else ["the upstream or the proxy died during the run"]
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"duration_s": secs, "pinned": pin, "cpus": os.cpu_count(), "wrk_threads": 1, "prompt_words": 20,
+    report = {"baseline": args.baseline,
+              "duration_s": secs, "pinned": pin, "cpus": os.cpu_count(), "wrk_threads": 1, "prompt_words": 20,
               "proxy_memory_kib": {"after_warmup": mem_warm, "end": mem_end}, "scenarios": results,
               "streams_first_token": ttft, "translation_to_claude": translation,
               "failures": failures, "processes_alive_at_end": alive,

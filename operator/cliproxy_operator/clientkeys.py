@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from cliproxy_proxy.config import ConfigError, parse_config
+from cliproxy_proxy.contract import ConfigError, parse_config
 
 from .render import Problem, Resource, SecretConsent
 from .render import _name as name_of

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cliproxy_proxy.catalog import KINDS
-from cliproxy_proxy.config import ConfigError, parse_config
+from cliproxy_proxy.contract import KINDS, ConfigError, parse_config
 
 from .secret_rules import OPT_IN_LABEL, refresh_url_refusal
 

@@ -14,7 +14,7 @@ OPT_IN_LABEL = "cliproxy.io/credential"  # value "true": this Secret may back a 
 REFRESH_URL_ANNOTATION = "cliproxy.io/refresh-url"  # the one refreshURL (besides the vendor's) its owner allows
 
 #: The vendors' own token endpoints a ``refreshURL`` may name without the Secret's consent (Kiro's hosts in
-#: cliproxy_proxy.translate.kiro: SOCIAL_REFRESH and OIDC_REFRESH, for any region).
+#: cliproxy_proxy.oauth.kiro: SOCIAL_REFRESH and OIDC_REFRESH, for any region).
 VENDOR_REFRESH_URLS = {
     "kiro": re.compile(r"https://(prod\.[a-z0-9-]+\.auth\.desktop\.kiro\.dev|oidc\.[a-z0-9-]+\.amazonaws\.com)/?"),
 }

@@ -21,9 +21,15 @@ import aiohttp
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from cliproxy_proxy.oauth.base import RefreshRejected, RefreshRequest, TokenError, TokenSet
-from cliproxy_proxy.oauth.session import refresh_once
-from cliproxy_proxy.oauth.vendors import registration_name, token_format
+from cliproxy_proxy.contract import (
+    RefreshRejected,
+    RefreshRequest,
+    TokenError,
+    TokenSet,
+    refresh_once,
+    registration_name,
+    token_format,
+)
 
 from .secret_rules import OPT_IN_LABEL, REFRESH_URL_ANNOTATION, opted_in, refresh_url_refusal
 

@@ -1,6 +1,6 @@
 """What each ClientKey used in its current budget period, read from the Redis its gateway's proxies count in.
 
-The proxies keep a budgeted key's period tokens in Redis (cliproxy_proxy.limits.budget_key); the operator reads
+The proxies keep a budgeted key's period tokens in Redis (cliproxy_proxy.counters); the operator reads
 them for the status, one pipelined round trip per namespace on a timer, never one per key. Without Redis each
 replica counts alone and there is nothing shared to read: the status says so.
 """
@@ -16,8 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from cliproxy_proxy.config import Budget
-from cliproxy_proxy.limits import budget_key, period, redis_from_env, spend_key
+from cliproxy_proxy.contract import Budget, budget_key, period, redis_from_env, spend_key
 
 from .clientkeys import MICRO, client_name
 from .render import Resource

@@ -17,90 +17,28 @@ import yarl
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import model_lists
 from .bodies import BodyRefused, decode
-from .clients import Client, ClientUsage, key_index
+from .clients import Client, key_index
 from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
-from .discovery import Discovery
 from .embeddings import EmbeddingsExchange
 from .forward import OVERHEAD_HEADER, Exchange
-from .health import Health
-from .limits import ALLOWED, Limits, Verdict
+from .limits import ALLOWED, Verdict
 from .loader import ConfigSource
-from .metrics import UNRESOLVED, Metrics, SessionRow
+from .metrics import UNRESOLVED
 from .reload import Reloader
-from .runtime import Route, Runtime, anthropic_model, anthropic_models_body, gemini_model, models_body
+from .runtime import Route, Runtime, owners
+from .state import Proxy
 from .translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES, codec_for_path
-from .translate.canonical import Codec, Reasoning
+from .translate.canonical import Reasoning
+from .translate.codec import Codec
 from .translate.thinking import split_thinking_suffix
-from .upstream import Pool
 from .vendor_headers import forwarded
 
 log = logging.getLogger("cliproxy.proxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Proxy:
-    """Everything requests share: the live snapshot, credential health, metrics and the upstream pool."""
-
-    def __init__(self, runtime: Runtime, *, configured: bool = True) -> None:
-        self.runtime = runtime
-        self.configured = configured  # False: started empty, waiting for a first config from the Kubernetes API
-        self.generation = 1
-        self.health = Health()
-        self.metrics = Metrics()
-        self.discovery = Discovery(self.metrics.discovered)
-        self.draining = False
-        self.pool = Pool()
-        self.limits = Limits(self.metrics.registry)
-        self.client_usage = ClientUsage(self.metrics.registry)
-        self.limits.configure(runtime.config.redis)
-        self.metrics_port = runtime.config.metrics_port  # read at start, like the main port: a reload keeps it
-        self.metrics_host: str | None = None
-        self.health.sync(runtime.credentials)
-        self.metrics.watch_credentials(
-            self.credential_states, self.session_states, lambda: self.discovery.failing(self.runtime.credentials)
-        )
-        self._mark_loaded()
-
-    async def close(self) -> None:
-        await self.runtime.sessions.retire(set())
-        self.runtime.sessions.pool.close()
-        self.pool.close()
-        await self.limits.close()
-
-    def apply(self, runtime: Runtime) -> None:
-        """Make a new snapshot live: one assignment; requests in flight keep the one they started with."""
-        self.health.sync(runtime.credentials)
-        self.limits.configure(runtime.config.redis)
-        self.runtime = runtime
-        self.configured = True
-        self.generation += 1
-        self._mark_loaded()
-
-    def _mark_loaded(self) -> None:
-        self.metrics.reloads.labels("success").inc()
-        self.metrics.generation.set(self.generation)
-        self.metrics.last_reload.set(self.runtime.loaded_at)
-
-    def session_states(self) -> list[SessionRow]:
-        return [
-            (c.provider, c.label, c.session.state, c.session.expires_at, c.session.refresh_count)
-            for c in self.runtime.credentials
-            if c.session is not None
-        ]
-
-    def credential_states(self) -> dict[str, tuple[int, int]]:
-        states: dict[str, tuple[int, int]] = {}
-        for credential in self.runtime.credentials:
-            healthy, cooling = states.get(credential.provider, (0, 0))
-            if self.health.cooling(credential):
-                cooling += 1
-            else:
-                healthy += 1
-            states[credential.provider] = (healthy, cooling)
-        return states
 
 
 PROXY = web.AppKey("proxy", Proxy)
@@ -245,17 +183,11 @@ async def list_models(request: web.Request) -> web.Response:
     routes = runtime.routes
     if client is not None and not client.unrestricted:
         routes = {model: route for model, route in routes.items() if client.allows(model)}
-    elif shape is not GEMINI:  # everyone sees every model: the bodies built with the snapshot
-        body = runtime.anthropic_models_body if shape is ANTHROPIC else runtime.models_body
-        return web.Response(body=body, content_type="application/json")
-    if shape is GEMINI:
-        models = [gemini_model(model, route) for model, route in sorted(routes.items())]
-        return web.Response(body=orjson.dumps({"models": models}), content_type="application/json")
-    body = (
-        anthropic_models_body(routes, runtime.loaded_at)
-        if shape is ANTHROPIC
-        else models_body(routes, runtime.loaded_at)
-    )
+    else:  # everyone sees every model: the bodies built with the snapshot
+        body = runtime.model_lists.get(shape.name)
+        if body is not None:
+            return web.Response(body=body, content_type="application/json")
+    body = model_lists.listed(shape.name, owners(routes), runtime.loaded_at)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -268,12 +200,11 @@ async def get_model(request: web.Request) -> web.Response:
         return _model_not_found(runtime, model, shape)
     body: dict[str, Any]
     if shape is GEMINI:
-        body = gemini_model(model, route)
+        body = model_lists.gemini_model(model, route.owner)
     elif shape is ANTHROPIC:
-        body = anthropic_model(model, runtime.loaded_at)
+        body = model_lists.anthropic_model(model, runtime.loaded_at)
     else:
-        owner = route.groups[0][0].credential.provider
-        body = {"id": model, "object": "model", "created": int(runtime.loaded_at), "owned_by": owner}
+        body = model_lists.openai_model(model, route.owner, runtime.loaded_at)
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 

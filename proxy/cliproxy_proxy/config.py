@@ -162,6 +162,14 @@ class VertexCredential(ApiKeyCredential):
     def scope(self) -> str | None:
         return f"projects/{self.project}/locations/{self.location}" if self.project else None
 
+    @property
+    def project_base_url(self) -> str | None:
+        """The regional endpoint of ``project``, unless ``base-url`` says otherwise."""
+        if self.base_url or not self.project:
+            return self.base_url
+        host = "aiplatform" if self.location == "global" else f"{self.location}-aiplatform"
+        return f"https://{host}.googleapis.com"
+
 
 class SessionCredential(_Routed):
     """A key or an IDE session token file: minimax, roo and kilo accept either."""

@@ -6,17 +6,16 @@ knowledge of both lives in ``translate.embeddings``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from .forward import Exchange, Failure
 from .runtime import Route, Runtime, Target
+from .state import Proxy
 from .translate import embeddings
-from .translate.canonical import Codec, Reasoning, TranslationError, reencode
-
-if TYPE_CHECKING:
-    from .app import Proxy
+from .translate.canonical import Reasoning, TranslationError, reencode
+from .translate.codec import Codec
 
 #: Says a response's ``usage`` is the proxy's estimate: the provider reported none.
 USAGE_HEADER = "X-Cliproxy-Usage"
@@ -44,22 +43,25 @@ class EmbeddingsExchange(Exchange):
         return await super().run()
 
     async def attempt(self, target: Target) -> web.StreamResponse | Failure:
-        if not embeddings.serves(target.credential.wire):
+        if target.credential.codec.embeddings is None:
             message = f"The providers of model '{self.route.model}' do not serve embeddings."
             return Failure(404, "no_endpoint", message)  # known without asking: not counted, nothing rests
         return await super().attempt(target)
 
     def outgoing(self, target: Target, upstream_codec: Codec) -> tuple[bytes | bytearray, str, Codec | None]:
         model = target.upstream_model
-        wire = embeddings.TRANSLATED.get(target.credential.wire)
-        if wire is not None:
+        wire = upstream_codec.embeddings
+        assert wire is not None  # attempt() let only wires that serve embeddings through
+        if not wire.passes_through:
             return wire.encode(self.embedding, model), wire.path(model), upstream_codec
         body = self.raw if target.rewrite is None else reencode(self.payload, model)
-        return body, embeddings.OPENAI_PATH, None
+        return body, wire.path(model), None
 
     def translated(self, codec: Codec, body: bytes) -> bytes:
         assert self.credential is not None  # set by attempt() before any answer
-        answer = embeddings.TRANSLATED[self.credential.wire].decode(body, self.embedding, self.route.model)
+        wire = self.credential.codec.embeddings
+        assert wire is not None
+        answer = wire.decode(body, self.embedding, self.route.model)
         self.usage, self.estimated = (answer.tokens, 0), answer.estimated
         return answer.body
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import perf_counter, time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import ClientConnectionResetError, web
@@ -24,25 +24,22 @@ from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
 from .runtime import Credential, Route, Runtime, Target
 from .scrub import Scrubber, TextScrubber, scrub
-from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, UPSTREAM, for_upstream, passes_through
+from .state import Proxy
+from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, for_upstream, passes_through
 from .translate.canonical import (
-    Codec,
     Reasoning,
     Request,
     StreamError,
     ToolCall,
     TranslationError,
+    UpstreamFailed,
     reencode,
     restore_namespace,
 )
-from .translate.canonical import Response as Answer
-from .translate.kiro import KiroCodec, KiroStreamDecoder, KiroStreamFailed
-from .translate.relay import FramedRelay, TranslatingRelay
+from .translate.codec import Codec, ErrorKind
+from .translate.relay import TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
 from .vendor_headers import forwarded, passed_back
-
-if TYPE_CHECKING:
-    from .app import Proxy
 
 T = TypeVar("T")
 
@@ -55,6 +52,11 @@ OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
 #: Event loop timers may fire a millisecond early (uvloop rounds to ms): never wake before a cooldown ends.
 TIMER_SLACK = 0.005
 _CLIENT_GONE = (ConnectionResetError, ClientConnectionResetError)
+#: The cooldown reason of each kind of upstream error; None: the request is at fault, and goes back to the client.
+_REASON: dict[ErrorKind, str | None] = {
+    "auth": "auth", "quota": "quota", "not_found": "not_found", "retryable": "transient",
+    "context_window": None, "fatal": None,
+}  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -199,19 +201,25 @@ class Exchange:
             except TokenError:
                 return self.failed(target, None, "token_refresh")
         timeouts = credential.policy
-        body, path, codec = self.outgoing(target, credential.codec or UPSTREAM[credential.wire])
+        body, path, codec = self.outgoing(target, credential.codec)
         vendor = forwarded(self.request.headers, self.inbound.vendor_headers) if codec is None else None
         if not self.proxy.health.serves(target, path):
             message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
             return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
+        if credential.codec.authenticates_each_request:  # a signature over this body, a token fetched anew...
+            try:
+                head = await self.keepalive(credential.signed_head(credential.scoped(path), vendor, body))
+            except TokenError:
+                return self.failed(target, None, "token_refresh")
+        else:
+            head = credential.head(credential.scoped(path), vendor)
         sent = perf_counter()
         try:
             upstream = await self.keepalive(
                 self.proxy.pool.request(
-                    credential.endpoint, credential.head(credential.scoped(path), vendor), body,
-                    connect_timeout=timeouts.connect, read_timeout=timeouts.read,
+                    credential.endpoint, head, body, connect_timeout=timeouts.connect, read_timeout=timeouts.read
                 )
-            )  # fmt: skip
+            )
         except UpstreamTimeout:
             return self.failed(target, None, "timeout")
         except UpstreamError:
@@ -266,7 +274,7 @@ class Exchange:
         if codec is not None:
             try:
                 body, content_type = self.translated(codec, body), "application/json"
-            except KiroStreamFailed as error:
+            except UpstreamFailed as error:
                 return self.failed(target, error.status, "upstream_error", error.message)
             except (ValueError, KeyError, TypeError, AttributeError, IndexError):
                 return self.failed(target, None, "bad_response")
@@ -287,7 +295,7 @@ class Exchange:
 
     def translated(self, codec: Codec, body: bytes) -> bytes:
         """A whole upstream answer in the client's format, its usage counted; a malformed one raises."""
-        answer = _decode_body(codec, body)
+        answer = codec.decode_body(body)
         answer.model = self.route.model
         tools = self.canonical().tools
         for part in answer.parts:
@@ -302,15 +310,11 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            drop_usage = self.counts_usage_itself(UPSTREAM[target.credential.wire])
+            drop_usage = self.counts_usage_itself(target.credential.codec)
             relay = SSERelay(target.rewrite, self.inbound.stream_end, drop_usage=drop_usage)
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
-            decoder = codec.stream_decoder()
-            if isinstance(decoder, KiroStreamDecoder):  # binary frames, not SSE
-                relay = FramedRelay(decoder, encoder, self.route.model)
-            else:
-                relay = TranslatingRelay(decoder, encoder, self.route.model)
+            relay = TranslatingRelay(codec.stream_decoder(), encoder, self.route.model)
         waited_from = perf_counter()
         try:
             first = await self.keepalive(upstream.readany())
@@ -396,17 +400,16 @@ class Exchange:
             body = scrub(body, secret)
         message = self._upstream_message(body, upstream.status)
         status = upstream.status
-        reason = classify(status)
-        if status == 400 and b"API_KEY_INVALID" in body:
-            reason = "auth"  # Google answers a wrong key with 400, not 401: it is the key, not the request
-        elif status == 404 and not names_missing_model(body, target.upstream_model):
+        kind = target.credential.codec.classify_error(status, body)
+        reason = _REASON[kind]
+        if kind == "not_found" and not names_missing_model(body, target.upstream_model):
             reason = "no_endpoint"  # the path is unknown there, not the model: rest only this endpoint
         if not passed_through:
             body = b""  # in the provider's format, not the client's: only its message travels on
         session = target.credential.session
         if reason == "auth" and session is not None and session.refresh:
-            # A session token refused before its expiry (revoked, or Kiro's 403 for a stale one): refresh it now
-            # and rest the credential briefly, rather than for the half hour a bad API key gets.
+            # A session token refused before its expiry (revoked, or the 403 some vendors send for a stale one):
+            # refresh it now and rest the credential briefly, rather than for the half hour a bad API key gets.
             session.request_refresh()
             reason = "transient"
         if reason is None:
@@ -540,13 +543,6 @@ class Exchange:
             tokens_in, tokens_out,
         )  # fmt: skip
         return response
-
-
-def _decode_body(codec: Codec, body: bytes) -> Answer:
-    """A whole upstream answer in the canonical model; Kiro answers in frames even then."""
-    if isinstance(codec, KiroCodec):
-        return codec.decode_body(body)
-    return codec.decode_response(orjson.loads(body))
 
 
 def _is_json_error(body: bytes) -> bool:

@@ -16,9 +16,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio import Redis as RedisClient
@@ -27,12 +25,11 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from .clients import Client
-from .config import Budget, Redis
+from .config import Redis
+from .counters import budget_key, period, redis_from_env
 
 log = logging.getLogger("cliproxy.limits")
 
-REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis a deployment names for every config without its own (Helm)
-REDIS_PASSWORD_ENV = "CLIPROXY_REDIS_PASSWORD"  # its password, kept out of the URL in the pod spec
 WINDOW = 60  # seconds: rpm and tpm count the last minute
 LEASE = 900  # seconds a max-parallel slot is held at most if its replica dies before releasing it
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
@@ -58,18 +55,6 @@ class Engine(Protocol):
     async def settle(self, client: Client, verdict: Verdict, tokens: int) -> None: ...
 
     async def close(self) -> None: ...
-
-
-def period(budget: Budget, now: float) -> tuple[str, int]:
-    """The budget's current period (``2026-12`` or ``2026-12-02``) and the seconds left in it."""
-    moment = datetime.fromtimestamp(now, UTC)
-    if budget.per == "day":
-        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start.timestamp() + 86400
-        return start.strftime("%Y-%m-%d"), max(1, int(end - now))
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    after = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start.strftime("%Y-%m"), max(1, int(after.timestamp() - now))
 
 
 # -- in process -----------------------------------------------------------------------------------------
@@ -209,16 +194,6 @@ return 1
 """
 
 
-def budget_key(client_name: str, budget_period: str) -> str:
-    """The tokens a client used in a budget period (the operator reads it for a ClientKey's status)."""
-    return f"cliproxy:{{{client_name}}}:budget:{budget_period}"
-
-
-def spend_key(client_name: str, budget_period: str) -> str:
-    """The micro-dollars a client spent in a budget period (a budgeted client's answers add their cost)."""
-    return f"cliproxy:{{{client_name}}}:spend:{budget_period}"
-
-
 def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
     base = f"cliproxy:{{{client.name}}}"
@@ -288,18 +263,6 @@ class Shared:
 
     async def close(self) -> None:
         await self.redis.aclose()
-
-
-def redis_from_env() -> Redis | None:
-    """The deployment's Redis (``CLIPROXY_REDIS_URL``, password in ``CLIPROXY_REDIS_PASSWORD``), or None."""
-    url = os.environ.get(REDIS_URL_ENV)
-    if not url:
-        return None
-    password = os.environ.get(REDIS_PASSWORD_ENV)
-    if password:
-        scheme, _, rest = url.partition("://")
-        url = f"{scheme}://:{quote(password, safe='')}@{rest.rpartition('@')[2]}"
-    return Redis(url=url)
 
 
 class Limits:

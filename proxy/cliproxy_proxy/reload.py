@@ -11,15 +11,12 @@ import contextlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import ConfigError, ConfigPending, ProxyConfig
 from .loader import ConfigSource
 from .oauth.vendors import Sessions
 from .runtime import Credential, Runtime, build_credentials, build_runtime, rerouted
-
-if TYPE_CHECKING:
-    from .app import Proxy
+from .state import Proxy
 
 log = logging.getLogger("cliproxy.reload")
 PENDING_GRACE = 10.0  # seconds a config may wait for a Secret it names before it is refused as broken

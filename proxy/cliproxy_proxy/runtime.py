@@ -11,24 +11,17 @@ import hashlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from .catalog import KINDS, Wire
 from .clients import Client, client_of
 from .config import (
     CONTROL_CHARACTERS,
-    AmpCredential,
     ApiKeyCredential,
     CompatProvider,
     ConfigError,
-    CursorCredential,
     EntryPolicy,
-    KiroCredential,
     ModelEntry,
     ProxyConfig,
     RateLimit,
@@ -37,25 +30,24 @@ from .config import (
     _Routed,
 )
 from .loader import ConfigSource
+from .model_lists import DEFAULT_SHAPE, prebuilt
 from .oauth.base import TokenError
 from .oauth.session import Session
+from .oauth.tokens import token_format
 from .oauth.vendors import (
     Sessions,
     SessionSpec,
     base_url_of,
     content_source,
     inline_document,
-    kiro_registration,
+    is_session,
+    registration,
     session_headers,
-    token_format,
 )
 from .relay import ModelRewrite
-from .translate.canonical import Codec
-from .translate.kiro import KiroCodec
-from .translate.kiro import request_headers as kiro_request_headers
+from .translate import UPSTREAM
+from .translate.codec import Codec, UpstreamCall
 from .upstream import Endpoint
-
-ANTHROPIC_VERSION = "2023-06-01"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +94,11 @@ class Credential:
     excluded: tuple[str, ...]
     rate_limit: RateLimit | None
     cooling: bool
+    codec: Codec  # its wire's codec, or one of its own for a session whose tokens it carries (``with_tokens``)
     models_endpoint: str = "/models"
     vertex_scope: str | None = None  # "projects/P/locations/L" for Vertex's project endpoints
     force_prefix: bool | None = None  # this entry's force-model-prefix, when it overrides the top level
     session: Session | None = field(default=None, repr=False)  # an OAuth / session token, kept fresh
-    codec: Codec | None = None  # a codec of its own (Kiro's carries the account's profile ARN)
     policy: Policy = DEFAULT_POLICY  # the retry and timeout values of its entry
     defaults: Mapping[str, str] = field(default_factory=dict)  # lower-case headers a client's own may replace
     pinned: frozenset[str] = frozenset()  # lower-case names of the headers no client header may replace
@@ -125,7 +117,7 @@ class Credential:
         """The precomputed request line and headers for a POST to ``path``; a session's token is current.
 
         ``vendor``: the client's vendor headers (lower-case names) on a same-format request. The key and the
-        configured headers win over them; a default (``anthropic-version``) does not.
+        configured headers win over them; a codec's default header (an API version) does not.
         """
         extra = {name: value for name, value in vendor.items() if name not in self.pinned} if vendor else {}
         if self.session is not None:  # tokens change on refresh: never cached
@@ -142,10 +134,15 @@ class Credential:
         return head + added.encode("latin-1")
 
     def session_auth(self, session: Session) -> dict[str, str]:
-        headers = _auth_headers(self.wire, session.access_token())
-        if self.wire is Wire.KIRO:
-            headers.update(kiro_request_headers())  # a fresh invocation id per call, as the Kiro IDE sends
-        return headers
+        return self.codec.auth_headers(session.access_token())
+
+    async def signed_head(self, path: str, vendor: Mapping[str, str] | None, body: bytes | bytearray) -> bytes:
+        """The head for a codec that authenticates each request: its hook sees the final headers and body."""
+        extra = {name: value for name, value in vendor.items() if name not in self.pinned} if vendor else {}
+        headers = {**self.headers, **(self.session_auth(self.session) if self.session is not None else {}), **extra}
+        call = UpstreamCall("POST", self.base_url.rstrip("/") + path, headers, body)
+        await self.codec.authenticate(call, self)
+        return self.endpoint.head(call.method, path, call.headers)
 
     def current_secret(self) -> str | None:
         """The key or token upstream error bodies must be scrubbed of."""
@@ -174,6 +171,11 @@ class Route:
         return tuple(t for group in self.groups for t in group)
 
     @property
+    def owner(self) -> str:
+        """The provider that serves the model first: what model lists name."""
+        return self.groups[0][0].credential.provider
+
+    @property
     def policy(self) -> Policy:
         """Retries follow the first target's entry: in Kubernetes, every target of a model is one route's."""
         return self.groups[0][0].credential.policy
@@ -186,26 +188,17 @@ class Runtime:
     credentials: tuple[Credential, ...]
     routes: Mapping[str, Route]
     hints: Mapping[str, tuple[str, ...]]
-    models_body: bytes
-    anthropic_models_body: bytes
+    model_lists: Mapping[str, bytes]  # GET /v1/models of every model, by client format (see model_lists)
     client_keys: tuple[bytes, ...] = field(repr=False)
     secret_files: tuple[Path, ...]
     loaded_at: float
     sessions: Sessions = field(default_factory=Sessions, repr=False)
     clients: tuple[Client | None, ...] = ()  # whose each of client_keys is (None: a plain api-keys key)
 
-
-def _auth_headers(wire: Wire, key: str | None, bearer: bool = False) -> dict[str, str]:
-    """How each wire format presents its key."""
-    if key is None:
-        return {}
-    if bearer:
-        return {"Authorization": f"Bearer {key}"}
-    if wire is Wire.ANTHROPIC:
-        return {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
-    if wire in (Wire.GEMINI, Wire.VERTEX):
-        return {"x-goog-api-key": key}
-    return {"Authorization": f"Bearer {key}"}
+    @property
+    def models_body(self) -> bytes:
+        """OpenAI's model list, the default shape."""
+        return self.model_lists[DEFAULT_SHAPE]
 
 
 def _excluded(patterns: tuple[str, ...], *names: str) -> bool:
@@ -255,13 +248,16 @@ class _Builder:
         session_origin: str = "",
     ) -> None:
         kind = KINDS[block]
+        codec = codec or UPSTREAM[kind.wire].for_entry(entry)
         scope = entry.scope if isinstance(entry, VertexCredential) else None
-        bearer = scope is not None  # a project endpoint takes an OAuth access token, not an API key
-        headers = {"Content-Type": "application/json", **_auth_headers(kind.wire, key, bearer), **(extra_headers or {}),
+        auth: dict[str, str] = {}
+        if key is not None:  # a project endpoint takes an OAuth access token, not an API key
+            auth = {"Authorization": f"Bearer {key}"} if scope is not None else codec.auth_headers(key)
+        headers = {"Content-Type": "application/json", **codec.default_headers, **auth, **(extra_headers or {}),
                    **entry.headers}  # fmt: skip
         names = {name.lower() for name in headers}
         configured = {name.lower() for name in entry.headers}
-        defaults = {"anthropic-version": ANTHROPIC_VERSION} if "anthropic-version" in names - configured else {}
+        defaults = {n.lower(): v for n, v in codec.default_headers.items() if n.lower() not in configured}
         cooling = not self.config.disable_cooling and not entry.disable_cooling
         proxy_url = self._proxy(proxy if proxy is not None else entry.proxy_url)
         endpoint = Endpoint.parse(base_url, proxy_url)
@@ -284,11 +280,11 @@ class _Builder:
                 excluded=entry.excluded_models,
                 rate_limit=entry.rate_limit,
                 cooling=cooling,
+                codec=codec,
                 models_endpoint=entry.models_endpoint if isinstance(entry, CompatProvider) else "/models",
                 vertex_scope=scope,
                 force_prefix=entry.force_model_prefix,
                 session=session,
-                codec=codec,
                 policy=Policy.of(self.config, entry.policy),
                 defaults=defaults,
                 pinned=frozenset(names - set(defaults)),
@@ -298,8 +294,8 @@ class _Builder:
     def add_session(self, block: str, index: int, entry: _Routed, where: str) -> None:
         """A session credential: its tokens parsed now (a broken file is a config error), kept fresh later."""
         raw, path = self._token_source(entry, where)
-        registration = kiro_registration(path, raw) if block == "kiro" and path and self.config.token_refresh else None
-        fmt = token_format(block, getattr(entry, "refresh_url", None), registration)
+        beside = registration(block, path, raw) if self.config.token_refresh else None
+        fmt = token_format(block, getattr(entry, "refresh_url", None), beside)
         try:
             fmt.parse(raw)
         except TokenError as error:
@@ -310,7 +306,7 @@ class _Builder:
         session = self.sessions.get(SessionSpec(block, where, origin, refresh, proxy_url), fmt, raw, path)
         kind = KINDS[block]
         tokens = session.tokens
-        codec = KiroCodec(profile_arn=tokens.extra.get("profile_arn")) if kind.wire is Wire.KIRO else None
+        codec = UPSTREAM[kind.wire].for_entry(entry).with_tokens(tokens)
         base_url = base_url_of(entry, tokens, kind.default_base_url or "")
         # A token delivered anew (the operator's refresh) is a new credential: no cooldown of the old one carries over.
         self.add(block, index, entry, None, block, base_url, None, session=session, codec=codec,
@@ -353,15 +349,12 @@ class _Builder:
                             sub=f".api-key-entries[{k}]",
                         )
                     continue
-                if isinstance(entry, KiroCredential | CursorCredential | AmpCredential) or (
-                    isinstance(entry, SessionCredential) and entry.token_file is not None
-                ):
+                if is_session(entry):
                     self.add_session(block, index, entry, where)
                     continue
                 base_url = entry.base_url or kind.default_base_url or ""
-                if isinstance(entry, VertexCredential) and entry.project and not entry.base_url:
-                    host = "aiplatform" if entry.location == "global" else f"{entry.location}-aiplatform"
-                    base_url = f"https://{host}.googleapis.com"
+                if isinstance(entry, VertexCredential):
+                    base_url = entry.project_base_url or base_url
                 assert isinstance(entry, ApiKeyCredential | SessionCredential)  # one key source, by validation
                 secret = self.secret(entry.api_key, entry.api_key_file, where)
                 self.add(block, index, entry, secret, block, base_url, None)
@@ -386,7 +379,7 @@ def _routes(
             else:
                 hints.setdefault(entry.exposed, []).append(ids[0])
             for model_id in ids:
-                key = "modelVersion" if credential.wire in (Wire.GEMINI, Wire.VERTEX) else "model"
+                key = credential.codec.model_key
                 rewrite = ModelRewrite(entry.name, model_id, key) if entry.name != model_id else None
                 by_model.setdefault(model_id, []).append(Target(credential, entry.name, model_id, rewrite))
     routes = {}
@@ -397,41 +390,9 @@ def _routes(
     return routes, {k: tuple(v) for k, v in hints.items() if k not in routes}
 
 
-def models_body(routes: Mapping[str, Route], created: float) -> bytes:
-    data = [
-        {
-            "id": model_id,
-            "object": "model",
-            "created": int(created),
-            "owned_by": route.groups[0][0].credential.provider,
-        }
-        for model_id, route in sorted(routes.items())
-    ]
-    return orjson.dumps({"object": "list", "data": data})
-
-
-def anthropic_model(model_id: str, created: float) -> dict[str, str]:
-    """One model in Anthropic's shape."""
-    stamp = datetime.fromtimestamp(int(created), UTC).isoformat().replace("+00:00", "Z")
-    return {"id": model_id, "type": "model", "display_name": model_id, "created_at": stamp}
-
-
-def gemini_model(model_id: str, route: Route) -> dict[str, Any]:
-    """One model in Gemini's shape (google-genai's ``models.get`` and ``models.list``)."""
-    return {
-        "name": f"models/{model_id}", "displayName": model_id,
-        "description": f"{model_id}, served by {route.groups[0][0].credential.provider} through cliproxy",
-        "supportedGenerationMethods": ["generateContent", "streamGenerateContent", "countTokens"],
-    }  # fmt: skip
-
-
-def anthropic_models_body(routes: Mapping[str, Route], created: float) -> bytes:
-    """The same list in Anthropic's shape, for clients that send ``anthropic-version``."""
-    data = [anthropic_model(m, created) for m in sorted(routes)]
-    return orjson.dumps({
-        "data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-    })  # fmt: skip
+def owners(routes: Mapping[str, Route]) -> dict[str, str]:
+    """Each model id's first provider, as model lists name it."""
+    return {model_id: route.owner for model_id, route in routes.items()}
 
 
 def build_credentials(
@@ -482,8 +443,7 @@ def build_runtime(
         credentials=tuple(creds),
         routes=routes,
         hints=hints,
-        models_body=models_body(routes, int(now)),
-        anthropic_models_body=anthropic_models_body(routes, int(now)),
+        model_lists=prebuilt(owners(routes), now),
         client_keys=tuple(k.encode() for k in client_keys),
         secret_files=tuple(secret_files),
         loaded_at=now,
@@ -497,6 +457,5 @@ def rerouted(runtime: Runtime, discovered: Mapping[str, tuple[str, ...]]) -> Run
     routes, hints = _routes(runtime.config, list(runtime.credentials), discovered)
     now = time.time()
     return dataclasses.replace(
-        runtime, routes=routes, hints=hints, models_body=models_body(routes, int(now)),
-        anthropic_models_body=anthropic_models_body(routes, int(now)), loaded_at=now,
+        runtime, routes=routes, hints=hints, model_lists=prebuilt(owners(routes), now), loaded_at=now
     )  # fmt: skip

@@ -8,7 +8,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from .test_chart import CHART, KUBE_VERSION, NAMESPACE, PROXY, RELEASE, ROOT, VARIANTS, find, objects, one, render
+from .chart import CHART, KUBE_VERSION, NAMESPACE, PROXY, RELEASE, ROOT, VARIANTS, find, objects, one, render
 
 POLICY = f"{RELEASE}-cliproxy-secret-references"
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from .test_chart import NAMESPACE, OPERATOR, PROXY, RELEASE, container, find, objects, one, render
+from .chart import NAMESPACE, OPERATOR, PROXY, RELEASE, container, find, objects, one, render
 
 REDIS = f"{RELEASE}-cliproxy-redis"
 

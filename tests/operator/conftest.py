@@ -17,6 +17,8 @@ import kmock
 import pytest
 import uvloop
 
+import cliproxy_operator.tokens
+
 from .kube import (
     Cluster,
     Emulator,
@@ -107,3 +109,10 @@ async def operator(request: pytest.FixtureRequest, cluster: Cluster) -> AsyncIte
         yield runner
     finally:
         await runner.stop()
+
+
+@pytest.fixture
+def fast_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Check every 0.3 s, refresh 4 s ahead (a loaded machine propagates in time); set before handlers import."""
+    monkeypatch.setattr(cliproxy_operator.tokens, "CHECK_SECONDS", 0.3)
+    monkeypatch.setattr(cliproxy_operator.tokens, "REFRESH_MARGIN", 4.0)

@@ -20,12 +20,12 @@ from cliproxy_operator.clientkeys import KEY_PREFIX, ROTATE_ANNOTATION
 from cliproxy_proxy.clients import client_of
 from cliproxy_proxy.config import ClientKey as ClientKeyEntry
 from cliproxy_proxy.config import Redis as RedisSettings
-from cliproxy_proxy.limits import Shared, spend_key
+from cliproxy_proxy.counters import spend_key
+from cliproxy_proxy.limits import Shared
 
 from ..support.redis_server import RedisServer
 from .kube import CLIENTKEYS, CONFIGMAPS, SECRETS, Cluster, OperatorRunner, b64, unb64, wait_for
-from .test_consent import warning
-from .test_operator import RENDERED, WITHIN, basic_setup, condition, config_of, secret, wait_condition
+from .objects import RENDERED, WITHIN, basic_setup, condition, config_of, secret, wait_condition, warning
 
 
 @pytest.fixture

@@ -14,7 +14,11 @@ from cliproxy_operator.clientkeys import render_client_keys, status_of
 from cliproxy_operator.render import CONFIG_KEY, SecretConsent, render
 from cliproxy_operator.usage import Usage, observe
 
-from .test_render import CREDENTIALS, ROUTES, SECRETS, load
+from .objects import credential, load, route
+
+SECRETS = {"llm-keys": {"openrouter": "sk-or-AAA"}}
+CREDENTIALS = [credential("openrouter", "openrouter", "openrouter", baseURL="https://openrouter.ai/api/v1")]
+ROUTES = [route("team-a", "openrouter", models=("anthropic/claude-sonnet-4", "openai/gpt-4o"))]
 
 NS = "team-a"
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

@@ -17,29 +17,22 @@ from cliproxy_operator.secret_rules import OPT_IN_LABEL, REFRESH_URL_ANNOTATION
 
 from ..fakes.kiro import start_kiro
 from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, Cluster, OperatorRunner, b64, unb64, wait_for
-from .test_kube_source import Serve
-from .test_oauth_operator import fast_tokens, ide_file  # noqa: F401 (a fixture)
-from .test_operator import (
+from .objects import (
     RENDERED,
     WITHIN,
+    Serve,
     basic_setup,
     condition,
     config_of,
     credential,
+    ide_file,
     route,
     secret,
     wait_condition,
+    warning,
 )
 
 VICTIM_KEY = "sk-VICTIM-0123456789"
-
-
-async def warning(cluster: Cluster, operator: OperatorRunner, name: str, reason: str) -> dict[str, Any]:
-    async def posted() -> list[dict[str, Any]]:
-        return [e for e in await cluster.events(name) if e.get("reason") == reason and e.get("type") == "Warning"]
-
-    found = await wait_for(posted, WITHIN, message=lambda: f"no {reason} Event on {name}\n{operator.describe()}")
-    return dict(found[0])
 
 
 async def everything_written(cluster: Cluster) -> str:
@@ -81,7 +74,7 @@ async def test_a_secret_without_the_opt_in_label_backs_no_credential(
     ],
 )
 async def test_a_token_secret_the_owner_did_not_open_to_this_url_sends_nothing(
-    fast_tokens: None,  # noqa: F811
+    fast_tokens: None,
     cluster: Cluster,
     operator: OperatorRunner,
     aiohttp_server: Serve,

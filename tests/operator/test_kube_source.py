@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,14 @@ import aiohttp
 import kmock
 import openai
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from cliproxy_operator.kube import CLIENT_KEYS_LABEL
 from cliproxy_proxy import __main__ as proxy_main
 from cliproxy_proxy import reload
-from cliproxy_proxy.__main__ import load_app
 from cliproxy_proxy.app import PROXY, RELOADER
 from cliproxy_proxy.kubesource import USER_AGENT, ApiServer, KubeSource
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 from .kube import (
     CONFIGMAPS,
     CREDENTIALS,
@@ -43,10 +39,10 @@ from .kube import (
     wait_for,
     write_kubeconfig,
 )
+from .objects import Serve, proxy_for
 
 NAME = "cliproxy-gw"
 MESSAGES = [{"role": "user", "content": "ping"}]
-Serve = Callable[[web.Application], Awaitable[TestServer]]
 
 
 def rendered(provider: FakeProvider, *models: tuple[str, str]) -> dict[str, Any]:
@@ -70,13 +66,6 @@ def volume(tmp_path: Path) -> tuple[Path, Path]:
     config_dir.mkdir()
     secrets_dir.mkdir()
     return config_dir, secrets_dir
-
-
-@contextlib.asynccontextmanager
-async def proxy_for(serve: Serve, source: KubeSource) -> AsyncIterator[tuple[web.Application, str]]:
-    app = load_app(source, reload_interval=0.05)
-    server = await serve(app)
-    yield app, str(server.make_url("")).rstrip("/")
 
 
 def client(url: str) -> openai.AsyncOpenAI:
@@ -334,7 +323,7 @@ async def test_operator_and_proxy_end_to_end_with_rotated_client_keys(
     cluster: Cluster, operator: OperatorRunner, provider: FakeProvider, aiohttp_server: Serve, tmp_path: Path
 ) -> None:
     """What a cluster does: the operator renders, the proxy watches the rendered objects, clients rotate keys."""
-    from .test_operator import credential, rendered_objects, route, secret, wait_condition
+    from .objects import credential, rendered_objects, route, secret, wait_condition
 
     await cluster.create(SECRETS, secret("llm-keys", upstream="key-a"))
     keys = secret("gateway-clients", primary=CLIENT_KEY)

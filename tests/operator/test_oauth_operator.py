@@ -8,47 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import openai
-import pytest
 
-import cliproxy_operator.tokens
 from cliproxy_operator.secret_rules import OPT_IN_LABEL, REFRESH_URL_ANNOTATION
 from cliproxy_proxy.app import PROXY
 from cliproxy_proxy.kubesource import ApiServer, KubeSource
 
-from ..fakes.kiro import KiroVendor, start_kiro
+from ..fakes.kiro import start_kiro
 from .kube import CREDENTIALS, ROUTES, SECRETS, Cluster, OperatorRunner, b64, wait_for
-from .test_kube_source import Serve, proxy_for
-from .test_operator import route, wait_condition
+from .objects import Serve, ide_file, proxy_for, route, wait_condition
 
 TTL = 6.0
 MESSAGES = [{"role": "user", "content": "ping"}]
-
-
-@pytest.fixture
-def fast_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Check every 0.3 s, refresh 4 s ahead (a loaded machine propagates in time); set before handlers import."""
-    monkeypatch.setattr(cliproxy_operator.tokens, "CHECK_SECONDS", 0.3)
-    monkeypatch.setattr(cliproxy_operator.tokens, "REFRESH_MARGIN", 4.0)
 
 
 def login_metadata(refresh_url: str) -> dict[str, Any]:
     """The login Secret as its owner marks it: it may back a credential and be refreshed at ``refresh_url``."""
     return {"name": "kiro-login", "labels": {OPT_IN_LABEL: "true"},
             "annotations": {REFRESH_URL_ANNOTATION: refresh_url}}  # fmt: skip
-
-
-def ide_file(vendor: KiroVendor, ttl: float) -> str:
-    access, refresh = vendor.issue(ttl)
-    expires = datetime.datetime.fromtimestamp(vendor.access[access], datetime.UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps({"accessToken": access, "refreshToken": refresh, "expiresAt": expires, "authMethod": "social",
-                       "provider": "Github", "profileArn": vendor.profile_arn, "region": "us-east-1"})  # fmt: skip
 
 
 @contextlib.asynccontextmanager

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from cliproxy_operator.render import CONFIG_KEY
-from cliproxy_operator.secret_rules import OPT_IN_LABEL
 
 from .kube import (
     CLIENTKEYS,
@@ -32,117 +31,20 @@ from .kube import (
     wait_for,
 )
 from .kube import matching as requests_matching
-
-MANAGED = {"app.kubernetes.io/managed-by": "cliproxy-operator"}
-RENDERED = "cliproxy-default"  # the default gateway's ConfigMap and Secret
-WITHIN = 10.0  # seconds the operator gets to react; it normally takes well under one
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Builders and readers
-
-
-def secret(name: str, *, opted_in: bool = True, **data: str) -> dict[str, Any]:
-    metadata = {"name": name, "labels": {OPT_IN_LABEL: "true"} if opted_in else {}}
-    return {"metadata": metadata, "type": "Opaque", "data": {k: b64(v) for k, v in data.items()}}
-
-
-def credential(name: str, provider: str, *keys: str, secret_name: str = "llm-keys", **spec: Any) -> dict[str, Any]:
-    refs = [{"secretKeyRef": {"name": secret_name, "key": key}} for key in keys]
-    return {"metadata": {"name": name}, "spec": {"provider": provider, "apiKeys": refs, **spec}}
-
-
-def route(name: str, *credentials: str, models: tuple[str | tuple[str, str], ...] = (), **spec: Any) -> dict[str, Any]:
-    listed = [{"name": m} if isinstance(m, str) else {"name": m[0], "alias": m[1]} for m in models]
-    body = {"credentials": [{"name": c} for c in credentials], **({"models": listed} if listed else {}), **spec}
-    return {"metadata": {"name": name}, "spec": body}
-
-
-def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    for cond in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            return dict(cond)
-    return {}
-
-
-def config_of(configmap: dict[str, Any]) -> dict[str, Any]:
-    document = yaml.safe_load(configmap["data"][CONFIG_KEY])  # JSON or YAML: YAML reads both
-    assert isinstance(document, dict)
-    return document
-
-
-def named_files(document: Any) -> set[str]:
-    """Every secret file the proxy config names (``api-key-file``, ``token-file``, ``api-keys-file``...)."""
-    found: set[str] = set()
-    if isinstance(document, dict):
-        for key, value in document.items():
-            if key.endswith("-file") and isinstance(value, str):
-                found.add(value)
-            else:
-                found |= named_files(value)
-    elif isinstance(document, list):
-        for item in document:
-            found |= named_files(item)
-    return found
-
-
-def served_models(document: dict[str, Any]) -> set[str]:
-    """The upstream model names listed anywhere in the rendered config."""
-    names: set[str] = set()
-    for value in document.values():
-        for entry in value if isinstance(value, list) else []:
-            if isinstance(entry, dict):
-                names |= {m["name"] for m in entry.get("models") or [] if isinstance(m, dict)}
-    return names
-
-
-async def wait_condition(
-    cluster: Cluster, operator: OperatorRunner, resource: str, name: str, kind: str, status: str,
-    reason: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Wait until the object's condition ``kind`` has ``status`` (and ``reason``); return the object."""
-    seen: dict[str, Any] = {}
-
-    async def reached() -> dict[str, Any] | None:
-        nonlocal seen
-        obj = await cluster.get(resource, name)
-        seen = condition(obj, kind)
-        ok = seen.get("status") == status and (reason is None or seen.get("reason") == reason)
-        return obj if ok else None
-
-    return await wait_for(  # type: ignore[no-any-return]
-        reached, WITHIN, message=lambda: f"{name}: {kind} is {seen}, not {status}/{reason}\n{operator.describe()}"
-    )
-
-
-async def rendered_objects(cluster: Cluster, operator: OperatorRunner) -> tuple[dict[str, Any], dict[str, Any]]:
-    async def both() -> tuple[dict[str, Any], dict[str, Any]] | None:
-        configmap, rendered_secret = await cluster.get(CONFIGMAPS, RENDERED), await cluster.get(SECRETS, RENDERED)
-        return (configmap, rendered_secret) if configmap and rendered_secret else None
-
-    return await wait_for(both, WITHIN, message=lambda: f"no {RENDERED} ConfigMap and Secret\n{operator.describe()}")  # type: ignore[no-any-return]
-
-
-async def wait_gone(cluster: Cluster, operator: OperatorRunner, resource: str, name: str) -> None:
-    async def gone() -> bool:
-        return await cluster.get(resource, name) is None
-
-    await wait_for(gone, WITHIN, message=lambda: f"{resource} {name} still exists\n{operator.describe()}")
-
-
-async def basic_setup(cluster: Cluster, operator: OperatorRunner) -> tuple[dict[str, Any], dict[str, Any]]:
-    """One Secret with two OpenRouter keys, a credential over both, a route exposing two models."""
-    await cluster.create(SECRETS, secret("llm-keys", **{"openrouter-a": "sk-or-AAA", "openrouter-b": "sk-or-BBB"}))
-    await cluster.create(
-        CREDENTIALS,
-        credential("openrouter", "openrouter", "openrouter-a", "openrouter-b", baseURL="https://openrouter.ai/api/v1"),
-    )
-    await cluster.create(
-        ROUTES, route("team-a", "openrouter", models=(("openai/gpt-4o", "gpt"), "anthropic/claude-3.5-sonnet"))
-    )
-    await wait_condition(cluster, operator, ROUTES, "team-a", "Ready", "True")
-    return await rendered_objects(cluster, operator)
-
+from .objects import (
+    MANAGED,
+    RENDERED,
+    WITHIN,
+    basic_setup,
+    condition,
+    config_of,
+    credential,
+    named_files,
+    route,
+    served_models,
+    wait_condition,
+    wait_gone,
+)
 
 # ---------------------------------------------------------------------------------------------------------------
 # The API backend behaves like an API server (the same assertions hold on envtest's real one)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .kube import CONFIGMAPS, EVENTS, ROUTES, SECRETS, Cluster, OperatorRunner, wait_for
-from .test_operator import WITHIN, basic_setup, condition, route, wait_condition
+from .objects import WITHIN, basic_setup, condition, route, wait_condition
 
 
 async def _warnings(cluster: Cluster, name: str) -> list[dict[str, Any]]:

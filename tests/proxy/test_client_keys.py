@@ -12,7 +12,7 @@ import pytest
 from cliproxy_proxy.config import ConfigError, parse_config
 from cliproxy_proxy.runtime import build_runtime
 
-from ..conftest import FakeProvider, base_config, compat_block
+from ..support.proxy import FakeProvider, base_config, compat_block
 
 SCOPED = "scoped-key-1"
 EXPIRED = "expired-key-1"

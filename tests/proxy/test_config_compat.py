@@ -16,7 +16,7 @@ from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.runtime import build_runtime
 from tests.support.runtime_user import as_runtime_user, check_runtime_user, runtime_user_env
 
-from ..conftest import FakeProvider, base_config, compat_block
+from ..support.proxy import FakeProvider, base_config, compat_block
 
 #: cliproxyapi++'s example config, with every key cliproxy leaves to cliproxyapi++ (cliproxyapi-inventory.md §3-4).
 CLIPROXYAPI_EXAMPLE = """

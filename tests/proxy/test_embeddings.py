@@ -10,16 +10,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cliproxy_proxy.catalog import Wire
 from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.embeddings import USAGE_HEADER
 from cliproxy_proxy.translate.canonical import TranslationError
-from cliproxy_proxy.translate.embeddings import TRANSLATED, decode_request
+from cliproxy_proxy.translate.embeddings import GeminiEmbeddings, decode_request
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
 from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, start_gemini
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 TEXTS = ["hello embeddings", "a second text"]
 
@@ -229,4 +228,4 @@ def test_a_broken_gemini_answer_is_a_bad_response_not_a_crash(answer: bytes) -> 
     """The exchange turns these errors into a failover (bad_response); any other exception would be a 500."""
     request = decode_request({"model": "m", "input": "x", "encoding_format": "base64"})
     with pytest.raises((ValueError, KeyError, TypeError)):
-        TRANSLATED[Wire.GEMINI].decode(answer, request, "m")
+        GeminiEmbeddings().decode(answer, request, "m")

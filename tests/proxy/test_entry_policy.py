@@ -9,7 +9,7 @@ import pytest
 from cliproxy_proxy.config import ConfigError, parse_config
 from cliproxy_proxy.demo_upstream import Fault
 
-from ..conftest import FakeProvider, base_config, compat_block
+from ..support.proxy import FakeProvider, base_config, compat_block
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 

@@ -6,7 +6,7 @@ import aiohttp
 import openai
 import pytest
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 

@@ -13,7 +13,7 @@ import pytest
 
 from cliproxy_proxy.demo_upstream import Fault
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 

@@ -13,9 +13,9 @@ import openai
 import pytest
 from aiohttp.test_utils import TestServer
 
-from ..conftest import CLIENT_KEY
 from ..fakes.faulty_openai import FaultyUpstream
 from ..support.fault_load import EXPECTED, MODEL, PROMPT, drive, gateway_config, success_rate
+from ..support.proxy import CLIENT_KEY
 
 REQUESTS = 200  # per kind: a few seconds; rates asserted with room for the RNG, not for a regression
 

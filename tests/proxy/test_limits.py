@@ -21,7 +21,7 @@ from cliproxy_proxy.config import ClientKey
 from cliproxy_proxy.config import Redis as RedisSettings
 from cliproxy_proxy.limits import Limits
 
-from ..conftest import FakeProvider, RunningProxy, base_config, compat_block
+from ..support.proxy import FakeProvider, RunningProxy, base_config, compat_block
 from ..support.redis_server import RedisServer
 
 TEAM = "team-key-1"

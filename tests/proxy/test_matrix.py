@@ -17,13 +17,13 @@ import anthropic
 import openai
 import pytest
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import AnthropicUpstream, start_anthropic
 from ..fakes.anthropic_upstream import Fault as AnthropicFault
 from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, GeminiUpstream, start_gemini
 from ..fakes.responses_upstream import KEYS as RESPONSES_KEYS
 from ..fakes.responses_upstream import start_responses
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}

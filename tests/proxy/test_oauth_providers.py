@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestServer
 
 from cliproxy_proxy.app import PROXY
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, eventually
 from ..fakes.kiro import KiroVendor, start_kiro
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, eventually
 
 Serve = Callable[..., Awaitable[TestServer]]
 TTL = 3.0  # seconds each access token lives: several refresh cycles in one test

@@ -21,9 +21,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from cliproxy_proxy.oauth.base import RefreshRejected, TokenError, TokenSet
+from cliproxy_proxy.oauth.base import RefreshRejected, TokenError, TokenSet, refresh_once
 from cliproxy_proxy.oauth.formats import OAuth2Format, StaticKeyFormat
-from cliproxy_proxy.oauth.session import FileStore, MemoryStore, Session, pool_post, refresh_once
+from cliproxy_proxy.oauth.session import FileStore, MemoryStore, Session, pool_post
 from cliproxy_proxy.upstream import Pool
 
 LIFETIME = 2.0  # seconds a fake access token lives; the effective margin is 10 % of it

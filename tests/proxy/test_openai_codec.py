@@ -133,7 +133,7 @@ def test_stream_encoder_emits_sdk_chunks_and_usage_only_when_asked() -> None:
 
 
 def test_stream_decoder_reads_openai_chunks_in_order() -> None:
-    decoder = CODEC.stream_decoder()
+    decoder = CODEC.event_decoder()
     chunks = [
         {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
         {"id": "x", "model": "m", "choices": [{"index": 0, "delta": {"tool_calls": [

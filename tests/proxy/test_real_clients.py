@@ -20,12 +20,12 @@ from google.genai import types as genai_types
 from cliproxy_proxy.config import parse_config
 from cliproxy_proxy.runtime import build_runtime
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
 from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, start_gemini
 from ..fakes.responses_upstream import KEYS as RESPONSES_KEYS
 from ..fakes.responses_upstream import start_responses
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 
 def genai_client(url: str) -> genai.Client:

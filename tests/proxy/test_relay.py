@@ -7,7 +7,7 @@ import pytest
 
 from cliproxy_proxy.relay import ModelRewrite, SSERelay
 from cliproxy_proxy.translate import ANTHROPIC, GEMINI, OPENAI_CHAT, OPENAI_COMPLETIONS, RESPONSES
-from cliproxy_proxy.translate.canonical import Codec
+from cliproxy_proxy.translate.codec import Codec
 
 
 def test_rewrite_handles_both_common_spellings_and_odd_spacing() -> None:

@@ -15,7 +15,7 @@ from cliproxy_proxy.app import PROXY, RELOADER
 from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.loader import ConfigSource
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 

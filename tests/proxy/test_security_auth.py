@@ -20,7 +20,7 @@ from cliproxy_proxy.app import PUBLIC_HANDLERS
 from cliproxy_proxy.loader import ConfigSource
 from cliproxy_proxy.translate import codec_for_path
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, write_yaml
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block, write_yaml
 
 REMOTE = "203.0.113.9"  # a documentation address: any peer that is not loopback
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}

@@ -23,7 +23,7 @@ from cliproxy_proxy.forward import retry_after_seconds
 from cliproxy_proxy.loader import ConfigSource
 from cliproxy_proxy.translate import codec_for_path
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually, write_yaml
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually, write_yaml
 
 MESSAGES = [{"role": "user", "content": "ping"}]
 

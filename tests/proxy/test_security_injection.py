@@ -13,7 +13,7 @@ from cliproxy_proxy.app import RELOADER
 from cliproxy_proxy.config import ConfigError, parse_config, parse_config_text
 from cliproxy_proxy.upstream import Endpoint, UnsafeRequest
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 AUTH = {"Authorization": f"Bearer {CLIENT_KEY}"}
 SMUGGLED = "x\r\nPOST /v1/admin HTTP/1.1\r\nX-Smuggled: 1"

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from cliproxy_proxy.scrub import Scrubber, TextScrubber, scrub
 
-from ..conftest import CLIENT_KEY, base_config, compat_block
+from ..support.proxy import CLIENT_KEY, base_config, compat_block
 
 KEY = "sk-up/echo+Key-123"  # a '/' JSON may escape as '\/', a '+' and mixed case for \uXXXX in either case
 

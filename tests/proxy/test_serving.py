@@ -14,7 +14,7 @@ from cliproxy_proxy import discovery
 from cliproxy_proxy.app import _is_loopback, auth_middleware
 from cliproxy_proxy.clients import key_index
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block, eventually
 
 
 async def test_models_list_prefix_alias_and_exclusion(provider: FakeProvider, start_proxy) -> None:
@@ -208,9 +208,10 @@ def test_key_comparison_checks_every_key() -> None:
 
 
 async def test_no_api_keys_serves_loopback_only() -> None:
-    from cliproxy_proxy.app import PROXY, Proxy
+    from cliproxy_proxy.app import PROXY
     from cliproxy_proxy.config import parse_config
     from cliproxy_proxy.runtime import build_runtime
+    from cliproxy_proxy.state import Proxy
 
     async def handler(request: object) -> object:
         return "served"

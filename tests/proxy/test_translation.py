@@ -12,7 +12,7 @@ import pytest
 from openai.types.chat.completion_create_params import CompletionCreateParams
 from pydantic import TypeAdapter
 
-from ..conftest import CLIENT_KEY, FakeProvider, base_config, compat_block
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 OPENAI_REQUEST = TypeAdapter(CompletionCreateParams)
 WEATHER = {

@@ -755,7 +755,7 @@ ANTHROPIC_STREAM: list[tuple[str, dict[str, Any]]] = [
 
 
 def test_stream_decoder_reads_a_real_anthropic_stream() -> None:
-    decoder = CODEC.stream_decoder()
+    decoder = CODEC.event_decoder()
     events = [e for name, data in ANTHROPIC_STREAM for e in decoder.feed(name, orjson.dumps(data))]
     assert events == [
         MessageStart("msg_01", MODEL, Usage(input=125, cached=100)),
@@ -768,14 +768,14 @@ def test_stream_decoder_reads_a_real_anthropic_stream() -> None:
 
 
 def test_stream_decoder_takes_cumulative_input_from_message_delta_and_stop_sequences() -> None:
-    decoder = CODEC.stream_decoder()
+    decoder = CODEC.event_decoder()
     decoder.feed("message_start", orjson.dumps(ANTHROPIC_STREAM[0][1]))
     delta = {"type": "message_delta", "delta": {"stop_reason": "stop_sequence", "stop_sequence": "###"},
              "usage": {"input_tokens": 30, "cache_read_input_tokens": 0, "output_tokens": 4}}  # fmt: skip
     assert decoder.feed(None, orjson.dumps(delta)) == [Finish("stop", Usage(input=30, output=4), "###")]
     partial = {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                "usage": {"input_tokens": 40, "cache_read_input_tokens": None, "output_tokens": 6}}  # fmt: skip
-    again = CODEC.stream_decoder()
+    again = CODEC.event_decoder()
     again.feed("message_start", orjson.dumps(ANTHROPIC_STREAM[0][1]))
     assert again.feed("message_delta", orjson.dumps(partial)) == [
         Finish("stop", Usage(input=140, output=6, cached=100))
@@ -785,11 +785,11 @@ def test_stream_decoder_takes_cumulative_input_from_message_delta_and_stop_seque
 @pytest.mark.parametrize(("kind", "status"), [("overloaded_error", 529), ("api_error", 502)])
 def test_stream_decoder_turns_error_events_into_stream_errors(kind: str, status: int) -> None:
     data = orjson.dumps({"type": "error", "error": {"type": kind, "message": "Overloaded"}})
-    assert CODEC.stream_decoder().feed("error", data) == [StreamError(status, "Overloaded")]
+    assert CODEC.event_decoder().feed("error", data) == [StreamError(status, "Overloaded")]
 
 
 def test_stream_decoder_then_encoder_reproduces_the_stream() -> None:
-    decoder = CODEC.stream_decoder()
+    decoder = CODEC.event_decoder()
     encoder = CODEC.stream_encoder(Request(model=MODEL, messages=[]))
     raw = b"".join(encoder.encode(e) for n, d in ANTHROPIC_STREAM for e in decoder.feed(n, orjson.dumps(d)))
     out = sse(raw + encoder.close())
@@ -966,7 +966,7 @@ async def test_codec_reads_the_fakes_stream(aiohttp_server: Any) -> None:
                       tools=[Tool("get_weather", None, WEATHER_SCHEMA)], tool_choice="get_weather")  # fmt: skip
     response = await post(url, CODEC.encode_request(request))
     assert response.status == 200 and response.content_type == "text/event-stream"
-    parser, decoder = SSEParser(), CODEC.stream_decoder()
+    parser, decoder = SSEParser(), CODEC.event_decoder()
     events = [e for name, data in parser.feed(await response.read()) for e in decoder.feed(name, data)]
     assert isinstance(events[0], MessageStart) and events[0].model == MODEL
     assert isinstance(events[1], ToolCallStart) and (events[1].index, events[1].name) == (0, "get_weather")

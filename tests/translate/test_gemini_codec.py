@@ -524,7 +524,7 @@ def _sse(chunks: list[dict[str, Any]]) -> bytes:
 
 
 def decode_stream(data: bytes) -> list[Any]:
-    decoder, parser = GEMINI.stream_decoder(), SSEParser()
+    decoder, parser = GEMINI.event_decoder(), SSEParser()
     return [e for name, payload in parser.feed(data) + parser.flush() for e in decoder.feed(name, payload)]
 
 
@@ -547,12 +547,12 @@ def test_stream_decoding_with_function_calls() -> None:
 
 
 def test_stream_decoding_errors_blocks_and_trailing_usage() -> None:
-    decoder = GEMINI.stream_decoder()
+    decoder = GEMINI.event_decoder()
     assert decoder.feed(None, b'{"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}')\
         == [StreamError(429, "Quota exceeded")]  # fmt: skip
-    blocked = GEMINI.stream_decoder().feed(None, b'{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}')
+    blocked = GEMINI.event_decoder().feed(None, b'{"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"}}')
     assert blocked[1:] == [Finish("content_filter", None)]
-    decoder = GEMINI.stream_decoder()
+    decoder = GEMINI.event_decoder()
     decoder.feed(None, orjson.dumps({"candidates": [{"content": {"parts": [{"text": "hi"}]}, "finishReason": "STOP"}]}))
     assert decoder.feed(None, b'{"usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1}}') == [
         Finish(None, Usage(input=3, output=1))

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from cliproxy_proxy.oauth.base import RefreshRejected, TokenError, TokenSet
+from cliproxy_proxy.oauth.kiro import KiroTokenFormat
 from cliproxy_proxy.translate.canonical import (
     Event,
     Finish,
@@ -27,6 +28,7 @@ from cliproxy_proxy.translate.canonical import (
     ToolCallStart,
     ToolResult,
     TranslationError,
+    UpstreamFailed,
     Usage,
 )
 from cliproxy_proxy.translate.eventstream import encode_message, event, exception
@@ -34,8 +36,6 @@ from cliproxy_proxy.translate.kiro import (
     API_PATH,
     MAX_TOOL_DESCRIPTION,
     KiroCodec,
-    KiroStreamFailed,
-    KiroTokenFormat,
     collect,
     error_message,
     kiro_model_id,
@@ -233,7 +233,7 @@ def _decode(data: bytes, step: int) -> list[Event]:
     decoder = KiroCodec().stream_decoder("claude-sonnet-4.5")
     events: list[Event] = []
     for at in range(0, len(data), step):
-        events.extend(decoder.feed_bytes(data[at : at + step]))
+        events.extend(decoder.feed(data[at : at + step]))
     return events + decoder.close()
 
 
@@ -278,7 +278,7 @@ def test_an_exception_mid_stream_ends_it() -> None:
     events = _decode(data + _text_stream("never"), 17)
     assert events[-1] == StreamError(429, "ThrottlingException: Too many requests")
     assert [e.text for e in events if isinstance(e, TextDelta)] == ["partial"]
-    with pytest.raises(KiroStreamFailed) as failed:
+    with pytest.raises(UpstreamFailed) as failed:
         collect(events)
     assert failed.value.status == 429
 
@@ -484,7 +484,7 @@ async def _chat(url: str, token: str, request: Request, **headers: str) -> tuple
         assert response.content_type == "application/vnd.amazon.eventstream"
         events: list[Event] = []
         async for chunk in response.content.iter_chunked(13):
-            events.extend(decoder.feed_bytes(chunk))
+            events.extend(decoder.feed(chunk))
         return 200, events + decoder.close(), b""
 
 

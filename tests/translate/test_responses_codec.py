@@ -468,7 +468,7 @@ def _sse(*events: dict[str, Any]) -> bytes:
 
 
 def decode_stream(raw: bytes) -> list[Event]:
-    decoder = CODEC.stream_decoder()
+    decoder = CODEC.event_decoder()
     return [event for name, data in SSEParser().feed(raw) for event in decoder.feed(name, data)]
 
 

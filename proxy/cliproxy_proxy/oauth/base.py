@@ -8,7 +8,7 @@ Secret) share it unchanged.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -63,3 +63,16 @@ class TokenFormat(Protocol):
     def parse_refresh(self, tokens: TokenSet, status: int, body: bytes) -> TokenSet:
         """The new tokens from the refresh answer; raises RefreshRejected or TokenError."""
         ...
+
+
+#: Sends one refresh call and answers its status and body: the proxy's pool, or the operator's own client.
+Post = Callable[[RefreshRequest], Awaitable[tuple[int, bytes]]]
+
+
+async def refresh_once(fmt: TokenFormat, tokens: TokenSet, post: Post) -> TokenSet:
+    """One refresh exchange, no state: the Session and the operator both use it."""
+    request = fmt.refresh_request(tokens)
+    if request is None:
+        raise TokenError(f"{fmt.name}: these tokens cannot be refreshed")
+    status, body = await post(request)
+    return fmt.parse_refresh(tokens, status, body)

@@ -17,18 +17,17 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from ..upstream import Endpoint, Pool, UpstreamError
-from .base import RefreshRejected, RefreshRequest, TokenError, TokenFormat, TokenSet
+from .base import Post, RefreshRejected, RefreshRequest, TokenError, TokenFormat, TokenSet, refresh_once
 
 log = logging.getLogger(__name__)
 
-Post = Callable[[RefreshRequest], Awaitable[tuple[int, bytes]]]
 State = Literal["valid", "refreshing", "expired", "failing", "rejected"]
 
 
@@ -151,15 +150,6 @@ class MemoryStore:
 
 
 # -- the refresh exchange ------------------------------------------------------------------------------------
-
-
-async def refresh_once(fmt: TokenFormat, tokens: TokenSet, post: Post) -> TokenSet:
-    """One refresh exchange, no state: the Session and the operator both use it."""
-    request = fmt.refresh_request(tokens)
-    if request is None:
-        raise TokenError(f"{fmt.name}: these tokens cannot be refreshed")
-    status, body = await post(request)
-    return fmt.parse_refresh(tokens, status, body)
 
 
 def pool_post(pool: Pool, *, proxy_url: str | None = None, connect_timeout: float = 10.0,

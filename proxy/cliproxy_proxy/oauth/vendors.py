@@ -12,50 +12,30 @@ from pathlib import Path
 
 import orjson
 
-from ..config import AmpCredential, CursorCredential, KiroCredential, _Routed
-from ..translate.kiro import KiroTokenFormat, api_base
+from ..config import AmpCredential, CursorCredential, KiroCredential, SessionCredential, _Routed
 from ..upstream import Pool
 from .base import TokenFormat, TokenSet
-from .formats import StaticKeyFormat
+from .kiro import api_base
 from .session import FileStore, MemoryStore, Session, TokenStore, pool_post
-
-#: The key each vendor's own tool writes, looked up in this order (a bare key in the file works too).
-KEY_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "cursor": (("accessToken",), ("access_token",), ("api_key",)),  # cursor-agent auth.json, or a sidecar key
-    "minimax": (("access_token",), ("api_key",)),  # cliproxyapi++'s order
-    "roo": (("token",),),  # the Roo CLI's cli-credentials.json
-    "kilo": (("kilo", "access"), ("kilo", "key"), ("kilocodeToken",)),  # kilo auth.json, cliproxyapi++'s file
-    "ampcode": (("apiKey@https://ampcode.com/",), ("apiKey",)),  # the Amp CLI's secrets.json
-}
+from .tokens import registration_name
 
 
-def token_format(block: str, refresh_url: str | None = None, registration: bytes | None = None) -> TokenFormat:
-    """The token file format of a session block; ``refresh_url`` replaces the vendor's refresh host, and
-    ``registration`` is a Kiro IdC login's client registration (see :func:`kiro_registration`)."""
-    if block == "kiro":
-        return KiroTokenFormat(social_url=refresh_url, oidc_url=refresh_url, registration=registration)
-    return StaticKeyFormat(block, *KEY_PATHS[block])
-
-
-def registration_name(token_file: bytes) -> str | None:
-    """Where an IdC / Builder ID login's client registration is: the Kiro IDE keeps it beside the token file
-    as ``<clientIdHash>.json``, and refreshing needs its client id and secret. None for other logins."""
-    try:
-        document = orjson.loads(token_file)
-    except orjson.JSONDecodeError:
+def registration(block: str, token_file: Path | None, raw: bytes) -> bytes | None:
+    """The client registration a session's refresh needs beside its token file (a Kiro IdC login's), if any."""
+    if block != "kiro" or token_file is None:
         return None
-    hashed = document.get("clientIdHash") if isinstance(document, dict) else None
-    if not isinstance(hashed, str) or not hashed.isalnum() or document.get("clientId"):
-        return None
-    return f"{hashed}.json"
-
-
-def kiro_registration(token_file: Path, raw: bytes) -> bytes | None:
     name = registration_name(raw)
     try:
         return (token_file.parent / name).read_bytes() if name else None
     except OSError:
         return None
+
+
+def is_session(entry: _Routed) -> bool:
+    """Whether an entry's credential is a session (tokens kept fresh), rather than a plain key."""
+    return isinstance(entry, KiroCredential | CursorCredential | AmpCredential) or (
+        isinstance(entry, SessionCredential) and entry.token_file is not None
+    )
 
 
 def base_url_of(entry: _Routed, tokens: TokenSet, default: str) -> str:

@@ -6,7 +6,8 @@ import dataclasses
 
 from ..catalog import Wire
 from .anthropic import AnthropicCodec
-from .canonical import Codec, Message, Request, Thinking
+from .canonical import Message, Request, Thinking
+from .codec import Codec
 from .completions import OpenAICompletionsCodec
 from .gemini import GeminiCodec, VertexCodec
 from .kiro import KiroCodec
@@ -30,10 +31,6 @@ UPSTREAM: dict[Wire, Codec] = {
 }
 
 
-#: Upstream formats without a JSON mode: structured output is asked for in the system prompt instead.
-_NO_JSON_MODE = frozenset({"anthropic-messages", "kiro"})
-
-
 def passes_through(inbound: Codec, upstream: Codec) -> bool:
     """Whether a request can go out as the client sent it (the model id aside)."""
     return inbound.name == upstream.name or (inbound is OPENAI_COMPLETIONS and upstream is OPENAI_CHAT)
@@ -55,7 +52,7 @@ def for_upstream(request: Request, inbound: Codec, upstream: Codec) -> Request:
     cliproxyapi++ users hit "invalid signature" errors when a conversation moved between vendors: reasoning
     from the client's format reaches another format unsigned, and each encoder then drops what it cannot replay.
     """
-    if request.output is not None and upstream.name in _NO_JSON_MODE:
+    if request.output is not None and not upstream.json_mode:
         request = dataclasses.replace(request, system=[*request.system, request.output.instructions()], output=None)
     if inbound.name == upstream.name:
         return request

@@ -18,6 +18,8 @@ from __future__ import annotations
 import mimetypes
 import re
 import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -51,9 +53,14 @@ from .canonical import (
     ToolResult,
     TranslationError,
     Usage,
+    reencode,
 )
+from .codec import Codec, CodecBase
 
 #: Marks a ``Thinking.signature`` that holds a ``redacted_thinking`` block's data rather than a signature.
+#: The ``anthropic-version`` every request carries (a client's own replaces it on a same-format request).
+API_VERSION = "2023-06-01"
+COUNT_PATH = "/v1/messages/count_tokens"
 REDACTED = "redacted_thinking:"
 #: Anthropic requires ``max_tokens``; this is what a request without one gets (and the room left for the answer
 #: when a thinking budget would otherwise eat all of it).
@@ -404,11 +411,15 @@ def _response_block(part: Part) -> dict[str, Any] | None:
     return None  # Claude's format has no way to return images or tool results from the assistant
 
 
-class AnthropicCodec:
+class AnthropicCodec(CodecBase):
     name = "anthropic-messages"
     stream_end = StreamEnd(rb'"type"\s*:\s*"(?:message_stop|error)"')
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("anthropic-",)
+    json_mode = False
+    default_headers: Mapping[str, str] = MappingProxyType({"anthropic-version": API_VERSION})
+    counts_tokens = True
+    context_window_markers = (b"prompt is too long",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
@@ -513,8 +524,27 @@ class AnthropicCodec:
         return Response(str(body.get("id", "")), str(body.get("model", "")), parts, finish,
                         _decode_usage(body.get("usage")), stop_sequence)  # fmt: skip
 
-    def stream_decoder(self) -> _StreamDecoder:
+    def event_decoder(self) -> _StreamDecoder:
         return _StreamDecoder()
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
+
+    def count_request(self, inbound: Codec, payload: dict[str, Any], raw: bytes | bytearray, model: str
+                      ) -> tuple[str, bytes | bytearray]:  # fmt: skip
+        """``count_tokens`` takes a Messages body without ``max_tokens`` or ``stream``."""
+        if inbound.name == self.name:
+            return COUNT_PATH, reencode(payload, model)
+        request = inbound.decode_request(payload)
+        request.model = model
+        body = orjson.loads(self.encode_request(request))
+        body.pop("max_tokens", None)
+        body.pop("stream", None)
+        return COUNT_PATH, orjson.dumps(body)
+
+    def count_of(self, body: dict[str, Any]) -> int | None:
+        count = body.get("input_tokens")
+        return count if isinstance(count, int) else None
 
 
 def _tool(tool: Tool) -> dict[str, Any]:

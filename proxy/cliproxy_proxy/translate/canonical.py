@@ -289,10 +289,10 @@ def reencode(payload: dict[str, Any], model: str) -> bytes:
         raise TranslationError(f"the request body cannot be passed on: {error}") from None
 
 
-# -- the codec interface --------------------------------------------------------------------------------
+# -- the pieces codecs are built from (the interface itself is in .codec) ------------------------------
 
 
-class StreamDecoder(Protocol):
+class EventDecoder(Protocol):
     """Turns one upstream SSE event (its ``event:`` name, if any, and ``data:``) into canonical events."""
 
     def feed(self, event: str | None, data: bytes) -> list[Event]: ...
@@ -306,36 +306,16 @@ class StreamEncoder(Protocol):
     def close(self) -> bytes: ...
 
 
+class UpstreamFailed(Exception):
+    """A whole upstream answer (HTTP 200) that carries an error instead of a response (an in-stream exception)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 #: What keeps an idle client stream open: an SSE comment, which every SSE parser skips...
 SSE_COMMENT = b": keep-alive\n\n"
 #: ...except google-genai's and litellm's Gemini parsers, which take any non-``data:`` line for JSON.
 BLANK_LINE = b"\n"
-
-
-class Codec(Protocol):
-    """Everything one wire format needs, as the client's format (inbound) and as the provider's (upstream)."""
-
-    name: str
-    #: What ends a stream of this format (its terminal or error event): a stream passed through without it was
-    #: cut short, however cleanly the connection closed.
-    stream_end: StreamEnd
-    keepalive: bytes  # written to the client while the upstream is slow: what this wire's clients tolerate
-    vendor_headers: tuple[str, ...]  # prefixes of the client headers a same-format upstream must see too
-
-    # inbound: what clients send and receive
-    def decode_request(self, body: dict[str, Any]) -> Request: ...
-
-    def encode_response(self, response: Response) -> bytes: ...
-
-    def stream_encoder(self, request: Request) -> StreamEncoder: ...
-
-    def encode_error(self, status: int, message: str, code: str | None) -> bytes: ...
-
-    # upstream: what providers receive and send
-    def upstream_path(self, model: str, stream: bool) -> str: ...
-
-    def encode_request(self, request: Request) -> bytes: ...
-
-    def decode_response(self, body: dict[str, Any]) -> Response: ...
-
-    def stream_decoder(self) -> StreamDecoder: ...

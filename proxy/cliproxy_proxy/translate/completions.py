@@ -21,13 +21,13 @@ from .canonical import (
     Message,
     Request,
     Response,
-    StreamDecoder,
     StreamError,
     Text,
     TextDelta,
     TranslationError,
     Usage,
 )
+from .codec import CodecBase
 from .openai_chat import STREAM_END, OpenAIStreamEncoder
 
 _UPSTREAM = "legacy completions is a client format only: no provider is called with it"
@@ -38,7 +38,7 @@ def _usage(usage: Usage) -> dict[str, int]:
     return {"prompt_tokens": usage.input, "completion_tokens": usage.output, "total_tokens": usage.total}
 
 
-class OpenAICompletionsCodec:
+class OpenAICompletionsCodec(CodecBase):
     name = "openai-completions"
     stream_end = STREAM_END
     keepalive = SSE_COMMENT
@@ -91,9 +91,6 @@ class OpenAICompletionsCodec:
         raise TranslationError(_UPSTREAM)
 
     def decode_response(self, body: dict[str, Any]) -> NoReturn:
-        raise TranslationError(_UPSTREAM)
-
-    def stream_decoder(self) -> StreamDecoder:
         raise TranslationError(_UPSTREAM)
 
 

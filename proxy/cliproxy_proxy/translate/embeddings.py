@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from ..catalog import Wire
 from .canonical import TranslationError
 from .fields import integer, text
 
@@ -96,7 +95,9 @@ class Answer:
 
 
 class EmbeddingsWire(Protocol):
-    """How an upstream wire that does not speak OpenAI's embeddings API serves them."""
+    """How an upstream wire serves embeddings (a codec's ``embeddings``): passed through, or translated both ways."""
+
+    passes_through: bool  # True: the client's body goes to ``path`` as it is, the model id aside
 
     def path(self, model: str) -> str: ...
 
@@ -105,8 +106,19 @@ class EmbeddingsWire(Protocol):
     def decode(self, body: bytes, request: EmbeddingsRequest, model: str) -> Answer: ...
 
 
-#: Where OpenAI-shaped providers serve the API itself: the client's body passes through, model id aside.
-OPENAI_PATH = "/embeddings"
+class OpenAIEmbeddings:
+    """OpenAI-shaped providers serve the API itself: the client's body passes through, model id aside."""
+
+    passes_through = True
+
+    def path(self, model: str) -> str:
+        return "/embeddings"
+
+    def encode(self, request: EmbeddingsRequest, model: str) -> bytes:
+        raise TranslationError("OpenAI-shaped embeddings pass through")
+
+    def decode(self, body: bytes, request: EmbeddingsRequest, model: str) -> Answer:
+        raise ValueError("OpenAI-shaped embeddings pass through")
 
 
 class GeminiEmbeddings:
@@ -115,6 +127,8 @@ class GeminiEmbeddings:
     Gemini reports no token usage for embeddings: the input tokens are estimated (four characters a token)
     and the answer says so (``Answer.estimated``).
     """
+
+    passes_through = False
 
     def path(self, model: str) -> str:
         return f"/v1beta/models/{model.removeprefix('models/')}:batchEmbedContents"
@@ -152,12 +166,3 @@ class GeminiEmbeddings:
 
 def _is_float(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-#: The wires that serve embeddings in their own shape, translated both ways.
-TRANSLATED: dict[Wire, EmbeddingsWire] = {Wire.GEMINI: GeminiEmbeddings()}
-
-
-def serves(wire: Wire) -> bool:
-    """Whether a provider of this wire serves embeddings (a model whose providers do not answers 404)."""
-    return wire is Wire.OPENAI_CHAT or wire in TRANSLATED

@@ -59,6 +59,8 @@ from .canonical import (
     TranslationError,
     Usage,
 )
+from .codec import Codec, CodecBase
+from .embeddings import EmbeddingsWire, GeminiEmbeddings
 
 #: Prefix on canonical signatures that Gemini issued (see the module docstring).
 SIGNATURE_PREFIX = "gemini:"
@@ -775,7 +777,7 @@ def _encode_usage(usage: Usage) -> dict[str, Any]:
 # -- the codecs -----------------------------------------------------------------------------------------
 
 
-class GeminiCodec:
+class GeminiCodec(CodecBase):
     """The Gemini API (``generativelanguage.googleapis.com``); auth is the caller's ``x-goog-api-key`` header."""
 
     name = "gemini"
@@ -784,6 +786,11 @@ class GeminiCodec:
     vendor_headers: tuple[str, ...] = ("x-goog-",)
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
+    model_key = "modelVersion"
+    embeddings: EmbeddingsWire | None = GeminiEmbeddings()
+    counts_tokens = True
+    auth_markers = (b"API_KEY_INVALID",)  # Google answers a wrong key with 400: it is the key, not the request
+    context_window_markers = (b"exceeds the maximum number of tokens",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
@@ -848,8 +855,31 @@ class GeminiCodec:
         return Response(str(_get(body, "responseId") or ""), str(_get(body, "modelVersion") or ""), parts, finish,
                         _decode_usage(_get(body, "usageMetadata")))  # fmt: skip
 
-    def stream_decoder(self) -> _StreamDecoder:
+    def event_decoder(self) -> _StreamDecoder:
         return _StreamDecoder()
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-goog-api-key": key}
+
+    def count_request(self, inbound: Codec, payload: dict[str, Any], raw: bytes | bytearray, model: str
+                      ) -> tuple[str, bytes | bytearray]:  # fmt: skip
+        """``countTokens``: a Gemini client's body as sent, another's as the generate request it would make."""
+        path = f"{self._path_prefix}/{model.removeprefix('models/')}:countTokens"
+        if inbound.name == GeminiCodec.name:
+            return path, raw
+        request = inbound.decode_request({"max_tokens": 1, **payload})
+        request.model = model
+        generate = orjson.loads(self.encode_request(request))
+        generate.pop("generationConfig", None)
+        return path, orjson.dumps(self._count_body(generate, model))
+
+    def _count_body(self, generate: dict[str, Any], model: str) -> dict[str, Any]:
+        """Gemini wants the request's fields wrapped; Vertex counts them as they are."""
+        return {"generateContentRequest": {"model": f"models/{model}", **generate}}
+
+    def count_of(self, body: dict[str, Any]) -> int | None:
+        count = body.get("totalTokens")
+        return count if isinstance(count, int) else None
 
 
 class VertexCodec(GeminiCodec):
@@ -858,6 +888,10 @@ class VertexCodec(GeminiCodec):
     name = "vertex"
     default_base_url = "https://aiplatform.googleapis.com"
     _path_prefix = "/v1/publishers/google/models"
+    embeddings: EmbeddingsWire | None = None  # Vertex embeds through ``predict``, not ``batchEmbedContents``
+
+    def _count_body(self, generate: dict[str, Any], model: str) -> dict[str, Any]:
+        return generate
 
 
 # -- streams --------------------------------------------------------------------------------------------

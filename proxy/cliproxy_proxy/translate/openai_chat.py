@@ -37,6 +37,8 @@ from .canonical import (
     TranslationError,
     Usage,
 )
+from .codec import CodecBase
+from .embeddings import EmbeddingsWire, OpenAIEmbeddings
 
 _FINISH_IN: dict[str, FinishReason] = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
@@ -178,11 +180,14 @@ def encode_response_format(output: JsonOutput) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
-class OpenAIChatCodec:
+class OpenAIChatCodec(CodecBase):
     name = "openai-chat"
     stream_end = STREAM_END
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("openai-beta",)
+    embeddings: EmbeddingsWire | None = OpenAIEmbeddings()
+    #: OpenAI's code, and the message its many imitators (vLLM, Groq, DeepSeek...) copy.
+    context_window_markers = (b"context_length_exceeded", b"maximum context length")
 
     # -- inbound ------------------------------------------------------------------------------------------
 
@@ -288,7 +293,7 @@ class OpenAIChatCodec:
         return Response(str(body.get("id", "")), str(body.get("model", "")), parts, finish,
                         _decode_usage(body.get("usage")))  # fmt: skip
 
-    def stream_decoder(self) -> _StreamDecoder:
+    def event_decoder(self) -> _StreamDecoder:
         return _StreamDecoder()
 
 

@@ -48,6 +48,7 @@ from .canonical import (
     qualified,
     restore_namespace,
 )
+from .codec import CodecBase
 from .openai_chat import encode_response_format
 
 #: Effort levels the Responses API names; ``none`` is left out on the way up (older reasoning models reject it).
@@ -467,11 +468,12 @@ def _response_id(upstream_id: str) -> str:
 # -- the codec ------------------------------------------------------------------------------------------
 
 
-class ResponsesCodec:
+class ResponsesCodec(CodecBase):
     name = "openai-responses"
     stream_end = StreamEnd(rb'"type"\s*:\s*"(?:response\.(?:completed|incomplete|failed)|error)"')
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("openai-beta",)
+    context_window_markers = (b"context_length_exceeded",)
 
     # -- inbound ------------------------------------------------------------------------------------------
 
@@ -555,7 +557,7 @@ class ResponsesCodec:
                         _finish_of(body, any(isinstance(p, ToolCall) for p in parts)),
                         _decode_usage(body.get("usage")))  # fmt: skip
 
-    def stream_decoder(self) -> _StreamDecoder:
+    def event_decoder(self) -> _StreamDecoder:
         return _StreamDecoder()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .canonical import Event, EventDecoder
+
 
 class SSEParser:
     """Feeds on raw bytes, yields complete events as (``event:`` name or None, joined ``data:`` bytes)."""
@@ -35,3 +37,19 @@ def _parse(block: bytes) -> tuple[str | None, bytes] | None:
         elif key == b"data":
             data.append(value)
     return (name, b"\n".join(data)) if data else None
+
+
+class SSEDecoder:
+    """The byte-fed stream decoder of an SSE wire: the shared parser, then the codec's decoder of one event."""
+
+    __slots__ = ("events", "parser")
+
+    def __init__(self, events: EventDecoder) -> None:
+        self.parser = SSEParser()
+        self.events = events
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        return [event for name, data in self.parser.feed(chunk) for event in self.events.feed(name, data)]
+
+    def close(self) -> list[Event]:
+        return [event for name, data in self.parser.flush() for event in self.events.feed(name, data)]
