@@ -286,12 +286,15 @@ def main() -> int:
         for stream in (False, True):
             for conns in args.concurrency:
                 name = f"{'stream' if stream else 'plain'} c={conns}"
-                runs, cpu = {}, {}
+                runs, cpu, cpu_ms = {}, {}, {}
                 for path, target in paths.items():
                     before, started = {n: cpu_seconds(c.pid) for n, c in children.items()}, time.monotonic()
                     runs[path] = run_wrk(wrk, *target, stream, conns, secs, tmp)
                     wall = time.monotonic() - started
-                    cpu[path] = {n: round(100 * (cpu_seconds(c.pid) - before[n]) / wall) for n, c in children.items()}
+                    used = {n: cpu_seconds(c.pid) - before[n] for n, c in children.items()}
+                    cpu[path] = {n: round(100 * seconds / wall) for n, seconds in used.items()}
+                    if path in children:  # the proxy's (or the baseline's) own CPU per request: its work, not the wait
+                        cpu_ms[path] = round(1000 * used[path] / max(1, runs[path].requests), 4)
                 d, p = runs["direct"], runs["proxy"]
                 failures += [f"{name} {path}: {run.errors}" for path, run in runs.items() if any(run.errors.values())]
                 print(f"  {name}: direct {d.rps:.0f} rps, proxy {p.rps:.0f} rps", flush=True)
@@ -299,12 +302,15 @@ def main() -> int:
                           "direct": asdict(d), "proxy": asdict(p), "cpu_percent": cpu,
                           "ratio": round(p.rps / d.rps, 3) if d.rps else 0.0,
                           "added_p50_ms": round(p.p50 - d.p50, 3),
-                          "added_p99_ms": round(p.p99 - d.p99, 3)}  # fmt: skip
+                          "added_p99_ms": round(p.p99 - d.p99, 3), "cpu_ms_per_request": cpu_ms}  # fmt: skip
                 if "baseline" in runs:
                     b = runs["baseline"]
                     result["baseline"] = asdict(b)
                     result["vs_baseline"] = round(p.rps / b.rps, 3) if b.rps else 0.0
-                    print(f"    baseline {args.baseline}: {b.rps:.0f} rps; this tree / it {result['vs_baseline']:.2f}")
+                    mine, theirs = cpu_ms["proxy"], cpu_ms["baseline"]
+                    result["cpu_vs_baseline"] = round(mine / theirs, 3) if theirs else 0.0
+                    print(f"    baseline {args.baseline}: {b.rps:.0f} rps; this tree / it {result['vs_baseline']:.2f}; "
+                          f"CPU per request {cpu_ms['proxy']:.3f} / {cpu_ms['baseline']:.3f} ms")  # fmt: skip
                 results.append(result)
         ttft = {}
         streams = {"direct": paths["direct"], "pass-through": paths["proxy"],
@@ -334,9 +340,11 @@ def main() -> int:
     print()
     print(table(results))
     if args.baseline:
-        ratios = [float(str(r["vs_baseline"])) for r in results]
-        print(f"\nthis tree against {args.baseline}, same run: throughput ratio per scenario "
-              f"{', '.join(f'{v:.2f}' for v in ratios)} (geometric mean {geometric_mean(ratios):.3f})")  # fmt: skip
+        print()
+        for key, what in (("vs_baseline", "throughput"), ("cpu_vs_baseline", "CPU per request (lower: cheaper)")):
+            ratios = [float(str(r[key])) for r in results]
+            print(f"this tree against {args.baseline}, same run: {what} ratio per scenario "
+                  f"{', '.join(f'{v:.2f}' for v in ratios)} (geometric mean {geometric_mean(ratios):.3f})")  # fmt: skip
     print(f"\nproxy memory: after warm-up RSS {mem_warm['VmRSS'] / 1024:.1f} MiB (peak {mem_warm['VmHWM'] / 1024:.1f});"
           f" at end RSS {mem_end['VmRSS'] / 1024:.1f} MiB (peak {mem_end['VmHWM'] / 1024:.1f})")  # fmt: skip
     print(f"note: wrk, upstream{' (both core 0)' if pin else ''} and proxy{' (core 1)' if pin else ''} share "

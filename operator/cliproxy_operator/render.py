@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cliproxy_proxy.contract import KINDS, ConfigError, parse_config
+from cliproxy_proxy.contract import KINDS, MAX_FALLBACKS, ConfigError, parse_config
 
 from .secret_rules import OPT_IN_LABEL, refresh_url_refusal
 
@@ -164,7 +164,8 @@ def _credentials(
     return states
 
 
-def _entries(route: Resource, credential: Resource, state: CredentialState, priority: int) -> list[dict[str, Any]]:
+def _entries(route: Resource, credential: Resource, state: CredentialState, priority: int, weight: int
+             ) -> list[dict[str, Any]]:  # fmt: skip
     """The config entries one route contributes through one credential."""
     spec, rspec = credential["spec"], route["spec"]
     provider = spec["provider"]
@@ -176,6 +177,7 @@ def _entries(route: Resource, credential: Resource, state: CredentialState, prio
         ("prefix", prefix), ("base-url", spec.get("baseURL")), ("proxy-url", spec.get("proxyURL")),
         ("refresh-url", spec.get("refreshURL") if provider == "kiro" else None),
         ("headers", spec.get("headers") or None), ("priority", priority or None),
+        ("weight", weight if weight != 1 else None),
         ("force-model-prefix", rspec.get("forceModelPrefix") if prefix else None),
         ("excluded-models", rspec.get("excludedModels") or None),
     ):  # fmt: skip
@@ -195,6 +197,24 @@ def _entries(route: Resource, credential: Resource, state: CredentialState, prio
         common.update({k: v for k, v in spec["vertex"].items() if k in ("project", "location")})
     source = "token-file" if spec.get("tokenSecretRef") else "api-key-file"
     return [{**common, source: file} for file in state.files]
+
+
+def _fallbacks(spec: Mapping[str, Any], ids: list[str], state: RouteState) -> dict[str, list[str]]:
+    """The route's fallbacks for the models it serves, each list without the model itself, repeats or excess.
+
+    A route names fallbacks only for its own models: one keyed by another route's model would take that route's
+    traffic (and its clients' prompts) to a model of this author's choosing.
+    """
+    kept = {}
+    for model, others in (spec.get("fallbacks") or {}).items():
+        if model not in ids:
+            state.warnings.append(Problem("InvalidFallback", f"fallbacks: {model!r} is not a model this route "
+                                          "serves (list it in spec.models); ignored"))  # fmt: skip
+            continue
+        chain = [other for other in dict.fromkeys(map(str, others)) if other != model][:MAX_FALLBACKS]
+        if chain:
+            kept[model] = chain
+    return kept
 
 
 def _exposed(route: Resource, prefix: str | None) -> list[str]:
@@ -303,10 +323,10 @@ def render(
                 reasons = "; ".join(p.message for p in creds[cred_name].problems)
                 state.problems.append(Problem("CredentialNotReady", f"ProviderCredential {cred_name!r}: {reasons}"))
             else:
-                usable.append((by_name[cred_name], int(ref.get("priority") or 0)))
+                usable.append((by_name[cred_name], int(ref.get("priority") or 0), int(ref.get("weight", 1))))
         if not usable:
             continue
-        prefixes = {spec.get("prefix") or c["spec"].get("prefix") for c, _ in usable}
+        prefixes = {spec.get("prefix") or c["spec"].get("prefix") for c, _, _ in usable}
         contested = _contested(route, prefixes, claimed, gateway)
         for model, taken in contested:
             owners = sorted({claimed[(gateway, i)] for i in taken})
@@ -323,13 +343,16 @@ def render(
         ids = sorted({i for p in prefixes for i in _exposed(route, p)})
         document = documents.setdefault(gateway, {})
         policy = _policy(route)
-        for credential, priority in usable:
+        for credential, priority, weight in usable:
             block = credential["spec"]["provider"]
-            entries = _entries(route, credential, creds[_name(credential)], priority)
+            entries = _entries(route, credential, creds[_name(credential)], priority, weight)
             if policy is not None:
                 entries = [{**entry, "policy": policy} for entry in entries]
             document.setdefault(block, []).extend(entries)
             used_files.setdefault(gateway, set()).update(creds[_name(credential)].files)
+        fallbacks = _fallbacks(spec, ids, state)
+        if fallbacks:
+            document.setdefault("fallbacks", {}).update(fallbacks)
         for model_id in ids:
             claimed[(gateway, model_id)] = name
         state.models, state.rendered = ids, True

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import model_lists
 from .bodies import BodyRefused, decode
-from .clients import Client, key_index
+from .clients import CLIENT, Client, key_index
 from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
 from .embeddings import EmbeddingsExchange
@@ -42,7 +42,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 PROXY = web.AppKey("proxy", Proxy)
-CLIENT = web.RequestKey("client", Client)  # set for a named client key (client-keys), absent for a plain one
 RELOADER = web.AppKey("reloader", Reloader)
 
 

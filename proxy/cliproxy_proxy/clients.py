@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import translate
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from .config import Budget, ClientKey, ClientRateLimit
@@ -75,3 +76,7 @@ class ClientUsage:
         if tokens:
             self.tokens.labels(client.name, "input").inc(tokens[0])
             self.tokens.labels(client.name, "output").inc(tokens[1])
+
+
+#: The named client key a request presented (client-keys); absent for a plain api-keys key.
+CLIENT = web.RequestKey("client", Client)

@@ -58,6 +58,9 @@ _PREFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 Prefix = Annotated[str, Field(pattern=_PREFIX_PATTERN, max_length=63)]
 NonEmpty = Annotated[str, Field(min_length=1)]
+Weight = Annotated[int, Field(ge=0, le=1000)]
+#: How many other models a model may fall back to, and how many a request tries in all (fallbacks' own too).
+MAX_FALLBACKS = 4
 
 
 def check_url(value: str, *, schemes: tuple[str, ...] = ("http", "https")) -> str:
@@ -110,6 +113,7 @@ class _Routed(_OneSource):
     models: tuple[ModelEntry, ...] = ()
     excluded_models: tuple[NonEmpty, ...] = ()
     priority: int = 0
+    weight: Weight = 1  # the share of round-robin picks among ready credentials of equal priority (0: standby)
     rate_limit: RateLimit | None = None
     disable_cooling: bool | None = None
     force_model_prefix: bool | None = None  # overrides the top-level setting for this entry's models
@@ -182,9 +186,10 @@ class SessionCredential(_Routed):
 
 
 class CompatKey(_KeySource):
-    """One key of an openai-compatibility provider, optionally through its own egress proxy."""
+    """One key of an openai-compatibility provider, optionally through its own egress proxy and weight."""
 
     proxy_url: str | None = None
+    weight: Weight | None = None  # this key's, over its provider's
 
     @field_validator("proxy_url")
     @classmethod
@@ -362,6 +367,10 @@ class ProxyConfig(_Block):
     hosted_tools: Literal["drop", "refuse"] = "drop"
     # False where someone else (the Kubernetes operator) refreshes session tokens: the proxy only adopts them.
     token_refresh: bool = True
+    # model -> the models tried, in order, when it fails (retries exhausted, 429, or a context-window refusal).
+    fallbacks: dict[NonEmpty, Annotated[tuple[NonEmpty, ...], Field(max_length=MAX_FALLBACKS)]] = Field(
+        default_factory=dict
+    )
     _ignored: tuple[str, ...] = PrivateAttr(default=())  # what the document held that cliproxy does not implement
 
     claude_api_key: tuple[ApiKeyCredential, ...] = ()
@@ -396,6 +405,16 @@ class ProxyConfig(_Block):
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"client names must be unique: {', '.join(repeated)}")
+        return value
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        for model, others in value.items():
+            if model in others:
+                raise ValueError(f"{model}: a model cannot fall back to itself")
+            if len(set(others)) != len(others):
+                raise ValueError(f"{model}: a fallback is listed twice")
         return value
 
     @property

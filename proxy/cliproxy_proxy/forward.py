@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .health import REASONS, classify, names_missing_model
+from .clients import CLIENT
+from .health import REASONS, names_missing_model
 from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay, Usage, usage_of
@@ -36,7 +37,7 @@ from .translate.canonical import (
     reencode,
     restore_namespace,
 )
-from .translate.codec import Codec, ErrorKind
+from .translate.codec import Codec, ErrorKind, status_kind
 from .translate.relay import TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
 from .vendor_headers import forwarded, passed_back
@@ -49,6 +50,8 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 OVERHEAD_HEADER = "X-Cliproxy-Overhead-Ms"
+#: Set when the answer comes from a fallback model: names the model the client asked for, which failed.
+FALLBACK_HEADER = "X-Cliproxy-Fallback-From"
 #: Event loop timers may fire a millisecond early (uvloop rounds to ms): never wake before a cooldown ends.
 TIMER_SLACK = 0.005
 _CLIENT_GONE = (ConnectionResetError, ClientConnectionResetError)
@@ -116,6 +119,7 @@ class Exchange:
         self.provider = route.groups[0][0].credential.provider
         self.credential: Credential | None = None
         self._canonical: Request | None = None
+        self.fallback_from: str | None = None  # the model asked for, once a fallback model has taken over
 
     def canonical(self) -> Request:
         """The client's request in the canonical model, decoded once, on first need."""
@@ -145,6 +149,36 @@ class Exchange:
             raise
 
     async def _run(self) -> web.StreamResponse:
+        """The model asked for, then its fallbacks in order while each fails in a way another model may not."""
+        outcome = await self._through()
+        for fallback in self.runtime.fallbacks.get(self.route.model, ()):
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            if self.allowed(fallback.model):
+                self.fall_back(fallback, outcome)
+                outcome = await self._through()
+        if isinstance(outcome, web.StreamResponse):
+            return outcome
+        if isinstance(outcome, Failure):
+            return await self.give_up(outcome)
+        return await self.all_cooling(outcome)
+
+    def allowed(self, model: str) -> bool:
+        """Whether the caller's key may use ``model``: a fallback reaches no model the key could not ask for."""
+        client = self.request.get(CLIENT)
+        return client is None or client.allows(model)
+
+    def fall_back(self, route: Route, outcome: Failure | float) -> None:
+        reason = outcome.reason if isinstance(outcome, Failure) else "cooldown"
+        self.proxy.metrics.fallbacks.labels(self.route.model, route.model, reason).inc()
+        self.fallback_from = self.fallback_from or self.route.model
+        self.route, self.provider = route, route.owner
+        if self._canonical is not None:
+            self._canonical.model = route.model
+
+    async def _through(self) -> web.StreamResponse | Failure | float:
+        """One model's targets by priority and strategy, with its retries: an answer, the last failure, or the
+        wait until one of its credentials is ready again."""
         strategy, policy = self.runtime.config.routing.strategy, self.route.policy
         health = self.proxy.health
         per_round = policy.max_retry_credentials or math.inf
@@ -158,8 +192,8 @@ class Exchange:
                     break
                 tried.add(id(target))
                 outcome = await self.attempt(target)
-                if not isinstance(outcome, Failure):
-                    return outcome
+                if not isinstance(outcome, Failure) or outcome.reason == "context_window":
+                    return outcome  # an answer, or a request too long for the model whichever credential serves it
                 failure = outcome
             wait = health.soonest(self.route)
             if round_ == policy.request_retry or wait > policy.max_retry_interval:
@@ -167,14 +201,13 @@ class Exchange:
             if failure is not None and failure.reason == "no_endpoint":
                 break  # a 404 for the path is an answer: waiting will not make the endpoint appear
             await self.keepalive(asyncio.sleep(wait + TIMER_SLACK))
-        if failure is not None:
-            return await self.give_up(failure)
-        return await self.all_cooling(wait)
+        return failure if failure is not None else wait
 
     async def attempt(self, target: Target) -> web.StreamResponse | Failure:
         credential = self.credential = target.credential
         self.provider = credential.provider
         self.proxy.health.charge_request(credential)
+        self.proxy.metrics.selections.labels(credential.provider, credential.label).inc()
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
         try:
@@ -376,7 +409,7 @@ class Exchange:
     def failed(self, target: Target, status: int | None, kind: str, message: str = "", body: bytes = b"",
                retry_after: float | None = None, path: str = "") -> Failure:  # fmt: skip
         """Count a failed attempt and rest what failed; ``kind`` is the cooldown reason when it names one."""
-        reason = kind if kind in REASONS else classify(status) or "transient"
+        reason = kind if kind in REASONS else (_REASON[status_kind(status)] if status else None) or "transient"
         provider = target.credential.provider
         self.proxy.metrics.errors.labels(provider, kind).inc()
         health, config = self.proxy.health, self.runtime.config.cooldowns
@@ -412,6 +445,9 @@ class Exchange:
             # refresh it now and rest the credential briefly, rather than for the half hour a bad API key gets.
             session.request_refresh()
             reason = "transient"
+        if kind == "context_window":  # no other credential would do better; a fallback model may
+            self.proxy.metrics.errors.labels(target.credential.provider, "context_window").inc()
+            return Failure(status, kind, message, body)
         if reason is None:
             # The request itself is at fault (400, 413, 422...): no other credential would do better.
             self.proxy.metrics.errors.labels(target.credential.provider, "invalid_request").inc()
@@ -531,8 +567,11 @@ class Exchange:
     def proxy_headers(self) -> dict[str, str]:
         overhead = max(0.0, perf_counter() - self.started - self.upstream_seconds)
         self.proxy.metrics.provider(self.provider).overhead.observe(overhead)
-        return {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider,
-                **dropped_header(self._canonical)}  # fmt: skip
+        headers = {OVERHEAD_HEADER: f"{overhead * 1000:.3f}", "X-Cliproxy-Provider": self.provider,
+                   **dropped_header(self._canonical)}  # fmt: skip
+        if self.fallback_from is not None:
+            headers[FALLBACK_HEADER] = self.fallback_from
+        return headers
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
         tokens_in, tokens_out = self.usage or (0, 0)

@@ -69,19 +69,6 @@ class _Limiter:
         return wait
 
 
-def classify(status: int | None) -> str | None:
-    """The cooldown reason for an upstream outcome; None means the failure is the request's own fault."""
-    if status is None or status == 408 or status >= 500:
-        return "transient"
-    if status == 429:
-        return "quota"
-    if status in (401, 402, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    return None
-
-
 #: Why a (credential, model) rests; also the ``reason`` label of ``cliproxy_credential_cooldowns_total``.
 REASONS = frozenset({"quota", "auth", "not_found", "no_endpoint", "transient"})
 
@@ -108,6 +95,7 @@ class Health:
         self.cursors: dict[str, int] = {}
         self.limiters: dict[str, _Limiter] = {}
         self.unserved: dict[tuple[str, str, str], float] = {}  # (credential, model, path) -> rest until
+        self.current: dict[tuple[str, str, str], int] = {}  # (route model, credential, model) -> smooth WRR weight
 
     def sync(self, credentials: tuple[Credential, ...]) -> None:
         """Adopt a new snapshot's credentials: keep state of the unchanged, drop that of the removed."""
@@ -122,6 +110,7 @@ class Health:
         self.limiters = limiters
         self.cooldowns = {k: v for k, v in self.cooldowns.items() if k[0] in live}
         self.unserved = {k: v for k, v in self.unserved.items() if k[0] in live and v > now}
+        self.current = {k: v for k, v in self.current.items() if k[1] in live}
 
     def blocked_for(self, target: Target, now: float, panic: bool = False) -> float:
         """Seconds until this target may be tried: the longer of its cooldown and its rate limit.
@@ -146,6 +135,8 @@ class Health:
                 if id(t) not in tried and self.blocked_for(t, now) == 0
             ]  # fmt: skip
             if ready:
+                if route.weighted:
+                    return self._weighted(route.model, ready, strategy)
                 if strategy == "fill-first":
                     return ready[0]
                 turn = self.cursors.get(route.model, 0)
@@ -154,6 +145,25 @@ class Health:
         if any(self.blocked_for(t, now) == 0 for t in route.targets):
             return None  # the ready ones were tried already: no panic while any credential is healthy
         return self._panic(route, tried, now)
+
+    def _weighted(self, model: str, ready: list[Target], strategy: str) -> Target:
+        """nginx's smooth weighted round-robin: each pick adds every weight, takes the highest and charges it the
+        total, so 5:1:1 goes a a b a c a a, spread rather than bunched. Weight 0 is a standby: picked only when
+        no weighted credential is ready, and then shared as if each weighed 1."""
+        standby = not any(t.credential.weight for t in ready)
+        pool = ready if standby else [t for t in ready if t.credential.weight]
+        if strategy == "fill-first" or len(pool) == 1:
+            return pool[0]
+        best, best_current, total = pool[0], -math.inf, 0
+        for target in pool:
+            weight = 1 if standby else target.credential.weight
+            key = (model, target.credential.id, target.upstream_model)
+            current = self.current[key] = self.current.get(key, 0) + weight
+            total += weight
+            if current > best_current:
+                best, best_current = target, current
+        self.current[(model, best.credential.id, best.upstream_model)] -= total
+        return best
 
     def _panic(self, route: Route, tried: set[int], now: float) -> Target | None:
         """Envoy's panic mode: with every credential out, an ejected one beats refusing; the least recently failed

@@ -158,6 +158,14 @@ class Metrics:
             ["provider", "reason"],
             registry=r,
         )
+        self.fallbacks = Counter(
+            "cliproxy_fallbacks", "Requests handed to a fallback model, by the model that failed, its fallback and why",
+            ["from_model", "to_model", "reason"], registry=r,
+        )  # fmt: skip
+        self.selections = Counter(
+            "cliproxy_credential_selections", "Attempts sent through each credential (weighted round-robin's shares)",
+            ["provider", "credential"], registry=r,
+        )  # fmt: skip
         self.discoveries = Counter(
             "cliproxy_model_discovery", "Model list fetches (/models) by provider and result", ["provider", "result"],
             registry=r,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -18,6 +19,7 @@ from .catalog import KINDS, Wire
 from .clients import Client, client_of
 from .config import (
     CONTROL_CHARACTERS,
+    MAX_FALLBACKS,
     ApiKeyCredential,
     CompatProvider,
     ConfigError,
@@ -89,6 +91,7 @@ class Credential:
     endpoint: Endpoint = field(repr=False)
     heads: dict[str, bytes] = field(repr=False)  # request heads by path, filled on first use
     priority: int
+    weight: int  # its share of round-robin picks among ready credentials of its priority (0: a standby)
     prefix: str | None
     models: tuple[ModelEntry, ...]
     excluded: tuple[str, ...]
@@ -165,6 +168,7 @@ class Route:
 
     model: str
     groups: tuple[tuple[Target, ...], ...]
+    weighted: bool = False  # a credential's weight is not 1: picks are smooth weighted round-robin
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -194,6 +198,7 @@ class Runtime:
     loaded_at: float
     sessions: Sessions = field(default_factory=Sessions, repr=False)
     clients: tuple[Client | None, ...] = ()  # whose each of client_keys is (None: a plain api-keys key)
+    fallbacks: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)  # model -> routes tried after it
 
     @property
     def models_body(self) -> bytes:
@@ -246,6 +251,7 @@ class _Builder:
         codec: Codec | None = None,
         extra_headers: Mapping[str, str] | None = None,
         session_origin: str = "",
+        weight: int | None = None,
     ) -> None:
         kind = KINDS[block]
         codec = codec or UPSTREAM[kind.wire].for_entry(entry)
@@ -275,6 +281,7 @@ class _Builder:
                 endpoint=endpoint,
                 heads={},
                 priority=entry.priority,
+                weight=entry.weight if weight is None else weight,
                 prefix=entry.prefix,
                 models=entry.models,
                 excluded=entry.excluded_models,
@@ -347,6 +354,7 @@ class _Builder:
                             entry.base_url,
                             item.proxy_url,
                             sub=f".api-key-entries[{k}]",
+                            weight=item.weight,
                         )
                     continue
                 if is_session(entry):
@@ -386,8 +394,30 @@ def _routes(
     for model_id, targets in by_model.items():
         priorities = sorted({t.credential.priority for t in targets}, reverse=True)
         groups = tuple(tuple(t for t in targets if t.credential.priority == p) for p in priorities)
-        routes[model_id] = Route(model_id, groups)
+        routes[model_id] = Route(model_id, groups, weighted=any(t.credential.weight != 1 for t in targets))
     return routes, {k: tuple(v) for k, v in hints.items() if k not in routes}
+
+
+def fallback_chains(config: ProxyConfig, routes: Mapping[str, Route]) -> dict[str, tuple[Route, ...]]:
+    """Each model's fallbacks: its own list, then theirs (breadth first), each model once, at most MAX_FALLBACKS.
+
+    Resolved with the snapshot, so a request walks a tuple: no model is tried twice (A -> B -> A cannot loop) and
+    a chain is bounded however the config nests. A fallback no route serves (yet) is skipped.
+    """
+    chains = {}
+    for model in config.fallbacks:
+        chain: list[str] = []
+        pending = deque(config.fallbacks[model])
+        while pending and len(chain) < MAX_FALLBACKS:
+            other = pending.popleft()
+            if other == model or other in chain:
+                continue
+            chain.append(other)
+            pending.extend(config.fallbacks.get(other, ()))
+        served = tuple(routes[other] for other in chain if other in routes)
+        if served and model in routes:
+            chains[model] = served
+    return chains
 
 
 def owners(routes: Mapping[str, Route]) -> dict[str, str]:
@@ -449,6 +479,7 @@ def build_runtime(
         loaded_at=now,
         sessions=sessions,
         clients=tuple(clients),
+        fallbacks=fallback_chains(config, routes),
     )
 
 
@@ -457,5 +488,6 @@ def rerouted(runtime: Runtime, discovered: Mapping[str, tuple[str, ...]]) -> Run
     routes, hints = _routes(runtime.config, list(runtime.credentials), discovered)
     now = time.time()
     return dataclasses.replace(
-        runtime, routes=routes, hints=hints, model_lists=prebuilt(owners(routes), now), loaded_at=now
+        runtime, routes=routes, hints=hints, model_lists=prebuilt(owners(routes), now), loaded_at=now,
+        fallbacks=fallback_chains(runtime.config, routes),
     )  # fmt: skip

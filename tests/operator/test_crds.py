@@ -538,7 +538,7 @@ def test_route_spec_fields_and_contract() -> None:
     spec = _schema("ProviderRoute")["properties"]["spec"]
     props = spec["properties"]
     assert set(props) == {"gateway", "prefix", "forceModelPrefix", "allowUnauthenticated", "credentials", "models",
-                          "excludedModels", "policy"}  # fmt: skip
+                          "excludedModels", "policy", "fallbacks"}  # fmt: skip
     assert props["allowUnauthenticated"] == {**props["allowUnauthenticated"], "type": "boolean", "default": False}
     assert spec["required"] == ["credentials"]
     assert (props["gateway"]["default"], props["gateway"]["maxLength"]) == ("default", 40)
@@ -546,6 +546,9 @@ def test_route_spec_fields_and_contract() -> None:
     assert props["forceModelPrefix"] == {**props["forceModelPrefix"], "type": "boolean", "default": False}
     assert (props["credentials"]["minItems"], props["credentials"]["maxItems"]) == (1, 64)
     assert props["credentials"]["items"]["properties"]["priority"]["default"] == 0
+    weight = props["credentials"]["items"]["properties"]["weight"]
+    assert (weight["minimum"], weight["maximum"], "default" in weight) == (0, 1000, False)  # unset: 1, not stored
+    assert (props["fallbacks"]["maxProperties"], props["fallbacks"]["additionalProperties"]["maxItems"]) == (64, 4)
     assert (props["models"]["maxItems"], props["excludedModels"]["maxItems"]) == (512, 256)
     assert set(props["policy"]["properties"]) == {
         "requestRetry", "maxRetryInterval", "maxRetryCredentials", "connectTimeoutSeconds", "readTimeoutSeconds",
@@ -734,6 +737,10 @@ SCHEMA_REJECTS = [
     _bad(PR, "gateway", "g" * 41, "maxLength"),
     _bad(PR, "prefix", "-team", "pattern"),
     _bad(PR, "forceModelPrefix", "yes", "type"),
+    _bad(PR, "fallbacks", {"m": []}, "minItems", "fallbacks.m"),
+    _bad(PR, "fallbacks", {"m": ["a", "b", "c", "d", "e"]}, "maxItems", "fallbacks.m"),
+    _bad(PR, "fallbacks", {"m": ["bad\x7f"]}, "pattern", "fallbacks.m.0"),
+    _bad(PR, "credentials", [{"name": "a", "weight": -1}], "minimum", "credentials.0.weight"),
     _bad(PR, "credentials", ..., "required", ""),
     _bad(PR, "credentials", [], "minItems"),
     _bad(PR, "credentials", [{"name": f"c{i}"} for i in range(65)], "maxItems"),
@@ -805,6 +812,7 @@ VERTEX_ONLY = "vertex is only allowed for provider vertex-api-key"
 NEEDS_BASE_URL = "baseURL is required for provider openai-compatibility"
 ENDPOINT_ONLY = "modelsEndpoint is only allowed for provider openai-compatibility"
 UNIQUE_CREDENTIALS = "credential names must be unique"
+SELF_FALLBACK = "a model cannot fall back to itself"
 ALIAS_SLASH = "models[].alias must not contain '/' when prefix is set (clients call <prefix>/<alias>)"
 BUDGET_AMOUNT = "a budget needs tokens, usd or both"
 TOKEN = {"name": "session", "key": "token"}
@@ -861,6 +869,8 @@ CEL_CASES = [
     (PR, _route(prefix="team-a", models=[{"name": "org/model", "alias": "m"}, {"name": "org/x"}]), []),
     (PR, _route(models=[{"name": "org/model", "alias": "org/m"}]), []),
     (PR, _route(prefix="team-a"), []),
+    (PR, _route(fallbacks={"m": ["n", "o"], "n": ["m"]}), []),
+    (PR, _route(fallbacks={"m": ["n", "m"]}), [("spec.fallbacks", SELF_FALLBACK)]),
     ("ClientKey", {"budget": {"per": "day"}}, [("spec.budget", BUDGET_AMOUNT)]),
     ("ClientKey", {"budget": {"usd": 5.5}}, []),
     ("ClientKey", {"budget": {"tokens": 1000, "usd": 5}, "secretRef": {"name": "k", "key": "api-key"}}, []),

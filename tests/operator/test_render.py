@@ -327,3 +327,22 @@ def test_a_keyless_gateway_opens_only_when_every_route_asks() -> None:
     keyed = render([one], CREDENTIALS, SECRETS, {"default": ["ck"]})
     assert "allow-unauthenticated" not in keyed.gateways["default"].config_text
     assert not keyed.routes["one"].warnings and not keyed.routes["one"].notices
+
+
+def test_fallbacks_and_weights_render_into_the_proxys_routing(tmp_path: Path) -> None:
+    team = route("team-a", "claude", prefix="team-a", forceModelPrefix=True, models=[{"name": "sonnet"}],
+                 fallbacks={"team-a/sonnet": ["team-default", "team-a/sonnet", "team-default"],
+                            "team-default": ["team-a/sonnet"]})  # fmt: skip
+    team["spec"]["credentials"] = [{"name": "claude", "weight": 0}, {"name": "openrouter", "weight": 3}]
+    local = route("local", "local-vllm", models=[{"name": "qwen3-32b", "alias": "team-default"}])
+    result = render([team, local], CREDENTIALS, SECRETS)
+    runtime = load(result.gateways["default"], tmp_path)
+    assert {model: [r.model for r in chain] for model, chain in runtime.fallbacks.items()} == {
+        "team-a/sonnet": ["team-default"]  # itself and the repeat left out
+    }
+    # Another route's model is not this route's to divert: its clients' prompts would follow the author's choice.
+    assert [(p.reason, "team-default" in p.message) for p in result.routes["team-a"].warnings] == [
+        ("InvalidFallback", True)
+    ]
+    weights = {t.credential.provider: t.credential.weight for t in runtime.routes["team-a/sonnet"].targets}
+    assert weights == {"claude-api-key": 0, "openrouter": 3} and runtime.routes["team-a/sonnet"].weighted

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 
 from cliproxy_proxy.config import Cooldowns, parse_config
-from cliproxy_proxy.health import Health, classify
+from cliproxy_proxy.health import Health
 from cliproxy_proxy.runtime import Runtime, build_runtime
+from cliproxy_proxy.translate.codec import status_kind
 
 
 def runtime_of(document: dict[str, Any]) -> Runtime:
@@ -156,11 +157,11 @@ def test_proxy_url_direct_overrides_the_global_proxy() -> None:
 
 @pytest.mark.parametrize(
     ("status", "reason"),
-    [(429, "quota"), (401, "auth"), (402, "auth"), (403, "auth"), (404, "not_found"), (408, "transient"),
-     (500, "transient"), (503, "transient"), (None, "transient"), (400, None), (413, None), (422, None)],
+    [(429, "quota"), (401, "auth"), (402, "auth"), (403, "auth"), (404, "not_found"), (408, "retryable"),
+     (500, "retryable"), (503, "retryable"), (400, "fatal"), (413, "fatal"), (422, "fatal")],
 )  # fmt: skip
-def test_classify_follows_cliproxyapi(status: int | None, reason: str | None) -> None:
-    assert classify(status) == reason
+def test_status_kinds_follow_cliproxyapi(status: int, reason: str) -> None:
+    assert status_kind(status) == reason
 
 
 def test_cooldown_durations_and_quota_backoff() -> None:

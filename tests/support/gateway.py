@@ -39,7 +39,7 @@ from ..fakes.gemini_upstream import GEMINI_KEY, start_gemini
 from ..fakes.kiro import start_kiro
 from ..fakes.responses_upstream import KEYS as RESPONSES_KEYS
 from ..fakes.responses_upstream import start_responses
-from ..support.proxy import CLIENT_KEY, UPSTREAM_KEYS, UPSTREAM_MODELS, base_config, compat_block, write_yaml
+from .proxy import CLIENT_KEY, UPSTREAM_KEYS, UPSTREAM_MODELS, base_config, compat_block, write_yaml
 
 #: Every target wire, by the model id the proxy serves it under: pass-through for one API, translated for the rest.
 TARGETS = ("m-openai", "m-anthropic", "m-gemini", "m-vertex", "m-responses", "m-kiro")
