@@ -131,10 +131,11 @@ async def test_expiry_is_a_condition_that_turns_on_time(
     fast_usage: None, cluster: Cluster, operator: OperatorRunner
 ) -> None:
     await basic_setup(cluster, operator)
-    soon = (datetime.now(UTC) + timedelta(seconds=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    await cluster.create(CLIENTKEYS, client_key("temp", expires=soon, budget={"tokens": 10}))
+    await cluster.create(CLIENTKEYS, client_key("temp", expires="2099-01-01T00:00:00Z", budget={"tokens": 10}))
     temp = await wait_condition(cluster, operator, CLIENTKEYS, "temp", "Expired", "False", "NotExpired")
     assert condition(temp, "BudgetExhausted")["reason"] == "UsageNotShared"  # no Redis: nothing shared to read
+    soon = (datetime.now(UTC) + timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await cluster.patch(CLIENTKEYS, "temp", {"spec": {"expires": soon}})  # then the timer turns it, unprompted
     temp = await wait_condition(cluster, operator, CLIENTKEYS, "temp", "Expired", "True", "Expired")
     assert condition(temp, "Ready")["status"] == "False"
     await warning(cluster, operator, "temp", "Expired")
