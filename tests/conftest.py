@@ -23,8 +23,19 @@ from tests.support.proxy import FakeProvider, RunningProxy, proxy_starter, serve
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every async test runs on the stock event loop and on uvloop, which the proxy uses in production."""
+    """Every async test runs on the stock event loop and on uvloop, which the proxy uses in production.
+
+    A test marked ``one_loop`` runs once: what it tests runs in a process of its own, on that process's loop.
+    """
+    if item.get_closest_marker("one_loop"):
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "one_loop: run an async test on one event loop only (its subject runs elsewhere)"
+    )
 
 
 @pytest.fixture

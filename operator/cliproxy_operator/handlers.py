@@ -23,7 +23,7 @@ import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from . import tokens, usage
+from . import kopf_gate, tokens, usage
 from .clientkeys import KEY_PREFIX, ROTATE_ANNOTATION, expired, render_client_keys, status_of
 from .coalesce import Coalescer
 from .kube import (
@@ -57,6 +57,7 @@ NAMESPACED = bool(os.environ.get(NAMESPACES_ENV))
 REFUSED_SECONDS = 300.0  # a namespace that refused a write as terminating is left alone this long
 Key = tuple[str, str, str]  # (kind or plural, namespace, name)
 log = logging.getLogger("cliproxy.operator")
+kopf_gate.install()  # a start with thousands of objects waits seconds, not minutes, for kopf's index gate
 
 _clients: dict[str, Any] = {}
 _indexes: dict[str, kopf.Index[str, Any]] = {}

@@ -151,6 +151,8 @@ def _credentials(
         ]
         if spec.get("tokenSecretRef"):
             refs.append(("tokenSecretRef", spec["tokenSecretRef"], f"{name}.token"))
+        if spec["provider"] == "bedrock":
+            refs = []  # it presents no key (whatever else the spec names): nothing is copied into the gateway
         for what, ref, file in refs:
             value = _refused(what, ref, spec, consent) or _resolve(ref, secrets, what)
             if isinstance(value, Problem):
@@ -159,7 +161,9 @@ def _credentials(
                 files[file] = value
                 state.files.append(file)
         state.usable_keys = len(state.files)
-        if not state.files and not state.problems:
+        if spec["provider"] == "bedrock":
+            state.usable_keys = 1  # no keys: it signs as the gateway pod's own AWS identity (IRSA, Pod Identity)
+        elif not state.files and not state.problems:
             state.problems.append(Problem("NoKeys", "neither apiKeys nor tokenSecretRef gives a key"))
     return states
 
@@ -193,6 +197,8 @@ def _entries(route: Resource, credential: Resource, state: CredentialState, prio
         if spec.get("modelsEndpoint"):
             entry["models-endpoint"] = spec["modelsEndpoint"]
         return [entry]
+    if provider == "bedrock":
+        return [{**common, "region": (spec.get("bedrock") or {}).get("region")}]
     if provider == "vertex-api-key" and spec.get("vertex"):
         common.update({k: v for k, v in spec["vertex"].items() if k in ("project", "location")})
     source = "token-file" if spec.get("tokenSecretRef") else "api-key-file"
@@ -319,7 +325,7 @@ def render(
             cred_name = str(ref.get("name"))
             if cred_name not in by_name:
                 state.problems.append(Problem("CredentialNotFound", f"ProviderCredential {cred_name!r} does not exist"))
-            elif not creds[cred_name].files:
+            elif not creds[cred_name].usable_keys:
                 reasons = "; ".join(p.message for p in creds[cred_name].problems)
                 state.problems.append(Problem("CredentialNotReady", f"ProviderCredential {cred_name!r}: {reasons}"))
             else:

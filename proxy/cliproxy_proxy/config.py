@@ -105,6 +105,10 @@ class EntryPolicy(_Block):
 class _Routed(_OneSource):
     """Keys every credential-bearing block shares: routing scope and network options."""
 
+    #: Secrets its codec presents itself, each given inline (``<name>``) or by file (``<name>-file``); an entry
+    #: that has them takes no ``api-key``.
+    SECRET_FILES: ClassVar[tuple[str, ...]] = ()
+
     name: NonEmpty | None = None
     prefix: Prefix | None = None
     base_url: str | None = None
@@ -123,6 +127,10 @@ class _Routed(_OneSource):
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else check_url(value)
+
+    def default_base_url(self, catalog: str | None) -> str | None:
+        """Where requests go without ``base-url``: the catalog's endpoint, unless the entry names its own (a region)."""
+        return catalog
 
     @field_validator("headers")
     @classmethod
@@ -245,6 +253,39 @@ class AmpCredential(_Routed):
     upstream_url: str | None = None
 
     SOURCES = (("token_file",), ("upstream_api_key",))
+
+
+class BedrockCredential(_Routed):
+    """AWS Bedrock, signed with SigV4: keys from botocore's default chain (environment, IRSA, EKS Pod Identity,
+    instance metadata), from a named shared ``profile``, or given (inline or, better, as files of a Secret)."""
+
+    SECRET_FILES: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key", "session_token")
+
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]
+    profile: NonEmpty | None = None
+    access_key_id: SecretStr | None = None
+    access_key_id_file: NonEmpty | None = None
+    secret_access_key: SecretStr | None = None
+    secret_access_key_file: NonEmpty | None = None
+    session_token: SecretStr | None = None
+    session_token_file: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _keys(self) -> Self:
+        given = {name: getattr(self, name) is not None or getattr(self, f"{name}_file") is not None
+                 for name in self.SECRET_FILES}  # fmt: skip
+        if any(getattr(self, name) is not None and getattr(self, f"{name}_file") is not None for name in given):
+            raise ValueError("a key is given inline or by file, not both")
+        if given["access_key_id"] != given["secret_access_key"]:
+            raise ValueError("access-key-id and secret-access-key go together")
+        if given["session_token"] and not given["access_key_id"]:
+            raise ValueError("session-token needs access-key-id and secret-access-key")
+        if self.profile is not None and given["access_key_id"]:
+            raise ValueError("at most one of profile or the keys")
+        return self
+
+    def default_base_url(self, catalog: str | None) -> str | None:
+        return f"https://bedrock-runtime.{self.region}.amazonaws.com"
 
 
 class Routing(_Block):
@@ -377,6 +418,7 @@ class ProxyConfig(_Block):
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()
     codex_api_key: tuple[ApiKeyCredential, ...] = ()
     vertex_api_key: tuple[VertexCredential, ...] = ()
+    bedrock: tuple[BedrockCredential, ...] = ()
     deepseek: tuple[ApiKeyCredential, ...] = ()
     groq: tuple[ApiKeyCredential, ...] = ()
     mistral: tuple[ApiKeyCredential, ...] = ()

@@ -490,9 +490,11 @@ class Exchange:
 
     @staticmethod
     def _upstream_message(body: bytes, status: int) -> str:
+        """``error.message`` (most vendors), else a top-level ``message`` (AWS services)."""
         try:
-            error = orjson.loads(body).get("error")
-            message = error.get("message") if isinstance(error, dict) else error
+            document = orjson.loads(body)
+            error = document.get("error")
+            message = error.get("message") if isinstance(error, dict) else error or document.get("message")
             if isinstance(message, str) and message:
                 return message
         except (orjson.JSONDecodeError, AttributeError):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from .catalog import KINDS, Wire
 from .clients import Client, client_of
 from .config import (
@@ -237,6 +239,12 @@ class _Builder:
         value = inline.get_secret_value() if inline is not None else ""  # type: ignore[attr-defined]
         return str(value)
 
+    def with_secret_files(self, entry: _Routed, where: str) -> _Routed:
+        """The entry with each of its ``SECRET_FILES`` given by file read into its inline field."""
+        read = {name: SecretStr(self.secret(None, file, f"{where}.{name.replace('_', '-')}-file"))
+                for name in entry.SECRET_FILES if (file := getattr(entry, f"{name}_file")) is not None}  # fmt: skip
+        return entry.model_copy(update=read) if read else entry
+
     def add(
         self,
         block: str,
@@ -360,9 +368,12 @@ class _Builder:
                 if is_session(entry):
                     self.add_session(block, index, entry, where)
                     continue
-                base_url = entry.base_url or kind.default_base_url or ""
+                base_url = entry.base_url or entry.default_base_url(kind.default_base_url) or ""
                 if isinstance(entry, VertexCredential):
                     base_url = entry.project_base_url or base_url
+                if entry.SECRET_FILES:  # keys its codec presents itself (AWS keys sign each request): no api-key
+                    self.add(block, index, self.with_secret_files(entry, where), None, block, base_url, None)
+                    continue
                 assert isinstance(entry, ApiKeyCredential | SessionCredential)  # one key source, by validation
                 secret = self.secret(entry.api_key, entry.api_key_file, where)
                 self.add(block, index, entry, secret, block, base_url, None)

@@ -515,7 +515,7 @@ def test_credential_spec_fields_and_contract() -> None:
     spec = _schema("ProviderCredential")["properties"]["spec"]
     assert set(spec["properties"]) == {
         "provider", "providerName", "baseURL", "refreshURL", "apiKeys", "tokenSecretRef", "headers", "proxyURL",
-        "prefix", "rateLimit", "modelsEndpoint", "vertex",
+        "prefix", "rateLimit", "modelsEndpoint", "vertex", "bedrock",
     }  # fmt: skip
     assert spec["required"] == ["provider"]
     props = spec["properties"]
@@ -732,6 +732,8 @@ SCHEMA_REJECTS = [
     _bad(PC, "vertex", {"location": "us-east1"}, "required", provider="vertex-api-key"),
     _bad(PC, "vertex", {"project": "My-Project"}, "pattern", "vertex.project", provider="vertex-api-key"),
     _bad(PC, "vertex.location", "US_EAST", "pattern", provider="vertex-api-key", vertex={"project": "my-project"}),
+    _bad(PC, "bedrock", {}, "required", provider="bedrock"),
+    _bad(PC, "bedrock.region", "US-EAST-1", "pattern", provider="bedrock", bedrock={"region": "us-east-1"}),
     _bad(PC, "apiKey", "sk-inline", "additionalProperties", ""),
     _bad(PR, "gateway", "Default", "pattern"),
     _bad(PR, "gateway", "g" * 41, "maxLength"),
@@ -811,6 +813,8 @@ NEEDS_TOKEN = "providers kiro, cursor and ampcode authenticate with tokenSecretR
 VERTEX_ONLY = "vertex is only allowed for provider vertex-api-key"
 NEEDS_BASE_URL = "baseURL is required for provider openai-compatibility"
 ENDPOINT_ONLY = "modelsEndpoint is only allowed for provider openai-compatibility"
+BEDROCK_NEEDS = "provider bedrock takes a bedrock block (its region) and no apiKeys or tokenSecretRef"
+BEDROCK_ONLY = "bedrock is only allowed for provider bedrock"
 UNIQUE_CREDENTIALS = "credential names must be unique"
 SELF_FALLBACK = "a model cannot fall back to itself"
 ALIAS_SLASH = "models[].alias must not contain '/' when prefix is set (clients call <prefix>/<alias>)"
@@ -859,6 +863,14 @@ CEL_CASES = [
     ),
     (PC, {"provider": "groq", "apiKeys": [_key()], "modelsEndpoint": "/models"}, [("spec", ENDPOINT_ONLY)]),
     (PC, {"provider": "groq", "apiKeys": [_key()], "baseURL": "https://proxy.example/v1"}, []),
+    (PC, {"provider": "bedrock", "bedrock": {"region": "eu-central-1"}}, []),
+    (PC, {"provider": "bedrock"}, [("spec", BEDROCK_NEEDS)]),
+    (PC, {"provider": "bedrock", "bedrock": {"region": "us-east-1"}, "apiKeys": [_key()]}, [("spec", BEDROCK_NEEDS)]),
+    (
+        PC,
+        {"provider": "groq", "apiKeys": [_key()], "bedrock": {"region": "us-east-1"}},
+        [("spec", BEDROCK_ONLY)],
+    ),
     (PR, {"credentials": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, []),
     (
         PR,
@@ -902,6 +914,8 @@ def test_cel_rule_locations_and_reasons() -> None:
     by_message = {rule["message"]: rule for rule in spec["x-kubernetes-validations"]}
     assert {m: (r.get("fieldPath"), r.get("reason")) for m, r in by_message.items()} == {
         ONE_SOURCE: (None, None),
+        BEDROCK_NEEDS: (".bedrock", "FieldValueRequired"),
+        BEDROCK_ONLY: (".bedrock", "FieldValueForbidden"),
         TOKEN_ONLY_FOR: (".tokenSecretRef", "FieldValueForbidden"),
         NEEDS_TOKEN: (".tokenSecretRef", "FieldValueRequired"),
         VERTEX_ONLY: (".vertex", "FieldValueForbidden"),

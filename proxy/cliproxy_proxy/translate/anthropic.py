@@ -27,7 +27,6 @@ import orjson
 from . import fields
 from .canonical import (
     SSE_COMMENT,
-    THINKING_LEVELS,
     Event,
     Finish,
     FinishReason,
@@ -54,6 +53,7 @@ from .canonical import (
     TranslationError,
     Usage,
     reencode,
+    thinking_budget,
 )
 from .codec import Codec, CodecBase
 
@@ -331,18 +331,6 @@ def _thinking_may_continue(messages: list[dict[str, Any]]) -> bool:
     return bool(last["content"][0]["type"] in ("thinking", "redacted_thinking"))
 
 
-def _budget(reasoning: Reasoning | None) -> int:
-    if reasoning is None:
-        return 0
-    if reasoning.budget is not None:
-        return max(reasoning.budget, 0)
-    if reasoning.effort is None:
-        return 0
-    if reasoning.effort not in THINKING_LEVELS:
-        raise TranslationError(f"reasoning.effort: {reasoning.effort!r} is not a known thinking level")
-    return THINKING_LEVELS[reasoning.effort]
-
-
 def _encode_tool_choice(request: Request) -> dict[str, Any] | None:
     choice, parallel = request.tool_choice, request.parallel_tool_calls
     if not request.tools or (choice is None and parallel is not False):
@@ -480,7 +468,7 @@ class AnthropicCodec(CodecBase):
         choice = _encode_tool_choice(request)
         if choice is not None:
             body["tool_choice"] = choice
-        budget = _budget(request.reasoning)
+        budget = thinking_budget(request.reasoning)
         if choice is not None and choice["type"] in ("any", "tool"):
             budget = 0  # Claude cannot think when a tool call is forced; the forced call is what the client needs
         if not _thinking_may_continue(body["messages"]):

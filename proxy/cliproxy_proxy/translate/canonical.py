@@ -153,6 +153,19 @@ THINKING_LEVELS = {
 }  # fmt: skip
 
 
+def thinking_budget(reasoning: Reasoning | None) -> int:
+    """The thinking tokens a request asks for, by budget or by level (0: none), for vendors that take a budget."""
+    if reasoning is None:
+        return 0
+    if reasoning.budget is not None:
+        return max(reasoning.budget, 0)
+    if reasoning.effort is None:
+        return 0
+    if reasoning.effort not in THINKING_LEVELS:
+        raise TranslationError(f"reasoning.effort: {reasoning.effort!r} is not a known thinking level")
+    return THINKING_LEVELS[reasoning.effort]
+
+
 @dataclass(slots=True)
 class Request:
     model: str

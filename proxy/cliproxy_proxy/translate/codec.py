@@ -154,6 +154,20 @@ class CodecBase:
     #: Phrases of a 400 body saying the key is refused (Google answers a wrong key with 400, not 401).
     auth_markers: tuple[bytes, ...] = ()
 
+    # The inbound half, for wires no client speaks (Kiro, Bedrock): no route leads here.
+
+    def decode_request(self, body: dict[str, Any]) -> Request:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
+
+    def encode_response(self, response: Response) -> bytes:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
+
+    def stream_encoder(self, request: Request) -> StreamEncoder:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
+
+    def encode_error(self, status: int, message: str, code: str | None) -> bytes:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
+
     def decode_response(self, body: dict[str, Any]) -> Response:
         raise TranslationError(f"{type(self).__name__} is not an upstream format")
 
