@@ -12,13 +12,16 @@ import gzip
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cliproxy_proxy.contract import KINDS, MAX_FALLBACKS, ConfigError, parse_config
 
 from .secret_rules import OPT_IN_LABEL, refresh_url_refusal
+
+if TYPE_CHECKING:
+    from .clientkeys import ClientKeyRendering, ClientKeyState
 
 CONFIG_KEY = "config.json"  # JSON is YAML too; it renders and loads many times faster
 PACKED_KEY = "config.json.gz"  # the same document gzipped, in binaryData, when it is too large to keep plain
@@ -87,6 +90,7 @@ class Rendering:
     credentials: dict[str, CredentialState]
     routes: dict[str, RouteState]
     held: set[str] = field(default_factory=set)  # gateways that failed to render: their last objects stay
+    clients: dict[str, ClientKeyState] = field(default_factory=dict)  # by ClientKey name
 
 
 def config_payload(text: str) -> dict[str, dict[str, str]] | None:
@@ -289,6 +293,7 @@ def render(
     client_keys: Mapping[str, list[str]] | None = None,
     consent: SecretConsent | None = None,
     keep: Iterable[str] = (),
+    clients: ClientKeyRendering | None = None,
 ) -> Rendering:
     """Every gateway of one namespace, from its ProviderRoutes, ProviderCredentials and their Secrets' data.
 
@@ -296,7 +301,8 @@ def render(
     their owners allow. ``client_keys`` maps a gateway to the keys its clients must present; a gateway without
     any refuses callers, unless every one of its routes says ``allowUnauthenticated: true``. A gateway in
     ``keep`` (its objects exist) renders even when no route is left: empty, so that every proxy watching it
-    converges on serving nothing instead of some keeping the deleted routes.
+    converges on serving nothing instead of some keeping the deleted routes. ``clients`` are the namespace's
+    ClientKeys, already resolved (clientkeys.render_client_keys): each gateway's entries and their key files.
     """
     files: dict[str, str] = {}
     creds = _credentials(credentials, secrets, files, consent or SecretConsent())
@@ -359,7 +365,9 @@ def render(
         contributors.setdefault(gateway, []).append(name)
     for gateway in keep:
         documents.setdefault(gateway, {})
-    open_to = _open_gateways(routes, states, contributors, client_keys or {})
+    client_entries = clients.entries if clients is not None else {}
+    keyed = {**(client_keys or {}), **{gateway: ["(ClientKeys)"] for gateway in client_entries}}
+    open_to = _open_gateways(routes, states, contributors, keyed)
     gateways = {}
     held: set[str] = set()
     for gateway, document in documents.items():
@@ -371,6 +379,9 @@ def render(
             secret_data[CLIENT_KEYS_FILE] = "\n".join(keys) + "\n"
         elif gateway in open_to:
             head["allow-unauthenticated"] = True
+        if gateway in client_entries:
+            head["client-keys"] = client_entries[gateway]
+            secret_data.update(clients.files[gateway] if clients is not None else {})
         ordered = {**head, **{k: document[k] for k in sorted(document) if k not in KINDS},
                    **{k: document[k] for k in KINDS if k in document}}  # fmt: skip
         text = orjson.dumps(ordered, option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -394,4 +405,10 @@ def render(
         assert payload is not None
         digest = hashlib.sha256(text.encode() + orjson.dumps(secret_data, option=orjson.OPT_SORT_KEYS)).hexdigest()
         gateways[gateway] = Gateway(gateway, text, payload, secret_data, tuple(contributors.get(gateway, [])), digest)
-    return Rendering(gateways, creds, states, held)
+    client_states = clients.states if clients is not None else {}
+    for client in client_states.values():
+        if client.rendered and client.gateway not in gateways:
+            client.rendered = False
+            client.notices.append(Problem("GatewayNotRendered", f"gateway {client.gateway!r} has no ready "
+                                          "ProviderRoute in this namespace: nothing serves this key yet"))  # fmt: skip
+    return Rendering(gateways, creds, states, held, client_states)

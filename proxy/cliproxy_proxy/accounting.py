@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 from .clients import Client, ClientUsage
 from .config import ProxyConfig
-from .limits import MICRO, Limits, Verdict, period
+from .counters import period
+from .limits import MICRO, Limits, Verdict
 from .pricing import Prices
 from .requestlog import RequestLog, request_id
 from .runtime import Credential, Route, Target

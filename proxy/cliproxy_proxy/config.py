@@ -373,7 +373,8 @@ class RequestLog(_Block):
     path: NonEmpty = "stdout"
 
 
-ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=63)]
+# 127: room for the operator's <namespace>.<name> of a ClientKey
+ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=127)]
 
 
 class ClientKey(_KeySource):

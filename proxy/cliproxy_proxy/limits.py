@@ -22,7 +22,6 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -31,6 +30,7 @@ from redis.exceptions import RedisError
 from .clients import Client
 from .config import Budget, Redis
 from .cooldowns import CooldownFeed
+from .counters import budget_key, period, redis_from_env, spend_key
 from .health import Health
 from .runtime import Credential
 from .store import connect
@@ -76,18 +76,6 @@ def budget_limits(budget: Budget | None) -> tuple[int, int]:
     if budget is None:
         return 0, 0
     return budget.tokens or 0, round(budget.usd * MICRO) if budget.usd is not None else 0
-
-
-def period(budget: Budget, now: float) -> tuple[str, int]:
-    """The budget's current period (``2026-12`` or ``2026-12-02``) and the seconds left in it."""
-    moment = datetime.fromtimestamp(now, UTC)
-    if budget.per == "day":
-        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start.timestamp() + 86400
-        return start.strftime("%Y-%m-%d"), max(1, int(end - now))
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    after = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start.strftime("%Y-%m"), max(1, int(after.timestamp() - now))
 
 
 # -- in process -----------------------------------------------------------------------------------------
@@ -303,16 +291,6 @@ def _credential_keys(credential: Credential) -> tuple[str, str]:
     return f"{base}:requests", f"{base}:tokens"
 
 
-def budget_key(client_name: str, budget_period: str) -> str:
-    """The tokens a client used in a budget period (the operator reads it for a ClientKey's status)."""
-    return f"cliproxy:{{{client_name}}}:budget:{budget_period}"
-
-
-def spend_key(client_name: str, budget_period: str) -> str:
-    """The micro-dollars a client spent in a budget period (an integer: Redis adds them exactly)."""
-    return f"cliproxy:{{{client_name}}}:spend:{budget_period}"
-
-
 def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
     base = f"cliproxy:{{{client.name}}}"
@@ -415,7 +393,8 @@ class Shared:
 
 
 class Limits:
-    """The proxy's limit engine for its config: Redis when ``redis`` is set, else in process.
+    """The proxy's limit engine for its config: Redis when ``redis`` is set (or the deployment names one in
+    ``CLIPROXY_REDIS_URL``, read once at start), else in process.
 
     Settling runs in background tasks, so an answer never waits for it. With Redis, the verdict rests credentials
     get are shared too: ``share`` publishes this replica's, and the feed has ``health`` adopt the others'.
@@ -431,10 +410,12 @@ class Limits:
         self.health = health
         self.feed: CooldownFeed | None = None
         self.watcher: asyncio.Task[None] | None = None
+        self.default = redis_from_env()
         self.pending: set[asyncio.Task[None]] = set()
 
     def configure(self, settings: Redis | None) -> None:
         """Switch engines when the ``redis`` block changed; the same block keeps the engine and its counts."""
+        settings = settings or self.default
         if settings == self.settings:
             return
         old, self.settings = self.engine, settings

@@ -63,6 +63,7 @@ CRD_DIR = REPO / "deploy" / "crds"
 GROUP, VERSION = "cliproxy.io", "v1alpha1"
 ROUTES = f"{GROUP}/{VERSION}/providerroutes"
 CREDENTIALS = f"{GROUP}/{VERSION}/providercredentials"
+CLIENTKEYS = f"{GROUP}/{VERSION}/clientkeys"
 CONFIGMAPS, SECRETS, EVENTS = "v1/configmaps", "v1/secrets", "v1/events"
 TEST_AGENT = "cliproxy-tests"  # the tests' own requests; everything else is the operator's
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})

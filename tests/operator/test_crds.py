@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,7 +67,7 @@ def _load_crds() -> dict[str, Json]:
 
 
 CRDS = _load_crds()
-KINDS_UNDER_TEST = ("ProviderCredential", "ProviderRoute")
+KINDS_UNDER_TEST = ("ClientKey", "ProviderCredential", "ProviderRoute")
 
 
 def _example_docs() -> list[tuple[str, Json]]:
@@ -344,6 +345,7 @@ def test_kubernetes_validate_catches_a_misspelt_schema_keyword() -> None:
     [
         ("ProviderCredential", "providercredentials", "providercredential", "pcred"),
         ("ProviderRoute", "providerroutes", "providerroute", "proute"),
+        ("ClientKey", "clientkeys", "clientkey", "ckey"),
     ],
 )
 def test_crd_names_scope_version_and_subresources(kind: str, plural: str, singular: str, short: str) -> None:
@@ -443,6 +445,16 @@ def test_printer_columns_are_the_agreed_ones() -> None:
         ("Gateway", "string", ".spec.gateway"),
         ("Prefix", "string", ".spec.prefix"),
         ("Models", "integer", ".status.modelCount"),
+        ready,
+        age,
+    ]
+    assert columns("ClientKey") == [  # `kubectl get clientkeys` is the spend report
+        ("Gateway", "string", ".spec.gateway"),
+        ("Models", "string", ".status.models"),
+        ("Period", "string", ".status.usage.period"),
+        ("Tokens", "integer", ".status.usage.tokens"),
+        ("Spend-USD", "string", ".status.usage.spendUSD"),
+        ("Expired", "string", '.status.conditions[?(@.type=="Expired")].status'),
         ready,
         age,
     ]
@@ -562,6 +574,7 @@ def test_spec_lists_are_bounded_for_the_cel_cost_estimator(kind: str) -> None:
 def test_examples_are_the_documented_set() -> None:
     kinds = sorted((doc["kind"], doc["metadata"]["name"]) for _, doc in EXAMPLES)
     assert kinds == [
+        ("ClientKey", "team-a-app"),
         ("ProviderCredential", "local-vllm"),
         ("ProviderCredential", "openrouter"),
         ("ProviderRoute", "shared"),
@@ -805,6 +818,7 @@ BEDROCK_ONLY = "bedrock is only allowed for provider bedrock"
 UNIQUE_CREDENTIALS = "credential names must be unique"
 SELF_FALLBACK = "a model cannot fall back to itself"
 ALIAS_SLASH = "models[].alias must not contain '/' when prefix is set (clients call <prefix>/<alias>)"
+BUDGET_AMOUNT = "a budget needs tokens, usd or both"
 TOKEN = {"name": "session", "key": "token"}
 
 CEL_CASES = [
@@ -869,6 +883,9 @@ CEL_CASES = [
     (PR, _route(prefix="team-a"), []),
     (PR, _route(fallbacks={"m": ["n", "o"], "n": ["m"]}), []),
     (PR, _route(fallbacks={"m": ["n", "m"]}), [("spec.fallbacks", SELF_FALLBACK)]),
+    ("ClientKey", {"budget": {"per": "day"}}, [("spec.budget", BUDGET_AMOUNT)]),
+    ("ClientKey", {"budget": {"usd": 5.5}}, []),
+    ("ClientKey", {"budget": {"tokens": 1000, "usd": 5}, "secretRef": {"name": "k", "key": "api-key"}}, []),
 ]
 
 
@@ -921,3 +938,24 @@ def test_token_providers_in_the_rules_match_the_catalog() -> None:
     assert required == {"kiro", "cursor", "ampcode"}
     assert required < allowed <= set(KINDS)
     assert {KINDS[name].group for name in allowed} == {"oauth"}
+
+
+def test_client_key_spec_fields_and_contract() -> None:
+    """The fields the issue names, with the proxy's bounds: one schema for the same client-keys contract."""
+    props = _schema("ClientKey")["properties"]["spec"]["properties"]
+    assert set(props) == {"gateway", "models", "rateLimit", "budget", "expires", "secretRef"}
+    routes = _schema("ProviderRoute")["properties"]["spec"]["properties"]
+    same = ("type", "default", "maxLength", "pattern")  # a gateway is named the same way by both
+    assert [props["gateway"][k] for k in same] == [routes["gateway"][k] for k in same]
+    credential = _schema("ProviderCredential")["properties"]["spec"]["properties"]
+    for field in ("name", "key"):  # the same references as a credential's, under the same rules
+        ours, theirs = props["secretRef"]["properties"][field], credential["tokenSecretRef"]["properties"][field]
+        assert {**ours, "description": ""} == {**theirs, "description": ""}
+    assert set(props["rateLimit"]["properties"]) == {"rpm", "tpm", "maxParallel"}
+    assert set(props["budget"]["properties"]) == {"tokens", "usd", "per"}
+    assert (props["budget"]["properties"]["per"]["enum"], props["budget"]["properties"]["per"]["default"]) == (
+        ["day", "month"], "month")  # fmt: skip
+    assert props["expires"]["format"] == "date-time"
+    status = _schema("ClientKey")["properties"]["status"]["properties"]
+    assert set(status["usage"]["properties"]) == {"period", "tokens", "spendUSD"}
+    assert "key" not in json.dumps(sorted(status)).lower().replace("keysecretname", "")  # never the key itself

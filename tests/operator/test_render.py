@@ -11,7 +11,8 @@ import yaml
 
 from cliproxy_operator.render import CONFIG_KEY, SecretConsent, render
 from cliproxy_proxy.loader import ConfigSource
-from cliproxy_proxy.runtime import build_runtime
+
+from .objects import load
 
 SECRETS = {"llm-keys": {"openrouter-a": "sk-or-AAA", "openrouter-b": "sk-or-BBB", "claude": "sk-ant-CCC",
                         "vllm": "tok-DDD", "kiro": '{"accessToken": "kiro-EEE"}'}}  # fmt: skip
@@ -47,19 +48,6 @@ ROUTES = [
     route("local", "local-vllm", models=[{"name": "qwen3-32b", "alias": "team-default"}]),
     route("ide", "kiro", models=[{"name": "claude-sonnet-4"}]),
 ]  # fmt: skip
-
-
-def load(gateway: Any, tmp_path: Path) -> Any:
-    """Mount the rendered objects as the proxy would see them, and build its runtime from them."""
-    config_dir, secrets_dir = tmp_path / "config", tmp_path / "secrets"
-    config_dir.mkdir()
-    secrets_dir.mkdir()
-    (config_dir / CONFIG_KEY).write_text(gateway.config_text)
-    for name, value in gateway.secret_data.items():
-        (secrets_dir / name).write_text(value)
-    source = ConfigSource(config_dir, secrets_dir)
-    config, _ = source.read_config()
-    return build_runtime(config, source)
 
 
 def test_catalog_examples_render_into_a_config_the_proxy_loads(tmp_path: Path) -> None:
