@@ -19,6 +19,7 @@ class Wire(StrEnum):
     RESPONSES = "openai-responses"
     KIRO = "kiro"
     AZURE_OPENAI = "azure-openai"
+    BEDROCK = "bedrock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ _KINDS = (
     ProviderKind("vertex-api-key", Wire.VERTEX, "https://aiplatform.googleapis.com", "compatibility"),
     # A resource's own host: the default is a placeholder, every entry names its resource or base-url.
     ProviderKind("azure-openai", Wire.AZURE_OPENAI, None, "cloud"),
+    ProviderKind("bedrock", Wire.BEDROCK, None, "cloud"),  # https://bedrock-runtime.{region}.amazonaws.com
     # The session blocks' endpoints as their vendors' own tools call them (docs/providers.md): cliproxyapi++'s
     # providers.json has roo without /proxy, kilo at /v1 and minimax at its old domain.
     ProviderKind("minimax", Wire.OPENAI_CHAT, "https://api.minimax.io/v1", "oauth"),

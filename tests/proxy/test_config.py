@@ -45,6 +45,7 @@ def test_every_catalog_block_is_accepted() -> None:
         "cursor": {"token-file": "cursor.txt"},
         "ampcode": {"token-file": "amp.json"},
         "azure-openai": {"resource": "contoso", "api-key": "k", "models": [{"name": "gpt-4o-prod", "alias": "gpt-4o"}]},
+        "bedrock": {"region": "us-east-1"},
     }
     document = {block: [entry_for.get(block, {"api-key": "k"})] for block in KINDS}
     config = parse_config(document)

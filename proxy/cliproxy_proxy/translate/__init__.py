@@ -7,6 +7,7 @@ import dataclasses
 from ..catalog import Wire
 from .anthropic import AnthropicCodec
 from .azure_openai import AzureOpenAICodec
+from .bedrock import BedrockCodec
 from .canonical import Message, Request, Thinking
 from .codec import Codec
 from .completions import OpenAICompletionsCodec
@@ -30,6 +31,7 @@ UPSTREAM: dict[Wire, Codec] = {
     Wire.RESPONSES: RESPONSES,
     Wire.AZURE_OPENAI: AzureOpenAICodec(),
     Wire.KIRO: KiroCodec(),  # each Kiro credential has its own, carrying its profile ARN
+    Wire.BEDROCK: BedrockCodec(),  # each entry has its own, carrying its AWS identity
 }
 
 
