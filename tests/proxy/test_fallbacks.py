@@ -218,3 +218,52 @@ def test_every_window_of_total_weight_picks_gives_each_credential_its_weight(wei
         picks = [health.pick(route, "round-robin", set()) for _ in range(total)]
         shares = [sum(1 for p in picks if p is target) for target in route.targets]
         assert shares == (weights if sum(weights) else [1] * len(weights))
+
+
+async def test_a_stream_a_keepalive_opened_names_its_fallback_model_in_every_chunk(provider: FakeProvider,
+                                                                                  start_proxy) -> None:  # fmt: skip
+    """A keepalive sends the head before a fallback is known, so the header cannot follow; each chunk's ``model``
+    (what the SDKs show) names the model that answered, as it does in every answer."""
+    running = await start_proxy(two_models(provider, {"small": ["large"]}, streaming={"keepalive-seconds": 0.05}))
+    provider.state.fail_next("key-a", Fault(status=503, delay=1.0))  # keepalives go out while key-a is asked
+    async with running.client() as client:
+        raw = await client.chat.completions.with_raw_response.create(model="small", messages=MESSAGES, stream=True)
+        chunks = [chunk async for chunk in raw.parse()]
+    assert FALLBACK_HEADER not in raw.headers
+    assert {chunk.model for chunk in chunks} == {"large"} and chunks[-1].choices[0].finish_reason == "stop"
+    assert fallbacks_taken(running, "small", "large", "transient") == 1
+
+
+@pytest.mark.parametrize("fault", [Fault(status=503), Fault(status=429, headers={"Retry-After": "30"})])
+async def test_embeddings_fall_back_and_say_so(provider: FakeProvider, start_proxy, fault: Fault) -> None:
+    running = await start_proxy(two_models(provider, {"small": ["large"]}))
+    provider.state.fail_next("key-a", fault)
+    async with running.client() as client:
+        raw = await client.embeddings.with_raw_response.create(model="small", input="x", encoding_format="float")
+    answer = raw.parse()
+    assert answer.model == "large" and len(answer.data) == 1
+    assert raw.headers[FALLBACK_HEADER] == "small"
+    assert [(r.key, r.path, r.body["model"]) for r in provider.received] == [
+        ("key-a", "/v1/embeddings", "up-small"), ("key-b", "/v1/embeddings", "up-large")]  # fmt: skip
+
+
+async def test_embeddings_fall_back_from_a_model_whose_providers_do_not_embed(provider: FakeProvider, start_proxy,
+                                                                              aiohttp_server) -> None:  # fmt: skip
+    claude, claude_url = await start_anthropic(aiohttp_server)
+    config = two_models(provider, {"claude": ["large"]}, **{"claude-api-key": [
+        {"api-key": ANTHROPIC_KEY, "base-url": claude_url, "models": [{"name": "claude-sonnet-4-6", "alias": "claude"}]}
+    ]})  # fmt: skip
+    running = await start_proxy(config)
+    async with running.client() as client:
+        answer = await client.embeddings.create(model="claude", input="x", encoding_format="float")
+    assert answer.model == "large" and claude.received == [] and [r.key for r in provider.received] == ["key-b"]
+
+
+async def test_an_embeddings_requests_own_fault_takes_no_fallback(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(two_models(provider, {"small": ["large"]}))
+    invalid = {"error": {"message": "input: too many tokens", "type": "invalid_request_error"}}
+    provider.state.fail_next("key-a", Fault(status=400, body=invalid))
+    async with running.client() as client:
+        with pytest.raises(openai.BadRequestError, match="too many tokens"):
+            await client.embeddings.create(model="small", input="x", encoding_format="float")
+    assert [r.key for r in provider.received] == ["key-a"]
