@@ -54,6 +54,14 @@ async def echo_key(request: web.Request) -> web.StreamResponse:
     if how.startswith("error-"):
         error = b'{"error":{"message":"bad key ' + spelled(key, how[6:]) + b'","type":"invalid_request_error"}}'
         return web.Response(status=400, body=error, content_type="application/json")
+    if how == "two-choices":  # the key's halves end one choice's content and begin the next one's
+        answer = orjson.loads(completion(b""))
+        choice = answer["choices"][0]
+        answer["choices"] = [
+            {**choice, "message": {"role": "assistant", "content": "key " + key[:7]}},
+            {**choice, "index": 1, "message": {"role": "assistant", "content": key[7:] + " seen"}},
+        ]
+        return web.json_response(answer)
     if not body.get("stream"):
         return web.Response(body=completion(spelled(key, how)), content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -182,6 +190,13 @@ def texts_of(body: bytes) -> str:
         for block in document.get("content") or [c["delta"] for c in document.get("choices", [])]:
             joined.append(block.get("text") or block.get("content") or "")
     return "".join(joined)
+
+
+async def test_a_key_split_across_two_choices_is_cut_from_the_answer(echo_url: str, start_proxy) -> None:
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(echo_url, keys=(KEY,))]}))
+    messages = [{"role": "user", "content": "two-choices"}]
+    answer = await running.client().chat.completions.create(model="small", messages=messages)  # type: ignore[arg-type]
+    assert [c.message.content for c in answer.choices] == ["key [REDACTED]", " seen"]
 
 
 @PROPERTY
