@@ -43,6 +43,13 @@ def two_models(provider: FakeProvider, fallbacks: dict[str, list[str]], **extra:
     return base_config(**{"openai-compatibility": blocks, "fallbacks": fallbacks, "request-retry": 0}, **extra)
 
 
+def claude_falls_back_to_large(provider: FakeProvider, claude_url: str) -> dict[str, Any]:
+    """The two models, and ``claude`` on the fake Anthropic upstream falling back to ``large``."""
+    claude = {"api-key": ANTHROPIC_KEY, "base-url": claude_url,
+              "models": [{"name": "claude-sonnet-4-6", "alias": "claude"}]}  # fmt: skip
+    return two_models(provider, {"claude": ["large"]}, **{"claude-api-key": [claude]})
+
+
 def fallbacks_taken(running: Any, source: str, target: str, reason: str) -> float:
     sample = running.proxy.metrics.registry.get_sample_value(
         "cliproxy_fallbacks_total", {"from_model": source, "to_model": target, "reason": reason}
@@ -82,10 +89,7 @@ async def test_a_context_window_refusal_falls_back_across_wires(provider: FakePr
                                                                 aiohttp_server) -> None:  # fmt: skip
     """Anthropic's own refusal, read by its codec, hands a Claude client's request to an OpenAI-shaped model."""
     claude, claude_url = await start_anthropic(aiohttp_server)
-    config = two_models(provider, {"claude": ["large"]}, **{"claude-api-key": [
-        {"api-key": ANTHROPIC_KEY, "base-url": claude_url, "models": [{"name": "claude-sonnet-4-6", "alias": "claude"}]}
-    ]})  # fmt: skip
-    running = await start_proxy(config)
+    running = await start_proxy(claude_falls_back_to_large(provider, claude_url))
     claude.fail_next(AnthropicFault(status=400, message="prompt is too long: 210000 tokens > 200000 maximum"))
     client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0, timeout=60.0)
     raw = await client.messages.with_raw_response.create(model="claude", max_tokens=64, messages=MESSAGES)
@@ -250,10 +254,7 @@ async def test_embeddings_fall_back_and_say_so(provider: FakeProvider, start_pro
 async def test_embeddings_fall_back_from_a_model_whose_providers_do_not_embed(provider: FakeProvider, start_proxy,
                                                                               aiohttp_server) -> None:  # fmt: skip
     claude, claude_url = await start_anthropic(aiohttp_server)
-    config = two_models(provider, {"claude": ["large"]}, **{"claude-api-key": [
-        {"api-key": ANTHROPIC_KEY, "base-url": claude_url, "models": [{"name": "claude-sonnet-4-6", "alias": "claude"}]}
-    ]})  # fmt: skip
-    running = await start_proxy(config)
+    running = await start_proxy(claude_falls_back_to_large(provider, claude_url))
     async with running.client() as client:
         answer = await client.embeddings.create(model="claude", input="x", encoding_format="float")
     assert answer.model == "large" and claude.received == [] and [r.key for r in provider.received] == ["key-b"]
