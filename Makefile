@@ -16,7 +16,7 @@ include deploy/helm/cliproxy/images.env
 SYSTEM_PACKAGES := shellcheck redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv sysdeps run test lint bench clients images kind-load e2e clean
+.PHONY: venv sysdeps run test lint bench envtest clients images kind-load e2e clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,11 +48,20 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p cliproxy_proxy -p cliproxy_operator
 
-bench: $(STAMP)
+bench: $(STAMP) sysdeps
 	$(BIN)/python bench/proxy_bench.py $(if $(BASELINE),--baseline $(BASELINE))
 	$(BIN)/python bench/operator_bench.py
 	$(BIN)/python bench/propagation_bench.py
 	$(BIN)/python bench/fault_bench.py
+	$(BIN)/python bench/limits_bench.py
+
+# The operator tests against a real etcd + kube-apiserver (the envtest tier): KUBEBUILDER_ASSETS names a directory
+# holding both binaries (`setup-envtest use -p path`). Neither PyPI nor Debian ships a kube-apiserver, so this is
+# not part of `make test`, where those cases skip and say why.
+envtest: $(STAMP)
+	@[ -x "$$KUBEBUILDER_ASSETS/kube-apiserver" ] && [ -x "$$KUBEBUILDER_ASSETS/etcd" ] \
+	|| { echo "envtest: set KUBEBUILDER_ASSETS to a directory holding etcd and kube-apiserver"; exit 2; }
+	$(BIN)/python -m pytest -q -p no:randomly tests/operator -k envtest
 
 # The clients people run (SDKs, litellm, Claude Code, Codex CLI) through the proxy at scripted upstreams: a table of
 # client x upstream. Not part of `make test`: it installs litellm and two npm packages, and runs the CLIs.

@@ -75,7 +75,7 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[
                     "plain", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
                 )  # fmt: skip
                 watched = ("cliproxy.io/v1alpha1/providerroutes", "v1/secrets", "v1/configmaps")
-                await wait_for(lambda: all(cluster.watching(r, since=since) for r in watched), 60)
+                await wait_for(lambda: all(cluster.watching(r, since=since) for r in watched), 1200)
 
             async def stop() -> None:
                 nonlocal peak_kib
@@ -84,9 +84,18 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[
                 peak_kib = max(peak_kib, *(int(line.split()[1]) for line in status.splitlines()
                                            if line.startswith("VmHWM:")))  # fmt: skip
                 process.send_signal(signal.SIGTERM)
-                await asyncio.wait_for(process.wait(), 60)
+                await asyncio.wait_for(process.wait(), 600)
 
-            figures = await scale.run(cluster, start, stop, namespaces, routes_per_namespace)
+            def say(text: str) -> None:
+                print(f"  [{time.monotonic() - began:6.1f} s] {text}", flush=True)
+
+            began = time.monotonic()
+            try:
+                figures = await scale.run(cluster, start, stop, namespaces, routes_per_namespace, say=say)
+            finally:
+                if process is not None and process.returncode is None:  # a failed run leaves no operator behind
+                    process.kill()
+                    await process.wait()
     return {**scale.describe(figures), "peak_memory_mib": round(peak_kib / 1024, 1)}
 
 

@@ -10,7 +10,8 @@ import tempfile
 os.environ["KUBECONFIG"] = os.path.join(tempfile.mkdtemp(prefix="cliproxy-kube-"), "kubeconfig")
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import gc
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,36 @@ from tests.support.proxy import FakeProvider, RunningProxy, proxy_starter, serve
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
 ) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
-    """Every async test runs on the stock event loop and on uvloop, which the proxy uses in production."""
+    """Every async test runs on the stock event loop and on uvloop, which the proxy uses in production.
+
+    A test marked ``one_loop`` runs once: what it tests runs in a process of its own, on that process's loop.
+    """
+    if item.get_closest_marker("one_loop"):
+        return {"asyncio": asyncio.new_event_loop}
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "one_loop: run an async test on one event loop only (its subject runs elsewhere)"
+    )
+
+
+@pytest.fixture
+async def aiohttp_server(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
+    """pytest-aiohttp's fixture, and the SDK clients a test dropped closed on the test's own loop.
+
+    An SDK client nobody closed is closed by its finalizer, which schedules ``aclose()`` on whatever loop runs
+    whenever the garbage collector gets to it. In the suite such a late ``aclose()`` aborted a transport whose
+    socket number the running loop had since given to a new listening socket, unregistering the listener: the
+    next request to that server hung. Collected here, before the servers stop, dropped clients close in time.
+    """
+    yield aiohttp_server
+    gc.collect()
+    closing = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__.endswith("aclose")]  # type: ignore[union-attr]
+    await asyncio.gather(*closing, return_exceptions=True)
 
 
 @pytest.fixture

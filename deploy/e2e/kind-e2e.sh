@@ -128,7 +128,7 @@ helm install "$RELEASE" "$CHART" --kube-context "kind-$CLUSTER" --namespace "$NA
     "${image_values[@]}"
 kc wait --for=condition=Available deployment \
     -l "app.kubernetes.io/instance=$RELEASE,app.kubernetes.io/component=operator" --timeout "${TIMEOUT}s"
-for crd in providercredentials.cliproxy.io providerroutes.cliproxy.io; do
+for crd in providercredentials.cliproxy.io providerroutes.cliproxy.io clientkeys.cliproxy.io; do
     kc get crd "$crd" > /dev/null || fail "the chart did not install CRD $crd"
     kubectl --context "kind-$CLUSTER" wait --for=condition=Established "crd/$crd" --timeout "${TIMEOUT}s"
 done

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -13,6 +15,32 @@ from collections.abc import Sequence
 import kopf
 
 from .kube import NAMESPACES_ENV
+
+STOP_GRACE_SECONDS = 10.0  # how long kopf may take to stop once its credentials are gone
+
+
+class LoginLost(logging.Filter):
+    """Notices kopf's ``LoginError`` (the API refuses every credential we have) in its log records.
+
+    kopf logs it once per watcher, with a traceback, then waits for ever for a re-login that cannot succeed (it
+    does not even stop on SIGTERM). This filter drops those records and wakes :func:`_run`, which stops the
+    operator and exits non-zero with one line.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: kopf.LoginError | None = None
+        self.event = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, kopf.LoginError):
+            return True
+        if self.error is None and self.loop is not None:
+            self.error = error
+            self.loop.call_soon_threadsafe(self.event.set)
+        return False
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     log_format = kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN
     kopf.configure(verbose=args.verbose, log_format=log_format)
+    lost = LoginLost()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(lost)
     if args.namespace:  # read by the handlers at import: nothing cluster-scoped is watched then
         os.environ[NAMESPACES_ENV] = ",".join(args.namespace)
     from . import handlers  # noqa: F401  (registers the handlers)
@@ -57,17 +88,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cliproxy-operator: start-up check passed (identity {me})")
         return 0
     try:
-        asyncio.run(_run(args, me))
-    except kopf.LoginError as error:
-        # Its credentials are gone (say, its ServiceAccount's namespace was deleted): exit for the kubelet to
-        # restart it with fresh ones, rather than crash with a traceback.
-        print(f"cliproxy-operator: cannot log in to the Kubernetes API ({error}); exiting", file=sys.stderr)
+        asyncio.run(_run(args, me, lost))
+    except kopf.LoginError:
+        # Its credentials are gone (say, its ServiceAccount went with its namespace): exit for the kubelet to
+        # restart it with fresh ones, rather than hang or crash with a traceback.
+        print("cliproxy-operator: cannot log in to the Kubernetes API: it refuses the operator's credentials "
+              "(was its ServiceAccount or namespace deleted?); exiting", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
 
-async def _run(args: argparse.Namespace, me: str) -> None:
-    await kopf.operator(
+async def _run(args: argparse.Namespace, me: str, lost: LoginLost) -> None:
+    lost.loop = asyncio.get_running_loop()
+    operator = asyncio.create_task(kopf.operator(
         identity=me,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str it does not export
         standalone=args.peering is None,
         peering_name=args.peering,
@@ -75,7 +108,17 @@ async def _run(args: argparse.Namespace, me: str) -> None:
         namespaces=args.namespace or [],
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness,
-    )
+    ))  # fmt: skip
+    login_lost = asyncio.create_task(lost.event.wait())
+    await asyncio.wait({operator, login_lost}, return_when=asyncio.FIRST_COMPLETED)
+    if operator.done():
+        login_lost.cancel()
+        return operator.result()
+    operator.cancel()
+    with contextlib.suppress(BaseException):
+        await asyncio.wait_for(operator, STOP_GRACE_SECONDS)
+    assert lost.error is not None
+    raise lost.error
 
 
 if __name__ == "__main__":

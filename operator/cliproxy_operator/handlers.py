@@ -15,15 +15,19 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from secrets import token_urlsafe
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from . import tokens
+from . import kopf_gate, tokens, usage
+from .clientkeys import KEY_PREFIX, ROTATE_ANNOTATION, expired, render_client_keys, status_of
 from .coalesce import Coalescer
 from .kube import (
+    CLIENT_KEY_LABEL,
     CLIENT_KEYS_LABEL,
     CONFIG_MAP,
     DIGEST,
@@ -31,25 +35,29 @@ from .kube import (
     GROUP,
     MANAGED_BY,
     NAMESPACES_ENV,
+    ROTATED_FOR,
     SECRET,
     VERSION,
     client_keys,
     content_digest,
+    generated_key_secret,
     patch_status,
     post_event,
     read_secrets,
     rendered_objects,
     terminating,
     write,
+    write_generated,
 )
 from .render import Problem, render
 from .status import Wanted, conditions, new_problems, summary, unchanged
 
-ROUTES, CREDENTIALS = "providerroutes", "providercredentials"
+ROUTES, CREDENTIALS, CLIENTKEYS = "providerroutes", "providercredentials", "clientkeys"
 NAMESPACED = bool(os.environ.get(NAMESPACES_ENV))
 REFUSED_SECONDS = 300.0  # a namespace that refused a write as terminating is left alone this long
 Key = tuple[str, str, str]  # (kind or plural, namespace, name)
 log = logging.getLogger("cliproxy.operator")
+kopf_gate.install()  # a start with thousands of objects waits seconds, not minutes, for kopf's index gate
 
 _clients: dict[str, Any] = {}
 _indexes: dict[str, kopf.Index[str, Any]] = {}
@@ -58,10 +66,14 @@ _known: dict[Key, tuple[str, tuple[str, ...]]] = {}  # rendered objects as last 
 _statuses: dict[Key, tuple[str, dict[str, Any]]] = {}  # (uid, status) as last written
 _posted: dict[str, set[Problem]] = {}  # by uid: the problems already posted as Events
 _refused: dict[str, float] = {}  # namespace -> when a write was refused because it is being deleted
+_minted: dict[tuple[str, str], tuple[str, str, str]] = {}  # (namespace, ClientKey): (uid, rotation, key) written,
+# until the generated-key index has it; dropped when someone else changes or deletes that Secret
+_usage: dict[str, tuple[dict[str, usage.Usage], frozenset[str]]] = {}  # namespace: usage read, expired keys
+_shared: dict[str, Any] = {}  # "redis": the client for usage reads (absent without redis.url), "task": the loop
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Our own prefixes for kopf's bookkeeping, and API clients from the kubeconfig or the pod's account."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -75,6 +87,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     _clients["core"] = client.CoreV1Api()
     _clients["custom"] = client.CustomObjectsApi()
+    redis = usage.connect()
+    if redis is not None:
+        _shared["redis"] = redis
+    _shared["task"] = asyncio.get_running_loop().create_task(_watch_usage(usage.interval()), name="clientkey usage")
 
 
 def _plain(value: Any) -> Any:
@@ -100,6 +116,22 @@ def route_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: An
 @kopf.index(GROUP, VERSION, CREDENTIALS)
 def credential_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _indexed(body, meta, namespace)
+
+
+@kopf.index(GROUP, VERSION, CLIENTKEYS)
+def clientkey_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+    return _indexed(body, meta, namespace)
+
+
+@kopf.index("", "v1", "secrets", labels={CLIENT_KEY_LABEL: kopf.PRESENT})
+def generated_key_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+    """The keys the operator generated: (ClientKey name, owner uids, the rotation it answers, the key)."""
+    if namespace is None or meta.get("deletionTimestamp"):
+        return {}
+    owners = tuple(str(o.get("uid")) for o in meta.get("ownerReferences") or [])
+    rotation = (meta.get("annotations") or {}).get(ROTATED_FOR, "")
+    found = client_keys({k: v for k, v in (body.get("data") or {}).items() if k == "api-key"})
+    return {namespace: (meta["labels"][CLIENT_KEY_LABEL], owners, rotation, found[0] if found else "")}
 
 
 @kopf.index("", "v1", "secrets", labels={CLIENT_KEYS_LABEL: kopf.PRESENT})
@@ -140,8 +172,8 @@ def _terminating(namespace: str) -> bool:
     return time.monotonic() - _refused.get(namespace, -REFUSED_SECONDS) < REFUSED_SECONDS
 
 
-def _referenced_secrets(credentials: list[Mapping[str, Any]]) -> set[str]:
-    names: set[str] = set()
+def _referenced_secrets(credentials: list[Mapping[str, Any]], clientkeys: list[Mapping[str, Any]]) -> set[str]:
+    names = {str(k["spec"]["secretRef"].get("name")) for k in clientkeys if k.get("spec", {}).get("secretRef")}
     for credential in credentials:
         spec = credential.get("spec", {})
         names.update(str(k.get("secretKeyRef", {}).get("name")) for k in spec.get("apiKeys") or [])
@@ -184,8 +216,12 @@ async def _reconcile(namespace: str) -> None:
             observed[(kind, namespace, name)] = (digest, owners)
             gateways.update([gateway] if gateway else [])
     core, custom = _clients["core"], _clients["custom"]
-    secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, _referenced_secrets(credentials))
-    rendering = render(routes, credentials, secrets, keys, consent, keep=gateways)
+    clientkeys = list(_indexes["clientkey_index"].get(namespace, []))
+    referenced = _referenced_secrets(credentials, clientkeys)
+    secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, referenced)
+    generated = await _generated_keys(namespace, clientkeys)
+    clients = render_client_keys(namespace, clientkeys, secrets, consent, generated, keys)
+    rendering = render(routes, credentials, secrets, keys, consent, keep=gateways, clients=clients)
     uids = {r["metadata"]["name"]: r["metadata"]["uid"] for r in routes}
     for gateway in rendering.gateways.values():
         owners = [
@@ -216,6 +252,74 @@ async def _reconcile(namespace: str) -> None:
         await _report(custom, namespace, CREDENTIALS, credential, cstate.problems, {
             "usableKeys": cstate.usable_keys,
         }, ("Ready", cstate.usable_keys > 0, reason, message), ("SecretsResolved", ok, reason, message))  # fmt: skip
+    now = datetime.now(UTC)
+    read, _ = _usage.get(namespace, ({}, frozenset()))
+    for clientkey in clientkeys:
+        name = clientkey["metadata"]["name"]
+        problems, fields, expected = status_of(clientkey, rendering.clients[name], now, read.get(name),
+                                               "redis" in _shared)  # fmt: skip
+        await _report(custom, namespace, CLIENTKEYS, clientkey, problems, fields, *expected)
+
+
+async def _generated_keys(namespace: str, clientkeys: list[Mapping[str, Any]]) -> dict[str, str | Problem]:
+    """The key of each ClientKey without a secretRef: the one it has, or a new one when it has none yet, its
+    Secret was deleted, or its cliproxy.io/rotate annotation asks for another."""
+    indexed = {name: (owners, rotation, key) for name, owners, rotation, key in
+               _indexes["generated_key_index"].get(namespace, [])}  # fmt: skip
+    found: dict[str, str | Problem] = {}
+    for clientkey in clientkeys:
+        meta = clientkey["metadata"]
+        if clientkey.get("spec", {}).get("secretRef"):
+            continue
+        name, uid = meta["name"], meta["uid"]
+        rotation = (meta.get("annotations") or {}).get(ROTATE_ANNOTATION, "")
+        have = indexed.get(name)
+        minted = _minted.get((namespace, name))
+        if minted is not None and minted[:2] == (uid, rotation):
+            found[name] = minted[2]
+            continue
+        if have is not None and uid in have[0] and have[1] == rotation and have[2]:
+            found[name] = have[2]
+            continue
+        key = KEY_PREFIX + token_urlsafe(32)
+        body = generated_key_secret(namespace, clientkey, key, rotation)
+        version = await asyncio.to_thread(write_generated, _clients["core"], body, have is not None)
+        if version is None:
+            found[name] = Problem("SecretNameTaken", f"Secret {body['metadata']['name']!r} cannot be created: "
+                                  "another Secret has that name (or it is too long); rename the ClientKey or "
+                                  "that Secret, or set spec.secretRef")  # fmt: skip
+            continue
+        _wrote((SECRET, namespace, body["metadata"]["name"]), version)
+        _minted[(namespace, name)] = (uid, rotation, key)
+        log.info(f"client key generated for ClientKey {name!r} in {namespace} (Secret {body['metadata']['name']})")
+        found[name] = key
+    return found
+
+
+async def _watch_usage(every: float) -> None:
+    """Every ``every`` seconds, each namespace's ClientKey usage (one Redis round trip) and expiries: a change
+    re-reconciles the namespace, which writes the statuses that differ."""
+    failing = False
+    while True:
+        for namespace in list(_indexes.get("clientkey_index", {})):
+            if _terminating(namespace):
+                continue
+            clientkeys = list(_indexes["clientkey_index"].get(namespace, []))
+            now = datetime.now(UTC)
+            read: dict[str, usage.Usage] | None = _usage.get(namespace, ({}, frozenset()))[0]
+            if "redis" in _shared:
+                read = await usage.observe(_shared["redis"], namespace, clientkeys, now)
+                if (read is None) != failing:
+                    failing = not failing
+                    log.warning("ClientKey usage: Redis " + ("unreachable; statuses keep the last usage read"
+                                                             if failing else "reachable again"))  # fmt: skip
+            if read is None:
+                continue
+            facts = (read, frozenset(k["metadata"]["name"] for k in clientkeys if expired(k, now)))
+            if facts != _usage.get(namespace):
+                _usage[namespace] = facts
+                _poke(namespace)
+        await asyncio.sleep(every)
 
 
 async def _report(custom: client.CustomObjectsApi, namespace: str, plural: str, resource: Mapping[str, Any],
@@ -244,7 +348,7 @@ _coalescer = Coalescer(reconcile)
 def _remember(kwargs: Mapping[str, Any]) -> None:
     """kopf hands indexes to handlers only: keep them for the coalesced reconcile."""
     for name in ("route_index", "credential_index", "client_key_index", "rendered_config_index",
-                 "rendered_secret_index", "terminating_index"):  # fmt: skip
+                 "rendered_secret_index", "terminating_index", "clientkey_index", "generated_key_index"):  # fmt: skip
         if name in kwargs:
             _indexes[name] = kwargs[name]
 
@@ -256,6 +360,7 @@ def _poke(namespace: str) -> None:
 
 @kopf.on.event(GROUP, VERSION, ROUTES)
 @kopf.on.event(GROUP, VERSION, CREDENTIALS)
+@kopf.on.event(GROUP, VERSION, CLIENTKEYS)
 async def resource_changed(resource: kopf.Resource, namespace: str | None, meta: kopf.Meta, **kwargs: Any) -> None:
     _remember(kwargs)
     if namespace is not None and not _is_ours((resource.plural, namespace, meta["name"]), meta):
@@ -272,8 +377,14 @@ async def secret_changed(namespace: str | None, name: str, labels: kopf.Labels, 
     if all(labels.get(k) == v for k, v in MANAGED_BY.items()):
         _rendered_changed((SECRET, namespace, name), meta)
         return
+    if CLIENT_KEY_LABEL in labels:  # a generated key: someone else's change (a deletion) is the truth now
+        if kwargs.get("type") == "DELETED" or not _is_ours((SECRET, namespace, name), meta):
+            _minted.pop((namespace, labels[CLIENT_KEY_LABEL]), None)
+            _poke(namespace)
+        return
     credentials = list(_indexes["credential_index"].get(namespace, []))
-    if CLIENT_KEYS_LABEL in labels or name in _referenced_secrets(credentials):
+    clientkeys = list(_indexes["clientkey_index"].get(namespace, []))
+    if CLIENT_KEYS_LABEL in labels or name in _referenced_secrets(credentials, clientkeys):
         _poke(namespace)
 
 
@@ -293,6 +404,13 @@ def _rendered_changed(key: Key, meta: Mapping[str, Any]) -> None:
 
 @kopf.on.cleanup()
 async def stop_reconciling(**_: Any) -> None:
+    task = _shared.pop("task", None)
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    redis = _shared.pop("redis", None)
+    if redis is not None:
+        await redis.aclose()
     await _coalescer.close()
 
 

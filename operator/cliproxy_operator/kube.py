@@ -18,6 +18,7 @@ import orjson
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .clientkeys import GENERATED_KEY, generated_secret_name
 from .render import Gateway, SecretConsent
 from .secret_rules import REFRESH_URL_ANNOTATION, opted_in
 from .status import now
@@ -28,6 +29,8 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "cliproxy-operator"}
 GATEWAY_LABEL = "cliproxy.io/gateway"
 DIGEST = "cliproxy.io/digest"  # of the object's own content: the ConfigMap and Secret change independently
 CLIENT_KEYS_LABEL = "cliproxy.io/client-keys-for"  # on a user's Secret: its values are that gateway's client keys
+CLIENT_KEY_LABEL = "cliproxy.io/client-key"  # on a Secret the operator generated: the ClientKey whose key it holds
+ROTATED_FOR = "cliproxy.io/rotated-for"  # on that Secret: the ClientKey's cliproxy.io/rotate value it answers
 CONFIG_MAP, SECRET = "config_map", "secret"  # the client's method infixes
 NAMESPACES_ENV = "CLIPROXY_OPERATOR_NAMESPACES"  # set by the entry point in namespaced mode, read by the handlers
 
@@ -87,6 +90,36 @@ def write(core: client.CoreV1Api, kind: str, body: dict[str, Any], exists: bool)
             if error.status not in (404, 409) or attempt != exists:
                 raise
     raise AssertionError("unreachable")
+
+
+def generated_key_secret(namespace: str, clientkey: Mapping[str, Any], key: str, rotation: str) -> dict[str, Any]:
+    """The Secret holding a generated client key, owned by its ClientKey (deleted with it, by the garbage
+    collector: no finalizer)."""
+    meta = clientkey["metadata"]
+    owner = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ClientKey", "name": meta["name"], "uid": meta["uid"],
+             "controller": True, "blockOwnerDeletion": False}  # fmt: skip
+    return {
+        "type": "Opaque", "data": {GENERATED_KEY: base64.b64encode(key.encode()).decode()},
+        "metadata": {"name": generated_secret_name(meta["name"]), "namespace": namespace,
+                     "labels": {CLIENT_KEY_LABEL: meta["name"]}, "annotations": {ROTATED_FOR: rotation},
+                     "ownerReferences": [owner]},
+    }  # fmt: skip
+
+
+def write_generated(core: client.CoreV1Api, body: dict[str, Any], exists: bool) -> str | None:
+    """Replace the generated Secret, or create it; None when it cannot be created under its name, above all when
+    another Secret has it (never taken over: a ClientKey's author must not overwrite a Secret by naming their
+    ClientKey after it)."""
+    if exists:
+        return write(core, SECRET, body, True)
+    try:
+        response = core.create_namespaced_secret(body["metadata"]["namespace"], body,  # type: ignore[arg-type]
+                                                 field_manager=FIELD_MANAGER, _preload_content=False)  # fmt: skip
+    except ApiException as error:
+        if error.status in (409, 422):  # taken, or a name too long for a Secret
+            return None
+        raise
+    return _version(response)
 
 
 def read_secrets(

@@ -12,13 +12,16 @@ import gzip
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cliproxy_proxy.contract import KINDS, MAX_FALLBACKS, ConfigError, header_problem, parse_config
 
 from .secret_rules import OPT_IN_LABEL, refresh_url_refusal
+
+if TYPE_CHECKING:
+    from .clientkeys import ClientKeyRendering, ClientKeyState
 
 CONFIG_KEY = "config.json"  # JSON is YAML too; it renders and loads many times faster
 PACKED_KEY = "config.json.gz"  # the same document gzipped, in binaryData, when it is too large to keep plain
@@ -87,6 +90,7 @@ class Rendering:
     credentials: dict[str, CredentialState]
     routes: dict[str, RouteState]
     held: set[str] = field(default_factory=set)  # gateways that failed to render: their last objects stay
+    clients: dict[str, ClientKeyState] = field(default_factory=dict)  # by ClientKey name
 
 
 def config_payload(text: str) -> dict[str, dict[str, str]] | None:
@@ -151,6 +155,8 @@ def _credentials(
         ]
         if spec.get("tokenSecretRef"):
             refs.append(("tokenSecretRef", spec["tokenSecretRef"], f"{name}.token"))
+        if spec["provider"] == "bedrock":
+            refs = []  # it presents no key (whatever else the spec names): nothing is copied into the gateway
         for what, ref, file in refs:
             value = _refused(what, ref, spec, consent) or _resolve(ref, secrets, what)
             if isinstance(value, Problem):
@@ -159,7 +165,9 @@ def _credentials(
                 files[file] = value
                 state.files.append(file)
         state.usable_keys = len(state.files)
-        if not state.files and not state.problems:
+        if spec["provider"] == "bedrock":
+            state.usable_keys = 1  # no keys: it signs as the gateway pod's own AWS identity (IRSA, Pod Identity)
+        elif not state.files and not state.problems:
             state.problems.append(Problem("NoKeys", "neither apiKeys nor tokenSecretRef gives a key"))
     return states
 
@@ -193,6 +201,8 @@ def _entries(route: Resource, credential: Resource, state: CredentialState, prio
         if spec.get("modelsEndpoint"):
             entry["models-endpoint"] = spec["modelsEndpoint"]
         return [entry]
+    if provider == "bedrock":
+        return [{**common, "region": (spec.get("bedrock") or {}).get("region")}]
     if provider == "vertex-api-key" and spec.get("vertex"):
         common.update({k: v for k, v in spec["vertex"].items() if k in ("project", "location")})
     source = "token-file" if spec.get("tokenSecretRef") else "api-key-file"
@@ -287,6 +297,7 @@ def render(
     client_keys: Mapping[str, list[str]] | None = None,
     consent: SecretConsent | None = None,
     keep: Iterable[str] = (),
+    clients: ClientKeyRendering | None = None,
 ) -> Rendering:
     """Every gateway of one namespace, from its ProviderRoutes, ProviderCredentials and their Secrets' data.
 
@@ -294,7 +305,8 @@ def render(
     their owners allow. ``client_keys`` maps a gateway to the keys its clients must present; a gateway without
     any refuses callers, unless every one of its routes says ``allowUnauthenticated: true``. A gateway in
     ``keep`` (its objects exist) renders even when no route is left: empty, so that every proxy watching it
-    converges on serving nothing instead of some keeping the deleted routes.
+    converges on serving nothing instead of some keeping the deleted routes. ``clients`` are the namespace's
+    ClientKeys, already resolved (clientkeys.render_client_keys): each gateway's entries and their key files.
     """
     files: dict[str, str] = {}
     creds = _credentials(credentials, secrets, files, consent or SecretConsent())
@@ -317,7 +329,7 @@ def render(
             cred_name = str(ref.get("name"))
             if cred_name not in by_name:
                 state.problems.append(Problem("CredentialNotFound", f"ProviderCredential {cred_name!r} does not exist"))
-            elif not creds[cred_name].files:
+            elif not creds[cred_name].usable_keys:
                 reasons = "; ".join(p.message for p in creds[cred_name].problems)
                 state.problems.append(Problem("CredentialNotReady", f"ProviderCredential {cred_name!r}: {reasons}"))
             else:
@@ -357,7 +369,9 @@ def render(
         contributors.setdefault(gateway, []).append(name)
     for gateway in keep:
         documents.setdefault(gateway, {})
-    open_to = _open_gateways(routes, states, contributors, client_keys or {})
+    client_entries = clients.entries if clients is not None else {}
+    keyed = {**(client_keys or {}), **{gateway: ["(ClientKeys)"] for gateway in client_entries}}
+    open_to = _open_gateways(routes, states, contributors, keyed)
     gateways = {}
     held: set[str] = set()
     for gateway, document in documents.items():
@@ -369,6 +383,9 @@ def render(
             secret_data[CLIENT_KEYS_FILE] = "\n".join(keys) + "\n"
         elif gateway in open_to:
             head["allow-unauthenticated"] = True
+        if gateway in client_entries:
+            head["client-keys"] = client_entries[gateway]
+            secret_data.update(clients.files[gateway] if clients is not None else {})
         ordered = {**head, **{k: document[k] for k in sorted(document) if k not in KINDS},
                    **{k: document[k] for k in KINDS if k in document}}  # fmt: skip
         text = orjson.dumps(ordered, option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -392,4 +409,10 @@ def render(
         assert payload is not None
         digest = hashlib.sha256(text.encode() + orjson.dumps(secret_data, option=orjson.OPT_SORT_KEYS)).hexdigest()
         gateways[gateway] = Gateway(gateway, text, payload, secret_data, tuple(contributors.get(gateway, [])), digest)
-    return Rendering(gateways, creds, states, held)
+    client_states = clients.states if clients is not None else {}
+    for client in client_states.values():
+        if client.rendered and client.gateway not in gateways:
+            client.rendered = False
+            client.notices.append(Problem("GatewayNotRendered", f"gateway {client.gateway!r} has no ready "
+                                          "ProviderRoute in this namespace: nothing serves this key yet"))  # fmt: skip
+    return Rendering(gateways, creds, states, held, client_states)

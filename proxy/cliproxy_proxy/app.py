@@ -220,34 +220,34 @@ def _forwarder(inbound: Codec, kind: type[Exchange] = Exchange) -> Handler:
         started = perf_counter()
         proxy = request.app[PROXY]
         runtime = proxy.runtime  # read once: this request keeps this snapshot whatever reloads meanwhile
+        span = proxy.accounting.server_span(kind.operation, request)
         exchange = await _exchange(request, proxy, runtime, inbound, started, kind)
         client = request.get(CLIENT)
         if isinstance(exchange, Exchange):
-            if client is None:
-                return await exchange.run()
-            verdict = await proxy.limits.admit(client) if client.limited else ALLOWED
+            verdict = await proxy.limits.admit(client) if client is not None and client.limited else ALLOWED
             if verdict.allowed:
-                return await _run_for(proxy, client, verdict, exchange)
+                exchange.span = span
+                return await _run_for(request, proxy, client, verdict, exchange)
             exchange = _limited(inbound, verdict)
-        if client is not None:
-            proxy.client_usage.record(client, exchange.status, None)
+        proxy.accounting.record(request, client, exchange.status, started, span=span)
         proxy.metrics.finish(UNRESOLVED, UNRESOLVED, exchange.status, perf_counter() - started)
         return exchange
 
     return forward
 
 
-async def _run_for(proxy: Proxy, client: Client, verdict: Verdict, exchange: Exchange) -> web.StreamResponse:
-    """A named client's admitted exchange; its tokens settle its limits and count as its usage afterwards."""
+async def _run_for(
+    request: web.Request, proxy: Proxy, client: Client | None, verdict: Verdict, exchange: Exchange
+) -> web.StreamResponse:
+    """An admitted exchange; its tokens and cost settle its client's limits and count as its usage afterwards."""
     status = 499  # the client left before an answer
     try:
         response = await exchange.run()
         status = response.status
         return response
     finally:
-        if client.limited:
-            proxy.limits.settle(client, verdict, sum(exchange.usage or ()))
-        proxy.client_usage.record(client, status, exchange.usage)
+        proxy.accounting.record(request, client, status, exchange.started, exchange=exchange, verdict=verdict,
+                                span=exchange.span)  # fmt: skip
 
 
 def _limited(inbound: Codec, verdict: Verdict) -> web.Response:
@@ -428,6 +428,16 @@ async def provider_metrics(request: web.Request) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
+async def client_metrics(request: web.Request) -> web.Response:
+    """Per-client usage and spend. A plain ``api-keys`` key sees every client; a named one only itself."""
+    proxy = request.app[PROXY]
+    caller = request.get(CLIENT)
+    clients = list(proxy.runtime.clients)
+    if caller is not None and not caller.plain:
+        clients = [client for client in clients if client.name == caller.name]
+    return web.Response(body=orjson.dumps(await proxy.accounting.report(clients)), content_type="application/json")
+
+
 async def prometheus(request: web.Request) -> web.Response:
     output = generate_latest(request.app[PROXY].metrics.registry)
     return web.Response(body=output, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -512,6 +522,7 @@ def create_app(
         app.router.add_get(path + "/{model:.+}", get_model)
     app.router.add_post("/v1/messages/count_tokens", _counter(ANTHROPIC))
     app.router.add_get("/v1/metrics/providers", provider_metrics)
+    app.router.add_get("/v1/metrics/clients", client_metrics)
     app.router.add_get("/metrics", prometheus)
     for path in ("/healthz", "/health"):
         app.router.add_get(path, healthz)
@@ -532,6 +543,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if discovers or reloader.source.using_api:
             await reloader.check(force=discovers)  # the API's objects, and the upstreams' model lists, before serving
     metrics = await _metrics_listener(proxy) if proxy.metrics_port else None
+    proxy.limits.start()
     watcher = asyncio.create_task(reloader.watch()) if reloader is not None else None
     loop = asyncio.get_running_loop()
     if reloader is not None:

@@ -18,6 +18,7 @@ class Wire(StrEnum):
     VERTEX = "vertex"
     RESPONSES = "openai-responses"
     KIRO = "kiro"
+    BEDROCK = "bedrock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ _KINDS = (
     ProviderKind("siliconflow", Wire.OPENAI_CHAT, "https://api.siliconflow.cn/v1", "aggregator"),
     ProviderKind("openai-compatibility", Wire.OPENAI_CHAT, None, "compatibility"),
     ProviderKind("vertex-api-key", Wire.VERTEX, "https://aiplatform.googleapis.com", "compatibility"),
+    ProviderKind("bedrock", Wire.BEDROCK, None, "cloud"),  # https://bedrock-runtime.{region}.amazonaws.com
     # The session blocks' endpoints as their vendors' own tools call them (docs/providers.md): cliproxyapi++'s
     # providers.json has roo without /proxy, kilo at /v1 and minimax at its old domain.
     ProviderKind("minimax", Wire.OPENAI_CHAT, "https://api.minimax.io/v1", "oauth"),

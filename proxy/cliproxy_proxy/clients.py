@@ -10,11 +10,13 @@ import hmac
 import re
 from dataclasses import dataclass, field
 from fnmatch import translate
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
 
 from .config import Budget, ClientKey, ClientRateLimit
+from .translate.canonical import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +29,7 @@ class Client:
     rate_limit: ClientRateLimit | None
     budget: Budget | None
     expires_at: float | None  # Unix time; None: never
+    plain: bool = False  # an ``api-keys`` key, not a ``client-keys`` entry
 
     def allows(self, model: str) -> bool:
         return self.unrestricted or self.models.fullmatch(model.lower()) is not None
@@ -37,6 +40,12 @@ class Client:
     @property
     def limited(self) -> bool:
         return self.rate_limit is not None or self.budget is not None
+
+
+def plain_client(label: str) -> Client:
+    """A plain ``api-keys`` key: every model, no limits, shown by its place in the config (never by the key)."""
+    return Client(name=label, models=re.compile(".*"), unrestricted=True, rate_limit=None, budget=None,
+                  expires_at=None, plain=True)  # fmt: skip
 
 
 def client_of(entry: ClientKey) -> Client:
@@ -58,25 +67,76 @@ def key_index(presented: bytes, keys: tuple[bytes, ...]) -> int:
     return found
 
 
+@dataclass(slots=True)
+class ClientTotals:
+    """One client's figures in this replica since it started, for ``/v1/metrics/clients``."""
+
+    requests: int = 0
+    input: int = 0
+    output: int = 0
+    cached: int = 0
+    cost_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class _Series:
+    """One client's resolved Prometheus children (``labels()`` takes a lock and a lookup: once per name)."""
+
+    input: Any
+    output: Any
+    cached: Any
+    cost: Any
+    by_status: dict[int, Any] = field(default_factory=dict)
+    totals: ClientTotals = field(default_factory=ClientTotals)
+
+
 class ClientUsage:
-    """Per-client requests and tokens in Prometheus, labelled by client name (a key never becomes a label)."""
+    """Per-client requests, tokens and cost in Prometheus, labelled by client name (a key never becomes a label)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "cliproxy_client_requests", "Requests of named client keys, by client and status",
+            "cliproxy_client_requests", "Requests of client keys, by client and status",
             ["client", "status"], registry=registry,
         )  # fmt: skip
         self.tokens = Counter(
-            "cliproxy_client_tokens", "Tokens used by named client keys, by client and direction",
+            "cliproxy_client_tokens", "Tokens used by client keys, by client and direction (input, output, cached)",
             ["client", "direction"], registry=registry,
         )  # fmt: skip
+        self.cost = Counter(
+            "cliproxy_client_cost_usd", "US dollars spent by client keys (genai-prices' table or the config's pricing)",
+            ["client"], registry=registry,
+        )  # fmt: skip
+        self.series: dict[str, _Series] = {}
 
-    def record(self, client: Client, status: int, tokens: tuple[int, int] | None) -> None:
-        self.requests.labels(client.name, str(status)).inc()
-        if tokens:
-            self.tokens.labels(client.name, "input").inc(tokens[0])
-            self.tokens.labels(client.name, "output").inc(tokens[1])
+    def totals(self, name: str) -> ClientTotals:
+        series = self.series.get(name)
+        return series.totals if series is not None else ClientTotals()
+
+    def record(self, client: Client, status: int, usage: Usage | None, cost: float = 0.0) -> None:
+        name = client.name
+        series = self.series.get(name)
+        if series is None:
+            series = self.series[name] = _Series(
+                self.tokens.labels(name, "input"), self.tokens.labels(name, "output"),
+                self.tokens.labels(name, "cached"), self.cost.labels(name),
+            )  # fmt: skip
+        counter = series.by_status.get(status)
+        if counter is None:
+            counter = series.by_status[status] = self.requests.labels(name, str(status))
+        counter.inc()
+        totals = series.totals
+        totals.requests += 1
+        if usage is not None:
+            series.input.inc(usage.input)
+            series.output.inc(usage.output)
+            series.cached.inc(usage.cached)
+            totals.input += usage.input
+            totals.output += usage.output
+            totals.cached += usage.cached
+        if cost:
+            series.cost.inc(cost)
+            totals.cost_usd += cost
 
 
-#: The named client key a request presented (client-keys); absent for a plain api-keys key.
+#: The client key a request presented: a ``client-keys`` entry, or a plain ``api-keys`` key named by its place.
 CLIENT = web.RequestKey("client", Client)

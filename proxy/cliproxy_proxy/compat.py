@@ -20,7 +20,7 @@ TOP_LEVEL = {
     "auth-dir": "session blocks name their token-file instead", "debug": "use --log-level",
     "remote-management": "no management API", "usage-statistics-enabled": "use /metrics",
     "logging-to-file": "logs go to stderr", "logs-max-total-size-mb": "logs go to stderr",
-    "error-logs-max-files": "logs go to stderr", "request-log": "use --access-log", "ws-auth": "no websocket routes",
+    "error-logs-max-files": "logs go to stderr", "ws-auth": "no websocket routes",
     "quota-exceeded": "no Gemini CLI project switching", "passthrough-headers": "vendor headers always pass back",
     "nonstream-keepalive-interval": _UNUSED, "commercial-mode": _UNUSED, "pprof": _UNUSED,
     "incognito-browser": "no OAuth login flow", "save-cooldown-status": "cooldowns live in memory",
@@ -132,6 +132,9 @@ def strip(document: dict[str, Any]) -> tuple[dict[str, Any], Ignored]:
     if isinstance(document.get("ampcode"), dict):  # cliproxyapi++ writes one mapping, not a list
         document["ampcode"] = [document["ampcode"]]
     _take(document, TOP_LEVEL, "", "", ignored)
+    if isinstance(document.get("request-log"), bool):  # cliproxyapi++'s switch for logging whole bodies
+        document.pop("request-log")
+        ignored.key("request-log", "bodies are never logged: use request-log: {enabled: true}", "request-log")
     for name, known in NESTED.items():
         if isinstance(document.get(name), dict):
             document[name] = dict(document[name])

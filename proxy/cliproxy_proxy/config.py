@@ -121,6 +121,10 @@ def header_problem(headers: Mapping[str, str]) -> str | None:
 class _Routed(_OneSource):
     """Keys every credential-bearing block shares: routing scope and network options."""
 
+    #: Secrets its codec presents itself, each given inline (``<name>``) or by file (``<name>-file``); an entry
+    #: that has them takes no ``api-key``.
+    SECRET_FILES: ClassVar[tuple[str, ...]] = ()
+
     name: NonEmpty | None = None
     prefix: Prefix | None = None
     base_url: str | None = None
@@ -139,6 +143,10 @@ class _Routed(_OneSource):
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
         return None if value is None else check_url(value)
+
+    def default_base_url(self, catalog: str | None) -> str | None:
+        """Where requests go without ``base-url``: the catalog's endpoint, unless the entry names its own (a region)."""
+        return catalog
 
     @field_validator("headers")
     @classmethod
@@ -258,6 +266,39 @@ class AmpCredential(_Routed):
     SOURCES = (("token_file",), ("upstream_api_key",))
 
 
+class BedrockCredential(_Routed):
+    """AWS Bedrock, signed with SigV4: keys from botocore's default chain (environment, IRSA, EKS Pod Identity,
+    instance metadata), from a named shared ``profile``, or given (inline or, better, as files of a Secret)."""
+
+    SECRET_FILES: ClassVar[tuple[str, ...]] = ("access_key_id", "secret_access_key", "session_token")
+
+    region: Annotated[str, Field(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]+$")]
+    profile: NonEmpty | None = None
+    access_key_id: SecretStr | None = None
+    access_key_id_file: NonEmpty | None = None
+    secret_access_key: SecretStr | None = None
+    secret_access_key_file: NonEmpty | None = None
+    session_token: SecretStr | None = None
+    session_token_file: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _keys(self) -> Self:
+        given = {name: getattr(self, name) is not None or getattr(self, f"{name}_file") is not None
+                 for name in self.SECRET_FILES}  # fmt: skip
+        if any(getattr(self, name) is not None and getattr(self, f"{name}_file") is not None for name in given):
+            raise ValueError("a key is given inline or by file, not both")
+        if given["access_key_id"] != given["secret_access_key"]:
+            raise ValueError("access-key-id and secret-access-key go together")
+        if given["session_token"] and not given["access_key_id"]:
+            raise ValueError("session-token needs access-key-id and secret-access-key")
+        if self.profile is not None and given["access_key_id"]:
+            raise ValueError("at most one of profile or the keys")
+        return self
+
+    def default_base_url(self, catalog: str | None) -> str | None:
+        return f"https://bedrock-runtime.{self.region}.amazonaws.com"
+
+
 class Routing(_Block):
     strategy: Literal["round-robin", "fill-first"] = "round-robin"
 
@@ -315,13 +356,36 @@ class ClientRateLimit(_Block):
 
 
 class Budget(_Block):
-    """Tokens a client key may use per calendar day or month (UTC)."""
+    """Tokens and/or US dollars a client key may spend per calendar day or month (UTC)."""
 
-    tokens: Annotated[int, Field(gt=0)]
+    tokens: Annotated[int, Field(gt=0)] | None = None
+    usd: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] | None = None
     per: Literal["day", "month"] = "month"
 
+    @model_validator(mode="after")
+    def _some_amount(self) -> Self:
+        if self.tokens is None and self.usd is None:
+            raise ValueError("a budget needs tokens, usd or both")
+        return self
 
-ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=63)]
+
+class ModelPrice(_Block):
+    """A model's price in US dollars per million tokens; ``cached-input`` defaults to ``input``."""
+
+    input: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    output: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)]
+    cached_input: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False)] | None = None
+
+
+class RequestLog(_Block):
+    """One JSON line per request (never a key or a body): to ``path``, or to standard output when it is ``stdout``."""
+
+    enabled: bool = False
+    path: NonEmpty = "stdout"
+
+
+# 127: room for the operator's <namespace>.<name> of a ClientKey
+ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=127)]
 
 
 class ClientKey(_KeySource):
@@ -342,11 +406,27 @@ class ClientKey(_KeySource):
 
 
 class Redis(_Block):
-    """Where client limits are shared between replicas; ``on-error`` is what a check does while it is unreachable."""
+    """Where limits and cooldowns are shared between replicas; ``on-error`` is what a check does while it is
+    unreachable.
 
-    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix)://")]
+    ``url`` names one server (``redis://``, ``rediss://``, ``unix://``), a Sentinel-watched master
+    (``redis+sentinel://[:password@]host:26379,host2:26379/master[/db]``), or with ``cluster: true`` a
+    Redis Cluster node to discover the others from.
+    """
+
+    url: Annotated[str, Field(pattern=r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://")]
+    cluster: bool = False
     timeout: Annotated[float, Field(gt=0, le=5)] = 0.05
     on_error: Literal["allow", "deny"] = "allow"
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> Self:
+        sentinel = "+sentinel://" in self.url
+        if self.cluster and not self.url.startswith(("redis://", "rediss://")):
+            raise ValueError("cluster: true takes a redis:// or rediss:// url (one node of the cluster)")
+        if sentinel and not urlsplit(self.url).path.strip("/"):
+            raise ValueError("a redis+sentinel:// url names its master: redis+sentinel://host:26379/mymaster")
+        return self
 
 
 class ProxyConfig(_Block):
@@ -361,6 +441,9 @@ class ProxyConfig(_Block):
     allow_unauthenticated: bool = False
     client_keys: tuple[ClientKey, ...] = ()
     redis: Redis | None = None
+    # Prices per million tokens by model glob (the exposed or the upstream id); they win over genai-prices' table.
+    pricing: dict[NonEmpty, ModelPrice] = Field(default_factory=dict)
+    request_log: RequestLog = RequestLog()
     force_model_prefix: bool = False
     routing: Routing = Routing()
     request_retry: Annotated[int, Field(ge=0, le=10)] = 3
@@ -387,6 +470,7 @@ class ProxyConfig(_Block):
     gemini_api_key: tuple[ApiKeyCredential, ...] = ()
     codex_api_key: tuple[ApiKeyCredential, ...] = ()
     vertex_api_key: tuple[VertexCredential, ...] = ()
+    bedrock: tuple[BedrockCredential, ...] = ()
     deepseek: tuple[ApiKeyCredential, ...] = ()
     groq: tuple[ApiKeyCredential, ...] = ()
     mistral: tuple[ApiKeyCredential, ...] = ()

@@ -1,5 +1,5 @@
-"""What the operator uses of the proxy, by name: the config it renders, the provider catalog, the token formats
-and the pure refresh.
+"""What the operator uses of the proxy, by name: the config it renders, the provider catalog, the token formats,
+the pure refresh, and where client counters live in Redis (a ClientKey's status).
 
 Importing this loads no codec, no server and no connection pool: the operator renders and refreshes, it never
 serves (``tests/operator/test_contract.py`` holds it to that).
@@ -8,12 +8,13 @@ serves (``tests/operator/test_contract.py`` holds it to that).
 from __future__ import annotations
 
 from .catalog import KINDS, ProviderKind, Wire
-from .config import MAX_FALLBACKS, ConfigError, ProxyConfig, header_problem, parse_config
+from .config import MAX_FALLBACKS, Budget, ConfigError, ProxyConfig, header_problem, parse_config
+from .counters import budget_key, period, redis_from_env, spend_key
 from .oauth.base import Post, RefreshRejected, RefreshRequest, TokenError, TokenFormat, TokenSet, refresh_once
 from .oauth.tokens import registration_name, token_format
 
 __all__ = [
-    "KINDS", "MAX_FALLBACKS", "ConfigError", "Post", "ProviderKind", "ProxyConfig", "RefreshRejected", "RefreshRequest",
-    "TokenError", "TokenFormat", "TokenSet", "Wire", "header_problem", "parse_config", "refresh_once",
-    "registration_name", "token_format",
+    "KINDS", "MAX_FALLBACKS", "Budget", "ConfigError", "Post", "ProviderKind", "ProxyConfig", "RefreshRejected",
+    "RefreshRequest", "TokenError", "TokenFormat", "TokenSet", "Wire", "budget_key", "header_problem", "parse_config",
+    "period", "redis_from_env", "refresh_once", "registration_name", "spend_key", "token_format",
 ]  # fmt: skip

@@ -14,7 +14,7 @@ from .forward import Exchange, Failure
 from .runtime import Route, Runtime, Target
 from .state import Proxy
 from .translate import embeddings
-from .translate.canonical import Reasoning, TranslationError, reencode
+from .translate.canonical import Reasoning, TranslationError, Usage, reencode
 from .translate.codec import Codec
 
 #: Says a response's ``usage`` is the proxy's estimate: the provider reported none.
@@ -23,6 +23,8 @@ USAGE_HEADER = "X-Cliproxy-Usage"
 
 class EmbeddingsExchange(Exchange):
     """One embeddings request through the routing of chat."""
+
+    operation = "embeddings"
 
     def __init__(
         self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route, inbound: Codec,
@@ -62,7 +64,7 @@ class EmbeddingsExchange(Exchange):
         wire = self.credential.codec.embeddings
         assert wire is not None
         answer = wire.decode(body, self.embedding, self.route.model)
-        self.usage, self.estimated = (answer.tokens, 0), answer.estimated
+        self.usage, self.estimated = Usage(answer.tokens), answer.estimated
         return answer.body
 
     def proxy_headers(self) -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from time import perf_counter, time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import ClientConnectionResetError, web
@@ -22,10 +22,11 @@ from .clients import CLIENT
 from .health import REASONS, names_missing_model
 from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
-from .relay import SSERelay, Usage, usage_of
+from .relay import SSERelay
 from .runtime import Credential, Route, Runtime, Target
 from .scrub import Scrubber, TextScrubber, scrub, scrub_answer
 from .state import Proxy
+from .tracing import finish, provider_name
 from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, for_upstream, passes_through
 from .translate.canonical import (
     Reasoning,
@@ -34,6 +35,7 @@ from .translate.canonical import (
     ToolCall,
     TranslationError,
     UpstreamFailed,
+    Usage,
     reencode,
     restore_namespace,
 )
@@ -41,6 +43,9 @@ from .translate.codec import Codec, ErrorKind, status_kind
 from .translate.relay import TranslatingRelay
 from .upstream import Response, UpstreamError, UpstreamTimeout
 from .vendor_headers import forwarded, passed_back
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
 
 T = TypeVar("T")
 
@@ -73,6 +78,10 @@ class Failure:
     retry_after: float | None = None
 
 
+#: An attempt not made: the credential is over its own rpm/tpm (the client gets a 429 only when all are).
+HELD = Failure(None, "held")
+
+
 class _StreamBroken(Exception):
     """The upstream stream ended badly after the client already got data."""
 
@@ -98,6 +107,8 @@ def retry_after_seconds(value: str | None, cap: float) -> float | None:
 class Exchange:
     """Routes one request: tries targets by priority and strategy, fails over, and answers the client."""
 
+    operation = "chat"  # gen_ai.operation.name
+
     def __init__(
         self, proxy: Proxy, request: web.Request, runtime: Runtime, route: Route, inbound: Codec,
         payload: dict[str, Any], raw: bytes | bytearray, started: float, *, stream: bool,
@@ -118,6 +129,11 @@ class Exchange:
         self.usage: Usage | None = None
         self.provider = route.groups[0][0].credential.provider
         self.credential: Credential | None = None
+        self.target: Target | None = None  # the last one tried: whose answer (or failure) the client got
+        self.attempts = 0
+        self.ttft: float | None = None  # seconds to the first streamed upstream byte
+        self.span: Span | None = None  # the request's trace span, when tracing is on
+        self.trace_headers: dict[str, str] | None = None  # the traceparent of the attempt in progress
         self._canonical: Request | None = None
         self.fallback_from: str | None = None  # the model asked for, once a fallback model has taken over
 
@@ -194,7 +210,8 @@ class Exchange:
                 outcome = await self.attempt(target)
                 if not isinstance(outcome, Failure) or outcome.reason == "context_window":
                     return outcome  # an answer, or a request too long for the model whichever credential serves it
-                failure = outcome
+                if outcome is not HELD:
+                    failure = outcome
             wait = health.soonest(self.route)
             if round_ == policy.request_retry or wait > policy.max_retry_interval:
                 break
@@ -204,9 +221,33 @@ class Exchange:
         return failure if failure is not None else wait
 
     async def attempt(self, target: Target) -> web.StreamResponse | Failure:
+        """One upstream attempt; traced as a client span of the request's, when tracing is on."""
+        tracing = self.proxy.accounting.tracing
+        if tracing is None or self.span is None:
+            return await self._attempt(target)
+        wire = target.credential.wire
+        span, self.trace_headers = tracing.upstream(
+            self.span, self.operation, provider_name(target.credential.provider, wire), target.upstream_model
+        )
+        try:
+            outcome = await self._attempt(target)
+        except BaseException as error:  # the client left (cancelled), or a bad request raised
+            finish(span, 0, None, None, type(error).__name__)
+            raise
+        if isinstance(outcome, Failure):
+            finish(span, outcome.status or 0, None, None, outcome.reason)
+        else:
+            finish(span, outcome.status, self.usage, target.upstream_model)
+        return outcome
+
+    async def _attempt(self, target: Target) -> web.StreamResponse | Failure:
         credential = self.credential = target.credential
+        self.target, self.attempts = target, self.attempts + 1
         self.provider = credential.provider
-        self.proxy.health.charge_request(credential)
+        held = await self.proxy.limits.reserve(credential)
+        if held:  # over its own rpm/tpm: skipped as a resting one would be, not a failure
+            self.proxy.health.hold(credential, held)
+            return HELD
         self.proxy.metrics.selections.labels(credential.provider, credential.label).inc()
         series = self.proxy.metrics.provider(credential.provider)
         series.enter()
@@ -236,6 +277,8 @@ class Exchange:
         timeouts = credential.policy
         body, path, codec = self.outgoing(target, credential.codec)
         vendor = forwarded(self.request.headers, self.inbound.vendor_headers) if codec is None else None
+        if self.trace_headers:
+            vendor = {**(vendor or {}), **self.trace_headers}
         if not self.proxy.health.serves(target, path):
             message = f"The upstream for model '{self.route.model}' does not serve this endpoint (it answered 404)."
             return Failure(404, "no_endpoint", message)  # known already: not asked again, not counted again
@@ -313,7 +356,7 @@ class Exchange:
                 return self.failed(target, None, "bad_response")
         else:
             try:
-                self.usage = usage_of(orjson.loads(body))
+                self.usage = target.credential.codec.usage_of(orjson.loads(body))
             except orjson.JSONDecodeError:  # cut short (a close-delimited body ends at any FIN): not an answer
                 return self.failed(target, None, "bad_response")
             if target.rewrite is not None:
@@ -334,7 +377,7 @@ class Exchange:
         for part in answer.parts:
             if isinstance(part, ToolCall):
                 restore_namespace(part, tools)
-        self.usage = (answer.usage.input, answer.usage.output)
+        self.usage = answer.usage
         return self.inbound.encode_response(answer)
 
     async def relay_stream(
@@ -343,8 +386,8 @@ class Exchange:
         """A stream, event by event: passed through, or translated from the provider's format to the client's."""
         relay: SSERelay | TranslatingRelay
         if codec is None:
-            drop_usage = self.counts_usage_itself(target.credential.codec)
-            relay = SSERelay(target.rewrite, self.inbound.stream_end, drop_usage=drop_usage)
+            wire = target.credential.codec
+            relay = SSERelay(target.rewrite, self.inbound.stream_end, wire, drop_usage=self.counts_usage_itself(wire))
         else:
             encoder = self.inbound.stream_encoder(self.canonical())
             relay = TranslatingRelay(codec.stream_decoder(), encoder, self.route.model)
@@ -356,7 +399,8 @@ class Exchange:
         self.upstream_seconds += perf_counter() - waited_from
         if not first:
             return self.failed(target, None, "transient")
-        self.proxy.metrics.provider(target.credential.provider).ttft.observe(perf_counter() - self.started)
+        self.ttft = perf_counter() - self.started
+        self.proxy.metrics.provider(target.credential.provider).ttft.observe(self.ttft)
         response = await self.open_stream(passed_back(upstream.headers))
         secret = target.credential.current_secret()
         scrubber, pieces = (Scrubber(secret), TextScrubber(secret)) if secret else (None, None)
@@ -490,9 +534,11 @@ class Exchange:
 
     @staticmethod
     def _upstream_message(body: bytes, status: int) -> str:
+        """``error.message`` (most vendors), else a top-level ``message`` (AWS services)."""
         try:
-            error = orjson.loads(body).get("error")
-            message = error.get("message") if isinstance(error, dict) else error
+            document = orjson.loads(body)
+            error = document.get("error")
+            message = error.get("message") if isinstance(error, dict) else error or document.get("message")
             if isinstance(message, str) and message:
                 return message
         except (orjson.JSONDecodeError, AttributeError):
@@ -574,9 +620,12 @@ class Exchange:
         return headers
 
     def finish(self, response: web.StreamResponse, status: int | None = None) -> web.StreamResponse:
-        tokens_in, tokens_out = self.usage or (0, 0)
+        if self.usage is not None:
+            self.usage = self.usage.bounded()
+        usage = self.usage or Usage()
+        tokens_in, tokens_out = usage.input, usage.output
         if self.credential is not None and self.usage is not None:
-            self.proxy.health.charge_tokens(self.credential, tokens_in + tokens_out)
+            self.proxy.limits.spend(self.credential, usage.total)
         self.proxy.metrics.finish(
             self.provider, self.route.model, status or response.status, perf_counter() - self.started,
             tokens_in, tokens_out,

@@ -1,4 +1,4 @@
-"""Credential health that outlives reloads: cooldowns per (credential, model), rate limits, rotation cursors.
+"""Credential health that outlives reloads: cooldowns per (credential, model), rate-limit holds, rotation cursors.
 
 Verdicts the provider states keep cliproxyapi++'s durations: 429 waits for ``Retry-After`` (capped) or backs off
 1 s·2ⁿ up to 30 min; 401/402/403 rest 30 min; a 404 naming the model rests it 12 h, any other 404 rests only the
@@ -14,8 +14,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import Cooldowns, RateLimit
+from .config import Cooldowns
 from .runtime import Credential, Route, Target
+
+#: The verdicts a provider gave about a credential itself, true wherever it is used: shared between replicas.
+#: Transient ejections stay each replica's own (outlier detection judges what this replica saw).
+SHARED_REASONS = frozenset({"quota", "auth", "not_found"})
+Share = Callable[[str, str, float, str], None]  # credential id, model, seconds, reason
 
 
 @dataclass(slots=True)
@@ -29,44 +34,6 @@ class Cooldown:
     ejections: int = 0  # recent ejections; one is forgiven for each base ejection time spent healthy
     ejected_until: float = 0.0
     failed_at: float = 0.0  # the last failure: panic mode tries the least recently failed first
-
-
-class _Bucket:
-    """A token bucket refilled per minute; ``level`` may go negative when usage is charged afterwards."""
-
-    __slots__ = ("capacity", "level", "rate", "stamp")
-
-    def __init__(self, per_minute: int, now: float) -> None:
-        self.capacity = float(per_minute)
-        self.level = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.stamp = now
-
-    def _refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def wait(self, now: float, need: float) -> float:
-        self._refill(now)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
-
-    def take(self, amount: float) -> None:
-        self.level -= amount
-
-
-class _Limiter:
-    __slots__ = ("config", "requests", "tokens")
-
-    def __init__(self, config: RateLimit, now: float) -> None:
-        self.config = config
-        self.requests = _Bucket(config.rpm, now) if config.rpm else None
-        self.tokens = _Bucket(config.tpm, now) if config.tpm else None
-
-    def wait(self, now: float) -> float:
-        wait = self.requests.wait(now, 1.0) if self.requests else 0.0
-        if self.tokens:
-            wait = max(wait, self.tokens.wait(now, 1.0))
-        return wait
 
 
 #: Why a (credential, model) rests; also the ``reason`` label of ``cliproxy_credential_cooldowns_total``.
@@ -93,24 +60,42 @@ class Health:
         self.clock = clock
         self.cooldowns: dict[tuple[str, str], Cooldown] = {}
         self.cursors: dict[str, int] = {}
-        self.limiters: dict[str, _Limiter] = {}
+        self.held: dict[str, float] = {}  # credential id -> over its rpm/tpm until (limits.py decides)
         self.unserved: dict[tuple[str, str, str], float] = {}  # (credential, model, path) -> rest until
         self.current: dict[tuple[str, str, str], int] = {}  # (route model, credential, model) -> smooth WRR weight
+        self.known: frozenset[str] = frozenset()
+        self.share: Share | None = None  # told of each verdict rest, to share it with the other replicas
 
     def sync(self, credentials: tuple[Credential, ...]) -> None:
         """Adopt a new snapshot's credentials: keep state of the unchanged, drop that of the removed."""
         now = self.clock()
-        live = {c.id: c for c in credentials}
-        limiters = {}
-        for cid, credential in live.items():
-            old = self.limiters.get(cid)
-            if credential.rate_limit is not None:
-                same = old is not None and old.config == credential.rate_limit
-                limiters[cid] = old if same and old else _Limiter(credential.rate_limit, now)
-        self.limiters = limiters
+        live = self.known = frozenset(c.id for c in credentials)
+        self.held = {k: v for k, v in self.held.items() if k in live and v > now}
         self.cooldowns = {k: v for k, v in self.cooldowns.items() if k[0] in live}
         self.unserved = {k: v for k, v in self.unserved.items() if k[0] in live and v > now}
         self.current = {k: v for k, v in self.current.items() if k[1] in live}
+
+    def hold(self, credential: Credential, seconds: float) -> None:
+        """Skip a credential over its own rpm/tpm for ``seconds``: a cheap local note, not a failure."""
+        self.held[credential.id] = self.clock() + seconds
+
+    def adopt(self, credential_id: str, model: str, seconds: float, reason: str) -> None:
+        """A rest another replica gave a (credential, model): it rests here too, at least as long."""
+        if credential_id not in self.known or reason not in SHARED_REASONS:
+            return
+        until = self.clock() + seconds
+        state = self.cooldowns.setdefault((credential_id, model), Cooldown())
+        if until > state.until:
+            state.until, state.reason = until, reason
+
+    def verdict_rests(self) -> list[tuple[str, str, float, str]]:
+        """The running rests for a provider's verdict, as (credential id, model, seconds left, reason)."""
+        now = self.clock()
+        return [
+            (credential_id, model, state.until - now, state.reason)
+            for (credential_id, model), state in self.cooldowns.items()
+            if state.reason in SHARED_REASONS and state.until > now
+        ]
 
     def blocked_for(self, target: Target, now: float, panic: bool = False) -> float:
         """Seconds until this target may be tried: the longer of its cooldown and its rate limit.
@@ -121,9 +106,9 @@ class Health:
         cooldown = self.cooldowns.get((target.credential.id, target.upstream_model))
         if cooldown is not None and cooldown.until > now and not (panic and cooldown.reason == "transient"):
             wait = cooldown.until - now
-        limiter = self.limiters.get(target.credential.id)
-        if limiter is not None:
-            wait = max(wait, limiter.wait(now))
+        held = self.held.get(target.credential.id)
+        if held is not None and held > now:
+            wait = max(wait, held - now)
         return wait
 
     def pick(self, route: Route, strategy: str, tried: set[int]) -> Target | None:
@@ -177,16 +162,6 @@ class Health:
         waits = [self.blocked_for(t, now, panic=True) for t in route.targets]
         return min(waits, default=math.inf)
 
-    def charge_request(self, credential: Credential) -> None:
-        limiter = self.limiters.get(credential.id)
-        if limiter is not None and limiter.requests is not None:
-            limiter.requests.take(1.0)
-
-    def charge_tokens(self, credential: Credential, tokens: int) -> None:
-        limiter = self.limiters.get(credential.id)
-        if limiter is not None and limiter.tokens is not None:
-            limiter.tokens.take(float(tokens))
-
     def succeed(self, target: Target) -> None:
         key = (target.credential.id, target.upstream_model)
         state = self.cooldowns.get(key)
@@ -220,6 +195,8 @@ class Health:
             seconds = {"auth": config.auth, "not_found": config.not_found}.get(reason, config.transient)
         state.until = now + seconds
         state.reason = reason
+        if self.share is not None and seconds > 0:
+            self.share(target.credential.id, target.upstream_model, seconds, reason)
         return seconds
 
     def _eject(self, state: Cooldown, config: Cooldowns, route: Route | None, now: float) -> float:

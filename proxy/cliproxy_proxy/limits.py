@@ -1,11 +1,17 @@
-"""Client limits (rpm, tpm, max-parallel, token budgets): one interface, two engines.
+"""Client limits (rpm, tpm, max-parallel, budgets in tokens and US dollars) and upstream credentials' rpm/tpm:
+one interface, two engines.
 
 ``Local`` counts in this process (one replica). ``Shared`` counts in Redis, so every replica naming the same
 Redis enforces one limit: each admission is ONE Lua script (one round trip) before the upstream call, and the
 tokens an answer used are settled afterwards in a background task. While Redis is unreachable a check waits
 at most ``redis.timeout``, then applies ``redis.on-error``; Redis is retried with a growing backoff.
 
-Requests and tokens are counted in one-second buckets over a sliding minute.
+A credential is reserved by its own script once the client is admitted: its counters live under its own hash tag
+(a Cluster shard of their own, which one script cannot span together with the client's), and a client refused
+must not spend a credential's rpm. So a request of a limited client to a limited credential costs two round trips.
+
+Requests and tokens are counted in one-second buckets over a sliding minute. Dollars are counted as whole
+micro-dollars, so Redis adds them exactly.
 """
 
 from __future__ import annotations
@@ -16,21 +22,23 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
-from redis.asyncio import Redis as RedisClient
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from .clients import Client
 from .config import Budget, Redis
+from .cooldowns import CooldownFeed
+from .counters import budget_key, period, redis_from_env, spend_key
+from .health import Health
+from .runtime import Credential
+from .store import connect
 
 log = logging.getLogger("cliproxy.limits")
 
 WINDOW = 60  # seconds: rpm and tpm count the last minute
+MICRO = 1_000_000  # micro-dollars per US dollar
 LEASE = 900  # seconds a max-parallel slot is held at most if its replica dies before releasing it
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
 
@@ -52,21 +60,22 @@ ALLOWED = Verdict(True)
 class Engine(Protocol):
     async def admit(self, client: Client) -> Verdict: ...
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int) -> None: ...
+    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None: ...
+
+    async def spent(self, client: Client) -> tuple[int, int] | None: ...
+
+    async def reserve(self, credential: Credential) -> float: ...
+
+    async def spend(self, credential: Credential, tokens: int) -> None: ...
 
     async def close(self) -> None: ...
 
 
-def period(budget: Budget, now: float) -> tuple[str, int]:
-    """The budget's current period (``2026-12`` or ``2026-12-02``) and the seconds left in it."""
-    moment = datetime.fromtimestamp(now, UTC)
-    if budget.per == "day":
-        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start.timestamp() + 86400
-        return start.strftime("%Y-%m-%d"), max(1, int(end - now))
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    after = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start.strftime("%Y-%m"), max(1, int(after.timestamp() - now))
+def budget_limits(budget: Budget | None) -> tuple[int, int]:
+    """The budget's tokens and micro-dollars (0: that amount is not limited)."""
+    if budget is None:
+        return 0, 0
+    return budget.tokens or 0, round(budget.usd * MICRO) if budget.usd is not None else 0
 
 
 # -- in process -----------------------------------------------------------------------------------------
@@ -101,14 +110,16 @@ class _Usage:
     tokens: _Window = field(default_factory=_Window)
     in_flight: int = 0
     period: str = ""
-    spent: int = 0
+    spent: int = 0  # tokens this period
+    spent_micro_usd: int = 0
 
 
 class Local:
-    """Limits of one replica, kept in memory by client name (a reload keeps the counts)."""
+    """Limits of one replica, kept in memory by client name and credential id (a reload keeps the counts)."""
 
     def __init__(self) -> None:
         self.usage: dict[str, _Usage] = {}
+        self.credentials: dict[str, _Usage] = {}
 
     async def admit(self, client: Client) -> Verdict:
         now = time.time()
@@ -121,8 +132,9 @@ class Local:
         if budget is not None:
             current, left = period(budget, now)
             if usage.period != current:
-                usage.period, usage.spent = current, 0
-            if usage.spent >= budget.tokens:
+                usage.period, usage.spent, usage.spent_micro_usd = current, 0, 0
+            tokens, micro_usd = budget_limits(budget)
+            if (tokens and usage.spent >= tokens) or (micro_usd and usage.spent_micro_usd >= micro_usd):
                 return Verdict(False, left, "budget")
         if limit is not None and limit.max_parallel is not None:
             if usage.in_flight >= limit.max_parallel:
@@ -131,13 +143,36 @@ class Local:
         usage.requests.add(second, 1)
         return ALLOWED
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int) -> None:
+    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         usage = self.usage.setdefault(client.name, _Usage())
         if client.rate_limit is not None and client.rate_limit.max_parallel is not None:
             usage.in_flight = max(0, usage.in_flight - 1)
         if tokens:
             usage.tokens.add(int(time.time()), tokens)
             usage.spent += tokens
+        usage.spent_micro_usd += micro_usd
+
+    async def spent(self, client: Client) -> tuple[int, int] | None:
+        if client.budget is None:
+            return None
+        usage = self.usage.get(client.name)
+        if usage is None or usage.period != period(client.budget, time.time())[0]:
+            return 0, 0
+        return usage.spent, usage.spent_micro_usd
+
+    async def reserve(self, credential: Credential) -> float:
+        """0 when the credential takes one more request now (counted), else the seconds until it may."""
+        limit, second = credential.rate_limit, int(time.time())
+        usage = self.credentials.setdefault(credential.id, _Usage())
+        if limit is not None and limit.rpm is not None and usage.requests.used(second) >= limit.rpm:
+            return usage.requests.retry_after(second)
+        if limit is not None and limit.tpm is not None and usage.tokens.used(second) >= limit.tpm:
+            return usage.tokens.retry_after(second)
+        usage.requests.add(second, 1)
+        return 0.0
+
+    async def spend(self, credential: Credential, tokens: int) -> None:
+        self.credentials.setdefault(credential.id, _Usage()).tokens.add(int(time.time()), tokens)
 
     async def close(self) -> None:
         return None
@@ -145,13 +180,12 @@ class Local:
 
 # -- Redis ----------------------------------------------------------------------------------------------
 
-# KEYS: requests, tokens, in-flight, budget. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
-# lease seconds, ticket. A limit of 0 is not set. Time is Redis' own, so replicas' clocks do not matter.
-_ADMIT = """
+# A window's use (a hash of second -> amount): its total over the last minute, and the seconds until its oldest
+# second leaves the window. Time is Redis' own, so replicas' clocks do not matter.
+_WINDOW = """
 local t = redis.call('TIME')
 local second = tonumber(t[1])
 local now = second + tonumber(t[2]) / 1000000
-local rpm, tpm, parallel, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local function used(key)
   local total, oldest = 0, second
   local all = redis.call('HGETALL', key)
@@ -166,6 +200,14 @@ local function used(key)
   end
   return total, math.max(1, oldest + 60 - second)
 end
+"""
+
+# KEYS: requests, tokens, in-flight, budget, spend. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
+# lease seconds, ticket, budget micro-dollars. A limit of 0 is not set.
+_ADMIT = (
+    _WINDOW
+    + """
+local rpm, tpm, parallel, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 if rpm > 0 then
   local n, wait = used(KEYS[1])
   if n >= rpm then return {0, wait, 'rpm'} end
@@ -175,6 +217,10 @@ if tpm > 0 then
   if n >= tpm then return {0, wait, 'tpm'} end
 end
 if budget > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= budget then
+  return {0, tonumber(ARGV[5]), 'budget'}
+end
+local dollars = tonumber(ARGV[8])
+if dollars > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= dollars then
   return {0, tonumber(ARGV[5]), 'budget'}
 end
 if parallel > 0 then
@@ -189,8 +235,10 @@ if rpm > 0 then
 end
 return {1, 0, ''}
 """
+)
 
-# KEYS: tokens, in-flight, budget. ARGV: tokens, ticket, budget seconds left (0: no budget), count tokens (1/0).
+# KEYS: tokens, in-flight, budget, spend. ARGV: tokens, ticket, budget seconds left (0: no budget), count tokens
+# (1/0), micro-dollars.
 _SETTLE = """
 local tokens = tonumber(ARGV[1])
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[2], ARGV[2]) end
@@ -202,14 +250,52 @@ if tokens > 0 and tonumber(ARGV[3]) > 0 then
   redis.call('INCRBY', KEYS[3], tokens)
   redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]) + 3600)
 end
+local dollars = tonumber(ARGV[5])
+if dollars > 0 and tonumber(ARGV[3]) > 0 then
+  redis.call('INCRBY', KEYS[4], dollars)
+  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]) + 3600)
+end
 return 1
 """
 
 
-def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str]:
+# KEYS: a credential's requests, tokens. ARGV: rpm, tpm (0: not set). Answers 0, or the seconds until it may.
+_RESERVE = (
+    _WINDOW
+    + """
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rpm > 0 then
+  local n, wait = used(KEYS[1])
+  if n >= rpm then return wait end
+end
+if tpm > 0 then
+  local n, wait = used(KEYS[2])
+  if n >= tpm then return wait end
+end
+redis.call('HINCRBY', KEYS[1], second, 1)
+redis.call('EXPIRE', KEYS[1], 61)
+return 0
+"""
+)
+
+# KEYS: a credential's tokens. ARGV: tokens.
+_SPEND = """
+redis.call('HINCRBY', KEYS[1], tonumber(redis.call('TIME')[1]), tonumber(ARGV[1]))
+redis.call('EXPIRE', KEYS[1], 61)
+return 1
+"""
+
+
+def _credential_keys(credential: Credential) -> tuple[str, str]:
+    base = f"cliproxy:credential:{{{credential.id}}}"
+    return f"{base}:requests", f"{base}:tokens"
+
+
+def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
     base = f"cliproxy:{{{client.name}}}"
-    return f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", f"{base}:budget:{budget_period}"
+    return (f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", budget_key(client.name, budget_period),
+            spend_key(client.name, budget_period))  # fmt: skip
 
 
 class Shared:
@@ -218,12 +304,11 @@ class Shared:
     def __init__(self, settings: Redis, outages: Counter) -> None:
         self.settings = settings
         self.outages = outages
-        self.redis = RedisClient.from_url(
-            settings.url, socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0,
-        )  # fmt: skip
+        self.redis = connect(settings, socket_timeout=settings.timeout)
         self.admit_script = self.redis.register_script(_ADMIT)
         self.settle_script = self.redis.register_script(_SETTLE)
+        self.reserve_script = self.redis.register_script(_RESERVE)
+        self.spend_script = self.redis.register_script(_SPEND)
         self.down_until = 0.0  # monotonic time before which Redis is not tried again
         self.backoff = 0.0  # 0: reachable
 
@@ -232,27 +317,57 @@ class Shared:
         now = time.time()
         current, left = period(budget, now) if budget is not None else ("", 0)
         ticket = os.urandom(8).hex() if limit is not None and limit.max_parallel else ""
+        tokens, micro_usd = budget_limits(budget)
         argv = (
             (limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0,
-            (limit.max_parallel or 0) if limit else 0, budget.tokens if budget else 0, left, LEASE, ticket,
+            (limit.max_parallel or 0) if limit else 0, tokens, left, LEASE, ticket, micro_usd,
         )  # fmt: skip
         answer = await self._call(self.admit_script, _keys(client, current), argv)
         if answer is None:
-            allowed = self.settings.on_error == "allow"
-            self.outages.labels("allowed" if allowed else "denied").inc()
+            allowed = self._fallback()
             return Verdict(allowed, 1, "" if allowed else "unavailable", counted=False)
         allowed, retry_after, refused = answer
         return Verdict(bool(allowed), int(retry_after), refused.decode() if isinstance(refused, bytes) else refused,
                        ticket)  # fmt: skip
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int) -> None:
+    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         if not verdict.counted:
             return
         budget = client.budget
         current, left = period(budget, time.time()) if budget is not None else ("", 0)
-        _, used, in_flight, spent = _keys(client, current)
+        _, used, in_flight, spent, spend = _keys(client, current)
         counts_tokens = int(client.rate_limit is not None and client.rate_limit.tpm is not None)
-        await self._call(self.settle_script, (used, in_flight, spent), (tokens, verdict.ticket, left, counts_tokens))
+        await self._call(self.settle_script, (used, in_flight, spent, spend),
+                         (tokens, verdict.ticket, left, counts_tokens, micro_usd))  # fmt: skip
+
+    async def spent(self, client: Client) -> tuple[int, int] | None:
+        """The budget period's tokens and micro-dollars across every replica (None: no budget, or Redis is down)."""
+        if client.budget is None or (self.backoff and time.monotonic() < self.down_until):
+            return None
+        *_, tokens_key, spend_key = _keys(client, period(client.budget, time.time())[0])
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                tokens, micro_usd = await self.redis.mget(tokens_key, spend_key)
+        except (RedisError, OSError, TimeoutError):
+            return None
+        return int(tokens or 0), int(micro_usd or 0)
+
+    async def reserve(self, credential: Credential) -> float:
+        limit = credential.rate_limit
+        argv = ((limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0)
+        answer = await self._call(self.reserve_script, _credential_keys(credential), argv)
+        if answer is None:
+            return 0.0 if self._fallback() else 1.0
+        return float(answer)
+
+    async def spend(self, credential: Credential, tokens: int) -> None:
+        await self._call(self.spend_script, _credential_keys(credential)[1:], (tokens,))
+
+    def _fallback(self) -> bool:
+        """Whether a check Redis did not answer is allowed (``on-error``), counted."""
+        allowed = self.settings.on_error == "allow"
+        self.outages.labels("allowed" if allowed else "denied").inc()
+        return allowed
 
     async def _call(self, script: Any, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
         """The script's answer, or None when Redis did not give one within the timeout (or is backing off)."""
@@ -263,13 +378,13 @@ class Shared:
                 answer = await script(keys=keys, args=argv)
         except (RedisError, OSError, TimeoutError) as error:
             if not self.backoff:
-                log.warning("redis unreachable (%s); client limits apply on-error=%s until it is back",
+                log.warning("redis unreachable (%s); limits apply on-error=%s until it is back",
                             type(error).__name__, self.settings.on_error)  # fmt: skip
             self.backoff = min(_BACKOFF_MAX, self.backoff * 2 or _BACKOFF_FIRST)
             self.down_until = time.monotonic() + self.backoff
             return None
         if self.backoff:
-            log.warning("redis reachable again; client limits are shared again")
+            log.warning("redis reachable again; limits are shared again")
             self.backoff = 0.0
         return answer
 
@@ -278,33 +393,78 @@ class Shared:
 
 
 class Limits:
-    """The proxy's limit engine for its config: Redis when ``redis`` is set, else in process.
+    """The proxy's limit engine for its config: Redis when ``redis`` is set (or the deployment names one in
+    ``CLIPROXY_REDIS_URL``, read once at start), else in process.
 
-    Settling runs in background tasks, so an answer never waits for it.
+    Settling runs in background tasks, so an answer never waits for it. With Redis, the verdict rests credentials
+    get are shared too: ``share`` publishes this replica's, and the feed has ``health`` adopt the others'.
     """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, health: Health | None = None) -> None:
         self.outages = Counter(
-            "cliproxy_limit_store_unavailable", "Client limit checks decided by redis.on-error, by outcome",
+            "cliproxy_limit_store_unavailable", "Limit checks decided by redis.on-error, by outcome",
             ["outcome"], registry=registry,
         )  # fmt: skip
         self.settings: Redis | None = None
         self.engine: Engine = Local()
+        self.health = health
+        self.feed: CooldownFeed | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.default = redis_from_env()
         self.pending: set[asyncio.Task[None]] = set()
 
     def configure(self, settings: Redis | None) -> None:
         """Switch engines when the ``redis`` block changed; the same block keeps the engine and its counts."""
+        settings = settings or self.default
         if settings == self.settings:
             return
         old, self.settings = self.engine, settings
-        self.engine = Shared(settings, self.outages) if settings is not None else Local()
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
+        self.feed = None
+        if settings is None:
+            self.engine = Local()
+        else:
+            self.engine = Shared(settings, self.outages)
+            if self.health is not None:
+                self.feed = CooldownFeed(settings, self.health)
         self._background(old.close())
+        self.start()
+
+    def start(self) -> None:
+        """Follow the other replicas' cooldowns, from the first moment a loop runs (configure may come before)."""
+        if self.feed is None or self.watcher is not None:
+            return
+        try:
+            self.watcher = asyncio.get_running_loop().create_task(self.feed.watch())
+        except RuntimeError:
+            return
+
+    def share(self, credential_id: str, model: str, seconds: float, reason: str) -> None:
+        """Publish a verdict rest of this replica's to the others, in the background."""
+        if self.feed is not None:
+            self._background(self.feed.publish(credential_id, model, seconds, reason))
 
     async def admit(self, client: Client) -> Verdict:
         return await self.engine.admit(client)
 
-    def settle(self, client: Client, verdict: Verdict, tokens: int) -> None:
-        self._background(self.engine.settle(client, verdict, tokens))
+    def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
+        self._background(self.engine.settle(client, verdict, tokens, micro_usd))
+
+    async def spent(self, client: Client) -> tuple[int, int] | None:
+        """The current budget period's (tokens, micro-dollars), when the client has a budget and it is known."""
+        return await self.engine.spent(client)
+
+    async def reserve(self, credential: Credential) -> float:
+        """0 when the credential may take this request (counted against its rpm), else the seconds until it may."""
+        return 0.0 if credential.rate_limit is None else await self.engine.reserve(credential)
+
+    def spend(self, credential: Credential, tokens: int) -> None:
+        """Count an answer's tokens against its credential's tpm, in the background."""
+        limit = credential.rate_limit
+        if tokens and limit is not None and limit.tpm is not None:
+            self._background(self.engine.spend(credential, tokens))
 
     def _background(self, work: Any) -> None:
         try:
@@ -316,6 +476,9 @@ class Limits:
         task.add_done_callback(self.pending.discard)
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+            await asyncio.gather(self.watcher, return_exceptions=True)
         if self.pending:
             await asyncio.gather(*self.pending, return_exceptions=True)
         await self.engine.close()

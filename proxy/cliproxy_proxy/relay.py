@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
-Usage = tuple[int, int]
+from .translate.canonical import USAGE_MARKERS, Usage
+from .translate.codec import Codec
 
 
 class ModelRewrite:
@@ -41,33 +41,32 @@ class ModelRewrite:
         return data if replaced else self.pattern.sub(self.replacement, data)
 
 
-def usage_of(document: Any) -> Usage | None:
-    """(input, output) tokens from an OpenAI ``usage`` object, if the document carries one."""
-    usage = document.get("usage") if isinstance(document, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
+def _carries(data: bytes, markers: tuple[bytes, ...]) -> bool:
+    """Whether a usage object (not the ``"usage":null`` of every other chunk) may be in ``data``."""
+    return any(marker in data for marker in markers)
 
 
 def _carries_usage(data: bytes) -> bool:
-    """Whether a usage object (not the ``"usage":null`` of every other chunk) may be in ``data``."""
-    return b'"usage":{' in data or b'"usage": {' in data
+    return _carries(data, USAGE_MARKERS)
 
 
 class SSERelay:
     """Cuts an SSE byte stream at event boundaries so each write holds whole events.
 
     Bytes after the last boundary wait for the next chunk; everything before it goes out at once. ``complete``
-    turns true once the format's terminal event (``end``, the codec's ``stream_end``) has gone by.
+    turns true once the format's terminal event (``end``, the codec's ``stream_end``) has gone by. ``wire``
+    reads the token usage of the events that report it (their running totals merged).
     ``drop_usage``: the proxy asked for the usage the client did not (to count tokens); it is read, not relayed.
     """
 
-    __slots__ = ("complete", "drop_usage", "end", "pending", "rewrite", "usage")
+    __slots__ = ("complete", "drop_usage", "end", "pending", "rewrite", "usage", "wire")
 
-    def __init__(self, rewrite: ModelRewrite | None, end: Callable[[bytes], bool], drop_usage: bool = False) -> None:
+    def __init__(
+        self, rewrite: ModelRewrite | None, end: Callable[[bytes], bool], wire: Codec, drop_usage: bool = False
+    ) -> None:
         self.rewrite = rewrite
         self.end = end
+        self.wire = wire
         self.complete = False
         self.drop_usage = drop_usage
         self.pending = b""
@@ -87,7 +86,7 @@ class SSERelay:
     def _process(self, events: bytes) -> bytes:
         if not self.complete and self.end(events):
             self.complete = True
-        if _carries_usage(events):
+        if _carries(events, self.wire.usage_markers):
             self._read_usage(events)
             if self.drop_usage:
                 events = _without_usage(events)
@@ -96,14 +95,15 @@ class SSERelay:
         return events
 
     def _read_usage(self, events: bytes) -> None:
+        markers = self.wire.usage_markers
         for line in events.splitlines():
-            if line.startswith(b"data:") and _carries_usage(line):
+            if line.startswith(b"data:") and _carries(line, markers):
                 try:
-                    found = usage_of(orjson.loads(line[5:]))
+                    found = self.wire.usage_of(orjson.loads(line[5:]))
                 except orjson.JSONDecodeError:
                     continue
                 if found is not None:
-                    self.usage = found
+                    self.usage = found if self.usage is None else self.usage.merged(found)
 
 
 def _without_usage(events: bytes) -> bytes:

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from .catalog import KINDS, Wire
-from .clients import Client, client_of
+from .clients import Client, client_of, plain_client
 from .config import (
     CONTROL_CHARACTERS,
     MAX_FALLBACKS,
@@ -197,7 +199,7 @@ class Runtime:
     secret_files: tuple[Path, ...]
     loaded_at: float
     sessions: Sessions = field(default_factory=Sessions, repr=False)
-    clients: tuple[Client | None, ...] = ()  # whose each of client_keys is (None: a plain api-keys key)
+    clients: tuple[Client, ...] = ()  # whose each of client_keys is (a plain api-keys key: named by its place)
     fallbacks: Mapping[str, tuple[Route, ...]] = field(default_factory=dict)  # model -> routes tried after it
 
     @property
@@ -236,6 +238,12 @@ class _Builder:
             return value
         value = inline.get_secret_value() if inline is not None else ""  # type: ignore[attr-defined]
         return str(value)
+
+    def with_secret_files(self, entry: _Routed, where: str) -> _Routed:
+        """The entry with each of its ``SECRET_FILES`` given by file read into its inline field."""
+        read = {name: SecretStr(self.secret(None, file, f"{where}.{name.replace('_', '-')}-file"))
+                for name in entry.SECRET_FILES if (file := getattr(entry, f"{name}_file")) is not None}  # fmt: skip
+        return entry.model_copy(update=read) if read else entry
 
     def add(
         self,
@@ -360,9 +368,12 @@ class _Builder:
                 if is_session(entry):
                     self.add_session(block, index, entry, where)
                     continue
-                base_url = entry.base_url or kind.default_base_url or ""
+                base_url = entry.base_url or entry.default_base_url(kind.default_base_url) or ""
                 if isinstance(entry, VertexCredential):
                     base_url = entry.project_base_url or base_url
+                if entry.SECRET_FILES:  # keys its codec presents itself (AWS keys sign each request): no api-key
+                    self.add(block, index, self.with_secret_files(entry, where), None, block, base_url, None)
+                    continue
                 assert isinstance(entry, ApiKeyCredential | SessionCredential)  # one key source, by validation
                 secret = self.secret(entry.api_key, entry.api_key_file, where)
                 self.add(block, index, entry, secret, block, base_url, None)
@@ -449,12 +460,14 @@ def build_runtime(
     sessions = sessions or Sessions()
     creds, secret_files = credentials or build_credentials(config, source, sessions)
     client_keys = [k.get_secret_value() for k in config.api_keys]
+    clients = [plain_client(f"api-keys[{index}]") for index in range(len(client_keys))]
     if config.api_keys_file is not None:
         builder = _Builder(config, source)
         text = builder.secret(None, config.api_keys_file, "api-keys-file", lines=True)
-        client_keys.extend(line.strip() for line in text.splitlines() if line.strip())
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        client_keys.extend(lines)
+        clients.extend(plain_client(f"api-keys-file[{index}]") for index in range(len(lines)))
         secret_files.extend(builder.secret_files)
-    clients: list[Client | None] = [None] * len(client_keys)
     builder = _Builder(config, source)
     for index, entry in enumerate(config.client_keys):
         key = builder.secret(entry.api_key, entry.api_key_file, f"client-keys[{index}].api-key-file").strip()

@@ -6,6 +6,7 @@ imports them.
 
 from __future__ import annotations
 
+from .accounting import Accounting
 from .clients import ClientUsage
 from .discovery import Discovery
 from .health import Health
@@ -27,9 +28,12 @@ class Proxy:
         self.discovery = Discovery(self.metrics.discovered)
         self.draining = False
         self.pool = Pool()
-        self.limits = Limits(self.metrics.registry)
+        self.limits = Limits(self.metrics.registry, self.health)
+        self.health.share = self.limits.share
         self.client_usage = ClientUsage(self.metrics.registry)
         self.limits.configure(runtime.config.redis)
+        self.accounting = Accounting(self.metrics.registry, self.limits, self.client_usage)
+        self.accounting.configure(runtime.config)
         self.metrics_port = runtime.config.metrics_port  # read at start, like the main port: a reload keeps it
         self.metrics_host: str | None = None
         self.health.sync(runtime.credentials)
@@ -43,11 +47,13 @@ class Proxy:
         self.runtime.sessions.pool.close()
         self.pool.close()
         await self.limits.close()
+        await self.accounting.close()
 
     def apply(self, runtime: Runtime) -> None:
         """Make a new snapshot live: one assignment; requests in flight keep the one they started with."""
         self.health.sync(runtime.credentials)
         self.limits.configure(runtime.config.redis)
+        self.accounting.configure(runtime.config)
         self.runtime = runtime
         self.configured = True
         self.generation += 1

@@ -51,6 +51,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "network-from": {
         "networkPolicy": {"allowSameNamespace": False, "from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}
     },
+    "redis-url": {"redis": {"url": "rediss://redis.infra:6380/1", "existingSecret": "redis-auth"}},
+    "redis-bundled": {"redis": {"bundled": {"enabled": True}}},
     "everything": {
         "autoscaling": {"keda": {"enabled": True}},
         "serviceMonitor": {"enabled": True},

@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -18,6 +19,8 @@ from cliproxy_operator.render import CONFIG_KEY
 from cliproxy_operator.secret_rules import OPT_IN_LABEL
 from cliproxy_proxy.__main__ import load_app
 from cliproxy_proxy.kubesource import KubeSource
+from cliproxy_proxy.loader import ConfigSource
+from cliproxy_proxy.runtime import build_runtime
 
 from ..fakes.kiro import KiroVendor
 from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, Cluster, OperatorRunner, b64, wait_for
@@ -147,3 +150,24 @@ def ide_file(vendor: KiroVendor, ttl: float) -> str:
     expires = datetime.datetime.fromtimestamp(vendor.access[access], datetime.UTC).isoformat().replace("+00:00", "Z")
     return json.dumps({"accessToken": access, "refreshToken": refresh, "expiresAt": expires, "authMethod": "social",
                        "provider": "Github", "profileArn": vendor.profile_arn, "region": "us-east-1"})  # fmt: skip
+
+
+async def warning(cluster: Cluster, operator: OperatorRunner, name: str, reason: str) -> dict[str, Any]:
+    async def posted() -> list[dict[str, Any]]:
+        return [e for e in await cluster.events(name) if e.get("reason") == reason and e.get("type") == "Warning"]
+
+    found = await wait_for(posted, WITHIN, message=lambda: f"no {reason} Event on {name}\n{operator.describe()}")
+    return dict(found[0])
+
+
+def load(gateway: Any, tmp_path: Path) -> Any:
+    """Mount the rendered objects as the proxy would see them, and build its runtime from them."""
+    config_dir, secrets_dir = tmp_path / "config", tmp_path / "secrets"
+    config_dir.mkdir()
+    secrets_dir.mkdir()
+    (config_dir / CONFIG_KEY).write_text(gateway.config_text)
+    for name, value in gateway.secret_data.items():
+        (secrets_dir / name).write_text(value)
+    source = ConfigSource(config_dir, secrets_dir)
+    config, _ = source.read_config()
+    return build_runtime(config, source)

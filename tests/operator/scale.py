@@ -44,9 +44,11 @@ def _operator_requests(cluster: Cluster, since: int) -> list[Recorded]:
     return matching(cluster.log()[since:], operator_only=True)
 
 
-async def quiet(cluster: Cluster, since: int, quiet_for: float = 1.0, within: float = 120.0) -> float:
-    """Wait until the operator sent no request (but watches) for ``quiet_for`` s; the time of its last one."""
-    started = time.monotonic()
+async def quiet(cluster: Cluster, since: int, quiet_for: float = 1.0, within: float = 120.0,
+                started: float | None = None) -> float:  # fmt: skip
+    """Wait until the operator sent no request (but watches) for ``quiet_for`` s; the time of its last one after
+    ``started`` (a monotonic time; now by default)."""
+    started = time.monotonic() if started is None else started
     last_count, last_change = -1, time.monotonic()
 
     def calm() -> bool:
@@ -100,13 +102,16 @@ async def run(
     namespaces: int,
     routes_per_namespace: int,
     prefix: str = "scale",
+    say: Callable[[str], None] = lambda _: None,
 ) -> Figures:
     names = namespace_names(namespaces, prefix)
     figures = Figures(routes=namespaces * routes_per_namespace, namespaces=namespaces)
     since = cluster.mark()
     await start()
+    say("operator watching; applying the routes")
     await populate(cluster, names, routes_per_namespace)
     applied = time.monotonic()
+    say("all applied; waiting for Ready")
     await wait_for(lambda: all_ready(cluster, names, routes_per_namespace), 300, interval=0.5,
                    message="not every route became Ready")  # fmt: skip
     figures.ready_seconds = time.monotonic() - applied
@@ -117,15 +122,18 @@ async def run(
     kinds = (f"{r.method} {r.resource}" + (f"/{r.subresource}" if r.subresource else "") for r in _writes(created))
     figures.writes_by_kind = dict(collections.Counter(kinds))
 
+    say(f"settled: {figures.create_writes} writes; restarting the operator")
     await stop()
     since = cluster.mark()
+    restarted_at = time.monotonic()  # quiet is timed from the process start: kopf lists before it watches
     await start()
-    figures.restart_quiet_seconds = await quiet(cluster, since, quiet_for=2.0)
+    figures.restart_quiet_seconds = await quiet(cluster, since, quiet_for=2.0, within=1200, started=restarted_at)
     restarted = _operator_requests(cluster, since)
     figures.restart_writes = len(_writes(restarted))
     lists = [str(r.resource) for r in restarted if r.method == "GET" and r.name is None and not r.watch and r.resource]
     figures.restart_lists = dict(collections.Counter(lists))
 
+    say(f"restart quiet after {figures.restart_quiet_seconds:.1f} s; deleting the namespaces")
     since = cluster.mark()
     for namespace in names:
         await cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")

@@ -68,7 +68,8 @@ def admit(obj: Mapping[str, Any], authorizer: StubAuthorizer, old: Mapping[str, 
     policy = _documents()["ValidatingAdmissionPolicy"]["spec"]
     env = celpy.Environment()
     functions = authorizer.functions()
-    request = {"operation": "UPDATE" if old else "CREATE", "namespace": NS}
+    kind = {"group": "cliproxy.io", "version": "v1alpha1", "kind": obj["kind"]}
+    request = {"operation": "UPDATE" if old else "CREATE", "namespace": NS, "kind": kind}
     activation: dict[str, Any] = {
         "object": celpy.json_to_cel(dict(obj)), "oldObject": celpy.json_to_cel(dict(old)) if old else None,
         "request": celpy.json_to_cel(request), "authorizer": celtypes.MapType({}),
@@ -119,7 +120,7 @@ def test_the_shipped_objects_are_valid_and_bound() -> None:
     assert policy["spec"]["failurePolicy"] == "Fail"
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
     assert (rule["apiGroups"], rule["resources"], rule["operations"]) == (
-        ["cliproxy.io"], ["providercredentials"], ["CREATE", "UPDATE"])  # fmt: skip
+        ["cliproxy.io"], ["providercredentials", "clientkeys"], ["CREATE", "UPDATE"])  # fmt: skip
 
 
 def test_a_user_who_may_read_every_referenced_secret_is_admitted() -> None:
@@ -157,3 +158,14 @@ def test_metadata_only_updates_are_not_matched() -> None:
     annotated = copy.deepcopy(old)
     annotated["metadata"]["annotations"] = {"cliproxy.io/last-handled-configuration": "{}"}
     assert admit(annotated, reader(), old=old) == Verdict(False, True, ())
+
+
+def test_a_client_key_secret_reference_is_checked_too() -> None:
+    """A ClientKey naming another team's Secret would make that Secret's value a key of the author's gateway."""
+    client_key = {"apiVersion": "cliproxy.io/v1alpha1", "kind": "ClientKey", "metadata": {"name": "k", "namespace": NS},
+                  "spec": {"gateway": "default", "secretRef": {"name": "payments-prod", "key": "api-key"}}}  # fmt: skip
+    assert admit(client_key, reader("payments-prod")).allowed
+    refused = admit(client_key, reader())
+    assert not refused.allowed and "payments-prod" in refused.messages[0] and "a ClientKey may" in refused.messages[0]
+    generated = {**client_key, "spec": {"gateway": "default"}}  # no reference: the operator's own Secret
+    assert admit(generated, reader()).allowed

@@ -29,17 +29,10 @@ from .objects import (
     route,
     secret,
     wait_condition,
+    warning,
 )
 
 VICTIM_KEY = "sk-VICTIM-0123456789"
-
-
-async def warning(cluster: Cluster, operator: OperatorRunner, name: str, reason: str) -> dict[str, Any]:
-    async def posted() -> list[dict[str, Any]]:
-        return [e for e in await cluster.events(name) if e.get("reason") == reason and e.get("type") == "Warning"]
-
-    found = await wait_for(posted, WITHIN, message=lambda: f"no {reason} Event on {name}\n{operator.describe()}")
-    return dict(found[0])
 
 
 async def everything_written(cluster: Cluster) -> str:

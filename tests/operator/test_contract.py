@@ -8,8 +8,8 @@ import sys
 #: What importing every operator module may load of the proxy: the contract and what it is made of.
 ALLOWED = {
     "cliproxy_proxy", "cliproxy_proxy.contract", "cliproxy_proxy.catalog", "cliproxy_proxy.config",
-    "cliproxy_proxy.compat", "cliproxy_proxy.oauth", "cliproxy_proxy.oauth.base", "cliproxy_proxy.oauth.formats",
-    "cliproxy_proxy.oauth.kiro", "cliproxy_proxy.oauth.tokens",
+    "cliproxy_proxy.compat", "cliproxy_proxy.counters", "cliproxy_proxy.oauth", "cliproxy_proxy.oauth.base",
+    "cliproxy_proxy.oauth.formats", "cliproxy_proxy.oauth.kiro", "cliproxy_proxy.oauth.tokens",
 }  # fmt: skip
 
 PROBE = """

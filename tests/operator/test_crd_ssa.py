@@ -1,8 +1,9 @@
 """CRD properties a real API server needs for GitOps tools and honest error messages (issue 13).
 
-Checked structurally: the emulator has no server-side apply merge semantics (it answers apply patches with 415),
-so a test of two field managers would exercise nothing there. What decides the outcome on a real server is in
-the schema, and is asserted here:
+On a cluster (the emulator, whose server-side apply follows structured-merge-diff in ``ssa.py``, and envtest's
+real API server): ``kubectl apply`` (client-side), then Argo CD and Flux applying server-side as two managers,
+share a route's ``spec.credentials``, and a CEL rule's message reaches the client. What decides the outcome on a
+real server is in the schema, and is asserted structurally too:
 
 * a list of named items is ``x-kubernetes-list-type: map`` keyed by its name, so that a second server-side apply
   manager merges entries instead of conflicting on the whole list (the server defaults ``priority: 0`` into
@@ -14,12 +15,13 @@ the schema, and is asserted here:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .kube import load_crds
+from .kube import ROUTES, ApiError, Cluster, load_crds, resource_path
 
 Json = dict[str, Any]
 
@@ -75,3 +77,47 @@ def test_cel_rules_keep_their_message(kind: str) -> None:
     for path, rule in _rules(SCHEMAS[kind]):
         assert rule.get("reason") != "FieldValueDuplicate", f"{kind}{path}: the server drops this rule's message"
         assert rule.get("message") or rule.get("messageExpression"), f"{kind}{path}: a rule says why it fails"
+
+
+APPLY = "application/apply-patch+yaml"
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _manifest(spec: Json) -> Json:
+    return {"apiVersion": "cliproxy.io/v1alpha1", "kind": "ProviderRoute", "metadata": {"name": "r"}, "spec": spec}
+
+
+async def _apply(cluster: Cluster, spec: Json, manager: str) -> Json:
+    path = resource_path(ROUTES, cluster.namespace, "r")
+    return await cluster.request("PATCH", path, json_body=_manifest(spec), params={"fieldManager": manager},
+                                 content_type=APPLY)  # fmt: skip
+
+
+async def test_client_side_apply_then_two_server_side_managers_share_the_credentials(cluster: Cluster) -> None:
+    """Argo CD takes over a kubectl-applied route and Flux adds a credential: no conflict on the list (issue 13)."""
+    spec = {"credentials": [{"name": "a", "priority": 2}], "models": [{"name": "m"}]}
+    body = _manifest(spec)
+    body["metadata"]["annotations"] = {LAST_APPLIED: json.dumps(body)}
+    await cluster.request("POST", resource_path(ROUTES, cluster.namespace), json_body=body,
+                          params={"fieldManager": "kubectl-client-side-apply"})  # fmt: skip
+
+    await _apply(cluster, spec, "argocd-controller")  # the same manifest, server-side: it shares the fields
+    added = await _apply(cluster, {"credentials": [{"name": "b", "priority": 1}]}, "flux-team-b")
+    assert [(c["name"], c["priority"]) for c in added["spec"]["credentials"]] == [("a", 2), ("b", 1)]
+    flux = [e for e in added["metadata"]["managedFields"] if e["manager"] == "flux-team-b"]
+    assert flux and flux[0]["operation"] == "Apply"
+    assert 'k:{"name":"b"}' in flux[0]["fieldsV1"]["f:spec"]["f:credentials"]
+
+    again = await _apply(cluster, spec, "argocd-controller")  # Argo's manifest knows nothing of b: b stays
+    assert [c["name"] for c in again["spec"]["credentials"]] == ["a", "b"]
+    with pytest.raises(ApiError) as conflict:  # a value another manager set is not silently taken over
+        await _apply(cluster, {"credentials": [{"name": "a", "priority": 5}]}, "flux-team-b")
+    assert conflict.value.status == 409 and conflict.value.body["reason"] == "Conflict"
+
+
+async def test_a_cel_rule_message_reaches_the_client(cluster: Cluster) -> None:
+    spec = {"prefix": "team", "credentials": [{"name": "a"}], "models": [{"name": "m", "alias": "x/y"}]}
+    with pytest.raises(ApiError) as invalid:
+        await cluster.create(ROUTES, {"metadata": {"name": "slash"}, "spec": spec})
+    assert invalid.value.status == 422
+    assert "models[].alias must not contain '/' when prefix is set" in invalid.value.body["message"]

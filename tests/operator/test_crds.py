@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,7 +67,7 @@ def _load_crds() -> dict[str, Json]:
 
 
 CRDS = _load_crds()
-KINDS_UNDER_TEST = ("ProviderCredential", "ProviderRoute")
+KINDS_UNDER_TEST = ("ClientKey", "ProviderCredential", "ProviderRoute")
 
 
 def _example_docs() -> list[tuple[str, Json]]:
@@ -344,6 +345,7 @@ def test_kubernetes_validate_catches_a_misspelt_schema_keyword() -> None:
     [
         ("ProviderCredential", "providercredentials", "providercredential", "pcred"),
         ("ProviderRoute", "providerroutes", "providerroute", "proute"),
+        ("ClientKey", "clientkeys", "clientkey", "ckey"),
     ],
 )
 def test_crd_names_scope_version_and_subresources(kind: str, plural: str, singular: str, short: str) -> None:
@@ -446,6 +448,16 @@ def test_printer_columns_are_the_agreed_ones() -> None:
         ready,
         age,
     ]
+    assert columns("ClientKey") == [  # `kubectl get clientkeys` is the spend report
+        ("Gateway", "string", ".spec.gateway"),
+        ("Models", "string", ".status.models"),
+        ("Period", "string", ".status.usage.period"),
+        ("Tokens", "integer", ".status.usage.tokens"),
+        ("Spend-USD", "string", ".status.usage.spendUSD"),
+        ("Expired", "string", '.status.conditions[?(@.type=="Expired")].status'),
+        ready,
+        age,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -503,7 +515,7 @@ def test_credential_spec_fields_and_contract() -> None:
     spec = _schema("ProviderCredential")["properties"]["spec"]
     assert set(spec["properties"]) == {
         "provider", "providerName", "baseURL", "refreshURL", "apiKeys", "tokenSecretRef", "headers", "proxyURL",
-        "prefix", "rateLimit", "modelsEndpoint", "vertex",
+        "prefix", "rateLimit", "modelsEndpoint", "vertex", "bedrock",
     }  # fmt: skip
     assert spec["required"] == ["provider"]
     props = spec["properties"]
@@ -562,6 +574,7 @@ def test_spec_lists_are_bounded_for_the_cel_cost_estimator(kind: str) -> None:
 def test_examples_are_the_documented_set() -> None:
     kinds = sorted((doc["kind"], doc["metadata"]["name"]) for _, doc in EXAMPLES)
     assert kinds == [
+        ("ClientKey", "team-a-app"),
         ("ProviderCredential", "local-vllm"),
         ("ProviderCredential", "openrouter"),
         ("ProviderRoute", "shared"),
@@ -719,6 +732,8 @@ SCHEMA_REJECTS = [
     _bad(PC, "vertex", {"location": "us-east1"}, "required", provider="vertex-api-key"),
     _bad(PC, "vertex", {"project": "My-Project"}, "pattern", "vertex.project", provider="vertex-api-key"),
     _bad(PC, "vertex.location", "US_EAST", "pattern", provider="vertex-api-key", vertex={"project": "my-project"}),
+    _bad(PC, "bedrock", {}, "required", provider="bedrock"),
+    _bad(PC, "bedrock.region", "US-EAST-1", "pattern", provider="bedrock", bedrock={"region": "us-east-1"}),
     _bad(PC, "apiKey", "sk-inline", "additionalProperties", ""),
     _bad(PR, "gateway", "Default", "pattern"),
     _bad(PR, "gateway", "g" * 41, "maxLength"),
@@ -798,9 +813,12 @@ NEEDS_TOKEN = "providers kiro, cursor and ampcode authenticate with tokenSecretR
 VERTEX_ONLY = "vertex is only allowed for provider vertex-api-key"
 NEEDS_BASE_URL = "baseURL is required for provider openai-compatibility"
 ENDPOINT_ONLY = "modelsEndpoint is only allowed for provider openai-compatibility"
+BEDROCK_NEEDS = "provider bedrock takes a bedrock block (its region) and no apiKeys or tokenSecretRef"
+BEDROCK_ONLY = "bedrock is only allowed for provider bedrock"
 UNIQUE_CREDENTIALS = "credential names must be unique"
 SELF_FALLBACK = "a model cannot fall back to itself"
 ALIAS_SLASH = "models[].alias must not contain '/' when prefix is set (clients call <prefix>/<alias>)"
+BUDGET_AMOUNT = "a budget needs tokens, usd or both"
 TOKEN = {"name": "session", "key": "token"}
 
 CEL_CASES = [
@@ -845,6 +863,14 @@ CEL_CASES = [
     ),
     (PC, {"provider": "groq", "apiKeys": [_key()], "modelsEndpoint": "/models"}, [("spec", ENDPOINT_ONLY)]),
     (PC, {"provider": "groq", "apiKeys": [_key()], "baseURL": "https://proxy.example/v1"}, []),
+    (PC, {"provider": "bedrock", "bedrock": {"region": "eu-central-1"}}, []),
+    (PC, {"provider": "bedrock"}, [("spec", BEDROCK_NEEDS)]),
+    (PC, {"provider": "bedrock", "bedrock": {"region": "us-east-1"}, "apiKeys": [_key()]}, [("spec", BEDROCK_NEEDS)]),
+    (
+        PC,
+        {"provider": "groq", "apiKeys": [_key()], "bedrock": {"region": "us-east-1"}},
+        [("spec", BEDROCK_ONLY)],
+    ),
     (PR, {"credentials": [{"name": "a"}, {"name": "b"}, {"name": "c"}]}, []),
     (
         PR,
@@ -857,6 +883,9 @@ CEL_CASES = [
     (PR, _route(prefix="team-a"), []),
     (PR, _route(fallbacks={"m": ["n", "o"], "n": ["m"]}), []),
     (PR, _route(fallbacks={"m": ["n", "m"]}), [("spec.fallbacks", SELF_FALLBACK)]),
+    ("ClientKey", {"budget": {"per": "day"}}, [("spec.budget", BUDGET_AMOUNT)]),
+    ("ClientKey", {"budget": {"usd": 5.5}}, []),
+    ("ClientKey", {"budget": {"tokens": 1000, "usd": 5}, "secretRef": {"name": "k", "key": "api-key"}}, []),
 ]
 
 
@@ -885,6 +914,8 @@ def test_cel_rule_locations_and_reasons() -> None:
     by_message = {rule["message"]: rule for rule in spec["x-kubernetes-validations"]}
     assert {m: (r.get("fieldPath"), r.get("reason")) for m, r in by_message.items()} == {
         ONE_SOURCE: (None, None),
+        BEDROCK_NEEDS: (".bedrock", "FieldValueRequired"),
+        BEDROCK_ONLY: (".bedrock", "FieldValueForbidden"),
         TOKEN_ONLY_FOR: (".tokenSecretRef", "FieldValueForbidden"),
         NEEDS_TOKEN: (".tokenSecretRef", "FieldValueRequired"),
         VERTEX_ONLY: (".vertex", "FieldValueForbidden"),
@@ -907,3 +938,24 @@ def test_token_providers_in_the_rules_match_the_catalog() -> None:
     assert required == {"kiro", "cursor", "ampcode"}
     assert required < allowed <= set(KINDS)
     assert {KINDS[name].group for name in allowed} == {"oauth"}
+
+
+def test_client_key_spec_fields_and_contract() -> None:
+    """The fields the issue names, with the proxy's bounds: one schema for the same client-keys contract."""
+    props = _schema("ClientKey")["properties"]["spec"]["properties"]
+    assert set(props) == {"gateway", "models", "rateLimit", "budget", "expires", "secretRef"}
+    routes = _schema("ProviderRoute")["properties"]["spec"]["properties"]
+    same = ("type", "default", "maxLength", "pattern")  # a gateway is named the same way by both
+    assert [props["gateway"][k] for k in same] == [routes["gateway"][k] for k in same]
+    credential = _schema("ProviderCredential")["properties"]["spec"]["properties"]
+    for field in ("name", "key"):  # the same references as a credential's, under the same rules
+        ours, theirs = props["secretRef"]["properties"][field], credential["tokenSecretRef"]["properties"][field]
+        assert {**ours, "description": ""} == {**theirs, "description": ""}
+    assert set(props["rateLimit"]["properties"]) == {"rpm", "tpm", "maxParallel"}
+    assert set(props["budget"]["properties"]) == {"tokens", "usd", "per"}
+    assert (props["budget"]["properties"]["per"]["enum"], props["budget"]["properties"]["per"]["default"]) == (
+        ["day", "month"], "month")  # fmt: skip
+    assert props["expires"]["format"] == "date-time"
+    status = _schema("ClientKey")["properties"]["status"]["properties"]
+    assert set(status["usage"]["properties"]) == {"period", "tokens", "spendUSD"}
+    assert "key" not in json.dumps(sorted(status)).lower().replace("keysecretname", "")  # never the key itself

@@ -17,7 +17,19 @@ import yaml
 
 from cliproxy_operator.render import CONFIG_KEY
 
-from .kube import CONFIGMAPS, CREDENTIALS, ROUTES, SECRETS, ApiError, Cluster, OperatorRunner, b64, unb64, wait_for
+from .kube import (
+    CLIENTKEYS,
+    CONFIGMAPS,
+    CREDENTIALS,
+    ROUTES,
+    SECRETS,
+    ApiError,
+    Cluster,
+    OperatorRunner,
+    b64,
+    unb64,
+    wait_for,
+)
 from .kube import matching as requests_matching
 from .objects import (
     MANAGED,
@@ -335,6 +347,8 @@ async def test_the_operator_needs_no_permission_beyond_its_rbac(cluster: Cluster
     """Every call of a full lifecycle (create, update, rotation, drift, failure, delete) is one deploy/rbac grants,
     and every grant is used by it or by a start-up mode (peering, namespace globs) it does not run."""
     await basic_setup(cluster, operator)
+    await cluster.create(CLIENTKEYS, {"metadata": {"name": "app"}, "spec": {}})  # a generated key, a status
+    await wait_condition(cluster, operator, CLIENTKEYS, "app", "Ready", "True")
     await cluster.patch(ROUTES, "team-a", {"spec": {"models": [{"name": "openai/gpt-4.1"}]}})
     await cluster.patch(SECRETS, "llm-keys", {"data": {"openrouter-a": b64("sk-or-ROTATED")}})
     await cluster.patch(CONFIGMAPS, RENDERED, {"data": {CONFIG_KEY: "{}"}})

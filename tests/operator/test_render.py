@@ -6,11 +6,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from cliproxy_operator.render import CONFIG_KEY, SecretConsent, render
 from cliproxy_proxy.loader import ConfigSource
-from cliproxy_proxy.runtime import build_runtime
+
+from .objects import load
 
 SECRETS = {"llm-keys": {"openrouter-a": "sk-or-AAA", "openrouter-b": "sk-or-BBB", "claude": "sk-ant-CCC",
                         "vllm": "tok-DDD", "kiro": '{"accessToken": "kiro-EEE"}'}}  # fmt: skip
@@ -46,19 +48,6 @@ ROUTES = [
     route("local", "local-vllm", models=[{"name": "qwen3-32b", "alias": "team-default"}]),
     route("ide", "kiro", models=[{"name": "claude-sonnet-4"}]),
 ]  # fmt: skip
-
-
-def load(gateway: Any, tmp_path: Path) -> Any:
-    """Mount the rendered objects as the proxy would see them, and build its runtime from them."""
-    config_dir, secrets_dir = tmp_path / "config", tmp_path / "secrets"
-    config_dir.mkdir()
-    secrets_dir.mkdir()
-    (config_dir / CONFIG_KEY).write_text(gateway.config_text)
-    for name, value in gateway.secret_data.items():
-        (secrets_dir / name).write_text(value)
-    source = ConfigSource(config_dir, secrets_dir)
-    config, _ = source.read_config()
-    return build_runtime(config, source)
 
 
 def test_catalog_examples_render_into_a_config_the_proxy_loads(tmp_path: Path) -> None:
@@ -373,3 +362,25 @@ def test_a_header_name_that_is_no_http_token_fails_its_credential_not_the_gatewa
     assert "'X Team' is not an HTTP token" in result.credentials["spaced"].problems[0].message
     assert result.gateways["default"].routes == ("ide", "local", "team-a")
     load(result.gateways["default"], tmp_path)
+
+
+def test_a_bedrock_credential_renders_its_region_and_signs_as_the_pods_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No keys in the Secret or the config: the gateway's own AWS identity (here the environment, as IRSA's)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPODIDENTITY00000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pod-identity-secret")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    creds = [credential("aws", "bedrock", "claude", bedrock={"region": "eu-central-1"})]  # a key it ignores
+    routes = [route("r", "aws", models=[{"name": "anthropic.claude-3-haiku-20240307-v1:0", "alias": "haiku"}])]
+    result = render(routes, creds, SECRETS)
+    assert result.credentials["aws"].usable_keys == 1 and not result.credentials["aws"].problems
+    gateway = result.gateways["default"]
+    assert yaml.safe_load(gateway.config_text)["bedrock"] == [
+        {"name": "r/aws", "region": "eu-central-1",
+         "models": [{"name": "anthropic.claude-3-haiku-20240307-v1:0", "alias": "haiku"}]},
+    ]  # fmt: skip
+    assert not gateway.secret_data
+    target = load(gateway, tmp_path).routes["haiku"].targets[0]
+    assert target.credential.base_url == "https://bedrock-runtime.eu-central-1.amazonaws.com"
+    assert target.credential.codec.authenticates_each_request

@@ -12,7 +12,7 @@ import pytest
 from cliproxy_proxy.config import ConfigError, parse_config
 from cliproxy_proxy.runtime import build_runtime
 
-from ..support.proxy import FakeProvider, base_config, compat_block
+from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 SCOPED = "scoped-key-1"
 EXPIRED = "expired-key-1"
@@ -150,8 +150,10 @@ async def test_usage_is_counted_per_client_name_and_never_shows_the_key(provider
     assert tokens_in is not None and tokens_in > 0 and tokens_out is not None and tokens_out > 0
     async with aiohttp.ClientSession() as session, session.get(f"{running.url}/metrics") as scraped:
         text = await scraped.text()
-    assert 'client="team-claude"' in text and SCOPED not in text
-    assert sum(1 for line in text.splitlines() if line.startswith("cliproxy_client_requests_total{")) == 2
+    assert 'client="team-claude"' in text and SCOPED not in text and CLIENT_KEY not in text
+    series = [line for line in text.splitlines() if line.startswith("cliproxy_client_requests_total{")]
+    assert len(series) == 3  # the plain api-keys key is shown by its place in the config, never by itself
+    assert 'cliproxy_client_requests_total{client="api-keys[0]",status="200"} 1.0' in series
 
 
 async def test_a_thinking_suffix_is_judged_on_the_model_it_routes_to(provider: FakeProvider, start_proxy) -> None:

@@ -44,6 +44,7 @@ def test_every_catalog_block_is_accepted() -> None:
         "kiro": {"token-file": "kiro.json"},
         "cursor": {"token-file": "cursor.txt"},
         "ampcode": {"token-file": "amp.json"},
+        "bedrock": {"region": "us-east-1"},
     }
     document = {block: [entry_for.get(block, {"api-key": "k"})] for block in KINDS}
     config = parse_config(document)

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
@@ -19,9 +18,11 @@ from redis.asyncio import Redis
 from cliproxy_proxy.clients import Client, client_of
 from cliproxy_proxy.config import ClientKey
 from cliproxy_proxy.config import Redis as RedisSettings
+from cliproxy_proxy.cooldowns import CHANNEL, KEY
+from cliproxy_proxy.demo_upstream import Fault
 from cliproxy_proxy.limits import Limits
 
-from ..support.proxy import FakeProvider, RunningProxy, base_config, compat_block
+from ..support.proxy import FakeProvider, RunningProxy, base_config, compat_block, eventually
 from ..support.redis_server import RedisServer
 
 TEAM = "team-key-1"
@@ -29,14 +30,6 @@ GUARD = 10.0  # seconds: far above redis.timeout; a request slower than this han
 HEALTHY = 5.0  # seconds: redis.timeout where Redis is up. The timeout is wall time on a loop shared with the
 # clients, both replicas and the fake upstream; a loaded CI box can stall it past 1 s, and a check that times out
 # is decided by on-error (allow), which would let a burst past the limit under test.
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.kill()
 
 
 def limited_config(provider: FakeProvider, redis: dict[str, Any] | None, **limits: Any) -> dict[str, Any]:
@@ -149,10 +142,13 @@ async def test_redis_killed_mid_load_applies_allow_then_enforces_again_once_back
     provider: FakeProvider, redis_server: RedisServer, start_proxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     redis = {"url": redis_server.url, "timeout": 0.5}  # a loaded CI box: the bound, not a speed
-    apps, clients = await replicas(start_proxy, limited_config(provider, redis, **{"rate-limit": {"rpm": 5}}), True)
+    config = limited_config(provider, redis, **{"rate-limit": {"rpm": 5}})
+    config["openai-compatibility"][0]["rate-limit"] = {"rpm": 1000}  # the credential's check meets the outage too
+    apps, clients = await replicas(start_proxy, config, True)
     before = await asyncio.gather(*(ask(clients[i % 2]) for i in range(8)))
     assert before.count(200) == 5
     caplog.set_level(logging.WARNING, "cliproxy.limits")
+    caplog.clear()  # a settle that timed out on a loaded box before the kill is another outage
     redis_server.kill()
     during = await asyncio.gather(*(ask(clients[i % 2]) for i in range(20)))  # none hangs past GUARD
     assert during == [200] * 20  # on-error: allow (the default)
@@ -186,3 +182,133 @@ async def test_redis_unreachable_under_deny_refuses_with_503_quickly(
     )
     assert denied == 3
     assert len(provider.received) == 1
+
+
+# -- upstream credentials: rpm/tpm and cooldowns held across replicas ---------------------------------------
+
+
+def two_credentials(provider: FakeProvider, redis: dict[str, Any] | None, **limit: int) -> dict[str, Any]:
+    """key-a first (priority 1) with its own rate limit, key-b behind it; plain api-keys, no client limits."""
+    limited = compat_block(provider.url, keys=("key-a",), priority=1, **{"rate-limit": limit})
+    backup = compat_block(provider.url, keys=("key-b",), name="backup")
+    config = base_config(**{"openai-compatibility": [limited, backup]})
+    if redis is not None:
+        config["redis"] = redis
+    return config
+
+
+async def plain(client: openai.AsyncOpenAI) -> None:
+    async with asyncio.timeout(GUARD):
+        await client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
+async def test_a_credential_over_its_rpm_is_skipped_on_every_replica(
+    shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    redis = {"url": redis_server.url, "timeout": HEALTHY} if shared else None
+    first = await start_proxy(two_credentials(provider, redis, rpm=6))
+    second = await start_proxy(two_credentials(provider, redis, rpm=6)) if shared else first
+    clients = (first.client(), second.client())
+    await asyncio.gather(*(plain(clients[i % 2]) for i in range(16)))
+    keys = [r.key for r in provider.received]
+    assert keys.count("key-a") == 6 and keys.count("key-b") == 10  # over its rpm: the next one, not a 429
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
+async def test_every_credential_over_its_limit_is_a_429_with_retry_after(
+    shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    redis = {"url": redis_server.url, "timeout": HEALTHY} if shared else None
+    block = compat_block(provider.url, keys=("key-a",), **{"rate-limit": {"tpm": 1}})
+    config = base_config(**{"openai-compatibility": [block]}, **({"redis": redis} if redis else {}))
+    first = await start_proxy(config)
+    second = await start_proxy(config) if shared else first
+    await plain(first.client())
+    client = second.client()
+    for _ in range(100):  # the answer's tokens are spent in the background
+        try:
+            await plain(client)
+        except openai.RateLimitError as refused:
+            assert refused.code == "model_cooldown"
+            assert 1 <= int(refused.response.headers["Retry-After"]) <= 60
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError("the credential's tpm never held")
+
+
+async def test_a_429_on_one_replica_benches_the_credential_on_the_others(
+    provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    redis = {"url": redis_server.url, "timeout": HEALTHY}
+    config = two_credentials(provider, redis, rpm=1000)
+    first, second = await start_proxy(config), await start_proxy(config)
+    key_a = next(c for c in second.proxy.runtime.credentials if c.secret == "key-a")
+    target = next(t for t in second.proxy.runtime.routes["small"].targets if t.credential is key_a)
+    provider.state.fail_next("key-a", Fault(status=429, headers={"Retry-After": "30"}))
+    await plain(first.client())  # key-a's 429, then key-b
+    await eventually(lambda: second.proxy.health.blocked_for(target, second.proxy.health.clock()) > 25)
+    provider.received.clear()
+    await plain(second.client())
+    assert [r.key for r in provider.received] == ["key-b"]  # the second replica never asked key-a
+    await assert_no_secret_in_redis(redis_server, (b"key-a", b"key-b"))
+
+    third = await start_proxy(config)  # a replica started later learns it from the resync
+    target = next(t for t in third.proxy.runtime.routes["small"].targets if t.credential.secret == "key-a")
+    await eventually(lambda: third.proxy.health.blocked_for(target, third.proxy.health.clock()) > 25)
+
+    redis_server.kill()  # every replica's subscription drops; each subscribes again once Redis is back
+    redis_server.start()
+    async with Redis.from_url(redis_server.url) as redis:
+        await eventually_subscribed(redis, 3)
+        for _ in range(200):  # the empty Redis learns key-a's rest again from the replicas that hold it
+            if await redis.hexists(KEY, orjson.dumps([key_a.id, "up-small"])):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("no replica announced its rests again")
+    provider.state.fail_next("key-b", Fault(status=401))
+    with pytest.raises(openai.InternalServerError):  # key-a rests, key-b is refused: the 502 upstream_auth_error
+        await plain(first.client())
+    target = next(t for t in second.proxy.runtime.routes["small"].targets if t.credential.secret == "key-b")
+    await eventually(lambda: second.proxy.health.blocked_for(target, second.proxy.health.clock()) > 1000)
+
+
+async def test_a_forged_or_malformed_cooldown_message_is_ignored(
+    provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    running = await start_proxy(two_credentials(provider, {"url": redis_server.url, "timeout": HEALTHY}, rpm=1000))
+    key_a = next(c for c in running.proxy.runtime.credentials if c.secret == "key-a")
+    async with Redis.from_url(redis_server.url) as redis:
+        await eventually_subscribed(redis)
+        forever = b'["%s", "up-small", 1e999, "quota"]' % key_a.id.encode()  # infinite once parsed
+        for message in (b"not json", b"[1, 2]", forever, orjson.dumps([key_a.id, "up-small", -5, "auth"]),
+                        orjson.dumps([key_a.id, "up-small", 60, "transient"]),
+                        orjson.dumps(["unknown-credential", "up-small", 60, "quota"])):  # fmt: skip
+            await redis.publish(CHANNEL, message)
+        await redis.publish(CHANNEL, orjson.dumps([key_a.id, "up-large", 10**12, "quota"]))  # well formed, long
+    health = running.proxy.health
+    await eventually(lambda: (key_a.id, "up-large") in health.cooldowns)
+    assert set(health.cooldowns) == {(key_a.id, "up-large")}
+    assert 86000 < health.cooldowns[(key_a.id, "up-large")].until - health.clock() <= 86400  # a day at most
+
+
+async def eventually_subscribed(redis: Redis, replicas: int = 1) -> None:
+    for _ in range(200):
+        if (await redis.pubsub_numsub(CHANNEL))[0][1] >= replicas:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no replica subscribed")
+
+
+async def assert_no_secret_in_redis(server: RedisServer, secrets: tuple[bytes, ...]) -> None:
+    """Redis names credentials by id and clients by name: no key is in any key name, field or value."""
+    async with Redis.from_url(server.url) as redis:
+        stored = [name async for name in redis.scan_iter()]
+        for name in list(stored):
+            if await redis.type(name) == b"hash":
+                stored += [item for pair in (await redis.hgetall(name)).items() for item in pair]
+            elif await redis.type(name) == b"string":
+                stored.append(await redis.get(name))
+    assert len(stored) > 3 and not [item for item in stored for secret in secrets if secret in item]

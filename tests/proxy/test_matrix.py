@@ -9,6 +9,7 @@ lost in streams, images inside tool results dropped.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ import pytest
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import AnthropicUpstream, start_anthropic
 from ..fakes.anthropic_upstream import Fault as AnthropicFault
+from ..fakes.bedrock import start_bedrock
 from ..fakes.gemini_upstream import GEMINI_KEY, GeminiFault, GeminiUpstream, start_gemini
 from ..fakes.responses_upstream import KEYS as RESPONSES_KEYS
 from ..fakes.responses_upstream import start_responses
@@ -27,7 +29,7 @@ from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
 
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
-PROVIDERS = ("openai", "anthropic", "gemini", "responses")
+PROVIDERS = ("openai", "anthropic", "gemini", "responses", "bedrock")
 
 
 @dataclass
@@ -43,6 +45,8 @@ async def providers(provider: FakeProvider, aiohttp_server) -> Providers:
     claude, claude_url = await start_anthropic(aiohttp_server)
     gemini, gemini_url = await start_gemini(aiohttp_server)
     codex, codex_url = await start_responses(aiohttp_server)
+    bedrock, bedrock_url = await start_bedrock(aiohttp_server)
+    access, secret, token = bedrock.issue()
     config = base_config(**{
         "openai-compatibility": [compat_block(provider.url, models=[("up-small", "m-openai")])],
         "claude-api-key": [{"api-key": ANTHROPIC_KEY, "base-url": claude_url,
@@ -51,9 +55,12 @@ async def providers(provider: FakeProvider, aiohttp_server) -> Providers:
                             "models": [{"name": "gemini-2.5-flash", "alias": "m-gemini"}]}],
         "codex-api-key": [{"api-key": sorted(RESPONSES_KEYS)[0], "base-url": codex_url,
                            "models": [{"name": "gpt-5-codex", "alias": "m-responses"}]}],
+        "bedrock": [{"region": "us-east-1", "base-url": bedrock_url, "access-key-id": access,
+                     "secret-access-key": secret, "session-token": token,
+                     "models": [{"name": "anthropic.claude-sonnet-4-20250514-v1:0", "alias": "m-bedrock"}]}],
     })  # fmt: skip
     received = {"openai": provider.received, "anthropic": claude.received, "gemini": gemini.received,
-                "responses": codex.received}  # fmt: skip
+                "responses": codex.received, "bedrock": bedrock.received}  # fmt: skip
     return Providers(received, config, claude, gemini)
 
 
@@ -176,6 +183,12 @@ async def test_gemini_client(upstream: str, providers: Providers, start_proxy) -
     calls = [call async for chunk in stream for call in (chunk.function_calls or [])]
     assert [c.name for c in calls] == ["get_weather"]
     assert isinstance(calls[0].args, dict)
+
+    radar = types.Part.from_bytes(data=base64.b64decode(IMAGE), mime_type="image/png")
+    question = types.Content(role="user", parts=[types.Part(text="and this radar image"), radar])
+    last = await client.aio.models.generate_content(model=model, contents=[question])
+    assert last.text
+    assert carries_image(providers.received[upstream][-1].body)
 
 
 async def test_parallel_tool_calls_keep_their_order_in_a_translated_stream(providers: Providers, start_proxy) -> None:

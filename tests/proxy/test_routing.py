@@ -223,23 +223,17 @@ def test_pick_skips_cooling_and_falls_to_lower_priority() -> None:
     assert health.soonest(route) == 5
 
 
-def test_rate_limit_blocks_until_the_bucket_refills() -> None:
+def test_a_held_credential_is_skipped_until_its_hold_ends() -> None:
     clock = Clock()
-    runtime = runtime_of({"groq": [groq("k", **{"rate-limit": {"rpm": 2, "tpm": 100}})]})
+    runtime = runtime_of({"groq": [groq("k", **{"rate-limit": {"rpm": 2}})]})
     route = runtime.routes["llama"]
     health = Health(clock)
     health.sync(runtime.credentials)
-    credential = runtime.credentials[0]
-    for _ in range(2):
-        target = health.pick(route, "round-robin", set())
-        assert target is not None
-        health.charge_request(credential)
+    health.hold(runtime.credentials[0], 30)  # limits.py found it over its rpm
     assert health.pick(route, "round-robin", set()) is None
     assert health.soonest(route) == pytest.approx(30.0)
     clock.now += 30
     assert health.pick(route, "round-robin", set()) is not None
-    health.charge_tokens(credential, 160)  # more than the minute allows: blocked until refilled
-    assert health.blocked_for(route.targets[0], clock.now) == pytest.approx((1 + 60) * 60 / 100)
 
 
 def test_state_survives_a_reload_of_unchanged_credentials() -> None:

@@ -35,6 +35,7 @@ from cliproxy_proxy.loader import ConfigSource
 
 from ..fakes.anthropic_upstream import DEFAULT_KEY as ANTHROPIC_KEY
 from ..fakes.anthropic_upstream import start_anthropic
+from ..fakes.bedrock import start_bedrock
 from ..fakes.gemini_upstream import GEMINI_KEY, start_gemini
 from ..fakes.kiro import start_kiro
 from ..fakes.responses_upstream import KEYS as RESPONSES_KEYS
@@ -42,8 +43,9 @@ from ..fakes.responses_upstream import start_responses
 from .proxy import CLIENT_KEY, UPSTREAM_KEYS, UPSTREAM_MODELS, base_config, compat_block, write_yaml
 
 #: Every target wire, by the model id the proxy serves it under: pass-through for one API, translated for the rest.
-TARGETS = ("m-openai", "m-anthropic", "m-gemini", "m-vertex", "m-responses", "m-kiro")
-COUNTING = ("m-anthropic", "m-gemini", "m-vertex")  # the others answer a count with 501 before reading the body
+TARGETS = ("m-openai", "m-anthropic", "m-gemini", "m-vertex", "m-responses", "m-kiro", "m-bedrock")
+#: The targets that count tokens; the others answer a count with 501 before reading the body.
+COUNTING = ("m-anthropic", "m-gemini", "m-vertex", "m-bedrock")
 EMBEDDING = ("m-openai", "m-gemini")  # the others answer embeddings with 404 before any upstream is asked
 IMAGE = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
 DATA_URL = f"data:image/png;base64,{IMAGE}"
@@ -292,6 +294,8 @@ def running_gateway(workdir: Path) -> Iterator[Gateway]:
         _, codex_url = await start_responses(serve)
         kiro, kiro_url = await start_kiro(serve, token_ttl=86400)
         access, refresh = kiro.issue()
+        bedrock, bedrock_url = await start_bedrock(serve)
+        key_id, secret, token = bedrock.issue(86400)
 
         def models(name: str, alias: str) -> list[dict[str, str]]:
             return [{"name": name, "alias": alias}]
@@ -309,6 +313,9 @@ def running_gateway(workdir: Path) -> Iterator[Gateway]:
                                "models": models("gpt-5-codex", "m-responses")}],
             "kiro": [{"access-token": access, "refresh-token": refresh, "profile-arn": kiro.profile_arn,
                       "base-url": kiro_url, "refresh-url": kiro_url, "models": models("claude-sonnet-4.5", "m-kiro")}],
+            "bedrock": [{"region": "us-east-1", "base-url": bedrock_url, "access-key-id": key_id,
+                         "secret-access-key": secret, "session-token": token,
+                         "models": models("anthropic.claude-sonnet-4-20250514-v1:0", "m-bedrock")}],
         })  # fmt: skip
         path = workdir / "config.yaml"
         write_yaml(path, config)

@@ -546,7 +546,7 @@ def test_decode_response_reads_blocks_in_order_and_counts_cached_input() -> None
         "msg_01", MODEL,
         [Thinking("plan", "EqQB"), Thinking("", REDACTED + "secret"), Text("Two calls:"),
          ToolCall("toolu_1", "get_weather", '{"city":"Paris"}'), ToolCall("toolu_2", "get_weather", '{"city":"Oslo"}')],
-        "stop", Usage(input=215, output=50, cached=200, reasoning=20), "###",
+        "stop", Usage(input=215, output=50, cached=200, reasoning=20, cache_write=5), "###",
     )  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import dataclasses
 
 from ..catalog import Wire
 from .anthropic import AnthropicCodec
+from .bedrock import BedrockCodec
 from .canonical import Message, Request, Thinking
 from .codec import Codec
 from .completions import OpenAICompletionsCodec
@@ -28,6 +29,7 @@ UPSTREAM: dict[Wire, Codec] = {
     Wire.VERTEX: VertexCodec(),
     Wire.RESPONSES: RESPONSES,
     Wire.KIRO: KiroCodec(),  # each Kiro credential has its own, carrying its profile ARN
+    Wire.BEDROCK: BedrockCodec(),  # each entry has its own, carrying its AWS identity
 }
 
 

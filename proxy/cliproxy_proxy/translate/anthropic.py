@@ -27,7 +27,7 @@ import orjson
 from . import fields
 from .canonical import (
     SSE_COMMENT,
-    THINKING_LEVELS,
+    USAGE_MARKERS,
     Event,
     Finish,
     FinishReason,
@@ -54,6 +54,8 @@ from .canonical import (
     TranslationError,
     Usage,
     reencode,
+    thinking_budget,
+    usage_object,
 )
 from .codec import Codec, CodecBase
 
@@ -331,18 +333,6 @@ def _thinking_may_continue(messages: list[dict[str, Any]]) -> bool:
     return bool(last["content"][0]["type"] in ("thinking", "redacted_thinking"))
 
 
-def _budget(reasoning: Reasoning | None) -> int:
-    if reasoning is None:
-        return 0
-    if reasoning.budget is not None:
-        return max(reasoning.budget, 0)
-    if reasoning.effort is None:
-        return 0
-    if reasoning.effort not in THINKING_LEVELS:
-        raise TranslationError(f"reasoning.effort: {reasoning.effort!r} is not a known thinking level")
-    return THINKING_LEVELS[reasoning.effort]
-
-
 def _encode_tool_choice(request: Request) -> dict[str, Any] | None:
     choice, parallel = request.tool_choice, request.parallel_tool_calls
     if not request.tools or (choice is None and parallel is not False):
@@ -372,10 +362,11 @@ def _decode_usage(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
     cached = int(usage.get("cache_read_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + cached + int(usage.get("cache_creation_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + cached + written
     details = usage.get("output_tokens_details")
     thinking = int(details.get("thinking_tokens") or 0) if isinstance(details, dict) else 0
-    return Usage(prompt, int(usage.get("output_tokens") or 0), cached, thinking)
+    return Usage(prompt, int(usage.get("output_tokens") or 0), cached, thinking, written)
 
 
 def _stop_reason(reason: FinishReason | None, stop_sequence: str | None) -> str:
@@ -420,6 +411,13 @@ class AnthropicCodec(CodecBase):
     default_headers: Mapping[str, str] = MappingProxyType({"anthropic-version": API_VERSION})
     counts_tokens = True
     context_window_markers = (b"prompt is too long",)
+
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        """A message's usage, or a stream's: its input in ``message_start``, its output in ``message_delta``."""
+        usage = usage_object(document, "message")
+        return _decode_usage(usage) if usage is not None else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 
@@ -480,7 +478,7 @@ class AnthropicCodec(CodecBase):
         choice = _encode_tool_choice(request)
         if choice is not None:
             body["tool_choice"] = choice
-        budget = _budget(request.reasoning)
+        budget = thinking_budget(request.reasoning)
         if choice is not None and choice["type"] in ("any", "tool"):
             budget = 0  # Claude cannot think when a tool call is forced; the forced call is what the client needs
         if not _thinking_may_continue(body["messages"]):

@@ -153,6 +153,19 @@ THINKING_LEVELS = {
 }  # fmt: skip
 
 
+def thinking_budget(reasoning: Reasoning | None) -> int:
+    """The thinking tokens a request asks for, by budget or by level (0: none), for vendors that take a budget."""
+    if reasoning is None:
+        return 0
+    if reasoning.budget is not None:
+        return max(reasoning.budget, 0)
+    if reasoning.effort is None:
+        return 0
+    if reasoning.effort not in THINKING_LEVELS:
+        raise TranslationError(f"reasoning.effort: {reasoning.effort!r} is not a known thinking level")
+    return THINKING_LEVELS[reasoning.effort]
+
+
 @dataclass(slots=True)
 class Request:
     model: str
@@ -177,16 +190,39 @@ class Request:
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
 
 
+USAGE_BOUND = 1 << 40
+
+
 @dataclass(slots=True)
 class Usage:
+    """Tokens of one answer. ``input`` counts every prompt token; ``cached`` (read from a prompt cache) and
+    ``cache_write`` (written to one) are parts of it, priced apart."""
+
     input: int = 0
     output: int = 0
     cached: int = 0
     reasoning: int = 0
+    cache_write: int = 0
 
     @property
     def total(self) -> int:
         return self.input + self.output
+
+    def bounded(self) -> Usage:
+        """The counts an upstream reported, each within [0, 2**40]: a negative one would refund a budget (and
+        Prometheus refuses to count it), an absurd one would overflow Redis' integers."""
+        counts = (self.input, self.output, self.cached, self.reasoning, self.cache_write)
+        if all(0 <= count <= USAGE_BOUND for count in counts):
+            return self
+        return Usage(*(min(max(0, count), USAGE_BOUND) for count in counts))
+
+    def merged(self, later: Usage | None) -> Usage:
+        """This report and a later one of the same answer: streams report running totals, or parts (Anthropic's
+        input at the start, its output at the end), so each count is the largest seen."""
+        if later is None:
+            return self
+        return Usage(max(self.input, later.input), max(self.output, later.output), max(self.cached, later.cached),
+                     max(self.reasoning, later.reasoning), max(self.cache_write, later.cache_write))  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -313,6 +349,19 @@ class UpstreamFailed(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+#: How a JSON ``usage`` object begins, in the two spellings providers send (not the ``"usage":null`` of most chunks).
+USAGE_MARKERS: tuple[bytes, ...] = (b'"usage":{', b'"usage": {')
+
+
+def usage_object(document: Any, envelope: str = "") -> dict[str, Any] | None:
+    """A body's ``usage`` object, or the one inside the ``envelope`` object a stream event carries it in."""
+    if not isinstance(document, dict):
+        return None
+    inner = document.get(envelope) if envelope else None
+    usage = inner.get("usage") if isinstance(inner, dict) else document.get("usage")
+    return usage if isinstance(usage, dict) else None
 
 
 #: What keeps an idle client stream open: an SSE comment, which every SSE parser skips...

@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol, Self
 import orjson
 
 from ..oauth.base import TokenSet
-from .canonical import Event, EventDecoder, Request, Response, StreamEncoder, StreamEnd, TranslationError
+from .canonical import Event, EventDecoder, Request, Response, StreamEncoder, StreamEnd, TranslationError, Usage
 from .embeddings import EmbeddingsWire
 from .sse import SSEDecoder
 
@@ -80,6 +80,9 @@ class Codec(Protocol):
     authenticates_each_request: bool
     embeddings: EmbeddingsWire | None  # how the wire serves ``/v1/embeddings``; None: it does not
     counts_tokens: bool  # whether :meth:`count_request` is served
+    #: What every body or stream event that reports this wire's token usage holds, spacing and all: a stream passed
+    #: through decodes only the events that do.
+    usage_markers: tuple[bytes, ...]
 
     # inbound: what clients send and receive
     def decode_request(self, body: dict[str, Any]) -> Request: ...
@@ -126,6 +129,11 @@ class Codec(Protocol):
 
     def count_of(self, body: dict[str, Any]) -> int | None: ...
 
+    # usage, read from an answer passed through as it came
+    def usage_of(self, document: Any) -> Usage | None:
+        """The token usage a body or a stream event of this wire reports, if it reports one."""
+        ...
+
 
 def status_kind(status: int) -> ErrorKind:
     """What a status alone says (cliproxyapi++'s verdicts): the default before a codec reads the body."""
@@ -149,10 +157,25 @@ class CodecBase:
     authenticates_each_request = False
     embeddings: EmbeddingsWire | None = None
     counts_tokens = False
+    usage_markers: tuple[bytes, ...] = ()  # a wire never passed through reads its usage in its decoders
     #: Phrases of a 400/413 body saying the request is longer than the model's context window.
     context_window_markers: tuple[bytes, ...] = ()
     #: Phrases of a 400 body saying the key is refused (Google answers a wrong key with 400, not 401).
     auth_markers: tuple[bytes, ...] = ()
+
+    # The inbound half, for wires no client speaks (Kiro, Bedrock): no route leads here.
+
+    def decode_request(self, body: dict[str, Any]) -> Request:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
+
+    def encode_response(self, response: Response) -> bytes:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
+
+    def stream_encoder(self, request: Request) -> StreamEncoder:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
+
+    def encode_error(self, status: int, message: str, code: str | None) -> bytes:
+        raise TranslationError(f"{type(self).__name__} is not a client format")
 
     def decode_response(self, body: dict[str, Any]) -> Response:
         raise TranslationError(f"{type(self).__name__} is not an upstream format")
@@ -191,4 +214,7 @@ class CodecBase:
         raise TranslationError(f"{type(self).__name__} does not count tokens")
 
     def count_of(self, body: dict[str, Any]) -> int | None:
+        return None
+
+    def usage_of(self, document: Any) -> Usage | None:
         return None

@@ -16,6 +16,7 @@ from ..errors import error_body
 from . import fields
 from .canonical import (
     SSE_COMMENT,
+    USAGE_MARKERS,
     Event,
     Finish,
     Message,
@@ -28,8 +29,9 @@ from .canonical import (
     Usage,
 )
 from .codec import CodecBase
-from .openai_chat import STREAM_END, OpenAIStreamEncoder
+from .openai_chat import STREAM_END, OpenAIChatCodec, OpenAIStreamEncoder
 
+_CHAT = OpenAIChatCodec()
 _UPSTREAM = "legacy completions is a client format only: no provider is called with it"
 _UNSUPPORTED = ("suffix", "echo", "logprobs", "best_of", "logit_bias")
 
@@ -43,6 +45,10 @@ class OpenAICompletionsCodec(CodecBase):
     stream_end = STREAM_END
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("openai-beta",)
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        return _CHAT.usage_of(document)  # the same usage object as chat's
 
     def upstream_path(self, model: str, stream: bool) -> str:
         return "/completions"

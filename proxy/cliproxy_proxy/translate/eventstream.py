@@ -14,6 +14,8 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .canonical import Event, StreamError
+
 HeaderValue = bool | int | bytes | str | uuid.UUID
 
 #: A message longer than this is refused rather than buffered (AWS caps event-stream messages at 16 MiB).
@@ -126,6 +128,47 @@ class EventStreamDecoder:
         if at:
             del buffer[:at]
         return messages
+
+
+class FramedEventDecoder:
+    """A codec's byte-fed stream decoder over event-stream frames (Kiro, Bedrock): each wire says what one frame
+    means (``frame``, setting ``done`` at a terminal one) and what a clean end adds (``finish``). A framing error
+    or a stream cut mid-frame becomes a ``StreamError``, after which nothing more is decoded."""
+
+    vendor = "AWS"  # names the upstream in the errors
+
+    def __init__(self) -> None:
+        self.frames = EventStreamDecoder()
+        self.done = False
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        if self.done:
+            return []
+        try:
+            frames = self.frames.feed(chunk)
+        except EventStreamError as error:
+            self.done = True
+            return [StreamError(502, f"{self.vendor} stream is not valid event-stream framing: {error}")]
+        events: list[Event] = []
+        for frame in frames:
+            events.extend(self.frame(frame))
+            if self.done:
+                break
+        return events
+
+    def close(self) -> list[Event]:
+        if self.done:
+            return []
+        self.done = True
+        if self.frames.pending:
+            return [StreamError(502, f"{self.vendor} stream ended in the middle of a message")]
+        return self.finish()
+
+    def frame(self, frame: Message) -> list[Event]:
+        raise NotImplementedError
+
+    def finish(self) -> list[Event]:
+        return []
 
 
 def _encode_header(name: str, value: HeaderValue) -> bytes:

@@ -784,6 +784,12 @@ class GeminiCodec(CodecBase):
     stream_end = StreamEnd(rb'"(?:finishReason"\s*:\s*"|error"\s*:\s*\{)')  # Gemini has no closing event
     keepalive = BLANK_LINE
     vendor_headers: tuple[str, ...] = ("x-goog-",)
+    usage_markers: tuple[bytes, ...] = (b'"usageMetadata":{', b'"usageMetadata": {')
+
+    def usage_of(self, document: Any) -> Usage | None:
+        meta = _get(document, "usageMetadata") if isinstance(document, dict) else None
+        return _decode_usage(meta) if isinstance(meta, dict) else None
+
     default_base_url = "https://generativelanguage.googleapis.com"
     _path_prefix = "/v1beta/models"
     model_key = "modelVersion"

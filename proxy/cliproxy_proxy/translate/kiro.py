@@ -43,7 +43,6 @@ from .canonical import (
     Part,
     Request,
     Response,
-    StreamEncoder,
     StreamEnd,
     StreamError,
     Text,
@@ -58,7 +57,7 @@ from .canonical import (
     Usage,
 )
 from .codec import CodecBase
-from .eventstream import EventStreamDecoder, EventStreamError
+from .eventstream import FramedEventDecoder
 from .eventstream import Message as Frame
 
 API_PATH = "/generateAssistantResponse"
@@ -272,43 +271,24 @@ def _usage(payload: dict[str, Any]) -> Usage | None:
     return Usage(prompt, int(counts.get("outputTokens") or 0), cached)
 
 
-class KiroStreamDecoder:
+class KiroStreamDecoder(FramedEventDecoder):
     """Kiro's event stream (raw bytes, any chunking) as canonical events.
 
     ``MessageStart`` comes with the first event; ``Finish`` only from ``close``, since Kiro has no closing event
     (the HTTP body simply ends). A framing error, an in-stream exception or a cut stream become ``StreamError``.
     """
 
+    vendor = "Kiro"
+
     def __init__(self, model: str = "") -> None:
+        super().__init__()
         self.model = model
-        self.frames = EventStreamDecoder()
         self.started = False
-        self.done = False
         self.tools: dict[str, int] = {}  # toolUseId -> index
         self.usage: Usage | None = None
         self.context_share: float | None = None
 
-    def feed(self, chunk: bytes) -> list[Event]:
-        if self.done:
-            return []
-        try:
-            frames = self.frames.feed(chunk)
-        except EventStreamError as error:
-            self.done = True
-            return [StreamError(502, f"Kiro stream is not valid event-stream framing: {error}")]
-        events: list[Event] = []
-        for frame in frames:
-            events.extend(self._frame(frame))
-            if self.done:
-                break
-        return events
-
-    def close(self) -> list[Event]:
-        if self.done:
-            return []
-        self.done = True
-        if self.frames.pending:
-            return [StreamError(502, "Kiro stream ended in the middle of a message")]
+    def finish(self) -> list[Event]:
         events = self._start()
         usage = self.usage
         if usage is None and self.context_share is not None:
@@ -322,7 +302,7 @@ class KiroStreamDecoder:
         self.started = True
         return [MessageStart(f"msg_{uuid.uuid4().hex[:24]}", self.model)]
 
-    def _frame(self, frame: Frame) -> list[Event]:
+    def frame(self, frame: Frame) -> list[Event]:
         kind = frame.header(":message-type") or "event"
         if kind == "error":
             self.done = True
@@ -449,17 +429,3 @@ class KiroCodec(CodecBase):
 
     def decode_response(self, body: dict[str, Any]) -> Response:
         raise TranslationError("Kiro answers in event-stream frames, not JSON")
-
-    # The inbound half: no client speaks Kiro's format, and no route leads here.
-
-    def decode_request(self, body: dict[str, Any]) -> Request:
-        raise TranslationError("Kiro is not a client format")
-
-    def encode_response(self, response: Response) -> bytes:
-        raise TranslationError("Kiro is not a client format")
-
-    def stream_encoder(self, request: Request) -> StreamEncoder:
-        raise TranslationError("Kiro is not a client format")
-
-    def encode_error(self, status: int, message: str, code: str | None) -> bytes:
-        raise TranslationError("Kiro is not a client format")

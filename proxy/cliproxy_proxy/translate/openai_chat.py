@@ -11,6 +11,7 @@ from ..errors import error_body
 from . import fields
 from .canonical import (
     SSE_COMMENT,
+    USAGE_MARKERS,
     Event,
     Finish,
     FinishReason,
@@ -36,6 +37,7 @@ from .canonical import (
     ToolResult,
     TranslationError,
     Usage,
+    usage_object,
 )
 from .codec import CodecBase
 from .embeddings import EmbeddingsWire, OpenAIEmbeddings
@@ -188,6 +190,12 @@ class OpenAIChatCodec(CodecBase):
     embeddings: EmbeddingsWire | None = OpenAIEmbeddings()
     #: OpenAI's code, and the message its many imitators (vLLM, Groq, DeepSeek...) copy.
     context_window_markers = (b"context_length_exceeded", b"maximum context length")
+
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        usage = usage_object(document)
+        return _decode_usage(usage) if usage is not None else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .canonical import Event, Finish, MessageStart, StreamEncoder, StreamError
+from .canonical import Event, Finish, MessageStart, StreamEncoder, StreamError, Usage
 from .codec import StreamDecoder
 
 
@@ -19,7 +19,7 @@ class TranslatingRelay:
         self.decoder = decoder
         self.encoder = encoder
         self.model = exposed_model
-        self.usage: tuple[int, int] | None = None
+        self.usage: Usage | None = None
         self.complete = False
 
     def feed(self, chunk: bytes) -> bytes:
@@ -37,7 +37,7 @@ class TranslatingRelay:
             event.model = self.model  # the client sees the id it asked for, not the upstream's
         elif isinstance(event, Finish):
             if event.usage is not None:
-                self.usage = (event.usage.input, event.usage.output)
+                self.usage = event.usage
             self.complete = self.complete or event.reason is not None
         elif isinstance(event, StreamError):
             self.complete = True

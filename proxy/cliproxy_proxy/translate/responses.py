@@ -20,6 +20,7 @@ from ..errors import error_body
 from . import fields
 from .canonical import (
     SSE_COMMENT,
+    USAGE_MARKERS,
     Event,
     Finish,
     FinishReason,
@@ -47,6 +48,7 @@ from .canonical import (
     Usage,
     qualified,
     restore_namespace,
+    usage_object,
 )
 from .codec import CodecBase
 from .openai_chat import encode_response_format
@@ -474,6 +476,13 @@ class ResponsesCodec(CodecBase):
     keepalive = SSE_COMMENT
     vendor_headers: tuple[str, ...] = ("openai-beta",)
     context_window_markers = (b"context_length_exceeded",)
+
+    usage_markers = USAGE_MARKERS
+
+    def usage_of(self, document: Any) -> Usage | None:
+        """A response's usage, or a stream's (in its ``response.completed`` event's response)."""
+        usage = usage_object(document, "response")
+        return _decode_usage(usage) if usage is not None else None
 
     # -- inbound ------------------------------------------------------------------------------------------
 

@@ -119,3 +119,31 @@ mean nothing in a Role, and the namespaced operator does not ask for them (kopf'
 {{- define "cliproxy.proxy.promSelector" -}}
 {{- printf "namespace=\"%s\",pod=~\"%s-.*\"" .Release.Namespace (include "cliproxy.proxy.fullname" .) }}
 {{- end }}
+
+{{/* The bundled Redis' name. */}}
+{{- define "cliproxy.redis.fullname" -}}
+{{- printf "%s-redis" (include "cliproxy.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The Redis the proxies share client limits in: redis.url, else the bundled one's Service, else empty. */}}
+{{- define "cliproxy.redis.url" -}}
+{{- if .Values.redis.url }}{{ .Values.redis.url }}
+{{- else if .Values.redis.bundled.enabled }}redis://{{ include "cliproxy.redis.fullname" . }}.{{ .Release.Namespace }}.svc:6379/0
+{{- end }}
+{{- end }}
+
+{{/* Env of the proxy and operator containers naming that Redis (read by cliproxy_proxy.limits and the operator's
+usage reads); the password comes from redis.existingSecret, never from the values. */}}
+{{- define "cliproxy.redis.env" -}}
+{{- with include "cliproxy.redis.url" . }}
+- name: CLIPROXY_REDIS_URL
+  value: {{ . | quote }}
+{{- if and $.Values.redis.existingSecret $.Values.redis.url }}
+- name: CLIPROXY_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $.Values.redis.existingSecret | quote }}
+      key: {{ $.Values.redis.existingSecretKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}

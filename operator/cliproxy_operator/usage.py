@@ -1,0 +1,87 @@
+"""What each ClientKey used in its current budget period, read from the Redis its gateway's proxies count in.
+
+The proxies keep a budgeted key's period tokens in Redis (cliproxy_proxy.counters); the operator reads
+them for the status, one pipelined round trip per namespace on a timer, never one per key. Without Redis each
+replica counts alone and there is nothing shared to read: the status says so.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from cliproxy_proxy.contract import Budget, budget_key, period, redis_from_env, spend_key
+
+from .clientkeys import MICRO, client_name
+from .render import Resource
+
+INTERVAL_ENV = "CLIPROXY_USAGE_SECONDS"
+INTERVAL = 30.0
+TIMEOUT = 5.0  # a read that takes longer is given up; the statuses keep the last usage read
+
+
+@dataclass(frozen=True)
+class Usage:
+    period: str
+    tokens: int
+    micro_usd: int = 0
+
+    @property
+    def usd(self) -> str:
+        """Dollars as a decimal string, exact to the micro-dollar the proxies count in (``0.0123``)."""
+        whole, micro = divmod(self.micro_usd, MICRO)
+        return f"{whole}.{micro:06d}".rstrip("0").rstrip(".") if micro else str(whole)
+
+
+def connect() -> Redis | None:
+    """A client for the Redis the proxies of this deployment share (the same environment as theirs), or None."""
+    settings = redis_from_env()
+    if settings is None:
+        return None
+    return Redis.from_url(settings.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+
+
+def interval() -> float:
+    return float(os.environ.get(INTERVAL_ENV) or INTERVAL)
+
+
+def counters(namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, tuple[str, str, str]]:
+    """Each budgeted ClientKey's period and the Redis keys its proxies count that period's tokens and cost in."""
+    found = {}
+    for resource in clientkeys:
+        budget = resource.get("spec", {}).get("budget")
+        if not budget:
+            continue
+        name = str(resource["metadata"]["name"])
+        current, _ = period(Budget.model_construct(tokens=0, per=budget.get("per") or "month"), now.timestamp())
+        client = client_name(namespace, name)
+        found[name] = (current, budget_key(client, current), spend_key(client, current))
+    return found
+
+
+async def read(redis: Redis, wanted: Mapping[str, tuple[str, str, str]]) -> dict[str, Usage]:
+    """Every counter in one pipelined round trip (GETs, not MGET: a Redis Cluster spreads clients over shards)."""
+    if not wanted:
+        return {}
+    names = sorted(wanted)
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.get(wanted[name][1])
+            pipe.get(wanted[name][2])
+        values: list[Any] = await pipe.execute()
+    return {name: Usage(wanted[name][0], int(values[2 * i] or 0), int(values[2 * i + 1] or 0))
+            for i, name in enumerate(names)}  # fmt: skip
+
+
+async def observe(redis: Redis, namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, Usage] | None:
+    """The namespace's usage now, or None when Redis did not answer (the caller keeps what it read last)."""
+    try:
+        return await read(redis, counters(namespace, clientkeys, now))
+    except (RedisError, OSError):
+        return None
