@@ -52,7 +52,8 @@ async def aiohttp_server(
     """
     yield aiohttp_server
     gc.collect()
-    closing = [task for task in asyncio.all_tasks() if task.get_coro().__qualname__.endswith("aclose")]  # type: ignore[union-attr]
+    coros = [(task, getattr(task.get_coro(), "__qualname__", "")) for task in asyncio.all_tasks()]
+    closing = [task for task, name in coros if name.endswith("aclose")]  # an athrow() of a generator has no name
     await asyncio.gather(*closing, return_exceptions=True)
 
 
