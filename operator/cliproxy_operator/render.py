@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cliproxy_proxy.contract import KINDS, MAX_FALLBACKS, ConfigError, parse_config
+from cliproxy_proxy.contract import KINDS, MAX_FALLBACKS, ConfigError, header_problem, parse_config
 
 from .secret_rules import OPT_IN_LABEL, refresh_url_refusal
 
@@ -145,6 +145,10 @@ def _credentials(
         state = states[name] = CredentialState()
         if spec.get("provider") not in KINDS:
             state.problems.append(Problem("InvalidSpec", f"unknown provider {spec.get('provider')!r}"))
+            continue
+        bad_header = header_problem(spec.get("headers") or {})  # here, or the whole gateway would fail to render
+        if bad_header is not None:
+            state.problems.append(Problem("InvalidSpec", f"headers: {bad_header}"))
             continue
         refs = [
             (f"apiKeys[{i}]", k.get("secretKeyRef", {}), f"{name}.key-{i}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Literal, Self
 from urllib.parse import urlsplit
@@ -102,6 +103,21 @@ class EntryPolicy(_Block):
     read_timeout: Annotated[float, Field(gt=0)] | None = None
 
 
+def header_problem(headers: Mapping[str, str]) -> str | None:
+    """Why ``headers`` cannot go on an upstream request as written (names HTTP tokens, values Latin-1), or None.
+
+    The operator asks it of each credential's headers, so one bad name fails that credential, not its gateway.
+    """
+    for name, text in headers.items():
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+            return f"header name {name!r} is not an HTTP token"
+        try:
+            str(text).encode("latin-1")
+        except UnicodeEncodeError:
+            return f"header {name}: the value must be Latin-1 text"
+    return None
+
+
 class _Routed(_OneSource):
     """Keys every credential-bearing block shares: routing scope and network options."""
 
@@ -135,14 +151,9 @@ class _Routed(_OneSource):
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        """Names are HTTP tokens and values Latin-1 text: what an HTTP/1.1 head can carry as written."""
-        for name, text in value.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"header name {name!r} is not an HTTP token")
-            try:
-                text.encode("latin-1")
-            except UnicodeEncodeError:
-                raise ValueError(f"header {name}: the value must be Latin-1 text") from None
+        problem = header_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("proxy_url")

@@ -8,13 +8,13 @@ serves (``tests/operator/test_contract.py`` holds it to that).
 from __future__ import annotations
 
 from .catalog import KINDS, ProviderKind, Wire
-from .config import MAX_FALLBACKS, Budget, ConfigError, ProxyConfig, parse_config
+from .config import MAX_FALLBACKS, Budget, ConfigError, ProxyConfig, header_problem, parse_config
 from .counters import budget_key, period, redis_from_env, spend_key
 from .oauth.base import Post, RefreshRejected, RefreshRequest, TokenError, TokenFormat, TokenSet, refresh_once
 from .oauth.tokens import registration_name, token_format
 
 __all__ = [
     "KINDS", "MAX_FALLBACKS", "Budget", "ConfigError", "Post", "ProviderKind", "ProxyConfig", "RefreshRejected",
-    "RefreshRequest", "TokenError", "TokenFormat", "TokenSet", "Wire", "budget_key", "parse_config", "period",
-    "redis_from_env", "refresh_once", "registration_name", "spend_key", "token_format",
+    "RefreshRequest", "TokenError", "TokenFormat", "TokenSet", "Wire", "budget_key", "header_problem", "parse_config",
+    "period", "redis_from_env", "refresh_once", "registration_name", "spend_key", "token_format",
 ]  # fmt: skip

@@ -24,7 +24,7 @@ from .hosted_tools import apply_policy, dropped_header
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay
 from .runtime import Credential, Route, Runtime, Target
-from .scrub import Scrubber, TextScrubber, scrub
+from .scrub import Scrubber, TextScrubber, scrub, scrub_answer
 from .state import Proxy
 from .tracing import finish, provider_name
 from .translate import OPENAI_CHAT, OPENAI_COMPLETIONS, for_upstream, passes_through
@@ -366,7 +366,7 @@ class Exchange:
                 body = target.rewrite(body)
         secret = target.credential.current_secret()
         if secret:
-            body = scrub(body, secret)  # after translation too: a decoded echo is re-encoded plainly
+            body = scrub_answer(body, secret)  # after translation too: a decoded echo is re-encoded plainly
         self.proxy.health.succeed(target)
         headers = {**self.proxy_headers(), **passed_back(upstream.headers)}
         headers["Content-Type"] = content_type

@@ -157,6 +157,21 @@ class TextScrubber:
         return False
 
 
+def scrub_answer(body: bytes, secret: str) -> bytes:
+    """A whole answer scrubbed, a key split across its text values (content blocks, parts) included.
+
+    The values are joined only when the body holds the key's first or last ``_HOLD_FROM`` characters or an
+    escape: a key cut in two leaves one of its ends whole in one value, and most answers hold neither. A key
+    cut in more pieces than that is a key spelled out on purpose, which no scrubbing can stop.
+    """
+    body = scrub(body, secret)
+    ends = secret.encode()[:_HOLD_FROM], secret.encode()[-_HOLD_FROM:]
+    if ends[0] not in body and ends[1] not in body and b"\\u" not in body and b"\\/" not in body:
+        return body
+    pieces = TextScrubber(secret)
+    return pieces.feed(body) + pieces.flush()
+
+
 def _json_text(literal: bytes) -> str:
     if b"\\" not in literal:  # nothing escaped: the bytes are the text
         return literal.decode(errors="replace")

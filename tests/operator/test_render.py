@@ -382,6 +382,21 @@ def test_fallbacks_and_weights_render_into_the_proxys_routing(tmp_path: Path) ->
     assert weights == {"claude-api-key": 0, "openrouter": 3} and runtime.routes["team-a/sonnet"].weighted
 
 
+def test_a_header_name_that_is_no_http_token_fails_its_credential_not_the_gateway(tmp_path: Path) -> None:
+    """A name the proxy refuses is caught per credential: the rendered config would fail as a whole otherwise."""
+    bad = [credential(name, "groq", "vllm", headers=headers)
+           for name, headers in (("spaced", {"X Team": "a"}), ("split", {"X-Team\r\nHost": "a"}),
+                                 ("wide", {"X-Team": "\u2603"}))]  # fmt: skip
+    routes = [*ROUTES, route("r-spaced", "spaced"), route("r-split", "split"), route("r-wide", "wide")]
+    result = render(routes, [*CREDENTIALS, *bad], SECRETS)
+    for name in ("spaced", "split", "wide"):
+        assert [p.reason for p in result.credentials[name].problems] == ["InvalidSpec"]
+        assert [p.reason for p in result.routes[f"r-{name}"].problems] == ["CredentialNotReady"]
+    assert "'X Team' is not an HTTP token" in result.credentials["spaced"].problems[0].message
+    assert result.gateways["default"].routes == ("ide", "local", "team-a")
+    load(result.gateways["default"], tmp_path)
+
+
 def test_a_bedrock_credential_renders_its_region_and_signs_as_the_pods_identity(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -43,6 +43,13 @@ def two_models(provider: FakeProvider, fallbacks: dict[str, list[str]], **extra:
     return base_config(**{"openai-compatibility": blocks, "fallbacks": fallbacks, "request-retry": 0}, **extra)
 
 
+def claude_falls_back_to_large(provider: FakeProvider, claude_url: str) -> dict[str, Any]:
+    """The two models, and ``claude`` on the fake Anthropic upstream falling back to ``large``."""
+    claude = {"api-key": ANTHROPIC_KEY, "base-url": claude_url,
+              "models": [{"name": "claude-sonnet-4-6", "alias": "claude"}]}  # fmt: skip
+    return two_models(provider, {"claude": ["large"]}, **{"claude-api-key": [claude]})
+
+
 def fallbacks_taken(running: Any, source: str, target: str, reason: str) -> float:
     sample = running.proxy.metrics.registry.get_sample_value(
         "cliproxy_fallbacks_total", {"from_model": source, "to_model": target, "reason": reason}
@@ -82,10 +89,7 @@ async def test_a_context_window_refusal_falls_back_across_wires(provider: FakePr
                                                                 aiohttp_server) -> None:  # fmt: skip
     """Anthropic's own refusal, read by its codec, hands a Claude client's request to an OpenAI-shaped model."""
     claude, claude_url = await start_anthropic(aiohttp_server)
-    config = two_models(provider, {"claude": ["large"]}, **{"claude-api-key": [
-        {"api-key": ANTHROPIC_KEY, "base-url": claude_url, "models": [{"name": "claude-sonnet-4-6", "alias": "claude"}]}
-    ]})  # fmt: skip
-    running = await start_proxy(config)
+    running = await start_proxy(claude_falls_back_to_large(provider, claude_url))
     claude.fail_next(AnthropicFault(status=400, message="prompt is too long: 210000 tokens > 200000 maximum"))
     client = anthropic.AsyncAnthropic(base_url=running.url, api_key=CLIENT_KEY, max_retries=0, timeout=60.0)
     raw = await client.messages.with_raw_response.create(model="claude", max_tokens=64, messages=MESSAGES)
@@ -218,3 +222,49 @@ def test_every_window_of_total_weight_picks_gives_each_credential_its_weight(wei
         picks = [health.pick(route, "round-robin", set()) for _ in range(total)]
         shares = [sum(1 for p in picks if p is target) for target in route.targets]
         assert shares == (weights if sum(weights) else [1] * len(weights))
+
+
+async def test_a_stream_a_keepalive_opened_names_its_fallback_model_in_every_chunk(provider: FakeProvider,
+                                                                                  start_proxy) -> None:  # fmt: skip
+    """A keepalive sends the head before a fallback is known, so the header cannot follow; each chunk's ``model``
+    (what the SDKs show) names the model that answered, as it does in every answer."""
+    running = await start_proxy(two_models(provider, {"small": ["large"]}, streaming={"keepalive-seconds": 0.05}))
+    provider.state.fail_next("key-a", Fault(status=503, delay=1.0))  # keepalives go out while key-a is asked
+    async with running.client() as client:
+        raw = await client.chat.completions.with_raw_response.create(model="small", messages=MESSAGES, stream=True)
+        chunks = [chunk async for chunk in raw.parse()]
+    assert FALLBACK_HEADER not in raw.headers
+    assert {chunk.model for chunk in chunks} == {"large"} and chunks[-1].choices[0].finish_reason == "stop"
+    assert fallbacks_taken(running, "small", "large", "transient") == 1
+
+
+@pytest.mark.parametrize("fault", [Fault(status=503), Fault(status=429, headers={"Retry-After": "30"})])
+async def test_embeddings_fall_back_and_say_so(provider: FakeProvider, start_proxy, fault: Fault) -> None:
+    running = await start_proxy(two_models(provider, {"small": ["large"]}))
+    provider.state.fail_next("key-a", fault)
+    async with running.client() as client:
+        raw = await client.embeddings.with_raw_response.create(model="small", input="x", encoding_format="float")
+    answer = raw.parse()
+    assert answer.model == "large" and len(answer.data) == 1
+    assert raw.headers[FALLBACK_HEADER] == "small"
+    assert [(r.key, r.path, r.body["model"]) for r in provider.received] == [
+        ("key-a", "/v1/embeddings", "up-small"), ("key-b", "/v1/embeddings", "up-large")]  # fmt: skip
+
+
+async def test_embeddings_fall_back_from_a_model_whose_providers_do_not_embed(provider: FakeProvider, start_proxy,
+                                                                              aiohttp_server) -> None:  # fmt: skip
+    claude, claude_url = await start_anthropic(aiohttp_server)
+    running = await start_proxy(claude_falls_back_to_large(provider, claude_url))
+    async with running.client() as client:
+        answer = await client.embeddings.create(model="claude", input="x", encoding_format="float")
+    assert answer.model == "large" and claude.received == [] and [r.key for r in provider.received] == ["key-b"]
+
+
+async def test_an_embeddings_requests_own_fault_takes_no_fallback(provider: FakeProvider, start_proxy) -> None:
+    running = await start_proxy(two_models(provider, {"small": ["large"]}))
+    invalid = {"error": {"message": "input: too many tokens", "type": "invalid_request_error"}}
+    provider.state.fail_next("key-a", Fault(status=400, body=invalid))
+    async with running.client() as client:
+        with pytest.raises(openai.BadRequestError, match="too many tokens"):
+            await client.embeddings.create(model="small", input="x", encoding_format="float")
+    assert [r.key for r in provider.received] == ["key-a"]

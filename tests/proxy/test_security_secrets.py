@@ -14,8 +14,10 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cliproxy_proxy.scrub import Scrubber, TextScrubber, scrub
+from cliproxy_proxy.scrub import _HOLD_FROM, Scrubber, TextScrubber, scrub, scrub_answer
 
 from ..support.proxy import CLIENT_KEY, base_config, compat_block
 
@@ -52,6 +54,14 @@ async def echo_key(request: web.Request) -> web.StreamResponse:
     if how.startswith("error-"):
         error = b'{"error":{"message":"bad key ' + spelled(key, how[6:]) + b'","type":"invalid_request_error"}}'
         return web.Response(status=400, body=error, content_type="application/json")
+    if how == "two-choices":  # the key's halves end one choice's content and begin the next one's
+        answer = orjson.loads(completion(b""))
+        choice = answer["choices"][0]
+        answer["choices"] = [
+            {**choice, "message": {"role": "assistant", "content": "key " + key[:7]}},
+            {**choice, "index": 1, "message": {"role": "assistant", "content": key[7:] + " seen"}},
+        ]
+        return web.json_response(answer)
     if not body.get("stream"):
         return web.Response(body=completion(spelled(key, how)), content_type="application/json")
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -165,3 +175,55 @@ def test_a_stream_holds_back_only_what_may_start_the_key() -> None:
     assert scrubber.feed(b"tail sk-") == b"tail "
     assert scrubber.flush() == b"sk-"  # the stream ended: what waited goes out (it is no key)
     assert scrub(b"sk-up/echo+Key-12", KEY) == b"sk-up/echo+Key-12"
+
+
+OTHER = st.text(alphabet=" .,:;!?QWZ\u00e9", max_size=6)  # text that shares no character with the key
+PROPERTY = settings(max_examples=60, deadline=None, database=None)
+
+
+def texts_of(body: bytes) -> str:
+    """Every generated text value of a body or of a run of SSE events, joined."""
+    events = [line[5:] for line in body.splitlines() if line.startswith(b"data:")] or [body]
+    joined = []
+    for event in events:
+        document = orjson.loads(event)
+        for block in document.get("content") or [c["delta"] for c in document.get("choices", [])]:
+            joined.append(block.get("text") or block.get("content") or "")
+    return "".join(joined)
+
+
+async def test_a_key_split_across_two_choices_is_cut_from_the_answer(echo_url: str, start_proxy) -> None:
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(echo_url, keys=(KEY,))]}))
+    messages = [{"role": "user", "content": "two-choices"}]
+    answer = await running.client().chat.completions.create(model="small", messages=messages)  # type: ignore[arg-type]
+    assert [c.message.content for c in answer.choices] == ["key [REDACTED]", " seen"]
+
+
+@PROPERTY
+@given(cut=st.integers(1, len(KEY) - 1), hows=st.tuples(st.sampled_from(HOWS), st.sampled_from(HOWS)),
+       before=OTHER, after=OTHER)  # fmt: skip
+def test_a_key_split_across_two_values_of_an_answer_is_cut(cut: int, hows: tuple[str, str], before: str,
+                                                           after: str) -> None:  # fmt: skip
+    first = orjson.dumps(before)[1:-1] + spelled(KEY[:cut], hows[0])
+    second = spelled(KEY[cut:], hows[1]) + orjson.dumps(after)[1:-1]
+    body = (b'{"type":"message","content":[{"type":"text","text":"' + first + b'"},'
+            b'{"type":"text","text":"' + second + b'"}]}')  # fmt: skip
+    assert texts_of(scrub_answer(body, KEY)) == before + "[REDACTED]" + after
+
+
+@PROPERTY
+@given(cuts=st.sets(st.integers(1, len(KEY) - 1), max_size=len(KEY) - 1), hows=st.lists(st.sampled_from(HOWS),
+       min_size=len(KEY), max_size=len(KEY)), batch=st.integers(1, 4), before=OTHER, after=OTHER)  # fmt: skip
+def test_a_key_streamed_in_any_pieces_shows_at_most_its_first_three_characters(
+    cuts: set[int], hows: list[str], batch: int, before: str, after: str
+) -> None:
+    """Its first three characters (a vendor's prefix, ``sk-``) may go out before the key is seen; never more."""
+    bounds = [0, *sorted(cuts), len(KEY)]
+    pieces = [orjson.dumps(before)[1:-1]]
+    pieces += [spelled(KEY[a:b], how) for a, b, how in zip(bounds, bounds[1:], hows, strict=False)]
+    events = [chunk_event(piece) for piece in [*pieces, orjson.dumps(after)[1:-1]]]
+    scrubber, text = Scrubber(KEY), TextScrubber(KEY)
+    sent = b"".join(text.feed(scrubber.feed(b"".join(events[i : i + batch]))) for i in range(0, len(events), batch))
+    sent += text.feed(scrubber.flush()) + text.flush()
+    shown = texts_of(sent)
+    assert shown in [before + KEY[:size] + "[REDACTED]" + after for size in range(_HOLD_FROM)]
