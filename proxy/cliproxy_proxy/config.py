@@ -148,6 +148,10 @@ class _Routed(_OneSource):
         """Where requests go without ``base-url``: the catalog's endpoint, unless the entry names its own (a region)."""
         return catalog
 
+    def upstream_base_url(self, catalog: str | None) -> str:
+        """What the wire's paths go below: ``base-url``, else the default."""
+        return self.base_url or self.default_base_url(catalog) or ""
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
@@ -164,14 +168,16 @@ class _Routed(_OneSource):
         return check_url(value, schemes=("http",))  # an HTTP proxy; HTTPS upstreams tunnel through CONNECT
 
 
-class _KeySource(_OneSource):
+class KeySource(_OneSource):
+    """An entry whose secret may be a key, inline or in a file (some take another source besides)."""
+
     SOURCES: ClassVar[tuple[tuple[str, ...], ...]] = (("api_key",), ("api_key_file",))
 
     api_key: SecretStr | None = None
     api_key_file: NonEmpty | None = None
 
 
-class ApiKeyCredential(_Routed, _KeySource):
+class ApiKeyCredential(_Routed, KeySource):
     """A direct or aggregator API key: claude-api-key, openrouter, groq and the other keyed blocks."""
 
 
@@ -202,11 +208,10 @@ class VertexCredential(ApiKeyCredential):
     def scope(self) -> str | None:
         return f"projects/{self.project}/locations/{self.location}" if self.project else None
 
-    @property
-    def project_base_url(self) -> str | None:
-        """The regional endpoint of ``project``, unless ``base-url`` says otherwise."""
-        if self.base_url or not self.project:
-            return self.base_url
+    def default_base_url(self, catalog: str | None) -> str | None:
+        """The regional endpoint of ``project``; without a project, the catalog's (API-key express mode)."""
+        if not self.project:
+            return catalog
         host = "aiplatform" if self.location == "global" else f"{self.location}-aiplatform"
         return f"https://{host}.googleapis.com"
 
@@ -240,14 +245,12 @@ class AzureEntra(_Block):
 _DEPLOYMENT = re.compile(r"(?!\.\.?$)[A-Za-z0-9._-]{1,64}")
 
 
-class AzureOpenAICredential(_Routed):
+class AzureOpenAICredential(_Routed, KeySource):
     """Azure OpenAI: a resource's deployments (``models[].name`` is the deployment, ``alias`` what clients ask
     for) with ``api-version``, or its v1 API (``api: v1``, model names as they are). An ``api-key`` or Entra ID."""
 
     SOURCES = (("api_key",), ("api_key_file",), ("entra",))
 
-    api_key: SecretStr | None = None
-    api_key_file: NonEmpty | None = None
     entra: AzureEntra | None = None
     resource: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")] | None = None
     api: Literal["deployments", "v1"] = "deployments"
@@ -269,23 +272,20 @@ class AzureOpenAICredential(_Routed):
         """The resource's root, ``https://{resource}.openai.azure.com``, or ``base-url``."""
         return self.base_url or f"https://{self.resource}.openai.azure.com"
 
-    @property
-    def api_base(self) -> str:
+    def upstream_base_url(self, catalog: str | None) -> str:
         """What the operations' paths go below: ``/openai`` (deployment URLs) or ``/openai/v1``."""
         return self.endpoint + ("/openai/v1" if self.api == "v1" else "/openai")
 
 
-class SessionCredential(_Routed):
+class SessionCredential(_Routed, KeySource):
     """A key or an IDE session token file: minimax, roo and kilo accept either."""
 
     SOURCES = (("api_key",), ("api_key_file",), ("token_file",))
 
-    api_key: SecretStr | None = None
-    api_key_file: NonEmpty | None = None
     token_file: NonEmpty | None = None
 
 
-class CompatKey(_KeySource):
+class CompatKey(KeySource):
     """One key of an openai-compatibility provider, optionally through its own egress proxy and weight."""
 
     proxy_url: str | None = None
@@ -469,7 +469,7 @@ class RequestLog(_Block):
 ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=127)]
 
 
-class ClientKey(_KeySource):
+class ClientKey(KeySource):
     """A named client identity: its key, the models it may use (globs), its limits and when it expires."""
 
     name: ClientName

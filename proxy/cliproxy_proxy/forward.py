@@ -334,7 +334,7 @@ class Exchange:
         """Whether an OpenAI-shaped stream must ask for the usage its client did not, so tokens are counted."""
         if not self.stream or self.inbound not in (OPENAI_CHAT, OPENAI_COMPLETIONS):
             return False
-        if upstream.name != OPENAI_CHAT.name:  # OpenAI's wire at another host (Azure) counts the same way
+        if upstream.name != OPENAI_CHAT.name:  # OpenAI's wire at another host counts the same way
             return False
         options = self.payload.get("stream_options")
         return not isinstance(options, dict) or options.get("include_usage") is not True
@@ -537,7 +537,7 @@ class Exchange:
 
     @staticmethod
     def _upstream_message(body: bytes, status: int) -> str:
-        """``error.message`` (most vendors), else a top-level ``message`` (AWS services)."""
+        """``error.message`` (most vendors), else a top-level ``message`` (some vendors)."""
         try:
             document = orjson.loads(body)
             error = document.get("error")

@@ -23,16 +23,13 @@ from .clients import Client, client_of, plain_client
 from .config import (
     CONTROL_CHARACTERS,
     MAX_FALLBACKS,
-    ApiKeyCredential,
-    AzureOpenAICredential,
     CompatProvider,
     ConfigError,
     EntryPolicy,
+    KeySource,
     ModelEntry,
     ProxyConfig,
     RateLimit,
-    SessionCredential,
-    VertexCredential,
     _Routed,
 )
 from .loader import ConfigSource
@@ -104,7 +101,6 @@ class Credential:
     cooling: bool
     codec: Codec  # its wire's codec, or one of its own for a session whose tokens it carries (``with_tokens``)
     models_endpoint: str = "/models"
-    vertex_scope: str | None = None  # "projects/P/locations/L" for Vertex's project endpoints
     force_prefix: bool | None = None  # this entry's force-model-prefix, when it overrides the top level
     session: Session | None = field(default=None, repr=False)  # an OAuth / session token, kept fresh
     policy: Policy = DEFAULT_POLICY  # the retry and timeout values of its entry
@@ -116,10 +112,8 @@ class Credential:
         return not self.models and self.session is None and self.wire is Wire.OPENAI_CHAT
 
     def scoped(self, path: str, model: str = "") -> str:
-        """Where a request for ``model`` goes: inside this credential's Vertex project, when it has one, at the
-        place its codec puts the model (a deployment URL)."""
-        if self.vertex_scope is not None:
-            path = path.replace("/v1/publishers/", f"/v1/{self.vertex_scope}/publishers/", 1)
+        """Where a request for ``model`` goes below the base URL: where its codec puts it (a deployment URL, a
+        project's path)."""
         return self.codec.locate(path, model)
 
     def head(self, path: str, vendor: Mapping[str, str] | None = None) -> bytes:
@@ -267,10 +261,7 @@ class _Builder:
     ) -> None:
         kind = KINDS[block]
         codec = codec or UPSTREAM[kind.wire].for_entry(entry)
-        scope = entry.scope if isinstance(entry, VertexCredential) else None
-        auth: dict[str, str] = {}
-        if key is not None:  # a project endpoint takes an OAuth access token, not an API key
-            auth = {"Authorization": f"Bearer {key}"} if scope is not None else codec.auth_headers(key)
+        auth = codec.auth_headers(key) if key is not None else {}
         headers = {"Content-Type": "application/json", **codec.default_headers, **auth, **(extra_headers or {}),
                    **entry.headers}  # fmt: skip
         names = {name.lower() for name in headers}
@@ -301,7 +292,6 @@ class _Builder:
                 cooling=cooling,
                 codec=codec,
                 models_endpoint=entry.models_endpoint if isinstance(entry, CompatProvider) else "/models",
-                vertex_scope=scope,
                 force_prefix=entry.force_model_prefix,
                 session=session,
                 policy=Policy.of(self.config, entry.policy),
@@ -372,11 +362,7 @@ class _Builder:
                 if is_session(entry):
                     self.add_session(block, index, entry, where)
                     continue
-                base_url = entry.base_url or entry.default_base_url(kind.default_base_url) or ""
-                if isinstance(entry, VertexCredential):
-                    base_url = entry.project_base_url or base_url
-                elif isinstance(entry, AzureOpenAICredential):
-                    base_url = entry.api_base
+                base_url = entry.upstream_base_url(kind.default_base_url)
                 identity = identity_of(entry, functools.partial(self.secret, lines=True), where)
                 if identity is not None:  # a cloud identity's tokens, fetched and refreshed by its library
                     spec = SessionSpec(block, where, identity.source, True, None)
@@ -384,10 +370,10 @@ class _Builder:
                     self.add(block, index, entry, None, block, base_url, None, session=session,
                              session_origin=identity.source)  # fmt: skip
                     continue
-                if entry.SECRET_FILES:  # keys its codec presents itself (AWS keys sign each request): no api-key
+                if entry.SECRET_FILES:  # keys its codec presents itself (keys that sign each request): no api-key
                     self.add(block, index, self.with_secret_files(entry, where), None, block, base_url, None)
                     continue
-                assert isinstance(entry, ApiKeyCredential | SessionCredential | AzureOpenAICredential)  # by validation
+                assert isinstance(entry, KeySource)  # by validation
                 secret = self.secret(entry.api_key, entry.api_key_file, where)
                 self.add(block, index, entry, secret, block, base_url, None)
 

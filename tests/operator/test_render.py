@@ -199,9 +199,9 @@ def test_every_credential_field_reaches_the_config(tmp_path: Path) -> None:
     assert compat["name"] == "compat" and compat["models-endpoint"] == "/v1/models"
     assert compat["api-key-entries"] == [{"api-key-file": "compat.key-0"}, {"api-key-file": "compat.key-1"}]
     runtime = load(render(routes, creds, SECRETS).gateways["default"], tmp_path)
-    assert (
-        runtime.routes["gemini-2.5-pro"].groups[0][0].credential.vertex_scope
-        == "projects/my-project-1/locations/europe-west4"
+    vertex = runtime.routes["gemini-2.5-pro"].groups[0][0].credential
+    assert vertex.scoped("/v1/publishers/google/models/gemini-2.5-pro:generateContent", "gemini-2.5-pro") == (
+        "/v1/projects/my-project-1/locations/europe-west4/publishers/google/models/gemini-2.5-pro:generateContent"
     )
 
 

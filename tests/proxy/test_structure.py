@@ -11,7 +11,7 @@ import cliproxy_proxy
 PACKAGE = Path(cliproxy_proxy.__file__).parent
 #: The modules every wire goes through: a wire's knowledge belongs to its codec, not here.
 WIRE_BLIND = ("forward.py", "runtime.py", "count.py", "embeddings.py")
-WIRE_NAMES = re.compile(r"kiro|gemini|anthropic|claude|google", re.IGNORECASE)
+WIRE_NAMES = re.compile(r"kiro|gemini|anthropic|claude|google|vertex|azure|bedrock|aws", re.IGNORECASE)
 
 
 def test_the_request_path_names_no_wire() -> None:

@@ -901,13 +901,18 @@ class VertexCodec(GeminiCodec):
     embeddings: EmbeddingsWire | None = VertexEmbeddings()  # ``predict``, not ``batchEmbedContents``
     bearer = False  # a project endpoint: the key is an access token
     claude: Codec | None = None
+    scope = ""  # "projects/P/locations/L": a project's endpoints carry it in the path
 
     def for_entry(self, entry: object) -> Self:
-        if not getattr(entry, "project", None):
+        scope = getattr(entry, "scope", None)  # config.VertexCredential's, when it names a project
+        if not scope:
             return self
         codec = copy.copy(self)
-        codec.bearer, codec.claude = True, VertexClaudeCodec()
+        codec.bearer, codec.claude, codec.scope = True, VertexClaudeCodec(), scope
         return codec
+
+    def locate(self, path: str, model: str) -> str:
+        return path.replace("/v1/publishers/", f"/v1/{self.scope}/publishers/", 1) if self.scope else path
 
     def for_model(self, model: str) -> Codec:
         if self.claude is not None and model.startswith("claude-"):
