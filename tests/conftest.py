@@ -10,7 +10,6 @@ import tempfile
 os.environ["KUBECONFIG"] = os.path.join(tempfile.mkdtemp(prefix="cliproxy-kube-"), "kubeconfig")
 
 import asyncio
-import gc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -39,35 +38,16 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-CLOSE_GRACE = 5.0  # seconds the clients a test dropped get to close
-
-
-@pytest.fixture
-async def aiohttp_server(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> AsyncIterator[Callable[..., Awaitable[TestServer]]]:
-    """pytest-aiohttp's fixture, and the SDK clients a test dropped closed on the test's own loop.
-
-    An SDK client nobody closed is closed by its finalizer, which schedules ``aclose()`` on whatever loop runs
-    whenever the garbage collector gets to it. In the suite such a late ``aclose()`` aborted a transport whose
-    socket number the running loop had since given to a new listening socket, unregistering the listener: the
-    next request to that server hung. Collected here, before the servers stop, dropped clients close in time.
-    """
-    yield aiohttp_server
-    running = asyncio.all_tasks()
-    gc.collect()
-    closing = asyncio.all_tasks() - running  # what the finalizers scheduled, and only that
-    if closing:  # bounded: a close that waits on a server gone quiet must not hold the suite
-        await asyncio.wait(closing, timeout=CLOSE_GRACE)
-
-
 @pytest.fixture
 async def provider(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> FakeProvider:
     return await serve_provider(aiohttp_server)
 
 
 @pytest.fixture
-def start_proxy(
+async def start_proxy(
     aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path
-) -> Callable[..., Awaitable[RunningProxy]]:
-    return proxy_starter(aiohttp_server, tmp_path)
+) -> AsyncIterator[Callable[..., Awaitable[RunningProxy]]]:
+    started: list[RunningProxy] = []
+    yield proxy_starter(aiohttp_server, tmp_path, started)
+    for running in started:  # the SDK clients they handed out, closed on this test's loop
+        await running.close()

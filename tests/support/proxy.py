@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,28 @@ class RunningProxy:
     server: TestServer
     url: str
     config_path: Path
+    clients: list[openai.AsyncOpenAI] = field(default_factory=list)
 
     @property
     def proxy(self) -> Proxy:
         return self.app[PROXY]
 
     def client(self, key: str = CLIENT_KEY, **options: Any) -> openai.AsyncOpenAI:
-        """An SDK client that fails a hung request in a minute (the SDK's own 600 s would stall the suite)."""
+        """An SDK client that fails a hung request in a minute (the SDK's own 600 s would stall the suite).
+
+        Closed by the ``start_proxy`` fixture on the test's loop. Left to its finalizer, its ``aclose()`` runs on
+        whatever loop runs when the garbage collector gets to it: in the suite, one aborted a transport whose
+        socket number the running loop had since given to a new listening socket, unregistering the listener, and
+        the next request to that server hung.
+        """
         options = {"timeout": 60.0, **options}
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **options)
+        client = openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **options)
+        self.clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
 
     def sync_client(self, key: str = CLIENT_KEY) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=60.0)
@@ -103,9 +116,10 @@ async def serve_provider(aiohttp_server: Callable[..., Awaitable[TestServer]]) -
 
 
 def proxy_starter(
-    aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path
+    aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path, started: list[RunningProxy]
 ) -> Callable[..., Awaitable[RunningProxy]]:
-    """Starts a proxy from a config written to ``tmp_path``, reloading it every ``reload_interval`` s."""
+    """Starts a proxy from a config written to ``tmp_path``, reloading it every ``reload_interval`` s; each one
+    started is added to ``started``."""
 
     async def start(config: dict[str, Any], *, secrets_dir: Path | None = None,
                     reload_interval: float = 0.05) -> RunningProxy:  # fmt: skip
@@ -113,6 +127,8 @@ def proxy_starter(
         write_yaml(path, config)
         app = load_app(ConfigSource(path, secrets_dir), reload_interval)
         server = await aiohttp_server(app)
-        return RunningProxy(app, server, str(server.make_url("")).rstrip("/"), path)
+        running = RunningProxy(app, server, str(server.make_url("")).rstrip("/"), path)
+        started.append(running)
+        return running
 
     return start
