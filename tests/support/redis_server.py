@@ -38,7 +38,9 @@ class RedisServer:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                    "--dir", str(self.directory)]  # fmt: skip
         if self.cluster:
-            command += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf"]
+            # The bus port defaults to port + 10000, past 65535 for a quarter of the ephemeral range: name one.
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{self.port}.conf",
+                        "--cluster-port", str(free_port())]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._until(b"PING\r\n", b"+PONG")
         if self.cluster:
