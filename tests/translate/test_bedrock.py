@@ -174,7 +174,7 @@ def test_a_converse_answer_decodes() -> None:
     call = ToolCall("tooluse_1", "get_weather", '{"city":"Oslo"}')
     assert answer.parts == [Thinking("hmm", "s"), Text("Calling."), call]
     assert answer.finish == "tool_calls"
-    assert answer.usage == Usage(input=15, output=5, cached=4)
+    assert answer.usage == Usage(input=15, output=5, cached=4, cache_write=1)  # cache writes are priced apart
 
 
 def _stream(blocks: list[dict[str, object]], stop: str, fault: Fault | None = None) -> bytes:

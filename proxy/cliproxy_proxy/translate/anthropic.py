@@ -361,12 +361,11 @@ def _encode_usage(usage: Usage) -> dict[str, Any]:
 def _decode_usage(usage: Any) -> Usage:
     if not isinstance(usage, dict):
         return Usage()
-    cached = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + cached + written
     details = usage.get("output_tokens_details")
     thinking = int(details.get("thinking_tokens") or 0) if isinstance(details, dict) else 0
-    return Usage(prompt, int(usage.get("output_tokens") or 0), cached, thinking, written)
+    return Usage.with_caches(int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0),
+                             int(usage.get("cache_read_input_tokens") or 0),
+                             int(usage.get("cache_creation_input_tokens") or 0), thinking)  # fmt: skip
 
 
 def _stop_reason(reason: FinishReason | None, stop_sequence: str | None) -> str:

@@ -216,9 +216,12 @@ def encode_converse(request: Request) -> dict[str, Any]:
 def _usage(counts: Any) -> Usage:
     if not isinstance(counts, dict):
         return Usage()
-    cached = int(counts.get("cacheReadInputTokens") or 0)
-    written = int(counts.get("cacheWriteInputTokens") or 0)
-    return Usage(int(counts.get("inputTokens") or 0) + cached + written, int(counts.get("outputTokens") or 0), cached)
+    return Usage.with_caches(
+        int(counts.get("inputTokens") or 0),
+        int(counts.get("outputTokens") or 0),
+        int(counts.get("cacheReadInputTokens") or 0),
+        int(counts.get("cacheWriteInputTokens") or 0),
+    )
 
 
 def _finish(reason: Any) -> FinishReason:

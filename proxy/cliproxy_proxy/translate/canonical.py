@@ -204,6 +204,11 @@ class Usage:
     reasoning: int = 0
     cache_write: int = 0
 
+    @classmethod
+    def with_caches(cls, uncached: int, output: int, cached: int, written: int, reasoning: int = 0) -> Usage:
+        """A wire's counts that report the prompt's cache reads and writes apart from its other tokens."""
+        return cls(uncached + cached + written, output, cached, reasoning, written)
+
     @property
     def total(self) -> int:
         return self.input + self.output
