@@ -1,6 +1,6 @@
 """What each ClientKey used in its current budget period, read from the Redis its gateway's proxies count in.
 
-The proxies keep a budgeted key's period tokens in Redis (cliproxy_proxy.counters); the operator reads
+The proxies keep every key's period tokens and cost in Redis (cliproxy_proxy.counters); the operator reads
 them for the status, one pipelined round trip per namespace on a timer, never one per key. Without Redis each
 replica counts alone and there is nothing shared to read: the status says so.
 """
@@ -52,14 +52,13 @@ def interval() -> float:
 
 
 def counters(namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, tuple[str, str, str]]:
-    """Each budgeted ClientKey's period and the Redis keys its proxies count that period's tokens and cost in."""
+    """Each ClientKey's period (its budget's, else the month) and the Redis keys its proxies count it in."""
     found = {}
     for resource in clientkeys:
         budget = resource.get("spec", {}).get("budget")
-        if not budget:
-            continue
+        per = Budget.model_construct(tokens=0, per=budget.get("per") or "month") if budget else None
         name = str(resource["metadata"]["name"])
-        current, _ = period(Budget.model_construct(tokens=0, per=budget.get("per") or "month"), now.timestamp())
+        current, _ = period(per, now.timestamp())
         client = client_name(namespace, name)
         found[name] = (current, budget_key(client, current), spend_key(client, current))
     return found

@@ -16,10 +16,11 @@ REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis a deployment names for every c
 REDIS_PASSWORD_ENV = "CLIPROXY_REDIS_PASSWORD"  # its password, kept out of the URL in the pod spec
 
 
-def period(budget: Budget, now: float) -> tuple[str, int]:
-    """The budget's current period (``2026-12`` or ``2026-12-02``) and the seconds left in it."""
+def period(budget: Budget | None, now: float) -> tuple[str, int]:
+    """The budget's current period (``2026-12`` or ``2026-12-02``) and the seconds left in it. A key without a
+    budget counts its usage by the month, so a ClientKey's status shows what it used all the same."""
     moment = datetime.fromtimestamp(now, UTC)
-    if budget.per == "day":
+    if budget is not None and budget.per == "day":
         start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
         end = start.timestamp() + 86400
         return start.strftime("%Y-%m-%d"), max(1, int(end - now))
@@ -29,12 +30,12 @@ def period(budget: Budget, now: float) -> tuple[str, int]:
 
 
 def budget_key(client_name: str, budget_period: str) -> str:
-    """The tokens a client used in a budget period (the operator reads it for a ClientKey's status)."""
+    """The tokens a client used in a period (the operator reads it for a ClientKey's status)."""
     return f"cliproxy:{{{client_name}}}:budget:{budget_period}"
 
 
 def spend_key(client_name: str, budget_period: str) -> str:
-    """The micro-dollars a client spent in a budget period (a budgeted client's answers add their cost)."""
+    """The micro-dollars a client spent in a period (every answer of a ``client-keys`` key adds its cost)."""
     return f"cliproxy:{{{client_name}}}:spend:{budget_period}"
 
 

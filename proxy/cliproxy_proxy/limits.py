@@ -3,7 +3,8 @@ one interface, two engines.
 
 ``Local`` counts in this process (one replica). ``Shared`` counts in Redis, so every replica naming the same
 Redis enforces one limit: each admission is ONE Lua script (one round trip) before the upstream call, and the
-tokens an answer used are settled afterwards in a background task. While Redis is unreachable a check waits
+tokens and cost answers used are settled afterwards, summed per client and flushed every 0.1 s (so a tpm or a
+budget sees an answer at most that much later). While Redis is unreachable a check waits
 at most ``redis.timeout``, then applies ``redis.on-error``; Redis is retried with a growing backoff.
 
 A credential is reserved by its own script once the client is admitted: its counters live under its own hash tag
@@ -25,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisError
 
+from .autopipe import AutoPipeline, Script
 from .clients import Client
 from .config import Budget, Redis
 from .cooldowns import CooldownFeed
@@ -60,13 +63,13 @@ ALLOWED = Verdict(True)
 class Engine(Protocol):
     async def admit(self, client: Client) -> Verdict: ...
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None: ...
+    def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None: ...
 
     async def spent(self, client: Client) -> tuple[int, int] | None: ...
 
     async def reserve(self, credential: Credential) -> float: ...
 
-    async def spend(self, credential: Credential, tokens: int) -> None: ...
+    def spend(self, credential: Credential, tokens: int) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -143,13 +146,16 @@ class Local:
         usage.requests.add(second, 1)
         return ALLOWED
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
+    def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
+        if not client.limited:  # nothing of it is checked here (Redis keeps every key's usage for its status)
+            return
         usage = self.usage.setdefault(client.name, _Usage())
-        if client.rate_limit is not None and client.rate_limit.max_parallel is not None:
+        limit = client.rate_limit
+        if limit is not None and limit.max_parallel is not None:
             usage.in_flight = max(0, usage.in_flight - 1)
-        if tokens:
+        if tokens and limit is not None and limit.tpm is not None:  # a window nothing reads would only grow
             usage.tokens.add(int(time.time()), tokens)
-            usage.spent += tokens
+        usage.spent += tokens
         usage.spent_micro_usd += micro_usd
 
     async def spent(self, client: Client) -> tuple[int, int] | None:
@@ -171,7 +177,7 @@ class Local:
         usage.requests.add(second, 1)
         return 0.0
 
-    async def spend(self, credential: Credential, tokens: int) -> None:
+    def spend(self, credential: Credential, tokens: int) -> None:  # only a credential with a tpm is spent
         self.credentials.setdefault(credential.id, _Usage()).tokens.add(int(time.time()), tokens)
 
     async def close(self) -> None:
@@ -204,7 +210,7 @@ end
 
 # KEYS: requests, tokens, in-flight, budget, spend. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
 # lease seconds, ticket, budget micro-dollars. A limit of 0 is not set.
-_ADMIT = (
+_ADMIT = Script(
     _WINDOW
     + """
 local rpm, tpm, parallel, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -237,30 +243,30 @@ return {1, 0, ''}
 """
 )
 
-# KEYS: tokens, in-flight, budget, spend. ARGV: tokens, ticket, budget seconds left (0: no budget), count tokens
-# (1/0), micro-dollars.
-_SETTLE = """
-local tokens = tonumber(ARGV[1])
-if ARGV[2] ~= '' then redis.call('ZREM', KEYS[2], ARGV[2]) end
+# KEYS: tokens, in-flight, period tokens, period spend. ARGV: tokens, micro-dollars, period seconds left, count
+# tokens against tpm (1/0), then the max-parallel tickets to release. One call settles every answer a client had
+# since the last flush.
+_SETTLE = Script("""
+local tokens, dollars, left = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if #ARGV > 4 then redis.call('ZREM', KEYS[2], unpack(ARGV, 5)) end
 if tokens > 0 and ARGV[4] == '1' then
   redis.call('HINCRBY', KEYS[1], tonumber(redis.call('TIME')[1]), tokens)
   redis.call('EXPIRE', KEYS[1], 61)
 end
-if tokens > 0 and tonumber(ARGV[3]) > 0 then
+if tokens > 0 then
   redis.call('INCRBY', KEYS[3], tokens)
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]) + 3600)
+  redis.call('EXPIRE', KEYS[3], left + 3600)
 end
-local dollars = tonumber(ARGV[5])
-if dollars > 0 and tonumber(ARGV[3]) > 0 then
+if dollars > 0 then
   redis.call('INCRBY', KEYS[4], dollars)
-  redis.call('EXPIRE', KEYS[4], tonumber(ARGV[3]) + 3600)
+  redis.call('EXPIRE', KEYS[4], left + 3600)
 end
 return 1
-"""
+""")
 
 
 # KEYS: a credential's requests, tokens. ARGV: rpm, tpm (0: not set). Answers 0, or the seconds until it may.
-_RESERVE = (
+_RESERVE = Script(
     _WINDOW
     + """
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -279,11 +285,11 @@ return 0
 )
 
 # KEYS: a credential's tokens. ARGV: tokens.
-_SPEND = """
+_SPEND = Script("""
 redis.call('HINCRBY', KEYS[1], tonumber(redis.call('TIME')[1]), tonumber(ARGV[1]))
 redis.call('EXPIRE', KEYS[1], 61)
 return 1
-"""
+""")
 
 
 def _credential_keys(credential: Credential) -> tuple[str, str]:
@@ -298,31 +304,50 @@ def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str, str]:
             spend_key(client.name, budget_period))  # fmt: skip
 
 
+@dataclass
+class _Tally:
+    """What a client's answers used since the last flush, settled by one script call."""
+
+    client: Client
+    tokens: int = 0
+    micro_usd: int = 0
+    tickets: list[str] = field(default_factory=list)
+
+
 class Shared:
-    """Limits held in Redis, one for every replica that names it."""
+    """Limits held in Redis, one for every replica that names it.
+
+    Admissions and credential reservations go out on one auto-pipelined connection (a Cluster keeps redis-py's
+    per-command path). Settles and credential spends are summed per client and per credential and flushed every
+    ``FLUSH`` seconds, as one script call each; an answer that frees a max-parallel slot flushes at once.
+    """
+
+    FLUSH = 0.1
 
     def __init__(self, settings: Redis, outages: Counter) -> None:
         self.settings = settings
         self.outages = outages
         self.redis = connect(settings, socket_timeout=settings.timeout)
-        self.admit_script = self.redis.register_script(_ADMIT)
-        self.settle_script = self.redis.register_script(_SETTLE)
-        self.reserve_script = self.redis.register_script(_RESERVE)
-        self.spend_script = self.redis.register_script(_SPEND)
+        self.pipe = None if isinstance(self.redis, RedisCluster) else AutoPipeline(self.redis, settings.timeout)
         self.down_until = 0.0  # monotonic time before which Redis is not tried again
         self.backoff = 0.0  # 0: reachable
+        self.tallies: dict[str, _Tally] = {}
+        self.spends: dict[str, tuple[Credential, int]] = {}
+        self.flush_at: asyncio.Handle | None = None
+        self.flush_soon = False  # the flush is due on the loop's next turn
+        self.flushing: set[asyncio.Task[None]] = set()
 
     async def admit(self, client: Client) -> Verdict:
         limit, budget = client.rate_limit, client.budget
         now = time.time()
-        current, left = period(budget, now) if budget is not None else ("", 0)
+        current, left = period(budget, now)
         ticket = os.urandom(8).hex() if limit is not None and limit.max_parallel else ""
         tokens, micro_usd = budget_limits(budget)
         argv = (
             (limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0,
             (limit.max_parallel or 0) if limit else 0, tokens, left, LEASE, ticket, micro_usd,
         )  # fmt: skip
-        answer = await self._call(self.admit_script, _keys(client, current), argv)
+        answer = await self._call(_ADMIT, _keys(client, current), argv)
         if answer is None:
             allowed = self._fallback()
             return Verdict(allowed, 1, "" if allowed else "unavailable", counted=False)
@@ -330,15 +355,54 @@ class Shared:
         return Verdict(bool(allowed), int(retry_after), refused.decode() if isinstance(refused, bytes) else refused,
                        ticket)  # fmt: skip
 
-    async def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
+    def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         if not verdict.counted:
             return
-        budget = client.budget
-        current, left = period(budget, time.time()) if budget is not None else ("", 0)
-        _, used, in_flight, spent, spend = _keys(client, current)
-        counts_tokens = int(client.rate_limit is not None and client.rate_limit.tpm is not None)
-        await self._call(self.settle_script, (used, in_flight, spent, spend),
-                         (tokens, verdict.ticket, left, counts_tokens, micro_usd))  # fmt: skip
+        tally = self.tallies.get(client.name)
+        if tally is None:
+            tally = self.tallies[client.name] = _Tally(client)
+        tally.client = client  # the newest rules (a reload may have changed its tpm)
+        tally.tokens += tokens
+        tally.micro_usd += micro_usd
+        if verdict.ticket:
+            tally.tickets.append(verdict.ticket)
+        self._schedule(0.0 if verdict.ticket else self.FLUSH)
+
+    def spend(self, credential: Credential, tokens: int) -> None:
+        _, before = self.spends.get(credential.id, (credential, 0))
+        self.spends[credential.id] = (credential, before + tokens)
+        self._schedule(self.FLUSH)
+
+    def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        if self.flush_at is not None and (delay or self.flush_soon):
+            return
+        if self.flush_at is not None:
+            self.flush_at.cancel()
+        self.flush_soon = not delay
+        self.flush_at = loop.call_later(delay, self._flush) if delay else loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self.flush_at = None
+        tallies, self.tallies = self.tallies, {}
+        spends, self.spends = self.spends, {}
+        task = asyncio.get_running_loop().create_task(self._send(tallies, spends))
+        self.flushing.add(task)
+        task.add_done_callback(self.flushing.discard)
+
+    async def _send(self, tallies: dict[str, _Tally], spends: dict[str, tuple[Credential, int]]) -> None:
+        now = time.time()
+        calls = []
+        for tally in tallies.values():
+            client = tally.client
+            current, left = period(client.budget, now)
+            tokens_key, in_flight, used, spent = _keys(client, current)[1:]
+            counts = int(client.rate_limit is not None and client.rate_limit.tpm is not None)
+            argv = (tally.tokens, tally.micro_usd, left, counts, *tally.tickets)
+            calls.append(self._call(_SETTLE, (tokens_key, in_flight, used, spent), argv))
+        for credential, tokens in spends.values():
+            calls.append(self._call(_SPEND, _credential_keys(credential)[1:], (tokens,)))
+        await asyncio.gather(*calls)
 
     async def spent(self, client: Client) -> tuple[int, int] | None:
         """The budget period's tokens and micro-dollars across every replica (None: no budget, or Redis is down)."""
@@ -355,13 +419,10 @@ class Shared:
     async def reserve(self, credential: Credential) -> float:
         limit = credential.rate_limit
         argv = ((limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0)
-        answer = await self._call(self.reserve_script, _credential_keys(credential), argv)
+        answer = await self._call(_RESERVE, _credential_keys(credential), argv)
         if answer is None:
             return 0.0 if self._fallback() else 1.0
         return float(answer)
-
-    async def spend(self, credential: Credential, tokens: int) -> None:
-        await self._call(self.spend_script, _credential_keys(credential)[1:], (tokens,))
 
     def _fallback(self) -> bool:
         """Whether a check Redis did not answer is allowed (``on-error``), counted."""
@@ -369,26 +430,47 @@ class Shared:
         self.outages.labels("allowed" if allowed else "denied").inc()
         return allowed
 
-    async def _call(self, script: Any, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
+    async def _call(self, script: Script, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
         """The script's answer, or None when Redis did not give one within the timeout (or is backing off)."""
         if self.backoff and time.monotonic() < self.down_until:
             return None
         try:
             async with asyncio.timeout(self.settings.timeout):
-                answer = await script(keys=keys, args=argv)
+                if self.pipe is not None:
+                    answer = await script(self.pipe, keys, argv)
+                else:
+                    answer = await self.redis.evalsha(script.sha, len(keys), *keys, *argv)
+        except NoScriptError:  # a Cluster shard that does not know the script yet
+            return await self._load_and_call(script, keys, argv)
         except (RedisError, OSError, TimeoutError) as error:
-            if not self.backoff:
-                log.warning("redis unreachable (%s); limits apply on-error=%s until it is back",
-                            type(error).__name__, self.settings.on_error)  # fmt: skip
-            self.backoff = min(_BACKOFF_MAX, self.backoff * 2 or _BACKOFF_FIRST)
-            self.down_until = time.monotonic() + self.backoff
-            return None
+            return self._down(error)
         if self.backoff:
             log.warning("redis reachable again; limits are shared again")
             self.backoff = 0.0
         return answer
 
+    async def _load_and_call(self, script: Script, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
+        try:
+            async with asyncio.timeout(self.settings.timeout):
+                return await self.redis.eval(script.source, len(keys), *keys, *argv)
+        except (RedisError, OSError, TimeoutError) as error:
+            return self._down(error)
+
+    def _down(self, error: BaseException) -> None:
+        if not self.backoff:
+            log.warning("redis unreachable (%s); limits apply on-error=%s until it is back",
+                        type(error).__name__, self.settings.on_error)  # fmt: skip
+        self.backoff = min(_BACKOFF_MAX, self.backoff * 2 or _BACKOFF_FIRST)
+        self.down_until = time.monotonic() + self.backoff
+
     async def close(self) -> None:
+        """Settle what is still tallied, then close."""
+        if self.flush_at is not None:
+            self.flush_at.cancel()
+            self._flush()
+        await asyncio.gather(*self.flushing, return_exceptions=True)
+        if self.pipe is not None:
+            await self.pipe.close()
         await self.redis.aclose()
 
 
@@ -450,7 +532,8 @@ class Limits:
         return await self.engine.admit(client)
 
     def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
-        self._background(self.engine.settle(client, verdict, tokens, micro_usd))
+        """Count an answer's tokens and cost against its client (with Redis, flushed in the background)."""
+        self.engine.settle(client, verdict, tokens, micro_usd)
 
     async def spent(self, client: Client) -> tuple[int, int] | None:
         """The current budget period's (tokens, micro-dollars), when the client has a budget and it is known."""
@@ -464,7 +547,7 @@ class Limits:
         """Count an answer's tokens against its credential's tpm, in the background."""
         limit = credential.rate_limit
         if tokens and limit is not None and limit.tpm is not None:
-            self._background(self.engine.spend(credential, tokens))
+            self.engine.spend(credential, tokens)
 
     def _background(self, work: Any) -> None:
         try:

@@ -21,7 +21,7 @@ from cliproxy_proxy.clients import client_of
 from cliproxy_proxy.config import ClientKey as ClientKeyEntry
 from cliproxy_proxy.config import Redis as RedisSettings
 from cliproxy_proxy.counters import spend_key
-from cliproxy_proxy.limits import Shared
+from cliproxy_proxy.limits import ALLOWED, Shared
 
 from ..support.redis_server import RedisServer
 from .kube import CLIENTKEYS, CONFIGMAPS, SECRETS, Cluster, OperatorRunner, b64, unb64, wait_for
@@ -148,6 +148,7 @@ async def test_status_shows_the_period_usage_the_proxies_counted_in_redis(
 ) -> None:
     await basic_setup(cluster, operator)
     await cluster.create(CLIENTKEYS, client_key("dave", budget={"tokens": 1000, "per": "day"}))
+    await cluster.create(CLIENTKEYS, client_key("erin"))  # no budget: its usage is shown by the month all the same
     dave = await wait_condition(cluster, operator, CLIENTKEYS, "dave", "BudgetExhausted", "False", "WithinBudget")
     period = datetime.now(UTC).strftime("%Y-%m-%d")
     assert dave["status"]["usage"] == {"period": period, "tokens": 0, "spendUSD": "0"}
@@ -158,14 +159,23 @@ async def test_status_shows_the_period_usage_the_proxies_counted_in_redis(
     client = client_of(entry)
     outages = Counter("outages", "", ["outcome"], registry=CollectorRegistry())
     engine = Shared(RedisSettings(url=redis_server.url, timeout=5), outages)
+    erin = client_of(ClientKeyEntry.model_validate({"name": f"{cluster.namespace}.erin", "api-key": "e"}))
     try:
         for tokens in (400, 700):
-            await engine.settle(client, await engine.admit(client), tokens)
+            engine.settle(client, await engine.admit(client), tokens)
+        engine.settle(erin, ALLOWED, 300, 2_500)  # an unlimited key is never admitted by Redis, only settled
         await engine.redis.incrby(spend_key(client.name, period), 1_234_500)  # their cost, in micro-dollars
     finally:
-        await engine.close()
+        await engine.close()  # settles what is tallied
     dave = await wait_condition(cluster, operator, CLIENTKEYS, "dave", "BudgetExhausted", "True", "TokenBudgetSpent")
     assert dave["status"]["usage"] == {"period": period, "tokens": 1100, "spendUSD": "1.2345"}
     await warning(cluster, operator, "dave", "BudgetExhausted")
+    erin_usage = {"period": datetime.now(UTC).strftime("%Y-%m"), "tokens": 300, "spendUSD": "0.0025"}
+
+    async def erin_shows_its_usage() -> bool:
+        erin = await cluster.get(CLIENTKEYS, "erin") or {}
+        return erin.get("status", {}).get("usage") == erin_usage
+
+    await wait_for(erin_shows_its_usage, message=lambda: operator.describe())
     await cluster.settle()  # Redis is read every 0.2 s; while nothing changes, the API hears nothing of it
     assert [e["reason"] for e in await cluster.events("dave") if e.get("type") == "Warning"] == ["BudgetExhausted"]

@@ -134,6 +134,7 @@ async def test_an_unreachable_redis_reads_as_unknown_not_as_zero() -> None:
     redis = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=5)
     try:
         assert await observe(redis, NS, [client_key("alice", budget={"tokens": 10})], NOW) is None
-        assert await observe(redis, NS, [client_key("free")], NOW) == {}  # nothing budgeted: nothing to ask
+        assert await observe(redis, NS, [client_key("free")], NOW) is None  # a key without a budget is read too
+        assert await observe(redis, NS, [], NOW) == {}  # no key: nothing to ask
     finally:
         await redis.aclose()

@@ -128,10 +128,11 @@ def test_rpm_120_driven_at_twice_that_across_three_processes(gateway: Gateways) 
         assert 1 <= int(refusal.response.headers["Retry-After"]) <= 60
 
 
-def counted(redis: Redis, name: str) -> int:
-    """The tokens Redis holds for a client: its tpm window (a hash of seconds) and its budget period."""
-    window = sum(int(value) for value in redis.hvals(f"cliproxy:{{{name}}}:tokens"))
-    return window + sum(int(redis.get(key) or 0) for key in redis.keys(f"cliproxy:{{{name}}}:budget:*"))
+def counted(redis: Redis, name: str, limit: str) -> int:
+    """The tokens Redis holds for a client's limit: its tpm window (a hash of seconds) or its budget period."""
+    if limit == "tpm":
+        return sum(int(value) for value in redis.hvals(f"cliproxy:{{{name}}}:tokens"))
+    return sum(int(redis.get(key) or 0) for key in redis.keys(f"cliproxy:{{{name}}}:budget:*"))
 
 
 @pytest.mark.parametrize(("name", "limit"), [("tpm-team", "tpm"), ("budget-team", "budget")])
@@ -144,7 +145,7 @@ def test_tpm_and_budget_hold_across_three_processes(gateway: Gateways, name: str
                 break
             spent, accepted = spent + outcome, accepted + 1
             for _ in range(400):  # its tokens settle after the answer: wait until Redis holds them
-                if counted(redis, name) >= spent:
+                if counted(redis, name, limit) >= spent:
                     break
                 time.sleep(0.025)
     assert isinstance(outcome, openai.RateLimitError) and limit in outcome.message
