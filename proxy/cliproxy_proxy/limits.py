@@ -457,11 +457,15 @@ class Shared:
             return self._down(error)
 
     def _down(self, error: BaseException) -> None:
+        """Back off from Redis; the checks that were waiting on it together count as one failure."""
+        now = time.monotonic()
+        if now < self.down_until:
+            return
         if not self.backoff:
             log.warning("redis unreachable (%s); limits apply on-error=%s until it is back",
                         type(error).__name__, self.settings.on_error)  # fmt: skip
         self.backoff = min(_BACKOFF_MAX, self.backoff * 2 or _BACKOFF_FIRST)
-        self.down_until = time.monotonic() + self.backoff
+        self.down_until = now + self.backoff
 
     async def close(self) -> None:
         """Settle what is still tallied, then close."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from typing import Any
 
@@ -183,6 +184,33 @@ async def test_redis_killed_mid_load_applies_allow_then_enforces_again_once_back
     redis_server.start()  # empty: this Redis keeps nothing across a restart
     accepted, refusal = await ask_until_refused(clients[0])
     assert accepted >= 5 and "rpm" in refusal.message  # counting again; the refusal means Redis answered
+
+
+async def test_a_frozen_redis_costs_a_check_its_timeout_then_counting_resumes(redis_server: RedisServer) -> None:
+    """A Redis that stops answering without closing its socket (SIGSTOP): the pipelined connection's replies
+    never come, so each check ends at ``timeout``, the connection is dropped, and a new one counts again."""
+    limits = Limits(CollectorRegistry())
+    limits.configure(RedisSettings(url=redis_server.url, timeout=0.3))
+    client = team(**{"rate-limit": {"rpm": 1000}})
+    assert (await limits.admit(client)).counted
+    assert redis_server.process is not None
+    redis_server.process.send_signal(signal.SIGSTOP)
+    try:
+        async with asyncio.timeout(GUARD):
+            frozen = await asyncio.gather(*(limits.admit(client) for _ in range(5)))
+    finally:
+        redis_server.process.send_signal(signal.SIGCONT)
+    assert all(v.allowed and not v.counted for v in frozen)  # on-error: allow, and nothing to settle
+    for _ in range(200):  # the backoff (0.1 s, doubling) passes, and a new connection is made
+        verdict = await limits.admit(client)
+        if verdict.counted:
+            break
+        await asyncio.sleep(0.02)
+    assert verdict.allowed and verdict.counted
+    async with Redis.from_url(redis_server.url) as redis:
+        counted = sum(int(v) for v in (await redis.hgetall("cliproxy:{team}:requests")).values())
+    assert counted in (2, 7)  # before and after; the 5 written while it was frozen may run when it thaws
+    await limits.close()
 
 
 async def test_redis_unreachable_under_deny_refuses_with_503_quickly(
