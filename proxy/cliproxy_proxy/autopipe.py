@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis.asyncio import Redis
@@ -25,26 +25,25 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 class AutoPipeline:
     """One connection of ``redis``'s pool kind, kept apart from the pool; replies come back in command order."""
 
-    def __init__(self, redis: Redis, timeout: float) -> None:
+    def __init__(self, redis: Redis) -> None:
         pool = redis.connection_pool
         # No socket timeout on this connection: redis-py would run each write in a task of its own to bound it.
-        # A read waits ``timeout`` at most (below), and every caller bounds its own wait.
+        # Every caller bounds its own wait, and one that waited in vain calls ``stalled``.
         self.make: Callable[[], AbstractConnection] = lambda: pool.connection_class(
             **{**pool.connection_kwargs, "socket_timeout": None}
         )
-        self.timeout = timeout
         self.connection: AbstractConnection | None = None
-        self.queued: list[tuple[Any, ...]] = []
+        self.inflight: deque[asyncio.Future[Any]] = deque()  # the connection's commands sent, not yet answered
+        self.queued: list[bytes] = []
         self.waiters: list[asyncio.Future[Any]] = []
-        self.inflight: deque[asyncio.Future[Any]] = deque()
         self.wake = asyncio.Event()
         self.writer: asyncio.Task[None] | None = None
-        self.reader: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()  # each connection's reader, and resets
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: str | int | bytes) -> Any:
         """The command's reply; a Redis error reply is raised as redis-py raises it."""
         future = asyncio.get_running_loop().create_future()
-        self.queued.append(args)
+        self.queued.append(pack(args))
         self.waiters.append(future)
         self.wake.set()
         if self.writer is None:
@@ -60,44 +59,56 @@ class AutoPipeline:
             connection = self.connection
             try:
                 if connection is None:
-                    connection = self.connection = self.make()
-                    await connection.connect()  # type: ignore[no-untyped-call]
+                    connection = await self._connect()
                 self.inflight.extend(futures)
-                await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+                await connection.send_packed_command(b"".join(commands), check_health=False)
             except (RedisError, OSError) as error:
                 await self._reset(connection, error, futures)
-                continue
-            if self.reader is None or self.reader.done():
-                self.reader = asyncio.get_running_loop().create_task(self._read(connection))
 
-    async def _read(self, connection: AbstractConnection) -> None:
-        inflight = self.inflight
+    async def _connect(self) -> AbstractConnection:
+        connection = self.make()
+        await connection.connect()  # type: ignore[no-untyped-call]
+        self.connection, self.inflight = connection, deque()
+        self._spawn(self._read(connection, self.inflight))
+        return connection
+
+    async def _read(self, connection: AbstractConnection, inflight: deque[asyncio.Future[Any]]) -> None:
+        """The connection's replies, for as long as it lives: reading while idle also sees Redis close it."""
         try:
-            while inflight:
+            while True:
                 try:
-                    async with asyncio.timeout(self.timeout):
-                        reply = await connection.read_response(timeout=math.inf)
+                    reply = await connection.read_response(timeout=math.inf)  # a stall is the callers' to see
                 except ResponseError as error:
                     reply = error
-                future = inflight.popleft()
+                future = inflight.popleft()  # a reply nobody asked for: IndexError, a broken stream
                 if future.done():  # its caller stopped waiting
                     continue
                 if isinstance(reply, ResponseError):
                     future.set_exception(reply)
                 else:
                     future.set_result(reply)
-        except (RedisError, OSError, TimeoutError) as error:
+        except (RedisError, OSError, IndexError) as error:
             await self._reset(connection, error, [])
+
+    def stalled(self) -> None:
+        """A caller waited its whole timeout: drop the connection (its replies may never come) for a new one."""
+        if self.connection is not None and self.inflight:
+            self._spawn(self._reset(self.connection, RedisConnectionError("no reply within the timeout"), []))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _reset(
         self, connection: AbstractConnection | None, error: BaseException, futures: list[asyncio.Future[Any]]
     ) -> None:
         """Fail everything sent on a connection that broke; the next command connects anew."""
         failure = error if isinstance(error, RedisError) else RedisConnectionError(type(error).__name__)
-        waiting = [*futures, *self.inflight] if connection is self.connection else futures
-        if connection is self.connection:
-            self.inflight.clear()
-            self.connection = None
+        waiting = futures
+        if connection is not None and connection is self.connection:
+            waiting = [*futures, *self.inflight]
+            self.connection, self.inflight = None, deque()
         for future in waiting:
             if not future.done():
                 future.set_exception(failure)
@@ -105,11 +116,22 @@ class AutoPipeline:
             await connection.disconnect(nowait=True)
 
     async def close(self) -> None:
-        for task in (self.writer, self.reader):
+        if self.writer is not None:
+            self.writer.cancel()
+        await self._reset(self.connection, RedisConnectionError("closed"), self.waiters)
+        for task in (self.writer, *self.tasks):
             if task is not None:
                 task.cancel()
-        await asyncio.gather(*(t for t in (self.writer, self.reader) if t is not None), return_exceptions=True)
-        await self._reset(self.connection, RedisConnectionError("closed"), self.waiters)
+        await asyncio.gather(*(t for t in (self.writer, *self.tasks) if t is not None), return_exceptions=True)
+
+
+def pack(args: tuple[str | int | bytes, ...]) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 class Script:

@@ -16,17 +16,27 @@ REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis a deployment names for every c
 REDIS_PASSWORD_ENV = "CLIPROXY_REDIS_PASSWORD"  # its password, kept out of the URL in the pod spec
 
 
+_periods: dict[str, tuple[float, float, str]] = {}  # "day"/"month": the current one's start, end and name
+
+
 def period(budget: Budget | None, now: float) -> tuple[str, int]:
     """The budget's current period (``2026-12`` or ``2026-12-02``) and the seconds left in it. A key without a
-    budget counts its usage by the month, so a ClientKey's status shows what it used all the same."""
-    moment = datetime.fromtimestamp(now, UTC)
-    if budget is not None and budget.per == "day":
-        start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-        end = start.timestamp() + 86400
-        return start.strftime("%Y-%m-%d"), max(1, int(end - now))
-    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    after = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
-    return start.strftime("%Y-%m"), max(1, int(after.timestamp() - now))
+    budget counts its usage by the month, so a ClientKey's status shows what it used all the same. Asked on
+    every admission: the current period is kept until it ends."""
+    per = "day" if budget is not None and budget.per == "day" else "month"
+    start, end, name = _periods.get(per, (0.0, 0.0, ""))
+    if not start <= now < end:
+        moment = datetime.fromtimestamp(now, UTC)
+        if per == "day":
+            first = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+            start, end, name = first.timestamp(), first.timestamp() + 86400, first.strftime("%Y-%m-%d")
+        else:
+            first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+            after = first.replace(year=first.year + 1, month=1) if first.month == 12 else \
+                first.replace(month=first.month + 1)  # fmt: skip
+            start, end, name = first.timestamp(), after.timestamp(), first.strftime("%Y-%m")
+        _periods[per] = (start, end, name)
+    return name, max(1, int(end - now))
 
 
 def budget_key(client_name: str, budget_period: str) -> str:

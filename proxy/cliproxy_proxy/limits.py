@@ -18,6 +18,7 @@ micro-dollars, so Redis adds them exactly.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -292,16 +293,18 @@ return 1
 """)
 
 
-def _credential_keys(credential: Credential) -> tuple[str, str]:
-    base = f"cliproxy:credential:{{{credential.id}}}"
+@functools.lru_cache(maxsize=4096)  # asked on every request: the strings are built once
+def _credential_keys(credential_id: str) -> tuple[str, str]:
+    base = f"cliproxy:credential:{{{credential_id}}}"
     return f"{base}:requests", f"{base}:tokens"
 
 
-def _keys(client: Client, budget_period: str) -> tuple[str, str, str, str, str]:
+@functools.lru_cache(maxsize=4096)
+def _keys(client_name: str, budget_period: str) -> tuple[str, str, str, str, str]:
     """One hash tag per client: a Redis Cluster keeps all of a client's counters on one shard."""
-    base = f"cliproxy:{{{client.name}}}"
-    return (f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", budget_key(client.name, budget_period),
-            spend_key(client.name, budget_period))  # fmt: skip
+    base = f"cliproxy:{{{client_name}}}"
+    return (f"{base}:requests", f"{base}:tokens", f"{base}:in-flight", budget_key(client_name, budget_period),
+            spend_key(client_name, budget_period))  # fmt: skip
 
 
 @dataclass
@@ -328,7 +331,7 @@ class Shared:
         self.settings = settings
         self.outages = outages
         self.redis = connect(settings, socket_timeout=settings.timeout)
-        self.pipe = None if isinstance(self.redis, RedisCluster) else AutoPipeline(self.redis, settings.timeout)
+        self.pipe = None if isinstance(self.redis, RedisCluster) else AutoPipeline(self.redis)
         self.down_until = 0.0  # monotonic time before which Redis is not tried again
         self.backoff = 0.0  # 0: reachable
         self.tallies: dict[str, _Tally] = {}
@@ -347,7 +350,7 @@ class Shared:
             (limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0,
             (limit.max_parallel or 0) if limit else 0, tokens, left, LEASE, ticket, micro_usd,
         )  # fmt: skip
-        answer = await self._call(_ADMIT, _keys(client, current), argv)
+        answer = await self._call(_ADMIT, _keys(client.name, current), argv)
         if answer is None:
             allowed = self._fallback()
             return Verdict(allowed, 1, "" if allowed else "unavailable", counted=False)
@@ -396,19 +399,19 @@ class Shared:
         for tally in tallies.values():
             client = tally.client
             current, left = period(client.budget, now)
-            tokens_key, in_flight, used, spent = _keys(client, current)[1:]
+            tokens_key, in_flight, used, spent = _keys(client.name, current)[1:]
             counts = int(client.rate_limit is not None and client.rate_limit.tpm is not None)
             argv = (tally.tokens, tally.micro_usd, left, counts, *tally.tickets)
             calls.append(self._call(_SETTLE, (tokens_key, in_flight, used, spent), argv))
         for credential, tokens in spends.values():
-            calls.append(self._call(_SPEND, _credential_keys(credential)[1:], (tokens,)))
+            calls.append(self._call(_SPEND, _credential_keys(credential.id)[1:], (tokens,)))
         await asyncio.gather(*calls)
 
     async def spent(self, client: Client) -> tuple[int, int] | None:
         """The budget period's tokens and micro-dollars across every replica (None: no budget, or Redis is down)."""
         if client.budget is None or (self.backoff and time.monotonic() < self.down_until):
             return None
-        *_, tokens_key, spend_key = _keys(client, period(client.budget, time.time())[0])
+        *_, tokens_key, spend_key = _keys(client.name, period(client.budget, time.time())[0])
         try:
             async with asyncio.timeout(self.settings.timeout):
                 tokens, micro_usd = await self.redis.mget(tokens_key, spend_key)
@@ -419,7 +422,7 @@ class Shared:
     async def reserve(self, credential: Credential) -> float:
         limit = credential.rate_limit
         argv = ((limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0)
-        answer = await self._call(_RESERVE, _credential_keys(credential), argv)
+        answer = await self._call(_RESERVE, _credential_keys(credential.id), argv)
         if answer is None:
             return 0.0 if self._fallback() else 1.0
         return float(answer)
@@ -443,6 +446,8 @@ class Shared:
         except NoScriptError:  # a Cluster shard that does not know the script yet
             return await self._load_and_call(script, keys, argv)
         except (RedisError, OSError, TimeoutError) as error:
+            if isinstance(error, TimeoutError) and self.pipe is not None:
+                self.pipe.stalled()
             return self._down(error)
         if self.backoff:
             log.warning("redis reachable again; limits are shared again")

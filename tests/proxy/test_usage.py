@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from genai_prices import Usage as TableUsage
 from genai_prices import calc_price
 from prometheus_client import generate_latest
 
-from cliproxy_proxy.config import ConfigError, ModelPrice, parse_config
+from cliproxy_proxy.config import Budget, ConfigError, ModelPrice, parse_config
+from cliproxy_proxy.counters import period
 from cliproxy_proxy.pricing import Prices, table_rates
 from cliproxy_proxy.translate.canonical import Usage
 
@@ -230,3 +232,15 @@ async def test_a_request_log_that_cannot_be_written_costs_requests_nothing(
         await running.client().chat.completions.create(model="small", messages=[{"role": "user", "content": "x"}])
     await running.proxy.accounting.request_log.drain()
     assert not log.exists() and "request-log: cannot write to" in caplog.text
+
+
+def test_a_period_is_the_utc_day_or_month_and_the_seconds_left_in_it() -> None:
+    day, month = Budget(tokens=1, per="day"), Budget(tokens=1, per="month")
+    at = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
+    assert period(day, at) == ("2026-12-31", 1) and period(month, at) == ("2026-12", 1)
+    assert period(None, at) == ("2026-12", 1)  # a key without a budget is counted by the month
+    assert period(day, at + 1) == ("2027-01-01", 86400) and period(month, at + 1) == ("2027-01", 31 * 86400)
+    earlier = datetime(2026, 2, 10, 12, tzinfo=UTC).timestamp()  # the kept period is only a cache: any time works
+    assert period(day, earlier) == ("2026-02-10", 12 * 3600)
+    assert period(month, earlier) == ("2026-02", 18 * 86400 + 12 * 3600)
+    assert period(month, at) == ("2026-12", 1)
