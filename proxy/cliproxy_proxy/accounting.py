@@ -80,7 +80,7 @@ class Accounting:
         usage = exchange.usage if exchange is not None else None
         cost = self.cost(exchange) if exchange is not None else 0.0
         if client is not None:
-            if verdict is not None and not client.plain:
+            if verdict is not None and verdict.allowed and not client.plain:  # admitted (or never limited)
                 self.limits.settle(client, verdict, usage.total if usage else 0, round(cost * MICRO))
             self.clients.record(client, status, usage, cost)
         if span is not None:

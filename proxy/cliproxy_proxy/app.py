@@ -24,7 +24,6 @@ from .config import CONTROL_CHARACTERS
 from .count import CountError, count_tokens
 from .embeddings import EmbeddingsExchange
 from .forward import OVERHEAD_HEADER, Exchange
-from .limits import ALLOWED, Verdict
 from .loader import ConfigSource
 from .metrics import UNRESOLVED
 from .reload import Reloader
@@ -224,11 +223,10 @@ def _forwarder(inbound: Codec, kind: type[Exchange] = Exchange) -> Handler:
         exchange = await _exchange(request, proxy, runtime, inbound, started, kind)
         client = request.get(CLIENT)
         if isinstance(exchange, Exchange):
-            verdict = await proxy.limits.admit(client) if client is not None and client.limited else ALLOWED
-            if verdict.allowed:
-                exchange.span = span
-                return await _run_for(request, proxy, client, verdict, exchange)
-            exchange = _limited(inbound, verdict)
+            if client is not None and client.limited:
+                exchange.admit(client)
+            exchange.span = span
+            return await _run_for(request, proxy, client, exchange)
         proxy.accounting.record(request, client, exchange.status, started, span=span)
         proxy.metrics.finish(UNRESOLVED, UNRESOLVED, exchange.status, perf_counter() - started)
         return exchange
@@ -236,29 +234,16 @@ def _forwarder(inbound: Codec, kind: type[Exchange] = Exchange) -> Handler:
     return forward
 
 
-async def _run_for(
-    request: web.Request, proxy: Proxy, client: Client | None, verdict: Verdict, exchange: Exchange
-) -> web.StreamResponse:
-    """An admitted exchange; its tokens and cost settle its client's limits and count as its usage afterwards."""
+async def _run_for(request: web.Request, proxy: Proxy, client: Client | None, exchange: Exchange) -> web.StreamResponse:
+    """A routed exchange; its tokens and cost settle its client's limits and count as its usage afterwards."""
     status = 499  # the client left before an answer
     try:
         response = await exchange.run()
         status = response.status
         return response
     finally:
-        proxy.accounting.record(request, client, status, exchange.started, exchange=exchange, verdict=verdict,
-                                span=exchange.span)  # fmt: skip
-
-
-def _limited(inbound: Codec, verdict: Verdict) -> web.Response:
-    """The 429 (or, Redis down under on-error: deny, the 503) for a client over one of its limits."""
-    if verdict.limit == "unavailable":
-        refusal = _error(inbound, 503, "Client limits cannot be checked right now.", "limits_unavailable")
-    else:
-        message = f"This API key is over its {verdict.limit} limit; retry after {verdict.retry_after} s."
-        refusal = _error(inbound, 429, message, "rate_limit_exceeded")
-    refusal.headers["Retry-After"] = str(verdict.retry_after)
-    return refusal
+        proxy.accounting.record(request, client, status, exchange.started, exchange=exchange,
+                                verdict=exchange.verdict, span=exchange.span)  # fmt: skip
 
 
 def _in_scope(request: web.Request, model: str, runtime: Runtime) -> bool:

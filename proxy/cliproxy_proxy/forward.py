@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .clients import CLIENT
+from .clients import CLIENT, Client
 from .health import REASONS, names_missing_model
 from .hosted_tools import apply_policy, dropped_header
+from .limits import ALLOWED, Verdict
+from .metrics import UNRESOLVED
 from .oauth.base import RefreshRejected, TokenError
 from .relay import SSERelay
 from .runtime import Credential, Route, Runtime, Target
@@ -86,6 +88,13 @@ class _StreamBroken(Exception):
     """The upstream stream ended badly after the client already got data."""
 
 
+class _Refused(Exception):
+    """The client is over one of its limits (or they cannot be checked under on-error: deny)."""
+
+    def __init__(self, verdict: Verdict) -> None:
+        self.verdict = verdict
+
+
 def retry_after_seconds(value: str | None, cap: float) -> float | None:
     """Seconds from a ``Retry-After`` header, in either of its two forms, at most ``cap``.
 
@@ -136,6 +145,11 @@ class Exchange:
         self.trace_headers: dict[str, str] | None = None  # the traceparent of the attempt in progress
         self._canonical: Request | None = None
         self.fallback_from: str | None = None  # the model asked for, once a fallback model has taken over
+        # A limited client is admitted with its first credential's reservation, in one check: until then
+        # ``admitting`` holds it and ``verdict`` is None; ``held`` is the first credential's reservation.
+        self.admitting: Client | None = None
+        self.verdict: Verdict | None = ALLOWED
+        self.held: float | None = None
 
     def canonical(self) -> Request:
         """The client's request in the canonical model, decoded once, on first need."""
@@ -150,9 +164,15 @@ class Exchange:
 
     # -- the retry loop -------------------------------------------------------------------------------
 
+    def admit(self, client: Client) -> None:
+        """Check ``client``'s limits before the first upstream attempt, with that attempt's credential."""
+        self.admitting, self.verdict = client, None
+
     async def run(self) -> web.StreamResponse:
         try:
             return await self._run()
+        except _Refused as refused:
+            return self.refuse(refused.verdict)
         except TranslationError as error:
             self.proxy.metrics.errors.labels(self.provider, "invalid_request").inc()
             return await self.reply_error(400, str(error), "untranslatable_request")
@@ -222,6 +242,11 @@ class Exchange:
 
     async def attempt(self, target: Target) -> web.StreamResponse | Failure:
         """One upstream attempt; traced as a client span of the request's, when tracing is on."""
+        if self.admitting is not None:
+            client, self.admitting = self.admitting, None
+            self.verdict, self.held = await self.proxy.limits.admit_with(client, target.credential)
+            if not self.verdict.allowed:
+                raise _Refused(self.verdict)
         tracing = self.proxy.accounting.tracing
         if tracing is None or self.span is None:
             return await self._attempt(target)
@@ -244,7 +269,9 @@ class Exchange:
         credential = self.credential = target.credential
         self.target, self.attempts = target, self.attempts + 1
         self.provider = credential.provider
-        held = await self.proxy.limits.reserve(credential)
+        held, self.held = self.held, None
+        if held is None:
+            held = await self.proxy.limits.reserve(credential)
         if held:  # over its own rpm/tpm: skipped as a resting one would be, not a failure
             self.proxy.health.hold(credential, held)
             return HELD
@@ -569,6 +596,19 @@ class Exchange:
         if headers:
             response.headers.update(headers)
         return self.finish(response)
+
+    def refuse(self, verdict: Verdict) -> web.Response:
+        """The 429 (or, Redis down under on-error: deny, the 503) for a client over one of its limits."""
+        if verdict.limit == "unavailable":
+            status, message, code = 503, "Client limits cannot be checked right now.", "limits_unavailable"
+        else:
+            message = f"This API key is over its {verdict.limit} limit; retry after {verdict.retry_after} s."
+            status, code = 429, "rate_limit_exceeded"
+        refusal = web.Response(status=status, body=self.inbound.encode_error(status, message, code),
+                               content_type="application/json")  # fmt: skip
+        refusal.headers["Retry-After"] = str(verdict.retry_after)
+        self.proxy.metrics.finish(UNRESOLVED, UNRESOLVED, status, perf_counter() - self.started)
+        return refusal
 
     def stream_error(self, status: int, message: str) -> bytes:
         """An error event in the client's stream format."""

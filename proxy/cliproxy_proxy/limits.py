@@ -7,9 +7,9 @@ tokens and cost answers used are settled afterwards, summed per client and flush
 budget sees an answer at most that much later). While Redis is unreachable a check waits
 at most ``redis.timeout``, then applies ``redis.on-error``; Redis is retried with a growing backoff.
 
-A credential is reserved by its own script once the client is admitted: its counters live under its own hash tag
-(a Cluster shard of their own, which one script cannot span together with the client's), and a client refused
-must not spend a credential's rpm. So a request of a limited client to a limited credential costs two round trips.
+A limited client is admitted together with its first credential's reservation, in one script on one server (a
+client refused spends nothing of the credential's rpm). A Redis Cluster keeps a client's and a credential's
+counters under their own hash tags, on shards one script cannot span: there they cost two round trips.
 
 Requests and tokens are counted in one-second buckets over a sliding minute. Dollars are counted as whole
 micro-dollars, so Redis adds them exactly.
@@ -63,6 +63,8 @@ ALLOWED = Verdict(True)
 
 class Engine(Protocol):
     async def admit(self, client: Client) -> Verdict: ...
+
+    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]: ...
 
     def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None: ...
 
@@ -167,6 +169,10 @@ class Local:
             return 0, 0
         return usage.spent, usage.spent_micro_usd
 
+    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]:
+        verdict = await self.admit(client)
+        return verdict, await self.reserve(credential) if verdict.allowed else 0.0
+
     async def reserve(self, credential: Credential) -> float:
         """0 when the credential takes one more request now (counted), else the seconds until it may."""
         limit, second = credential.rate_limit, int(time.time())
@@ -209,38 +215,76 @@ local function used(key)
 end
 """
 
-# KEYS: requests, tokens, in-flight, budget, spend. ARGV: rpm, tpm, max-parallel, budget tokens, budget seconds left,
-# lease seconds, ticket, budget micro-dollars. A limit of 0 is not set.
-_ADMIT = Script(
+# A client's admission. K: requests, tokens, in-flight, budget, spend. A: rpm, tpm, max-parallel, budget tokens,
+# budget seconds left, lease seconds, ticket, budget micro-dollars (a limit of 0 is not set).
+_ADMIT_FUNCTION = """
+local function admit(K, A)
+  local rpm, tpm, parallel, budget = tonumber(A[1]), tonumber(A[2]), tonumber(A[3]), tonumber(A[4])
+  if rpm > 0 then
+    local n, wait = used(K[1])
+    if n >= rpm then return {0, wait, 'rpm'} end
+  end
+  if tpm > 0 then
+    local n, wait = used(K[2])
+    if n >= tpm then return {0, wait, 'tpm'} end
+  end
+  if budget > 0 and tonumber(redis.call('GET', K[4]) or '0') >= budget then
+    return {0, tonumber(A[5]), 'budget'}
+  end
+  local dollars = tonumber(A[8])
+  if dollars > 0 and tonumber(redis.call('GET', K[5]) or '0') >= dollars then
+    return {0, tonumber(A[5]), 'budget'}
+  end
+  if parallel > 0 then
+    redis.call('ZREMRANGEBYSCORE', K[3], '-inf', now)
+    if redis.call('ZCARD', K[3]) >= parallel then return {0, 1, 'max-parallel'} end
+    redis.call('ZADD', K[3], now + tonumber(A[6]), A[7])
+    redis.call('EXPIRE', K[3], tonumber(A[6]))
+  end
+  if rpm > 0 then
+    redis.call('HINCRBY', K[1], second, 1)
+    redis.call('EXPIRE', K[1], 61)
+  end
+  return {1, 0, ''}
+end
+"""
+
+# A credential's reservation: 0, or the seconds until it may take a request. Its requests and tokens keys, its
+# rpm and tpm (0: not set).
+_RESERVE_FUNCTION = """
+local function reserve(requests, tokens, rpm, tpm)
+  if rpm > 0 then
+    local n, wait = used(requests)
+    if n >= rpm then return wait end
+  end
+  if tpm > 0 then
+    local n, wait = used(tokens)
+    if n >= tpm then return wait end
+  end
+  redis.call('HINCRBY', requests, second, 1)
+  redis.call('EXPIRE', requests, 61)
+  return 0
+end
+"""
+
+_ADMIT = Script(_WINDOW + _ADMIT_FUNCTION + "return admit(KEYS, ARGV)")
+
+# KEYS: a credential's requests, tokens. ARGV: rpm, tpm.
+_RESERVE = Script(
+    _WINDOW + _RESERVE_FUNCTION + "return reserve(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+)
+
+# One server only (the keys span two hash tags): the admission's KEYS and ARGV, then the credential's two keys and
+# its rpm and tpm. The credential is reserved only for a client admitted: {allowed, retry after, limit, held}.
+_ADMIT_RESERVE = Script(
     _WINDOW
+    + _ADMIT_FUNCTION
+    + _RESERVE_FUNCTION
     + """
-local rpm, tpm, parallel, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-if rpm > 0 then
-  local n, wait = used(KEYS[1])
-  if n >= rpm then return {0, wait, 'rpm'} end
-end
-if tpm > 0 then
-  local n, wait = used(KEYS[2])
-  if n >= tpm then return {0, wait, 'tpm'} end
-end
-if budget > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= budget then
-  return {0, tonumber(ARGV[5]), 'budget'}
-end
-local dollars = tonumber(ARGV[8])
-if dollars > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= dollars then
-  return {0, tonumber(ARGV[5]), 'budget'}
-end
-if parallel > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
-  if redis.call('ZCARD', KEYS[3]) >= parallel then return {0, 1, 'max-parallel'} end
-  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), ARGV[7])
-  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
-end
-if rpm > 0 then
-  redis.call('HINCRBY', KEYS[1], second, 1)
-  redis.call('EXPIRE', KEYS[1], 61)
-end
-return {1, 0, ''}
+local verdict = admit(KEYS, ARGV)
+verdict[4] = 0
+if verdict[1] == 1 then verdict[4] = reserve(KEYS[6], KEYS[7], tonumber(ARGV[9]), tonumber(ARGV[10])) end
+return verdict
 """
 )
 
@@ -266,31 +310,17 @@ return 1
 """)
 
 
-# KEYS: a credential's requests, tokens. ARGV: rpm, tpm (0: not set). Answers 0, or the seconds until it may.
-_RESERVE = Script(
-    _WINDOW
-    + """
-local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-if rpm > 0 then
-  local n, wait = used(KEYS[1])
-  if n >= rpm then return wait end
-end
-if tpm > 0 then
-  local n, wait = used(KEYS[2])
-  if n >= tpm then return wait end
-end
-redis.call('HINCRBY', KEYS[1], second, 1)
-redis.call('EXPIRE', KEYS[1], 61)
-return 0
-"""
-)
-
 # KEYS: a credential's tokens. ARGV: tokens.
 _SPEND = Script("""
 redis.call('HINCRBY', KEYS[1], tonumber(redis.call('TIME')[1]), tonumber(ARGV[1]))
 redis.call('EXPIRE', KEYS[1], 61)
 return 1
 """)
+
+
+def _credential_limits(credential: Credential) -> tuple[int, int]:
+    limit = credential.rate_limit
+    return ((limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0)
 
 
 @functools.lru_cache(maxsize=4096)  # asked on every request: the strings are built once
@@ -341,22 +371,41 @@ class Shared:
         self.flushing: set[asyncio.Task[None]] = set()
 
     async def admit(self, client: Client) -> Verdict:
+        keys, argv = self._admission(client)
+        return self._verdict(await self._call(_ADMIT, keys, argv), argv[6])
+
+    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]:
+        """One script for both on one server; a Cluster keeps a client and a credential on different shards."""
+        if self.pipe is None:
+            verdict = await self.admit(client)
+            return verdict, await self.reserve(credential) if verdict.allowed else 0.0
+        keys, argv = self._admission(client)
+        answer = await self._call(
+            _ADMIT_RESERVE, (*keys, *_credential_keys(credential.id)), (*argv, *_credential_limits(credential))
+        )
+        verdict = self._verdict(answer, argv[6])
+        if answer is None:
+            return verdict, 0.0 if verdict.allowed else 1.0
+        return verdict, float(answer[3])
+
+    def _admission(self, client: Client) -> tuple[tuple[str, ...], tuple[int | str, ...]]:
         limit, budget = client.rate_limit, client.budget
-        now = time.time()
-        current, left = period(budget, now)
+        current, left = period(budget, time.time())
         ticket = os.urandom(8).hex() if limit is not None and limit.max_parallel else ""
         tokens, micro_usd = budget_limits(budget)
         argv = (
             (limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0,
             (limit.max_parallel or 0) if limit else 0, tokens, left, LEASE, ticket, micro_usd,
         )  # fmt: skip
-        answer = await self._call(_ADMIT, _keys(client.name, current), argv)
+        return _keys(client.name, current), argv
+
+    def _verdict(self, answer: Any, ticket: Any) -> Verdict:
         if answer is None:
             allowed = self._fallback()
             return Verdict(allowed, 1, "" if allowed else "unavailable", counted=False)
-        allowed, retry_after, refused = answer
+        allowed, retry_after, refused = answer[:3]
         return Verdict(bool(allowed), int(retry_after), refused.decode() if isinstance(refused, bytes) else refused,
-                       ticket)  # fmt: skip
+                       str(ticket))  # fmt: skip
 
     def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         if not verdict.counted:
@@ -420,9 +469,7 @@ class Shared:
         return int(tokens or 0), int(micro_usd or 0)
 
     async def reserve(self, credential: Credential) -> float:
-        limit = credential.rate_limit
-        argv = ((limit.rpm or 0) if limit else 0, (limit.tpm or 0) if limit else 0)
-        answer = await self._call(_RESERVE, _credential_keys(credential.id), argv)
+        answer = await self._call(_RESERVE, _credential_keys(credential.id), _credential_limits(credential))
         if answer is None:
             return 0.0 if self._fallback() else 1.0
         return float(answer)
@@ -539,6 +586,13 @@ class Limits:
 
     async def admit(self, client: Client) -> Verdict:
         return await self.engine.admit(client)
+
+    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]:
+        """The client's admission and, when it is admitted, ``credential``'s reservation (as ``reserve``): one
+        round trip to a single Redis server for a limited client on a limited credential."""
+        if credential.rate_limit is None:
+            return await self.engine.admit(client), 0.0
+        return await self.engine.admit_with(client, credential)
 
     def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         """Count an answer's tokens and cost against its client (with Redis, flushed in the background)."""

@@ -267,6 +267,24 @@ async def test_a_credential_over_its_rpm_is_skipped_on_every_replica(
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
+async def test_a_limited_client_on_a_limited_credential_is_one_check_and_a_refusal_spends_nothing(
+    shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    redis = {"url": redis_server.url, "timeout": HEALTHY} if shared else None
+    config = two_credentials(provider, redis, rpm=3)
+    config["client-keys"] = [{"name": "team", "api-key": TEAM, "rate-limit": {"rpm": 4}}]
+    first = await start_proxy(config)
+    second = await start_proxy(config) if shared else first
+    outcomes = [await ask((first, second)[i % 2].client(key=TEAM)) for i in range(6)]
+    assert outcomes[:4] == [200] * 4 and all(isinstance(o, openai.RateLimitError) for o in outcomes[4:])
+    keys = [r.key for r in provider.received]
+    assert keys == ["key-a"] * 3 + ["key-b"]  # the two the client was refused spent nothing of key-a's rpm
+    if shared:  # one script per request before the upstream call: the client's check and key-a's reservation
+        # folded together (6; key-b has no limit to check), then the answers' settles, batched (1 to 4)
+        assert 7 <= await eventually_settled(redis_server, 7) <= 6 + 4
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
 async def test_every_credential_over_its_limit_is_a_429_with_retry_after(
     shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
 ) -> None:
