@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import anthropic
 import openai
+import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from redis.cluster import key_slot
 
-from cliproxy_proxy.config import ConfigError, parse_config
+from cliproxy_proxy.config import Budget, ConfigError, parse_config
+from cliproxy_proxy.counters import budget_key, period, spend_key
 from cliproxy_proxy.runtime import build_runtime
 
 from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
@@ -114,6 +120,47 @@ def test_bad_client_keys_are_refused_with_their_path(entries: list[dict[str, Any
         parse_config({"client-keys": entries})
     assert message in str(refused.value)
     assert "k1" not in str(refused.value) and "k2" not in str(refused.value)
+
+
+#: Names that would break something downstream: a Redis hash tag (a Cluster slot), a metric label, a JSON log line.
+HOSTILE_NAMES = ["a}b", "{a}", 'a"b', "a\nb", "a\\b", "a b", "-a", ".a", "x" * 128, "tëam", "\uff54eam", "team\u202e",
+                 "a\u0661", ""]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_a_hostile_client_name_is_refused_at_load_by_its_path(name: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"client-keys": [{"name": name, "api-key": "k1"}]})
+    assert str(refused.value).startswith("client-keys[0].name: ") and "k1" not in str(refused.value)
+    assert name not in str(refused.value) or len(name) < 2  # the offending text is not echoed into the log
+
+
+async def test_the_widest_allowed_name_reads_the_same_in_redis_metrics_the_request_log_and_the_clients_endpoint(
+    provider: FakeProvider, start_proxy, tmp_path: Path
+) -> None:
+    name = "Team-A.app_1-" + "x" * 114  # every character class the rule allows, at the 127 limit
+    log = tmp_path / "requests.jsonl"
+    team = {"name": name, "api-key": SCOPED, "budget": {"tokens": 10**6, "per": "day"}}
+    running = await start_proxy(base_config(**{"openai-compatibility": [compat_block(provider.url, models=MODELS)],
+                                               "client-keys": [team], "request-log": {"enabled": True,
+                                                                                      "path": str(log)}}))  # fmt: skip
+    chat = running.client(key=SCOPED)
+    await chat.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+
+    current = period(Budget(tokens=1, per="day"), time.time())[0]
+    for key in (budget_key(name, current), spend_key(name, current)):  # the whole name is the hash tag: one slot
+        assert key.split("{", 1)[1].split("}", 1)[0] == name and key_slot(key.encode()) == key_slot(name.encode())
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{running.url}/metrics") as scraped:
+            families = {f.name: f for f in text_string_to_metric_families(await scraped.text())}
+        headers = {"Authorization": f"Bearer {SCOPED}"}
+        async with session.get(f"{running.url}/v1/metrics/clients", headers=headers) as clients:
+            assert list(await clients.json()) == [name]
+    labels = [s.labels for s in families["cliproxy_client_requests"].samples if s.name.endswith("_total")]
+    assert {"client": name, "status": "200"} in labels
+    await running.proxy.accounting.request_log.drain()
+    [line] = [orjson.loads(text) for text in log.read_text().splitlines()]
+    assert line["client"] == name
 
 
 @pytest.mark.parametrize(
