@@ -108,7 +108,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if _is_public(request, proxy):
         return await handler(request)
     runtime = proxy.runtime
-    codec = codec_for_path(request.path)
+    codec = _error_format(request)
     if not runtime.client_keys:
         if runtime.config.allow_unauthenticated:
             return await handler(request)
@@ -130,6 +130,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return _error(codec, 401, "This API key has expired.", "expired_api_key")
         request[CLIENT] = client
     return await handler(request)
+
+
+def _error_format(request: web.Request) -> Codec:
+    """The format of an error a request gets before its handler runs: its endpoint's, but on the model listings,
+    which every SDK calls at the same path, the format of the SDK asking (Anthropic's 401 for Anthropic's client)."""
+    if request.match_info.route.handler in (list_models, get_model):
+        return _models_format(request)
+    return codec_for_path(request.path)
 
 
 def _is_public(request: web.Request, proxy: Proxy) -> bool:

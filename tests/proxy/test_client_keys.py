@@ -41,35 +41,44 @@ async def test_a_key_scoped_to_claude_is_refused_gpt_4o_in_each_client_format(
 
     running = await start_proxy(scoped_config(provider))
     chat = running.client(key=SCOPED)
-    with pytest.raises(openai.PermissionDeniedError) as denied:
-        await chat.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
-    assert denied.value.code == "model_not_allowed"
-    with pytest.raises(openai.PermissionDeniedError) as denied:
-        await chat.responses.create(model="gpt-4o", input="hi")
-    assert denied.value.code == "model_not_allowed"
+    hi: Any = [{"role": "user", "content": "hi"}]
+    for call in (lambda: chat.chat.completions.create(model="gpt-4o", messages=hi),
+                 lambda: chat.responses.create(model="gpt-4o", input="hi"),
+                 lambda: chat.embeddings.create(model="gpt-4o", input="hi"),
+                 lambda: chat.completions.create(model="gpt-4o", prompt="hi")):  # fmt: skip
+        with pytest.raises(openai.PermissionDeniedError) as denied:
+            await call()
+        assert denied.value.code == "model_not_allowed"
     claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=SCOPED, max_retries=0)
-    with pytest.raises(anthropic.PermissionDeniedError) as refused:
-        await claude.messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
-    assert refused.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
-    with pytest.raises(anthropic.PermissionDeniedError):
-        await claude.messages.count_tokens(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    for claude_call in (
+        lambda: claude.messages.create(model="gpt-4o", max_tokens=5, messages=hi),
+        lambda: claude.messages.count_tokens(model="gpt-4o", messages=hi),
+    ):
+        with pytest.raises(anthropic.PermissionDeniedError) as refused:
+            await claude_call()
+        assert refused.value.body == {"type": "error", "error": {  # Anthropic's shape, not OpenAI's
+            "type": "permission_error", "message": "This API key may not use the model 'gpt-4o'."}}  # fmt: skip
     gemini = genai.Client(api_key=SCOPED, http_options=types.HttpOptions(base_url=running.url))
+    for gemini_call in (lambda: gemini.aio.models.generate_content(model="gpt-4o", contents="hi"),
+                        lambda: gemini.aio.models.count_tokens(model="gpt-4o", contents="hi")):  # fmt: skip
+        with pytest.raises(errors.ClientError) as blocked:
+            await gemini_call()
+        assert blocked.value.code == 403 and blocked.value.status == "PERMISSION_DENIED"
     with pytest.raises(errors.ClientError) as blocked:
-        await gemini.aio.models.generate_content(model="gpt-4o", contents="hi")
+        async for _ in await gemini.aio.models.generate_content_stream(model="gpt-4o", contents="hi"):
+            pass
     assert blocked.value.code == 403 and blocked.value.status == "PERMISSION_DENIED"
     assert provider.received == []  # nothing refused reached the upstream
 
-    answer = await chat.chat.completions.create(model="claude-small", messages=[{"role": "user", "content": "hi"}])
+    answer = await chat.chat.completions.create(model="claude-small", messages=hi)
     assert answer.choices[0].message.content
-    reply = await claude.messages.create(
-        model="claude-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
-    )
+    reply = await claude.messages.create(model="claude-small", max_tokens=5, messages=hi)
     assert reply.content
 
 
 async def test_models_outside_the_scope_are_hidden_from_every_listing(provider: FakeProvider, start_proxy) -> None:
     from google import genai
-    from google.genai import types
+    from google.genai import errors, types
 
     running = await start_proxy(scoped_config(provider))
     assert [m.id async for m in running.client(key=SCOPED).models.list()] == ["claude-small"]
@@ -79,21 +88,52 @@ async def test_models_outside_the_scope_are_hidden_from_every_listing(provider: 
     assert [m.name async for m in await gemini.aio.models.list()] == ["models/claude-small"]
     with pytest.raises(openai.NotFoundError):
         await running.client(key=SCOPED).models.retrieve("gpt-4o")
+    with pytest.raises(anthropic.NotFoundError) as unknown:  # as if it did not exist, in Anthropic's shape
+        await claude.models.retrieve("gpt-4o")
+    assert unknown.value.body["type"] == "error"  # type: ignore[index]
+    with pytest.raises(errors.ClientError) as missing:
+        await gemini.aio.models.get(model="gpt-4o")
+    assert missing.value.code == 404 and missing.value.status == "NOT_FOUND"
+    assert (await gemini.aio.models.get(model="claude-small")).name == "models/claude-small"
     everything = [m.id async for m in running.client().models.list()]  # a plain api-keys key: unrestricted
     assert everything == ["claude-small", "gpt-4o"]
 
 
-async def test_an_expired_key_is_a_401_and_a_wrong_one_stays_invalid(provider: FakeProvider, start_proxy) -> None:
+async def test_an_expired_key_is_a_401_in_each_client_format_and_a_wrong_one_stays_invalid(
+    provider: FakeProvider, start_proxy
+) -> None:
+    from google import genai
+    from google.genai import errors, types
+
     running = await start_proxy(scoped_config(provider))
-    with pytest.raises(openai.AuthenticationError) as expired:
-        await running.client(key=EXPIRED).models.list()
-    assert expired.value.code == "expired_api_key"
+    chat = running.client(key=EXPIRED)
+    hi: Any = [{"role": "user", "content": "hi"}]
+    for call in (chat.models.list,
+                 lambda: chat.chat.completions.create(model="claude-small", messages=hi),
+                 lambda: chat.responses.create(model="claude-small", input="hi"),
+                 lambda: chat.embeddings.create(model="claude-small", input="hi")):  # fmt: skip
+        with pytest.raises(openai.AuthenticationError) as expired:
+            await call()
+        assert expired.value.code == "expired_api_key"
     with pytest.raises(openai.AuthenticationError) as wrong:
         await running.client(key=SCOPED + "x").models.list()
     assert wrong.value.code == "invalid_api_key"
-    headers = {"Authorization": f"Bearer {EXPIRED}", "anthropic-version": "2023-06-01"}
-    async with aiohttp.ClientSession() as session, session.get(f"{running.url}/v1/models", headers=headers) as got:
-        assert got.status == 401 and (await got.json())["error"]["type"] == "authentication_error"
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=EXPIRED, max_retries=0)
+    for claude_call in (claude.models.list,
+                        lambda: claude.messages.create(model="claude-small", max_tokens=5, messages=hi),
+                        lambda: claude.messages.count_tokens(model="claude-small", messages=hi)):  # fmt: skip
+        with pytest.raises(anthropic.AuthenticationError) as refused:
+            await claude_call()
+        assert refused.value.body == {"type": "error", "error": {  # Anthropic's shape, listing included
+            "type": "authentication_error", "message": "This API key has expired."}}  # fmt: skip
+    gemini = genai.Client(api_key=EXPIRED, http_options=types.HttpOptions(base_url=running.url))
+    for gemini_call in (gemini.aio.models.list,
+                        lambda: gemini.aio.models.generate_content(model="claude-small", contents="hi"),
+                        lambda: gemini.aio.models.count_tokens(model="claude-small", contents="hi")):  # fmt: skip
+        with pytest.raises(errors.ClientError) as blocked:
+            await gemini_call()
+        assert blocked.value.code == 401 and blocked.value.status == "UNAUTHENTICATED"
+    assert provider.received == []
 
 
 async def test_a_client_key_read_from_its_file(provider: FakeProvider, start_proxy, tmp_path) -> None:  # type: ignore[no-untyped-def]
