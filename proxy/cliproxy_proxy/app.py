@@ -384,6 +384,22 @@ def _checked_model(model: Any, inbound: Codec) -> str | web.Response:
 
 
 def _counter(inbound: Codec) -> Handler:
+    """Token counting: judged by the key's scope and expiry like any request, but outside its rpm, tpm, parallel and
+    budget limits (it generates nothing and the providers count for free; agents count before many requests, and a
+    429 on a count would stall them), and counted apart in the client's usage."""
+    counted = _count_handler(inbound)
+
+    async def count(request: web.Request) -> web.StreamResponse:
+        response = await counted(request)
+        client = request.get(CLIENT)
+        if client is not None:
+            request.app[PROXY].client_usage.record_count(client, response.status)
+        return response
+
+    return count
+
+
+def _count_handler(inbound: Codec) -> Handler:
     async def count(request: web.Request) -> web.StreamResponse:
         proxy = request.app[PROXY]
         runtime = proxy.runtime

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from cliproxy_proxy.config import Budget, ConfigError, parse_config
 from cliproxy_proxy.counters import budget_key, period, spend_key
 from cliproxy_proxy.runtime import build_runtime
 
-from ..support.proxy import CLIENT_KEY, FakeProvider, base_config, compat_block
+from ..support.proxy import CLIENT_KEY, FakeProvider, RunningProxy, base_config, compat_block
 
 SCOPED = "scoped-key-1"
 EXPIRED = "expired-key-1"
@@ -241,6 +242,61 @@ async def test_usage_is_counted_per_client_name_and_never_shows_the_key(provider
     series = [line for line in text.splitlines() if line.startswith("cliproxy_client_requests_total{")]
     assert len(series) == 3  # the plain api-keys key is shown by its place in the config, never by itself
     assert 'cliproxy_client_requests_total{client="api-keys[0]",status="200"} 1.0' in series
+
+
+async def own_usage(running: RunningProxy, key: str) -> dict[str, Any]:
+    """What ``/v1/metrics/clients`` shows the named key ``key`` of itself."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{running.url}/v1/metrics/clients", headers={"Authorization": f"Bearer {key}"}) as got,
+    ):
+        [mine] = (await got.json()).values()
+        return dict(mine)
+
+
+async def test_token_counting_is_scoped_but_outside_the_limits_and_counted_apart(
+    provider: FakeProvider, start_proxy
+) -> None:
+    claude_block = {
+        "api-key": "key-a",
+        "base-url": provider.url.removesuffix("/v1"),
+        "models": [{"name": "up-small", "alias": "claude-small"}, {"name": "up-large", "alias": "gpt-4o"}],
+    }
+    team = {"name": "team", "api-key": SCOPED, "models": ["claude-*"], "rate-limit": {"rpm": 1},
+            "budget": {"tokens": 10**6, "per": "day"}}  # fmt: skip
+    running = await start_proxy(base_config(**{"claude-api-key": [claude_block], "client-keys": [team]}))
+    claude = anthropic.AsyncAnthropic(base_url=running.url, api_key=SCOPED, max_retries=0)
+    hi: Any = [{"role": "user", "content": "a b c"}]
+    for _ in range(3):  # an rpm of 1 does not hold counting back...
+        assert (await claude.messages.count_tokens(model="claude-small", messages=hi)).input_tokens > 0
+    with pytest.raises(anthropic.PermissionDeniedError):  # ...the scope does
+        await claude.messages.count_tokens(model="gpt-4o", messages=hi)
+    await claude.messages.create(model="claude-small", max_tokens=5, messages=hi)  # the counts spent no rpm
+    with pytest.raises(anthropic.RateLimitError):
+        await claude.messages.create(model="claude-small", max_tokens=5, messages=hi)
+    assert (await claude.messages.count_tokens(model="claude-small", messages=hi)).input_tokens > 0  # rpm spent
+
+    registry = running.proxy.metrics.registry
+    counts = {
+        status: registry.get_sample_value(
+            "cliproxy_client_count_tokens_requests_total", {"client": "team", "status": status}
+        )
+        for status in ("200", "403")
+    }
+    requests = {
+        status: registry.get_sample_value("cliproxy_client_requests_total", {"client": "team", "status": status})
+        for status in ("200", "429")
+    }
+    assert (counts, requests) == ({"200": 4.0, "403": 1.0}, {"200": 1.0, "429": 1.0})
+    mine = await own_usage(running, SCOPED)
+    assert (mine["request_count"], mine["count_tokens_requests"]) == (2, 5)
+    answered = mine["input_tokens"] + mine["output_tokens"]  # the budget counts the answer's tokens, no count's
+    for _ in range(250):  # settled in the background
+        spent = (await own_usage(running, SCOPED))["budget"]["spent_tokens"]
+        if spent:
+            break
+        await asyncio.sleep(0.02)
+    assert spent == answered > 0
 
 
 async def test_a_thinking_suffix_is_judged_on_the_model_it_routes_to(provider: FakeProvider, start_proxy) -> None:
