@@ -13,9 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from cliproxy_proxy.contract import Budget, RedisClient, budget_key, connect_redis, period, redis_from_env, spend_key
+from cliproxy_proxy.contract import (
+    REDIS_UNAVAILABLE,
+    Budget,
+    RedisClient,
+    budget_key,
+    connect_redis,
+    period,
+    redis_from_env,
+    spend_key,
+)
 
 from .clientkeys import MICRO, client_name
 from .render import Resource
@@ -85,5 +92,5 @@ async def observe(
     """The namespace's usage now, or None when Redis did not answer (the caller keeps what it read last)."""
     try:
         return await read(redis, counters(namespace, clientkeys, now))
-    except (RedisError, OSError):
+    except REDIS_UNAVAILABLE:  # a Cluster without a reachable node too
         return None

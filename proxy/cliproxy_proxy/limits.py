@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
-from redis.exceptions import RedisError
 
 from .clients import Client
 from .config import Budget, Redis
@@ -33,7 +32,7 @@ from .cooldowns import CooldownFeed
 from .counters import budget_key, period, redis_from_env, spend_key
 from .health import Health
 from .runtime import Credential
-from .store import connect
+from .store import UNAVAILABLE, connect
 
 log = logging.getLogger("cliproxy.limits")
 
@@ -348,7 +347,7 @@ class Shared:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 tokens, micro_usd = await self.redis.mget(tokens_key, spend_key)
-        except (RedisError, OSError, TimeoutError):
+        except UNAVAILABLE:
             return None
         return int(tokens or 0), int(micro_usd or 0)
 
@@ -376,7 +375,7 @@ class Shared:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 answer = await script(keys=keys, args=argv)
-        except (RedisError, OSError, TimeoutError) as error:
+        except UNAVAILABLE as error:
             if not self.backoff:
                 log.warning("redis unreachable (%s); limits apply on-error=%s until it is back",
                             type(error).__name__, self.settings.on_error)  # fmt: skip

@@ -24,7 +24,7 @@ from cliproxy_proxy.limits import Limits
 from cliproxy_proxy.runtime import build_runtime
 from cliproxy_proxy.store import SentinelTarget, connect, parse_sentinel_url
 
-from ..support.redis_server import RedisSentinel, RedisServer
+from ..support.redis_server import RedisSentinel, RedisServer, free_port
 
 
 @pytest.mark.parametrize(
@@ -173,3 +173,25 @@ async def test_the_operator_reads_usage_through_a_real_redis_cluster(
     slots = {key_slot(budget_key(name, "2026-12-03").encode()) for name in ("team.ann", "team.bob")}
     assert len(slots) == 2  # one pipeline across two slots, as on a cluster of many shards
     await operator_reads(cluster.url, monkeypatch, url=cluster.url, cluster=True)
+
+
+async def test_a_cluster_without_a_reachable_node_is_redis_down_not_a_500() -> None:
+    """redis-py's RedisClusterException is no RedisError: it used to escape the check (a 500) and the operator's
+    usage loop (which then died)."""
+    down = f"redis://127.0.0.1:{free_port()}"
+    client = client_of(ClientKey.model_validate({"name": "team", "api-key": "k", "rate-limit": {"rpm": 2},
+                                                 "budget": {"tokens": 10}}))  # fmt: skip
+    for on_error, allowed in (("allow", True), ("deny", False)):
+        limits = Limits(CollectorRegistry())
+        try:
+            limits.configure(RedisSettings(url=down, cluster=True, timeout=1.0, on_error=on_error))
+            verdict = await limits.admit(client)
+            assert (verdict.allowed, verdict.counted) == (allowed, False)
+            assert await limits.spent(client) is None
+        finally:
+            await limits.close()
+    redis = connect(RedisSettings(url=down, cluster=True, timeout=1.0), socket_timeout=1.0)
+    try:
+        assert await usage.observe(redis, "team", BUDGETED, NOW) is None  # unknown, and the loop goes on
+    finally:
+        await redis.aclose()
