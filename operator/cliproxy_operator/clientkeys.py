@@ -90,6 +90,10 @@ def _invalid(entry: Mapping[str, Any]) -> Problem | None:
     try:
         parse_config({"client-keys": [entry]})
     except ConfigError as error:
+        where, _, what = str(error).partition(": ")
+        if where == "client-keys[0].name":  # a name past the CRD's rule (an API server before it, or none)
+            return Problem("InvalidName", f"the proxy would know this key as {entry['name']!r}: {what}; "
+                           "keep metadata.name to 63 characters")  # fmt: skip
         return Problem("InvalidSpec", str(error).replace("client-keys[0].", "spec "))
     return None
 

@@ -13,10 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
-from cliproxy_proxy.contract import Budget, budget_key, period, redis_from_env, spend_key
+from cliproxy_proxy.contract import (
+    REDIS_UNAVAILABLE,
+    Budget,
+    RedisClient,
+    budget_key,
+    connect_redis,
+    period,
+    redis_from_env,
+    spend_key,
+)
 
 from .clientkeys import MICRO, client_name
 from .render import Resource
@@ -39,12 +45,13 @@ class Usage:
         return f"{whole}.{micro:06d}".rstrip("0").rstrip(".") if micro else str(whole)
 
 
-def connect() -> Redis | None:
-    """A client for the Redis the proxies of this deployment share (the same environment as theirs), or None."""
+def connect() -> RedisClient | None:
+    """A client for the Redis the proxies of this deployment share, or None: the same environment and the same
+    connector as theirs, so a Sentinel URL or a Cluster reads where the proxies count."""
     settings = redis_from_env()
     if settings is None:
         return None
-    return Redis.from_url(settings.url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+    return connect_redis(settings.model_copy(update={"timeout": TIMEOUT}), socket_timeout=TIMEOUT)
 
 
 def interval() -> float:
@@ -64,7 +71,7 @@ def counters(namespace: str, clientkeys: list[Resource], now: datetime) -> dict[
     return found
 
 
-async def read(redis: Redis, wanted: Mapping[str, tuple[str, str, str]]) -> dict[str, Usage]:
+async def read(redis: RedisClient, wanted: Mapping[str, tuple[str, str, str]]) -> dict[str, Usage]:
     """Every counter in one pipelined round trip (GETs, not MGET: a Redis Cluster spreads clients over shards)."""
     if not wanted:
         return {}
@@ -78,9 +85,11 @@ async def read(redis: Redis, wanted: Mapping[str, tuple[str, str, str]]) -> dict
             for i, name in enumerate(names)}  # fmt: skip
 
 
-async def observe(redis: Redis, namespace: str, clientkeys: list[Resource], now: datetime) -> dict[str, Usage] | None:
+async def observe(
+    redis: RedisClient, namespace: str, clientkeys: list[Resource], now: datetime
+) -> dict[str, Usage] | None:
     """The namespace's usage now, or None when Redis did not answer (the caller keeps what it read last)."""
     try:
         return await read(redis, counters(namespace, clientkeys, now))
-    except (RedisError, OSError):
+    except REDIS_UNAVAILABLE:  # a Cluster without a reachable node too
         return None

@@ -138,6 +138,7 @@ class Accounting:
             entry: dict[str, Any] = {
                 "request_count": totals.requests, "input_tokens": totals.input, "output_tokens": totals.output,
                 "cached_tokens": totals.cached, "cost_usd": round(totals.cost_usd, 6),
+                "count_tokens_requests": totals.count_requests,
             }  # fmt: skip
             if client.budget is not None:
                 budget = client.budget

@@ -107,7 +107,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if _is_public(request, proxy):
         return await handler(request)
     runtime = proxy.runtime
-    codec = codec_for_path(request.path)
+    codec = _error_format(request)
     if not runtime.client_keys:
         if runtime.config.allow_unauthenticated:
             return await handler(request)
@@ -129,6 +129,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             return _error(codec, 401, "This API key has expired.", "expired_api_key")
         request[CLIENT] = client
     return await handler(request)
+
+
+def _error_format(request: web.Request) -> Codec:
+    """The format of an error a request gets before its handler runs: its endpoint's, but on the model listings,
+    which every SDK calls at the same path, the format of the SDK asking (Anthropic's 401 for Anthropic's client)."""
+    if request.match_info.route.handler in (list_models, get_model):
+        return _models_format(request)
+    return codec_for_path(request.path)
 
 
 def _is_public(request: web.Request, proxy: Proxy) -> bool:
@@ -361,6 +369,22 @@ def _checked_model(model: Any, inbound: Codec) -> str | web.Response:
 
 
 def _counter(inbound: Codec) -> Handler:
+    """Token counting: judged by the key's scope and expiry like any request, but outside its rpm, tpm, parallel and
+    budget limits (it generates nothing and the providers count for free; agents count before many requests, and a
+    429 on a count would stall them), and counted apart in the client's usage."""
+    counted = _count_handler(inbound)
+
+    async def count(request: web.Request) -> web.StreamResponse:
+        response = await counted(request)
+        client = request.get(CLIENT)
+        if client is not None:
+            request.app[PROXY].client_usage.record_count(client, response.status)
+        return response
+
+    return count
+
+
+def _count_handler(inbound: Codec) -> Handler:
     async def count(request: web.Request) -> web.StreamResponse:
         proxy = request.app[PROXY]
         runtime = proxy.runtime

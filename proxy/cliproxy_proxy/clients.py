@@ -76,6 +76,7 @@ class ClientTotals:
     output: int = 0
     cached: int = 0
     cost_usd: float = 0.0
+    count_requests: int = 0  # token-counting requests, apart: they generate nothing and cost nothing
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class _Series:
     cached: Any
     cost: Any
     by_status: dict[int, Any] = field(default_factory=dict)
+    counts_by_status: dict[int, Any] = field(default_factory=dict)
     totals: ClientTotals = field(default_factory=ClientTotals)
 
 
@@ -106,20 +108,39 @@ class ClientUsage:
             "cliproxy_client_cost_usd", "US dollars spent by client keys (genai-prices' table or the config's pricing)",
             ["client"], registry=registry,
         )  # fmt: skip
+        self.count_requests = Counter(
+            "cliproxy_client_count_tokens_requests",
+            "Token-counting requests of client keys (Anthropic's count_tokens, Gemini's countTokens), by client and "
+            "status; outside cliproxy_client_requests, rpm, tpm and budgets",
+            ["client", "status"], registry=registry,
+        )  # fmt: skip
         self.series: dict[str, _Series] = {}
 
     def totals(self, name: str) -> ClientTotals:
         series = self.series.get(name)
         return series.totals if series is not None else ClientTotals()
 
-    def record(self, client: Client, status: int, usage: Usage | None, cost: float = 0.0) -> None:
-        name = client.name
+    def _series(self, name: str) -> _Series:
         series = self.series.get(name)
         if series is None:
             series = self.series[name] = _Series(
                 self.tokens.labels(name, "input"), self.tokens.labels(name, "output"),
                 self.tokens.labels(name, "cached"), self.cost.labels(name),
             )  # fmt: skip
+        return series
+
+    def record_count(self, client: Client, status: int) -> None:
+        """A token-counting request: counted apart, never as a request that used tokens or money."""
+        series = self._series(client.name)
+        counter = series.counts_by_status.get(status)
+        if counter is None:
+            counter = series.counts_by_status[status] = self.count_requests.labels(client.name, str(status))
+        counter.inc()
+        series.totals.count_requests += 1
+
+    def record(self, client: Client, status: int, usage: Usage | None, cost: float = 0.0) -> None:
+        name = client.name
+        series = self._series(name)
         counter = series.by_status.get(status)
         if counter is None:
             counter = series.by_status[status] = self.requests.labels(name, str(status))

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import orjson
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -465,8 +466,19 @@ class RequestLog(_Block):
     path: NonEmpty = "stdout"
 
 
-# 127: room for the operator's <namespace>.<name> of a ClientKey
-ClientName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=127)]
+_CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _client_name(value: str) -> str:
+    """A name that is safe as it is wherever it is shown: a Redis hash tag (no braces), a metric label, a log line."""
+    if not _CLIENT_NAME.fullmatch(value):
+        raise ValueError("a client name is ASCII letters, digits, '.', '_' and '-', from a letter or digit (it names "
+                         "the client's Redis counters, metric labels and log lines)")  # fmt: skip
+    return value
+
+
+# 127: room for the operator's <namespace>.<name> of a ClientKey (63 at most each: a namespace, the CRD's rule)
+ClientName = Annotated[str, Field(max_length=127), AfterValidator(_client_name)]
 
 
 class ClientKey(KeySource):

@@ -18,11 +18,10 @@ from typing import Any
 
 import orjson
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
 from .config import Redis
 from .health import Health
-from .store import connect
+from .store import UNAVAILABLE, connect
 
 log = logging.getLogger("cliproxy.cooldowns")
 
@@ -75,7 +74,7 @@ class CooldownFeed:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 await self.publish_script(keys=(KEY,), args=argv)
-        except (RedisError, OSError):  # TimeoutError too
+        except UNAVAILABLE:  # TimeoutError too
             return
 
     async def announce(self) -> None:
@@ -133,7 +132,7 @@ class CooldownFeed:
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message is not None:
                             self._received(message["data"])
-            except (RedisError, OSError) as error:
+            except UNAVAILABLE as error:
                 if not backoff:
                     log.warning("cooldown feed lost Redis (%s); resubscribing with backoff", type(error).__name__)
                 backoff = min(_BACKOFF_MAX, backoff * 2 or _BACKOFF_FIRST)

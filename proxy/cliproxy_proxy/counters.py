@@ -14,6 +14,7 @@ from .config import Budget, Redis
 
 REDIS_URL_ENV = "CLIPROXY_REDIS_URL"  # the Redis a deployment names for every config without its own (Helm)
 REDIS_PASSWORD_ENV = "CLIPROXY_REDIS_PASSWORD"  # its password, kept out of the URL in the pod spec
+REDIS_CLUSTER_ENV = "CLIPROXY_REDIS_CLUSTER"  # "true": the URL names one node of a Redis Cluster
 
 
 _periods: dict[str, tuple[float, float, str]] = {}  # "day"/"month": the current one's start, end and name
@@ -50,7 +51,8 @@ def spend_key(client_name: str, budget_period: str) -> str:
 
 
 def redis_from_env() -> Redis | None:
-    """The deployment's Redis (``CLIPROXY_REDIS_URL``, password in ``CLIPROXY_REDIS_PASSWORD``), or None."""
+    """The deployment's Redis (``CLIPROXY_REDIS_URL``, password in ``CLIPROXY_REDIS_PASSWORD``, a Cluster with
+    ``CLIPROXY_REDIS_CLUSTER=true``), or None."""
     url = os.environ.get(REDIS_URL_ENV)
     if not url:
         return None
@@ -58,4 +60,4 @@ def redis_from_env() -> Redis | None:
     if password:
         scheme, _, rest = url.partition("://")
         url = f"{scheme}://:{quote(password, safe='')}@{rest.rpartition('@')[2]}"
-    return Redis(url=url)
+    return Redis(url=url, cluster=os.environ.get(REDIS_CLUSTER_ENV, "").strip().lower() == "true")

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError
 
 from .autopipe import AutoPipeline, Script
 from .clients import Client
@@ -37,7 +37,7 @@ from .cooldowns import CooldownFeed
 from .counters import budget_key, period, redis_from_env, spend_key
 from .health import Health
 from .runtime import Credential
-from .store import connect
+from .store import UNAVAILABLE, connect
 
 log = logging.getLogger("cliproxy.limits")
 
@@ -464,7 +464,7 @@ class Shared:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 tokens, micro_usd = await self.redis.mget(tokens_key, spend_key)
-        except (RedisError, OSError, TimeoutError):
+        except UNAVAILABLE:
             return None
         return int(tokens or 0), int(micro_usd or 0)
 
@@ -492,7 +492,7 @@ class Shared:
                     answer = await self.redis.evalsha(script.sha, len(keys), *keys, *argv)
         except NoScriptError:  # a Cluster shard that does not know the script yet
             return await self._load_and_call(script, keys, argv)
-        except (RedisError, OSError, TimeoutError) as error:
+        except UNAVAILABLE as error:
             if isinstance(error, TimeoutError) and self.pipe is not None:
                 self.pipe.stalled()
             return self._down(error)
@@ -505,7 +505,7 @@ class Shared:
         try:
             async with asyncio.timeout(self.settings.timeout):
                 return await self.redis.eval(script.source, len(keys), *keys, *argv)
-        except (RedisError, OSError, TimeoutError) as error:
+        except UNAVAILABLE as error:
             return self._down(error)
 
     def _down(self, error: BaseException) -> None:

@@ -17,6 +17,7 @@ from redis.asyncio import Redis as RedisClient
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from .config import Redis
@@ -24,6 +25,9 @@ from .config import Redis
 SENTINEL_PORT = 26379
 
 Client = RedisClient | RedisCluster
+#: What a Redis that is down or failing raises: redis-py's errors, a Cluster's that are none of them (no reachable
+#: node, a slot not covered), and the socket's (TimeoutError among them).
+UNAVAILABLE = (RedisError, RedisClusterException, OSError)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "redis-url": {"redis": {"url": "rediss://redis.infra:6380/1", "existingSecret": "redis-auth"}},
     "redis-bundled": {"redis": {"bundled": {"enabled": True}}},
+    "redis-cluster-otel": {
+        "redis": {"url": "redis://redis-cluster.infra:6379", "cluster": True},
+        "otel": {"enabled": True, "endpoint": "http://otel:4318", "headers": {"existingSecret": "otel-auth"}},
+    },
     "everything": {
         "autoscaling": {"keda": {"enabled": True}},
         "serviceMonitor": {"enabled": True},

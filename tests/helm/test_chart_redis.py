@@ -40,6 +40,18 @@ def test_an_existing_redis_reaches_proxy_and_operator_with_its_password_from_a_s
     assert "every replica enforces\n  one limit" in notes(values) and "redis-auth" in notes(values)
 
 
+def test_a_cluster_url_is_flagged_to_proxy_and_operator() -> None:
+    docs = objects(render({"redis": {"url": "redis://redis-cluster.infra:6379", "cluster": True}}))
+    for deployment, name in ((PROXY, "proxy"), (OPERATOR, "operator")):
+        assert env_of(docs, deployment, name)["CLIPROXY_REDIS_CLUSTER"] == {"name": "CLIPROXY_REDIS_CLUSTER",
+                                                                            "value": "true"}  # fmt: skip
+    bundled = objects(render({"redis": {"bundled": {"enabled": True}, "cluster": True}}))  # one node: never a cluster
+    assert "CLIPROXY_REDIS_CLUSTER" not in env_of(bundled, PROXY, "proxy")
+    helm = pytest.importorskip("helm_python")
+    with pytest.raises(helm.HelmError, match=r"redis\.cluster takes a redis:// or rediss:// url"):
+        render({"redis": {"url": "redis+sentinel://s1:26379/mymaster", "cluster": True}})
+
+
 def test_a_password_in_the_url_is_refused() -> None:
     """It would sit in the pod spec for anyone who may read Deployments: redis.existingSecret is the way."""
     helm = pytest.importorskip("helm_python")

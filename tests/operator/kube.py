@@ -389,7 +389,7 @@ def admit(schema: Mapping[str, Any] | None, obj: dict[str, Any]) -> dict[str, An
         f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
         for error in validator.iter_errors({k: v for k, v in obj.items() if k != "metadata"})
     ]
-    problems = problems or _cel_checked(schema, {k: v for k, v in obj.items() if k != "metadata"})
+    problems = problems or _cel_checked(schema, obj)
     if problems:
         raise _Invalid("; ".join(problems))
     return obj
@@ -399,10 +399,14 @@ _validators: dict[int, Any] = {}
 _cel_verdicts: dict[tuple[int, str, str], list[str]] = {}  # (schema node, field, value as JSON) -> failures
 
 
-def _cel_checked(schema: Mapping[str, Any], content: Mapping[str, Any]) -> list[str]:
+def _cel_checked(schema: Mapping[str, Any], obj: Mapping[str, Any]) -> list[str]:
     """The CEL failures of an object, each top-level field's remembered by value: interpreted CEL is slow, and a
-    status write leaves the spec (where the rules are) as it was."""
-    failures = _cel_failures({"x-kubernetes-validations": schema.get("x-kubernetes-validations")}, content)
+    status write leaves the spec (where the rules are) as it was. Root rules see only ``metadata.name`` and
+    ``metadata.generateName`` of the metadata, as on the API server."""
+    content = {k: v for k, v in obj.items() if k != "metadata"}
+    meta = obj.get("metadata") or {}
+    root = {**content, "metadata": {k: meta[k] for k in ("name", "generateName") if k in meta}}
+    failures = _cel_failures({"x-kubernetes-validations": schema.get("x-kubernetes-validations")}, root)
     for name, node in (schema.get("properties") or {}).items():
         if name in content:
             key = (id(node), name, json.dumps(content[name], sort_keys=True))

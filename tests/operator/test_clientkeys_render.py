@@ -71,13 +71,16 @@ def test_a_refused_or_broken_client_key_is_left_out_and_the_rest_render() -> Non
         client_key("naive", expires="2027-01-01T00:00:00"),  # no time zone: the proxy would refuse the config
         client_key("pending"),
         client_key("good"),
+        client_key("x" * 121),  # past the CRD's 63: team-a.xxx... is longer than the proxy's 127
     ]
     consent = SecretConsent(not_opted_in=frozenset({"victim"}))
-    result = rendered(keys, {"naive": "cpk-N", "good": "cpk-G"}, {"shared": {"k": "sk-SHARED"}}, consent)
+    generated = {"naive": "cpk-N", "good": "cpk-G", "x" * 121: "cpk-X"}
+    result = rendered(keys, generated, {"shared": {"k": "sk-SHARED"}}, consent)
     reasons = {name: [p.reason for p in s.problems] for name, s in result.clients.items()}
     assert reasons == {"thief": ["SecretNotOptedIn"], "old": [], "copy": ["KeyInUse"], "naive": ["InvalidSpec"],
-                       "pending": ["KeyPending"], "good": []}  # fmt: skip
+                       "pending": ["KeyPending"], "good": [], "x" * 121: ["InvalidName"]}  # fmt: skip
     assert "time zone" in result.clients["naive"].problems[0].message
+    assert "at most 127 characters; keep metadata.name to 63" in result.clients["x" * 121].problems[0].message
     document = json.loads(result.gateways["default"].config_text)
     assert [e["name"] for e in document["client-keys"]] == ["team-a.good", "team-a.old"]
     assert list(result.gateways["default"].secret_data).count("old.client-key") == 1

@@ -10,6 +10,7 @@ ALLOWED = {
     "cliproxy_proxy", "cliproxy_proxy.contract", "cliproxy_proxy.catalog", "cliproxy_proxy.config",
     "cliproxy_proxy.compat", "cliproxy_proxy.counters", "cliproxy_proxy.oauth", "cliproxy_proxy.oauth.base",
     "cliproxy_proxy.oauth.formats", "cliproxy_proxy.oauth.kiro", "cliproxy_proxy.oauth.tokens",
+    "cliproxy_proxy.store",  # the proxies' Redis connector: usage is read where they count, Sentinel or Cluster
 }  # fmt: skip
 
 PROBE = """

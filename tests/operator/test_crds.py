@@ -298,11 +298,14 @@ def cel_failures(node: Json, value: Any, path: str = "") -> list[tuple[str, str]
     return failures
 
 
-def admit(kind: str, spec: Json) -> tuple[Json, list[jsonschema.ValidationError], list[tuple[str, str]]]:
-    """Default, schema-validate and CEL-validate an object with ``spec``, as the API server does on create."""
+def admit(
+    kind: str, spec: Json, name: str = "a-name"
+) -> tuple[Json, list[jsonschema.ValidationError], list[tuple[str, str]]]:
+    """Default, schema-validate and CEL-validate an object with ``spec``, as the API server does on create (root
+    rules see ``metadata.name``, as there)."""
     obj = apply_defaults(_schema(kind), {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "spec": spec})
     errors = schema_errors(kind, obj)
-    return obj, errors, ([] if errors else cel_failures(_schema(kind), obj))
+    return obj, errors, ([] if errors else cel_failures(_schema(kind), {**obj, "metadata": {"name": name}}))
 
 
 def _messages(kind: str) -> dict[str, str]:
@@ -822,6 +825,7 @@ UNIQUE_CREDENTIALS = "credential names must be unique"
 SELF_FALLBACK = "a model cannot fall back to itself"
 ALIAS_SLASH = "models[].alias must not contain '/' when prefix is set (clients call <prefix>/<alias>)"
 BUDGET_AMOUNT = "a budget needs tokens, usd or both"
+CLIENT_NAME = "a ClientKey's name has at most 63 characters (the proxy knows it as <namespace>.<name>)"
 TOKEN = {"name": "session", "key": "token"}
 
 CEL_CASES = [
@@ -929,11 +933,22 @@ def test_cel_rules(kind: str, spec: Json, expected: list[tuple[str, str]]) -> No
     assert failures == expected
 
 
+#: ClientKey names: the longest the proxy's <namespace>.<name> (127) holds beside any namespace (63), and one more.
+NAME_CASES = [("a" * 63, []), ("team-a.app_1", []), ("a" * 64, [("", CLIENT_NAME)])]
+
+
+@pytest.mark.parametrize(("name", "expected"), NAME_CASES, ids=["63", "dots", "64"])
+def test_a_client_key_name_fits_the_proxys_client_name(name: str, expected: list[tuple[str, str]]) -> None:
+    _, errors, failures = admit("ClientKey", {}, name)
+    assert errors == [] and failures == expected
+
+
 @pytest.mark.parametrize("kind", KINDS_UNDER_TEST)
 def test_every_cel_rule_has_a_case_where_it_fails(kind: str) -> None:
     messages = _messages(kind)
     assert messages
     failed = {message for case_kind, _, expected in CEL_CASES if case_kind == kind for _, message in expected}
+    failed |= {message for _, expected in NAME_CASES for _, message in expected} if kind == "ClientKey" else set()
     assert failed == set(messages)
 
 

@@ -1,10 +1,11 @@
 """The ``redis`` block's topologies: one server, a Sentinel URL, a Cluster (a real Sentinel and a real one-node
-Cluster); and what a bad block is told."""
+Cluster); what a bad block is told; and the operator's usage reads, which reach each topology the same way."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,15 +14,17 @@ from redis.asyncio import Redis as RedisClient
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import SentinelConnectionPool
 
+from cliproxy_operator import usage
 from cliproxy_proxy.clients import client_of
 from cliproxy_proxy.config import ClientKey, ConfigError, parse_config
 from cliproxy_proxy.config import Redis as RedisSettings
+from cliproxy_proxy.counters import budget_key, spend_key
 from cliproxy_proxy.health import Health
 from cliproxy_proxy.limits import Limits
 from cliproxy_proxy.runtime import build_runtime
 from cliproxy_proxy.store import SentinelTarget, connect, parse_sentinel_url
 
-from ..support.redis_server import RedisSentinel, RedisServer
+from ..support.redis_server import RedisSentinel, RedisServer, free_port
 
 
 @pytest.mark.parametrize(
@@ -88,6 +91,39 @@ async def test_limits_hold_through_a_real_sentinel_watched_master(redis_server: 
         sentinel.kill()
 
 
+NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
+#: Two ClientKeys whose counters hash to different Cluster slots (the operator reads them in one pipeline).
+BUDGETED = [{"metadata": {"name": name}, "spec": {"budget": {"tokens": 10, "per": "day"}}} for name in ("ann", "bob")]
+
+
+async def operator_reads(counted_on: str, monkeypatch: pytest.MonkeyPatch, *, url: str, cluster: bool) -> None:
+    """Counters written on the server ``counted_on`` are what the operator reads through the deployment's URL."""
+    async with RedisClient.from_url(counted_on) as redis:
+        for tokens, name in enumerate(("team.ann", "team.bob"), start=5):
+            await redis.set(budget_key(name, "2026-12-03"), tokens)
+            await redis.set(spend_key(name, "2026-12-03"), tokens * 1000)
+    monkeypatch.setenv("CLIPROXY_REDIS_URL", url)
+    monkeypatch.setenv("CLIPROXY_REDIS_CLUSTER", "true" if cluster else "")
+    client = usage.connect()
+    assert client is not None and isinstance(client, RedisCluster) is cluster
+    try:
+        read = await usage.observe(client, "team", BUDGETED, NOW)
+    finally:
+        await client.aclose()
+    assert read == {"ann": usage.Usage("2026-12-03", 5, 5000), "bob": usage.Usage("2026-12-03", 6, 6000)}
+
+
+async def test_the_operator_reads_usage_through_a_real_sentinel(
+    redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sentinel = RedisSentinel(tmp_path, redis_server)
+    sentinel.start()
+    try:
+        await operator_reads(redis_server.url, monkeypatch, url=sentinel.url, cluster=False)
+    finally:
+        sentinel.kill()
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A Redis Cluster of one node holding every slot; once for the module (a node waits 2 s to call itself ok)."""
@@ -127,3 +163,35 @@ async def test_limits_and_cooldowns_through_a_real_redis_cluster(cluster: RedisS
         assert 0 < health.cooldowns[(credential, "llama")].until - health.clock() <= 30
     finally:
         await limits.close()
+
+
+async def test_the_operator_reads_usage_through_a_real_redis_cluster(
+    cluster: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis.cluster import key_slot
+
+    slots = {key_slot(budget_key(name, "2026-12-03").encode()) for name in ("team.ann", "team.bob")}
+    assert len(slots) == 2  # one pipeline across two slots, as on a cluster of many shards
+    await operator_reads(cluster.url, monkeypatch, url=cluster.url, cluster=True)
+
+
+async def test_a_cluster_without_a_reachable_node_is_redis_down_not_a_500() -> None:
+    """redis-py's RedisClusterException is no RedisError: it used to escape the check (a 500) and the operator's
+    usage loop (which then died)."""
+    down = f"redis://127.0.0.1:{free_port()}"
+    client = client_of(ClientKey.model_validate({"name": "team", "api-key": "k", "rate-limit": {"rpm": 2},
+                                                 "budget": {"tokens": 10}}))  # fmt: skip
+    for on_error, allowed in (("allow", True), ("deny", False)):
+        limits = Limits(CollectorRegistry())
+        try:
+            limits.configure(RedisSettings(url=down, cluster=True, timeout=1.0, on_error=on_error))
+            verdict = await limits.admit(client)
+            assert (verdict.allowed, verdict.counted) == (allowed, False)
+            assert await limits.spent(client) is None
+        finally:
+            await limits.close()
+    redis = connect(RedisSettings(url=down, cluster=True, timeout=1.0), socket_timeout=1.0)
+    try:
+        assert await usage.observe(redis, "team", BUDGETED, NOW) is None  # unknown, and the loop goes on
+    finally:
+        await redis.aclose()

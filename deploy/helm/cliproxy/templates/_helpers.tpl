@@ -138,12 +138,60 @@ usage reads); the password comes from redis.existingSecret, never from the value
 {{- with include "cliproxy.redis.url" . }}
 - name: CLIPROXY_REDIS_URL
   value: {{ . | quote }}
+{{- if and $.Values.redis.cluster $.Values.redis.url }}
+{{- if not (or (hasPrefix "redis://" $.Values.redis.url) (hasPrefix "rediss://" $.Values.redis.url)) }}
+{{- fail "redis.cluster takes a redis:// or rediss:// url (one node of the cluster)" }}
+{{- end }}
+- name: CLIPROXY_REDIS_CLUSTER
+  value: "true"
+{{- end }}
 {{- if and $.Values.redis.existingSecret $.Values.redis.url }}
 - name: CLIPROXY_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ $.Values.redis.existingSecret | quote }}
       key: {{ $.Values.redis.existingSecretKey | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The proxy's OTEL_* env (otel.enabled): the standard variables the OpenTelemetry SDK reads. The exporter's
+headers (a collector's credentials) come from otel.headers.existingSecret, never from the values; the pod's own
+name reaches the resource attributes through the downward API. */}}
+{{- define "cliproxy.otel.env" -}}
+{{- with .Values.otel }}
+{{- if .enabled }}
+- name: OTEL_TRACES_EXPORTER
+  value: otlp
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ required "otel.enabled needs otel.endpoint (an OTLP/HTTP receiver's base URL)" .endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .protocol | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ .serviceName | quote }}
+- name: OTEL_K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- $attributes := list (printf "k8s.namespace.name=%s" $.Release.Namespace) "k8s.pod.name=$(OTEL_K8S_POD_NAME)" (printf "k8s.deployment.name=%s" (include "cliproxy.proxy.fullname" $)) }}
+{{- range $key, $value := .resourceAttributes }}
+{{- $attributes = append $attributes (printf "%s=%s" $key $value) }}
+{{- end }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ join "," $attributes | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ .sampler.name | quote }}
+{{- with .sampler.arg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with .headers.existingSecret }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.Values.otel.headers.existingSecretKey | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end }}
