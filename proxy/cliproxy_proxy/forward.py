@@ -172,7 +172,7 @@ class Exchange:
         try:
             return await self._run()
         except _Refused as refused:
-            return self.refuse(refused.verdict)
+            return await self.refuse(refused.verdict)
         except TranslationError as error:
             self.proxy.metrics.errors.labels(self.provider, "invalid_request").inc()
             return await self.reply_error(400, str(error), "untranslatable_request")
@@ -597,13 +597,16 @@ class Exchange:
             response.headers.update(headers)
         return self.finish(response)
 
-    def refuse(self, verdict: Verdict) -> web.Response:
-        """The 429 (or, Redis down under on-error: deny, the 503) for a client over one of its limits."""
+    async def refuse(self, verdict: Verdict) -> web.StreamResponse:
+        """The 429 (or, Redis down under on-error: deny, the 503) for a client over one of its limits; in the
+        stream when a keepalive already opened it (every credential was resting before the first attempt)."""
         if verdict.limit == "unavailable":
             status, message, code = 503, "Client limits cannot be checked right now.", "limits_unavailable"
         else:
             message = f"This API key is over its {verdict.limit} limit; retry after {verdict.retry_after} s."
             status, code = 429, "rate_limit_exceeded"
+        if self.response is not None:
+            return await self.reply_error(status, message, code)
         refusal = web.Response(status=status, body=self.inbound.encode_error(status, message, code),
                                content_type="application/json")  # fmt: skip
         refusal.headers["Retry-After"] = str(verdict.retry_after)

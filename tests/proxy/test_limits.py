@@ -11,6 +11,7 @@ import signal
 import time
 from typing import Any
 
+import aiohttp
 import openai
 import orjson
 import pytest
@@ -140,6 +141,32 @@ async def tokens_counted(server: RedisServer, key: str) -> None:
                 return
             await asyncio.sleep(0.02)
     raise AssertionError(f"{key} never counted")
+
+
+async def test_a_refusal_after_a_keepalive_opened_the_stream_is_an_error_event(
+    provider: FakeProvider, start_proxy
+) -> None:
+    """Every credential rests at the start, so the keepalive opens the stream before the first attempt, where
+    the client's limits are checked: their refusal then reaches the client in the stream, not as a new answer."""
+    config = limited_config(provider, None, **{"rate-limit": {"rpm": 1}})
+    config.update({"max-retry-interval": 5, "streaming": {"keepalive-seconds": 0.05}})
+    running = await start_proxy(config)
+    client = running.client(key=TEAM)
+    provider.state.fail_next("key-a", Fault(status=429, headers={"Retry-After": "1"}))
+    first = asyncio.ensure_future(  # admitted (rpm 1 spent); its 429 rests the credential for 1 s, then it retries
+        client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+    )
+    await eventually(lambda: len(provider.received) == 1)
+    body = {"model": "small", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=GUARD)) as http,
+        http.post(f"{running.url}/v1/chat/completions", headers={"Authorization": f"Bearer {TEAM}"}, json=body) as raw,
+    ):
+        assert raw.status == 200  # the keepalive's
+        text = await raw.text()
+    assert text.startswith(": keep-alive") and "over its rpm limit" in text and "rate_limit_error" in text
+    assert (await first).choices[0].message.content
+    assert len(provider.received) == 2  # the first request's two attempts; the refused stream reached nothing
 
 
 def team(**limits: Any) -> Client:
