@@ -17,6 +17,8 @@ import argparse
 import json
 import os
 import shutil
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,6 +83,18 @@ def settled(redis: Redis) -> int:
         count = now
 
 
+def ping_p50_ms(port: int, n: int = 2000) -> float:
+    """A bare round trip to Redis on this machine (PING on a raw socket, p50): the floor a check adds at c=1."""
+    times = []
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        for _ in range(n):
+            started = time.perf_counter()
+            connection.sendall(b"PING\r\n")
+            connection.recv(64)
+            times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 3)
+
+
 def outages(url: str) -> float:
     """Checks the proxy decided by ``redis.on-error`` so far (a Redis answer slower than ``timeout``)."""
     with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as response:
@@ -143,6 +157,7 @@ def main() -> int:
                              "redis_round_trips_per_request": per_request}  # fmt: skip
             print(f"  {name}: {figures[name]}", flush=True)
         redis.close()
+        ping = ping_p50_ms(redis_port)
         decided_by_on_error = outages(f"http://127.0.0.1:{proxy_port}/metrics")
     finally:
         for proc in procs:
@@ -155,12 +170,16 @@ def main() -> int:
         print(f"{name:22} {row['added_p50_ms']:>+14.3f} {row['ratio_c32']:>13.2f} "
               f"{row['proxy_cpu_ms_per_request_c32']:>17.3f} {row['redis_round_trips_per_request']:>22}")  # fmt: skip
     print(f"checks decided by on-error (Redis slower than its timeout): {decided_by_on_error:.0f}")
+    over_proxy = round(figures["client limits"]["p50_c1_ms"] - figures["proxy"]["p50_c1_ms"], 3)
+    print(f"client limits over the proxy alone: {over_proxy:+.3f} ms p50 at c=1; a bare Redis PING round trip on "
+          f"this machine: {ping:.3f} ms p50")  # fmt: skip
     limited = figures["client limits"]
     missed = limited["added_p50_ms"] > TARGET_ADDED_P50_MS or limited["ratio_c32"] < TARGET_RATIO
     print(f"targets with client limits on Redis: +p50 <= {TARGET_ADDED_P50_MS} ms at c=1, ratio >= {TARGET_RATIO} "
           f"at c=32: {'MISSED' if missed else 'met'}")  # fmt: skip
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {"duration_s": secs, "pinned": pin, "figures": figures, "decided_by_on_error": decided_by_on_error,
+              "client_limits_over_proxy_p50_ms": over_proxy, "redis_ping_p50_ms": ping,
               "runs": {name: {f"c={c}": asdict(r) for c, r in by.items()} for name, by in runs.items()}}  # fmt: skip
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.output}")
