@@ -152,8 +152,8 @@ async def test_a_refusal_after_a_keepalive_opened_the_stream_is_an_error_event(
     config.update({"max-retry-interval": 5, "streaming": {"keepalive-seconds": 0.05}})
     running = await start_proxy(config)
     client = running.client(key=TEAM)
-    provider.state.fail_next("key-a", Fault(status=429, headers={"Retry-After": "1"}))
-    first = asyncio.ensure_future(  # admitted (rpm 1 spent); its 429 rests the credential for 1 s, then it retries
+    provider.state.fail_next("key-a", Fault(status=429, headers={"Retry-After": "0.4"}))
+    first = asyncio.ensure_future(  # admitted (rpm 1 spent); its 429 rests the credential 0.4 s, then it retries
         client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
     )
     await eventually(lambda: len(provider.received) == 1)
