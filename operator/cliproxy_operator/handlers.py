@@ -41,11 +41,11 @@ from .kube import (
     client_keys,
     content_digest,
     generated_key_secret,
+    namespace_gone,
     patch_status,
     post_event,
     read_secrets,
     rendered_objects,
-    terminating,
     write,
     write_generated,
 )
@@ -65,7 +65,8 @@ _ours: dict[Key, collections.deque[str]] = {}  # resourceVersions the operator's
 _known: dict[Key, tuple[str, tuple[str, ...]]] = {}  # rendered objects as last written: (digest, owner uids)
 _statuses: dict[Key, tuple[str, dict[str, Any]]] = {}  # (uid, status) as last written
 _posted: dict[str, set[Problem]] = {}  # by uid: the problems already posted as Events
-_refused: dict[str, float] = {}  # namespace -> when a write was refused because it is being deleted
+_refused: dict[str, float] = {}  # namespace -> when a write was refused because it is being deleted or gone
+_leaving: set[str] = set()  # namespaces seen being deleted or deleted: nothing is rendered there
 _minted: dict[tuple[str, str], tuple[str, str, str]] = {}  # (namespace, ClientKey): (uid, rotation, key) written,
 # until the generated-key index has it; dropped when someone else changes or deletes that Secret
 _usage: dict[str, tuple[dict[str, usage.Usage], frozenset[str]]] = {}  # namespace: usage read, expired keys
@@ -161,13 +162,19 @@ def rendered_secret_index(body: kopf.Body, namespace: str | None, **_: Any) -> d
 
 if not NAMESPACED:  # a Role cannot watch namespaces; there a refused write says the namespace is going
 
-    @kopf.index("", "v1", "namespaces")
-    def terminating_index(meta: kopf.Meta, name: str, **_: Any) -> dict[str, Any]:
-        return {name: True} if meta.get("deletionTimestamp") else {}
+    @kopf.on.event("", "v1", "namespaces")
+    async def namespace_changed(name: str, meta: kopf.Meta, type: str | None, **kwargs: Any) -> None:
+        """Remember a namespace once it is being deleted, and after it is gone: the events of its objects'
+        deletion come after the namespace's own on other watches, and must not render it again."""
+        _remember(kwargs)
+        if type == "DELETED" or meta.get("deletionTimestamp"):
+            _leaving.add(name)
+        else:  # created (again), or listed alive
+            _leaving.discard(name)
 
 
 def _terminating(namespace: str) -> bool:
-    if namespace in _indexes.get("terminating_index", {}):
+    if namespace in _leaving:
         return True
     return time.monotonic() - _refused.get(namespace, -REFUSED_SECONDS) < REFUSED_SECONDS
 
@@ -198,7 +205,7 @@ async def reconcile(namespace: str) -> None:
     try:
         await _reconcile(namespace)
     except ApiException as error:
-        if not terminating(error):
+        if not namespace_gone(error):
             raise
         _refused[namespace] = time.monotonic()
 
@@ -348,7 +355,7 @@ _coalescer = Coalescer(reconcile)
 def _remember(kwargs: Mapping[str, Any]) -> None:
     """kopf hands indexes to handlers only: keep them for the coalesced reconcile."""
     for name in ("route_index", "credential_index", "client_key_index", "rendered_config_index",
-                 "rendered_secret_index", "terminating_index", "clientkey_index", "generated_key_index"):  # fmt: skip
+                 "rendered_secret_index", "clientkey_index", "generated_key_index"):  # fmt: skip
         if name in kwargs:
             _indexes[name] = kwargs[name]
 

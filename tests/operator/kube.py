@@ -631,6 +631,10 @@ class Emulator(kmock.KubernetesEmulator):
         if self._terminating(request.namespace or meta.get("namespace")):
             message = f"unable to create new content in namespace {request.namespace} because it is being terminated"
             raise kmock.KubernetesError(status=403, reason="Forbidden", message=message)
+        if self._deleted_namespace(request.namespace or meta.get("namespace")):
+            name = request.namespace or meta.get("namespace")
+            raise kmock.KubernetesError(status=404, reason="NotFound", message=f"namespaces {name!r} not found",
+                                        details={"name": name, "kind": "namespaces"})  # fmt: skip
         if request.namespace:
             if meta.get("namespace", request.namespace) != request.namespace:
                 raise kmock.KubernetesError(status=400, reason="BadRequest", message="namespace does not match")
@@ -713,6 +717,15 @@ class Emulator(kmock.KubernetesEmulator):
 
         self._terminations.add(task := asyncio.get_running_loop().create_task(finish()))
         task.add_done_callback(self._terminations.discard)
+
+    def _deleted_namespace(self, namespace: str | None) -> bool:
+        """A namespace that existed and was deleted (one never created here is taken as there: tests skip them)."""
+        if not namespace:
+            return False
+        try:
+            return bool(self._objects[(NAMESPACE_RESOURCE, None, namespace)].deleted)
+        except KeyError:
+            return False
 
     def _terminating(self, namespace: str | None) -> bool:
         obj = self._lookup((NAMESPACE_RESOURCE, None, namespace)) if namespace else None
