@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), *(str(REPO / p) for p in ("operator", "proxy"))]
@@ -51,7 +52,7 @@ def inputs(routes: int, credentials: int, gateways: int) -> tuple[list[Any], lis
     return rows, creds, secrets
 
 
-async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[str, Any]:
+async def operator_at_scale(namespaces: int, routes_per_namespace: int, log: IO[str] | None) -> dict[str, Any]:
     """The operator process against the emulator: the figures of ``tests/operator/scale.py`` and its memory."""
     import kmock
     from tests.operator import scale
@@ -72,7 +73,7 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[
                 env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAME": "bench"}
                 process = await asyncio.create_subprocess_exec(
                     str(Path(sys.executable).parent / "cliproxy-operator"), "--all-namespaces", "--log-format",
-                    "plain", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                    "plain", env=env, stdout=asyncio.subprocess.DEVNULL, stderr=log or asyncio.subprocess.DEVNULL,
                 )  # fmt: skip
                 watched = ("cliproxy.io/v1alpha1/providerroutes", "v1/secrets", "v1/configmaps")
                 await wait_for(lambda: all(cluster.watching(r, since=since) for r in watched), 1200)
@@ -83,8 +84,10 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int) -> dict[
                 status = await asyncio.to_thread(Path(f"/proc/{process.pid}/status").read_text)
                 peak_kib = max(peak_kib, *(int(line.split()[1]) for line in status.splitlines()
                                            if line.startswith("VmHWM:")))  # fmt: skip
+                asked = time.monotonic()
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), 600)
+                say(f"operator exited {time.monotonic() - asked:.1f} s after SIGTERM (rc {process.returncode})")
 
             def say(text: str) -> None:
                 print(f"  [{time.monotonic() - began:6.1f} s] {text}", flush=True)
@@ -106,6 +109,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--namespaces", type=int, default=200, help="operator at scale: namespaces")
     parser.add_argument("--routes-per-namespace", type=int, default=10, help="operator at scale: routes in each")
+    parser.add_argument("--operator-log", type=Path, help="append the operator process's log to this file")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "operator.json")
     args = parser.parse_args()
     report: dict[str, Any] = {"routes": args.routes, "credentials": args.credentials, "scenarios": []}
@@ -138,7 +142,9 @@ def main() -> int:
     if args.namespaces:
         print(f"operator: {args.namespaces * args.routes_per_namespace} routes in {args.namespaces} namespaces "
               "on the API emulator (requests counted there)")  # fmt: skip
-        scaled = report["operator"] = asyncio.run(operator_at_scale(args.namespaces, args.routes_per_namespace))
+        with args.operator_log.open("a") if args.operator_log else contextlib.nullcontext() as log:
+            scaled = report["operator"] = asyncio.run(operator_at_scale(args.namespaces, args.routes_per_namespace,
+                                                                        log))  # fmt: skip
         print(
             f"  create to settled: {scaled['writes_per_route']} writes and {scaled['reads_per_route']} reads per "
             f"route, all Ready {scaled['ready_seconds']} s after the last apply"

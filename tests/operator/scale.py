@@ -30,6 +30,7 @@ class Figures:
     restart_quiet_seconds: float = 0.0
     deletion_writes: int = 0
     writes_by_kind: dict[str, int] = field(default_factory=dict)
+    deletion_writes_by_kind: dict[str, int] = field(default_factory=dict)
 
     @property
     def writes_per_route(self) -> float:
@@ -95,6 +96,11 @@ def _writes(requests: list[Recorded]) -> list[Recorded]:
     return [r for r in requests if r.write]
 
 
+def _by_kind(writes: list[Recorded]) -> dict[str, int]:
+    kinds = (f"{r.method} {r.resource}" + (f"/{r.subresource}" if r.subresource else "") for r in writes)
+    return dict(collections.Counter(kinds))
+
+
 async def run(
     cluster: Cluster,
     start: Callable[[], Awaitable[None]],
@@ -119,8 +125,7 @@ async def run(
     created = _operator_requests(cluster, since)
     figures.create_writes = len(_writes(created))
     figures.create_reads = len([r for r in created if r.method == "GET" and not r.watch and r.resource])
-    kinds = (f"{r.method} {r.resource}" + (f"/{r.subresource}" if r.subresource else "") for r in _writes(created))
-    figures.writes_by_kind = dict(collections.Counter(kinds))
+    figures.writes_by_kind = _by_kind(_writes(created))
 
     say(f"settled: {figures.create_writes} writes; restarting the operator")
     await stop()
@@ -144,7 +149,8 @@ async def run(
 
     await wait_for(gone, 120, interval=0.2, message="the namespaces were not deleted")
     await quiet(cluster, since)
-    figures.deletion_writes = len([r for r in _writes(_operator_requests(cluster, since)) if r.namespace in names])
+    deleting = [r for r in _writes(_operator_requests(cluster, since)) if r.namespace in names]
+    figures.deletion_writes, figures.deletion_writes_by_kind = len(deleting), _by_kind(deleting)
     await stop()
     return figures
 
@@ -156,4 +162,5 @@ def describe(figures: Figures) -> dict[str, Any]:
         "ready_seconds": round(figures.ready_seconds, 2), "restart_writes": figures.restart_writes,
         "restart_lists": figures.restart_lists, "restart_quiet_seconds": round(figures.restart_quiet_seconds, 2),
         "deletion_writes": figures.deletion_writes, "writes_by_kind": figures.writes_by_kind,
+        "deletion_writes_by_kind": figures.deletion_writes_by_kind,
     }  # fmt: skip
