@@ -1,7 +1,8 @@
 """kopf handlers: thin. Events mark their namespace dirty; one coalesced reconcile per namespace renders it.
 
 kopf's indexes hold what the reconcile needs (routes, credentials, client keys, the rendered objects as they
-are), so a reconcile reads only the provider Secrets its credentials name. The handlers are plain event
+are), so a reconcile reads only the provider Secrets its credentials name. Index functions are coroutines: kopf
+runs a plain function in a thread, a hop (and a wake-up of the loop) per object and event. The handlers are plain event
 handlers: kopf then writes nothing of its own (no finalizers, no progress annotations). What the operator wrote
 it remembers, so its own writes' watch events are ignored, unchanged objects and statuses are not written again,
 and each Warning Event is posted once. Nothing is written in a namespace being deleted.
@@ -110,22 +111,22 @@ def _indexed(body: kopf.Body, meta: kopf.Meta, namespace: str | None) -> dict[st
 
 
 @kopf.index(GROUP, VERSION, ROUTES)
-def route_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def route_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _indexed(body, meta, namespace)
 
 
 @kopf.index(GROUP, VERSION, CREDENTIALS)
-def credential_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def credential_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _indexed(body, meta, namespace)
 
 
 @kopf.index(GROUP, VERSION, CLIENTKEYS)
-def clientkey_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def clientkey_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _indexed(body, meta, namespace)
 
 
 @kopf.index("", "v1", "secrets", labels={CLIENT_KEY_LABEL: kopf.PRESENT})
-def generated_key_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def generated_key_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     """The keys the operator generated: (ClientKey name, owner uids, the rotation it answers, the key)."""
     if namespace is None or meta.get("deletionTimestamp"):
         return {}
@@ -136,7 +137,7 @@ def generated_key_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None,
 
 
 @kopf.index("", "v1", "secrets", labels={CLIENT_KEYS_LABEL: kopf.PRESENT})
-def client_key_index(body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def client_key_index(body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> dict[str, Any]:
     return {namespace: (labels[CLIENT_KEYS_LABEL], client_keys(body.get("data")))} if namespace else {}
 
 
@@ -151,12 +152,12 @@ def _rendered(kind: str, body: kopf.Body, namespace: str | None) -> dict[str, An
 
 
 @kopf.index("", "v1", "configmaps", labels=MANAGED_BY)
-def rendered_config_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def rendered_config_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _rendered(CONFIG_MAP, body, namespace)
 
 
 @kopf.index("", "v1", "secrets", labels=MANAGED_BY)
-def rendered_secret_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def rendered_secret_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _rendered(SECRET, body, namespace)
 
 
