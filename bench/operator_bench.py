@@ -89,12 +89,21 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int, log: IO[
                 await asyncio.wait_for(process.wait(), 600)
                 say(f"operator exited {time.monotonic() - asked:.1f} s after SIGTERM (rc {process.returncode})")
 
+            def cpu() -> float:
+                """The operator process's CPU seconds (user and system) so far."""
+                assert process is not None
+                try:
+                    fields = Path(f"/proc/{process.pid}/stat").read_text().rpartition(")")[2].split()
+                except FileNotFoundError:
+                    return 0.0
+                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
             def say(text: str) -> None:
                 print(f"  [{time.monotonic() - began:6.1f} s] {text}", flush=True)
 
             began = time.monotonic()
             try:
-                figures = await scale.run(cluster, start, stop, namespaces, routes_per_namespace, say=say)
+                figures = await scale.run(cluster, start, stop, namespaces, routes_per_namespace, say=say, cpu=cpu)
             finally:
                 if process is not None and process.returncode is None:  # a failed run leaves no operator behind
                     process.kill()

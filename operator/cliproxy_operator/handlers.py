@@ -227,6 +227,8 @@ async def _reconcile(namespace: str) -> None:
     clientkeys = list(_indexes["clientkey_index"].get(namespace, []))
     referenced = _referenced_secrets(credentials, clientkeys)
     secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, referenced)
+    if _terminating(namespace):  # it began to go while its Secrets were read (they may be gone already)
+        return
     generated = await _generated_keys(namespace, clientkeys)
     clients = render_client_keys(namespace, clientkeys, secrets, consent, generated, keys)
     rendering = render(routes, credentials, secrets, keys, consent, keep=gateways, clients=clients)

@@ -1239,6 +1239,16 @@ class OperatorRunner:
 
         await wait_for(ready, within, message=lambda: f"kopf did not watch {sorted(self.watched)}\n{self.describe()}")
 
+    def cpu_seconds(self) -> float:
+        """The CPU time of the operator's event loop thread (its executor's threads aside); 0 when stopped."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except OSError:  # the thread ended meanwhile
+            return 0.0
+
     def _stop_failed(self) -> str:
         return f"the operator did not stop\n{self.describe()}"
 
