@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import kopf
 
+from .kopf_quiet import QuietSuccesses
 from .kube import NAMESPACES_ENV
 
 STOP_GRACE_SECONDS = 10.0  # how long kopf may take to stop once its credentials are gone
@@ -80,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lost = LoginLost()
     for handler in logging.getLogger().handlers:
         handler.addFilter(lost)
+    if not args.verbose:
+        logging.getLogger("kopf.objects").addFilter(QuietSuccesses())
     if args.namespace:  # read by the handlers at import: nothing cluster-scoped is watched then
         os.environ[NAMESPACES_ENV] = ",".join(args.namespace)
     from . import handlers  # noqa: F401  (registers the handlers)

@@ -27,6 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from . import kopf_gate, tokens, usage
 from .clientkeys import KEY_PREFIX, ROTATE_ANNOTATION, expired, render_client_keys, status_of
 from .coalesce import Coalescer
+from .kopf_quiet import NoDiffBase
 from .kube import (
     CLIENT_KEY_LABEL,
     CLIENT_KEYS_LABEL,
@@ -79,9 +80,7 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Our own prefixes for kopf's bookkeeping, and API clients from the kubeconfig or the pod's account."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()  # no change handlers: no essence to keep
     settings.scanning.disabled = NAMESPACED  # a Role cannot list namespaces or CRDs: do not retry that for ever
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
