@@ -4,7 +4,9 @@
    runs, on this machine), the objects it would write, and the sizes against Kubernetes' 1 MiB object limit.
 2. The operator, as its own process, against the in-memory API emulator with 2,000 routes in 200 namespaces:
    writes and reads per route until settled, time to all Ready after the last apply, a restart's writes and
-   lists, writes while the namespaces are deleted, and the operator process's peak memory (VmHWM).
+   lists and when it falls quiet, writes while the namespaces are deleted, the operator process's peak memory
+   (VmHWM), its CPU seconds per phase and how soon it exits on SIGTERM; each of issue 13's targets is printed
+   with PASS or MISSED. "Quiet" means no request and next to no CPU for 2 s (1 s after create and deletion).
 
 ``make bench`` runs it after the proxy benchmark.
 """
@@ -60,7 +62,7 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int, log: IO[
 
     kubeconfig = Path(tempfile.mkdtemp(prefix="cliproxy-bench-")) / "kubeconfig"
     process: asyncio.subprocess.Process | None = None
-    peak_kib = 0
+    peak_kib, exits = 0, []
     async with Emulator() as emulator, kmock.Server(emulator) as server:
         setup_emulator(emulator)
         url = str(server.url).rstrip("/")
@@ -87,7 +89,8 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int, log: IO[
                 asked = time.monotonic()
                 process.send_signal(signal.SIGTERM)
                 await asyncio.wait_for(process.wait(), 600)
-                say(f"operator exited {time.monotonic() - asked:.1f} s after SIGTERM (rc {process.returncode})")
+                exits.append(time.monotonic() - asked)
+                say(f"operator exited {exits[-1]:.1f} s after SIGTERM (rc {process.returncode})")
 
             def cpu() -> float:
                 """The operator process's CPU seconds (user and system) so far."""
@@ -108,7 +111,26 @@ async def operator_at_scale(namespaces: int, routes_per_namespace: int, log: IO[
                 if process is not None and process.returncode is None:  # a failed run leaves no operator behind
                     process.kill()
                     await process.wait()
-    return {**scale.describe(figures), "peak_memory_mib": round(peak_kib / 1024, 1)}
+    return {**scale.describe(figures), "peak_memory_mib": round(peak_kib / 1024, 1),
+            "sigterm_exit_seconds": [round(e, 1) for e in exits]}  # fmt: skip
+
+
+def targets(scaled: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    """Issue 13's targets: (measure, value, target, met)."""
+    lists = scaled["restart_lists"]
+    return [
+        ("writes per route, create to settled", str(scaled["writes_per_route"]), "<= 3",
+         scaled["writes_per_route"] <= 3),
+        ("all Ready after the last apply", f"{scaled['ready_seconds']} s", "<= 5 s", scaled["ready_seconds"] <= 5),
+        ("restart: writes", str(scaled["restart_writes"]), "0", scaled["restart_writes"] == 0),
+        ("restart: lists per kind", str(max(lists.values(), default=0)), "<= 1",
+         bool(lists) and max(lists.values()) <= 1),
+        ("restart: quiet after process start", f"{scaled['restart_quiet_seconds']} s", "<= 15 s",
+         scaled["restart_quiet_seconds"] <= 15),
+        ("namespaces deleted: writes", str(scaled["deletion_writes"]), "0", scaled["deletion_writes"] == 0),
+        ("namespaces deleted: refused writes", str(scaled["deletion_refused"]), "0", scaled["deletion_refused"] == 0),
+        ("peak memory", f"{scaled['peak_memory_mib']} MiB", "<= 200 MiB", scaled["peak_memory_mib"] <= 200),
+    ]  # fmt: skip
 
 
 def main() -> int:
@@ -154,16 +176,12 @@ def main() -> int:
         with args.operator_log.open("a") if args.operator_log else contextlib.nullcontext() as log:
             scaled = report["operator"] = asyncio.run(operator_at_scale(args.namespaces, args.routes_per_namespace,
                                                                         log))  # fmt: skip
-        print(
-            f"  create to settled: {scaled['writes_per_route']} writes and {scaled['reads_per_route']} reads per "
-            f"route, all Ready {scaled['ready_seconds']} s after the last apply"
-        )
-        print(
-            f"  restart: {scaled['restart_writes']} writes, lists {scaled['restart_lists']}, quiet after "
-            f"{scaled['restart_quiet_seconds']} s"
-        )
-        print(f"  namespaces deleted: {scaled['deletion_writes']} writes; operator peak memory "
-              f"{scaled['peak_memory_mib']} MiB")  # fmt: skip
+        print(f"  operator CPU seconds: {scaled['operator_cpu_seconds']}; exits after SIGTERM in "
+              f"{scaled['sigterm_exit_seconds']} s; {scaled['reads_per_route']} reads per route")  # fmt: skip
+        verdicts = targets(scaled)
+        for name, value, target, ok in verdicts:
+            print(f"  {name:<34} {value:<24} target {target:<16} {'PASS' if ok else 'MISSED'}")
+        report["operator"]["missed"] = [name for name, _, _, ok in verdicts if not ok]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     return 0

@@ -457,6 +457,7 @@ class Emulator(kmock.KubernetesEmulator):
     _builtin: int = attrs.field(default=0, init=False)  # reactions the emulator itself added
     _direct: dict[Any, Callable[[kmock.Request], Any]] = attrs.field(factory=dict, init=False)
     _order: tuple[tuple[int, ...], list[Any]] = attrs.field(default=((), []), init=False)  # reactions by priority
+    refused: list[tuple[str | None, str]] = attrs.field(factory=list, init=False)  # writes refused: (namespace, agent)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -561,7 +562,11 @@ class Emulator(kmock.KubernetesEmulator):
         if not is_write:
             return await self._dispatch(request)
         async with self._lock:
-            release = await self._write(request)
+            try:
+                release = await self._write(request)
+            except kmock.KubernetesError:
+                self.refused.append((request.namespace, dict(request.headers).get("User-Agent", "")))
+                raise
         try:
             return await self._dispatch(request)
         finally:

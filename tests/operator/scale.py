@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .kube import CREDENTIALS, ROUTES, SECRETS, Cluster, Recorded, b64, get_object, matching, wait_for
+from .kube import CREDENTIALS, ROUTES, SECRETS, TEST_AGENT, Cluster, Recorded, b64, get_object, matching, wait_for
 
 NAMESPACES = "v1/namespaces"
 POLL = 0.1  # seconds between looks at the request log (and the operator's CPU time)
@@ -31,6 +31,7 @@ class Figures:
     restart_lists: dict[str, int] = field(default_factory=dict)
     restart_quiet_seconds: float = 0.0
     deletion_writes: int = 0
+    deletion_refused: int = 0  # of those writes, how many the API refused
     writes_by_kind: dict[str, int] = field(default_factory=dict)
     deletion_writes_by_kind: dict[str, int] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)  # the operator's, per phase (when it can be read)
@@ -154,9 +155,10 @@ async def run(
 
     say(f"restart quiet after {figures.restart_quiet_seconds:.1f} s; deleting the namespaces")
     since, began = cluster.mark(), used()
+    assert cluster.emulator is not None
+    refused_before = len(cluster.emulator.refused)
     for namespace in names:
         await cluster.request("DELETE", f"/api/v1/namespaces/{namespace}")
-    assert cluster.emulator is not None
 
     async def gone() -> bool:
         return all([await get_object(cluster.emulator, NAMESPACES, None, n) is None for n in names])  # type: ignore[arg-type]
@@ -166,6 +168,8 @@ async def run(
     figures.cpu_seconds["deletion"] = used() - began
     deleting = [r for r in _writes(_operator_requests(cluster, since)) if r.namespace in names]
     figures.deletion_writes, figures.deletion_writes_by_kind = len(deleting), _by_kind(deleting)
+    figures.deletion_refused = len([1 for namespace, agent in cluster.emulator.refused[refused_before:]
+                                    if namespace in names and agent != TEST_AGENT])  # fmt: skip
     await stop()
     return figures
 
@@ -176,7 +180,8 @@ def describe(figures: Figures) -> dict[str, Any]:
         "writes_per_route": round(figures.writes_per_route, 2), "reads_per_route": round(figures.reads_per_route, 2),
         "ready_seconds": round(figures.ready_seconds, 2), "restart_writes": figures.restart_writes,
         "restart_lists": figures.restart_lists, "restart_quiet_seconds": round(figures.restart_quiet_seconds, 2),
-        "deletion_writes": figures.deletion_writes, "writes_by_kind": figures.writes_by_kind,
+        "deletion_writes": figures.deletion_writes, "deletion_refused": figures.deletion_refused,
+        "writes_by_kind": figures.writes_by_kind,
         "deletion_writes_by_kind": figures.deletion_writes_by_kind,
         "operator_cpu_seconds": {k: round(v, 2) for k, v in figures.cpu_seconds.items()},
     }  # fmt: skip
