@@ -16,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from secrets import token_urlsafe
 from typing import Any
@@ -56,6 +57,7 @@ from .status import Wanted, conditions, new_problems, summary, unchanged
 
 ROUTES, CREDENTIALS, CLIENTKEYS = "providerroutes", "providercredentials", "clientkeys"
 NAMESPACED = bool(os.environ.get(NAMESPACES_ENV))
+API_THREADS = 16  # API requests in flight at once
 REFUSED_SECONDS = 300.0  # a namespace that refused a write as terminating is left alone this long
 Key = tuple[str, str, str]  # (kind or plural, namespace, name)
 log = logging.getLogger("cliproxy.operator")
@@ -81,6 +83,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()  # no change handlers: no essence to keep
+    # kopf keeps a task per object this long after its last event: 3,400 of them ending together 5 s after a
+    # restart's listing (kopf's default) kept the operator busy past its work; 1 s ends them within it.
+    settings.queueing.idle_timeout = 1.0
     settings.scanning.disabled = NAMESPACED  # a Role cannot list namespaces or CRDs: do not retry that for ever
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -88,6 +93,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     _clients["core"] = client.CoreV1Api()
     _clients["custom"] = client.CustomObjectsApi()
+    # The API calls run in threads (the client blocks), one reconcile's after another's: enough of them to keep
+    # an API server busy while each waits for its answer (asyncio's default is 6 on 2 cores).
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube-api"))
     redis = usage.connect()
     if redis is not None:
         _shared["redis"] = redis
