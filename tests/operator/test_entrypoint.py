@@ -51,6 +51,7 @@ async def test_operator_starts_and_renders_as_a_uid_without_passwd_entry(cluster
             return await cluster.get(CONFIGMAPS, "cliproxy-default", ns) is not None
 
         await wait_for(rendered, 30.0, message="the operator started as uid 10001 never rendered the gateway")
+        await cluster.settle()  # the statuses too
         since = cluster.mark()  # the namespace goes: nothing more is written there, and SIGTERM still stops it
         await cluster.request("DELETE", f"/api/v1/namespaces/{ns}")
 
