@@ -889,12 +889,17 @@ class Emulator(kmock.KubernetesEmulator):
         yield b""  # send the headers now: the client waits for them
         bus = self._buses[request.resource]
         # Take the snapshot and the bus position under one lock: no event falls between replay and stream.
+        # A watch from a resourceVersion (kopf's and the proxy's, after their list) starts after it: only what
+        # changed since then is sent (replaying everything made each restart handle every object twice).
+        since = _version_number(request.params.get("resourceVersion"))
         async with self._lock:
             mark = await bus.mark()
             events = [
                 {"type": "ADDED", "object": copy.deepcopy(obj.raw)}
                 for (resource, namespace, name), obj in self._objects.items()
-                if not obj.deleted and self._visible(request, resource, namespace, name, obj.raw)
+                if not obj.deleted
+                and self._visible(request, resource, namespace, name, obj.raw)
+                and _version_number((obj.raw.get("metadata") or {}).get("resourceVersion"), -1) > since
             ]
         try:
             for event in events:
@@ -926,6 +931,14 @@ class Emulator(kmock.KubernetesEmulator):
         if obj is None:
             raise kmock.KubernetesObjectNotFoundError()
         return obj.raw
+
+
+def _version_number(version: Any, absent: int = 0) -> int:
+    """A resourceVersion as the emulator numbers them; ``absent`` for none (or one it did not give)."""
+    try:
+        return int(version)
+    except (TypeError, ValueError):
+        return absent
 
 
 def setup_emulator(emulator: Emulator, crds: list[dict[str, Any]] | None = None) -> list[str]:
