@@ -8,12 +8,14 @@ import contextlib
 import logging
 import os
 import secrets
+import signal
 import socket
 import sys
 from collections.abc import Sequence
 
 import kopf
 
+from .kopf_quiet import QuietSuccesses
 from .kube import NAMESPACES_ENV
 
 STOP_GRACE_SECONDS = 10.0  # how long kopf may take to stop once its credentials are gone
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lost = LoginLost()
     for handler in logging.getLogger().handlers:
         handler.addFilter(lost)
+    if not args.verbose:
+        logging.getLogger("kopf.objects").addFilter(QuietSuccesses())
     if args.namespace:  # read by the handlers at import: nothing cluster-scoped is watched then
         os.environ[NAMESPACES_ENV] = ",".join(args.namespace)
     from . import handlers  # noqa: F401  (registers the handlers)
@@ -98,8 +102,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``, even when asyncio's own signal handling would lose them.
+
+    asyncio (and kopf through it) learns of a signal from a byte the C handler writes to the loop's self-pipe.
+    Every thread that hands a result back (each ``asyncio.to_thread`` call) writes a byte there too; a busy
+    loop with a few hundred of those unread fills the pipe, and then the signal's byte is dropped: the kubelet's
+    SIGTERM was ignored after a storm of namespace deletions. A Python-level handler runs whatever the pipe
+    holds, and ``call_soon_threadsafe`` queues its callback before it tries to wake the loop.
+    """
+
+    def handler(signum: int, _: object) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nothing left to stop
+            loop.call_soon_threadsafe(stop.set)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
+
+
 async def _run(args: argparse.Namespace, me: str, lost: LoginLost) -> None:
-    lost.loop = asyncio.get_running_loop()
+    loop = lost.loop = asyncio.get_running_loop()
+    ready, stop = asyncio.Event(), asyncio.Event()
     operator = asyncio.create_task(kopf.operator(
         identity=me,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str it does not export
         standalone=args.peering is None,
@@ -108,8 +131,15 @@ async def _run(args: argparse.Namespace, me: str, lost: LoginLost) -> None:
         namespaces=args.namespace or [],
         clusterwide=not args.namespace,
         liveness_endpoint=args.liveness,
+        ready_flag=ready,
+        stop_flag=stop,
     ))  # fmt: skip
     login_lost = asyncio.create_task(lost.event.wait())
+    started = asyncio.create_task(ready.wait())
+    await asyncio.wait({operator, login_lost, started}, return_when=asyncio.FIRST_COMPLETED)
+    if started.done():  # kopf has put its signal handlers in by now: ours replace them (it still hears the pipe)
+        stop_on_signals(loop, stop)
+    started.cancel()
     await asyncio.wait({operator, login_lost}, return_when=asyncio.FIRST_COMPLETED)
     if operator.done():
         login_lost.cancel()

@@ -1,7 +1,8 @@
 """kopf handlers: thin. Events mark their namespace dirty; one coalesced reconcile per namespace renders it.
 
 kopf's indexes hold what the reconcile needs (routes, credentials, client keys, the rendered objects as they
-are), so a reconcile reads only the provider Secrets its credentials name. The handlers are plain event
+are), so a reconcile reads only the provider Secrets its credentials name. Index functions are coroutines: kopf
+runs a plain function in a thread, a hop (and a wake-up of the loop) per object and event. The handlers are plain event
 handlers: kopf then writes nothing of its own (no finalizers, no progress annotations). What the operator wrote
 it remembers, so its own writes' watch events are ignored, unchanged objects and statuses are not written again,
 and each Warning Event is posted once. Nothing is written in a namespace being deleted.
@@ -15,6 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from secrets import token_urlsafe
 from typing import Any
@@ -26,6 +28,7 @@ from kubernetes.client.exceptions import ApiException
 from . import kopf_gate, tokens, usage
 from .clientkeys import KEY_PREFIX, ROTATE_ANNOTATION, expired, render_client_keys, status_of
 from .coalesce import Coalescer
+from .kopf_quiet import NoDiffBase
 from .kube import (
     CLIENT_KEY_LABEL,
     CLIENT_KEYS_LABEL,
@@ -41,11 +44,11 @@ from .kube import (
     client_keys,
     content_digest,
     generated_key_secret,
+    namespace_gone,
     patch_status,
     post_event,
     read_secrets,
     rendered_objects,
-    terminating,
     write,
     write_generated,
 )
@@ -54,6 +57,7 @@ from .status import Wanted, conditions, new_problems, summary, unchanged
 
 ROUTES, CREDENTIALS, CLIENTKEYS = "providerroutes", "providercredentials", "clientkeys"
 NAMESPACED = bool(os.environ.get(NAMESPACES_ENV))
+API_THREADS = 16  # API requests in flight at once
 REFUSED_SECONDS = 300.0  # a namespace that refused a write as terminating is left alone this long
 Key = tuple[str, str, str]  # (kind or plural, namespace, name)
 log = logging.getLogger("cliproxy.operator")
@@ -65,7 +69,8 @@ _ours: dict[Key, collections.deque[str]] = {}  # resourceVersions the operator's
 _known: dict[Key, tuple[str, tuple[str, ...]]] = {}  # rendered objects as last written: (digest, owner uids)
 _statuses: dict[Key, tuple[str, dict[str, Any]]] = {}  # (uid, status) as last written
 _posted: dict[str, set[Problem]] = {}  # by uid: the problems already posted as Events
-_refused: dict[str, float] = {}  # namespace -> when a write was refused because it is being deleted
+_refused: dict[str, float] = {}  # namespace -> when a write was refused because it is being deleted or gone
+_leaving: set[str] = set()  # namespaces seen being deleted or deleted: nothing is rendered there
 _minted: dict[tuple[str, str], tuple[str, str, str]] = {}  # (namespace, ClientKey): (uid, rotation, key) written,
 # until the generated-key index has it; dropped when someone else changes or deletes that Secret
 _usage: dict[str, tuple[dict[str, usage.Usage], frozenset[str]]] = {}  # namespace: usage read, expired keys
@@ -77,9 +82,10 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Our own prefixes for kopf's bookkeeping, and API clients from the kubeconfig or the pod's account."""
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()  # no change handlers: no essence to keep
+    # kopf keeps a task per object this long after its last event: 3,400 of them ending together 5 s after a
+    # restart's listing (kopf's default) kept the operator busy past its work; 1 s ends them within it.
+    settings.queueing.idle_timeout = 1.0
     settings.scanning.disabled = NAMESPACED  # a Role cannot list namespaces or CRDs: do not retry that for ever
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
@@ -87,6 +93,9 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         config.load_kube_config()  # type: ignore[no-untyped-call]
     _clients["core"] = client.CoreV1Api()
     _clients["custom"] = client.CustomObjectsApi()
+    # The API calls run in threads (the client blocks), one reconcile's after another's: enough of them to keep
+    # an API server busy while each waits for its answer (asyncio's default is 6 on 2 cores).
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(API_THREADS, thread_name_prefix="kube-api"))
     redis = usage.connect()
     if redis is not None:
         _shared["redis"] = redis
@@ -109,22 +118,22 @@ def _indexed(body: kopf.Body, meta: kopf.Meta, namespace: str | None) -> dict[st
 
 
 @kopf.index(GROUP, VERSION, ROUTES)
-def route_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def route_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _indexed(body, meta, namespace)
 
 
 @kopf.index(GROUP, VERSION, CREDENTIALS)
-def credential_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def credential_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _indexed(body, meta, namespace)
 
 
 @kopf.index(GROUP, VERSION, CLIENTKEYS)
-def clientkey_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def clientkey_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _indexed(body, meta, namespace)
 
 
 @kopf.index("", "v1", "secrets", labels={CLIENT_KEY_LABEL: kopf.PRESENT})
-def generated_key_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def generated_key_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None, **_: Any) -> dict[str, Any]:
     """The keys the operator generated: (ClientKey name, owner uids, the rotation it answers, the key)."""
     if namespace is None or meta.get("deletionTimestamp"):
         return {}
@@ -135,7 +144,7 @@ def generated_key_index(body: kopf.Body, meta: kopf.Meta, namespace: str | None,
 
 
 @kopf.index("", "v1", "secrets", labels={CLIENT_KEYS_LABEL: kopf.PRESENT})
-def client_key_index(body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def client_key_index(body: kopf.Body, labels: kopf.Labels, namespace: str | None, **_: Any) -> dict[str, Any]:
     return {namespace: (labels[CLIENT_KEYS_LABEL], client_keys(body.get("data")))} if namespace else {}
 
 
@@ -150,24 +159,30 @@ def _rendered(kind: str, body: kopf.Body, namespace: str | None) -> dict[str, An
 
 
 @kopf.index("", "v1", "configmaps", labels=MANAGED_BY)
-def rendered_config_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def rendered_config_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _rendered(CONFIG_MAP, body, namespace)
 
 
 @kopf.index("", "v1", "secrets", labels=MANAGED_BY)
-def rendered_secret_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
+async def rendered_secret_index(body: kopf.Body, namespace: str | None, **_: Any) -> dict[str, Any]:
     return _rendered(SECRET, body, namespace)
 
 
 if not NAMESPACED:  # a Role cannot watch namespaces; there a refused write says the namespace is going
 
-    @kopf.index("", "v1", "namespaces")
-    def terminating_index(meta: kopf.Meta, name: str, **_: Any) -> dict[str, Any]:
-        return {name: True} if meta.get("deletionTimestamp") else {}
+    @kopf.on.event("", "v1", "namespaces")
+    async def namespace_changed(name: str, meta: kopf.Meta, type: str | None, **kwargs: Any) -> None:
+        """Remember a namespace once it is being deleted, and after it is gone: the events of its objects'
+        deletion come after the namespace's own on other watches, and must not render it again."""
+        _remember(kwargs)
+        if type == "DELETED" or meta.get("deletionTimestamp"):
+            _leaving.add(name)
+        else:  # created (again), or listed alive
+            _leaving.discard(name)
 
 
 def _terminating(namespace: str) -> bool:
-    if namespace in _indexes.get("terminating_index", {}):
+    if namespace in _leaving:
         return True
     return time.monotonic() - _refused.get(namespace, -REFUSED_SECONDS) < REFUSED_SECONDS
 
@@ -198,7 +213,7 @@ async def reconcile(namespace: str) -> None:
     try:
         await _reconcile(namespace)
     except ApiException as error:
-        if not terminating(error):
+        if not namespace_gone(error):
             raise
         _refused[namespace] = time.monotonic()
 
@@ -219,6 +234,8 @@ async def _reconcile(namespace: str) -> None:
     clientkeys = list(_indexes["clientkey_index"].get(namespace, []))
     referenced = _referenced_secrets(credentials, clientkeys)
     secrets, consent = await asyncio.to_thread(read_secrets, core, namespace, referenced)
+    if _terminating(namespace):  # it began to go while its Secrets were read (they may be gone already)
+        return
     generated = await _generated_keys(namespace, clientkeys)
     clients = render_client_keys(namespace, clientkeys, secrets, consent, generated, keys)
     rendering = render(routes, credentials, secrets, keys, consent, keep=gateways, clients=clients)
@@ -348,7 +365,7 @@ _coalescer = Coalescer(reconcile)
 def _remember(kwargs: Mapping[str, Any]) -> None:
     """kopf hands indexes to handlers only: keep them for the coalesced reconcile."""
     for name in ("route_index", "credential_index", "client_key_index", "rendered_config_index",
-                 "rendered_secret_index", "terminating_index", "clientkey_index", "generated_key_index"):  # fmt: skip
+                 "rendered_secret_index", "clientkey_index", "generated_key_index"):  # fmt: skip
         if name in kwargs:
             _indexes[name] = kwargs[name]
 

@@ -87,7 +87,7 @@ def write(core: client.CoreV1Api, kind: str, body: dict[str, Any], exists: bool)
                 return _version(getattr(core, f"replace_namespaced_{kind}")(name, namespace, body, **options))
             return _version(getattr(core, f"create_namespaced_{kind}")(namespace, body, **options))
         except ApiException as error:  # deleted or created meanwhile: the other verb, once
-            if error.status not in (404, 409) or attempt != exists:
+            if error.status != (404 if attempt else 409) or attempt != exists or namespace_gone(error):
                 raise
     raise AssertionError("unreachable")
 
@@ -182,6 +182,15 @@ def post_event(core: client.CoreV1Api, involved: Mapping[str, Any], reason: str,
     core.create_namespaced_event(meta["namespace"], event, field_manager=FIELD_MANAGER, _preload_content=False)
 
 
-def terminating(error: ApiException) -> bool:
-    """A write refused because its namespace is being deleted (403 "... because it is being terminated")."""
-    return error.status == 403 and "being terminated" in str(error.body or "")
+def namespace_gone(error: ApiException) -> bool:
+    """A write refused because its namespace is being deleted (403 "... because it is being terminated") or is
+    gone (404 naming the namespace, not the object)."""
+    if error.status == 403:
+        return "being terminated" in str(error.body or "")
+    if error.status != 404:
+        return False
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return bool(details.get("kind") == "namespaces")

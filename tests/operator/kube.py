@@ -461,6 +461,7 @@ class Emulator(kmock.KubernetesEmulator):
     _builtin: int = attrs.field(default=0, init=False)  # reactions the emulator itself added
     _direct: dict[Any, Callable[[kmock.Request], Any]] = attrs.field(factory=dict, init=False)
     _order: tuple[tuple[int, ...], list[Any]] = attrs.field(default=((), []), init=False)  # reactions by priority
+    refused: list[tuple[str | None, str]] = attrs.field(factory=list, init=False)  # writes refused: (namespace, agent)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -565,7 +566,11 @@ class Emulator(kmock.KubernetesEmulator):
         if not is_write:
             return await self._dispatch(request)
         async with self._lock:
-            release = await self._write(request)
+            try:
+                release = await self._write(request)
+            except kmock.KubernetesError:
+                self.refused.append((request.namespace, dict(request.headers).get("User-Agent", "")))
+                raise
         try:
             return await self._dispatch(request)
         finally:
@@ -635,6 +640,10 @@ class Emulator(kmock.KubernetesEmulator):
         if self._terminating(request.namespace or meta.get("namespace")):
             message = f"unable to create new content in namespace {request.namespace} because it is being terminated"
             raise kmock.KubernetesError(status=403, reason="Forbidden", message=message)
+        if self._deleted_namespace(request.namespace or meta.get("namespace")):
+            name = request.namespace or meta.get("namespace")
+            raise kmock.KubernetesError(status=404, reason="NotFound", message=f"namespaces {name!r} not found",
+                                        details={"name": name, "kind": "namespaces"})  # fmt: skip
         if request.namespace:
             if meta.get("namespace", request.namespace) != request.namespace:
                 raise kmock.KubernetesError(status=400, reason="BadRequest", message="namespace does not match")
@@ -717,6 +726,15 @@ class Emulator(kmock.KubernetesEmulator):
 
         self._terminations.add(task := asyncio.get_running_loop().create_task(finish()))
         task.add_done_callback(self._terminations.discard)
+
+    def _deleted_namespace(self, namespace: str | None) -> bool:
+        """A namespace that existed and was deleted (one never created here is taken as there: tests skip them)."""
+        if not namespace:
+            return False
+        try:
+            return bool(self._objects[(NAMESPACE_RESOURCE, None, namespace)].deleted)
+        except KeyError:
+            return False
 
     def _terminating(self, namespace: str | None) -> bool:
         obj = self._lookup((NAMESPACE_RESOURCE, None, namespace)) if namespace else None
@@ -875,12 +893,17 @@ class Emulator(kmock.KubernetesEmulator):
         yield b""  # send the headers now: the client waits for them
         bus = self._buses[request.resource]
         # Take the snapshot and the bus position under one lock: no event falls between replay and stream.
+        # A watch from a resourceVersion (kopf's and the proxy's, after their list) starts after it: only what
+        # changed since then is sent (replaying everything made each restart handle every object twice).
+        since = _version_number(request.params.get("resourceVersion"))
         async with self._lock:
             mark = await bus.mark()
             events = [
                 {"type": "ADDED", "object": copy.deepcopy(obj.raw)}
                 for (resource, namespace, name), obj in self._objects.items()
-                if not obj.deleted and self._visible(request, resource, namespace, name, obj.raw)
+                if not obj.deleted
+                and self._visible(request, resource, namespace, name, obj.raw)
+                and _version_number((obj.raw.get("metadata") or {}).get("resourceVersion"), -1) > since
             ]
         try:
             for event in events:
@@ -912,6 +935,14 @@ class Emulator(kmock.KubernetesEmulator):
         if obj is None:
             raise kmock.KubernetesObjectNotFoundError()
         return obj.raw
+
+
+def _version_number(version: Any, absent: int = 0) -> int:
+    """A resourceVersion as the emulator numbers them; ``absent`` for none (or one it did not give)."""
+    try:
+        return int(version)
+    except (TypeError, ValueError):
+        return absent
 
 
 def setup_emulator(emulator: Emulator, crds: list[dict[str, Any]] | None = None) -> list[str]:
@@ -1229,6 +1260,16 @@ class OperatorRunner:
             return all(self.cluster.watching(r, since=since) for r in self.watched)
 
         await wait_for(ready, within, message=lambda: f"kopf did not watch {sorted(self.watched)}\n{self.describe()}")
+
+    def cpu_seconds(self) -> float:
+        """The CPU time of the operator's event loop thread (its executor's threads aside); 0 when stopped."""
+        thread = self._thread
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except OSError:  # the thread ended meanwhile
+            return 0.0
 
     def _stop_failed(self) -> str:
         return f"the operator did not stop\n{self.describe()}"

@@ -9,12 +9,15 @@ test means the operator behaves, not that the emulator is lenient.
 from __future__ import annotations
 
 import collections
+import json
 import re
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client.exceptions import ApiException
 
+from cliproxy_operator.kube import namespace_gone
 from cliproxy_operator.render import CONFIG_KEY
 
 from .kube import (
@@ -104,6 +107,34 @@ async def test_api_server_semantics(cluster: Cluster) -> None:
     assert await cluster.list_objects(CONFIGMAPS, labelSelector=selector) == []
     await cluster.delete(SECRETS, "s")
     assert await cluster.get(SECRETS, "s") is None
+
+
+async def test_a_write_refused_for_a_namespace_going_or_gone_is_told_apart(cluster: Cluster) -> None:
+    """403 "being terminated", then 404 naming the namespace: both mean "leave it alone"; a missing object does
+    not. (The emulator only: a real namespace takes its time to go.)"""
+    if cluster.kind != "emulator":
+        pytest.skip("a real namespace is deleted by its controller, in its own time")
+
+    async def refusal(namespace: str) -> ApiException:
+        with pytest.raises(ApiError) as refused:
+            await cluster.create(CONFIGMAPS, {"metadata": {"name": "x"}, "data": {}}, namespace)
+        error = ApiException(status=refused.value.status)
+        error.body = json.dumps(refused.value.body).encode()  # raw bytes, as the client's unread responses hold
+        return error
+
+    going = f"{cluster.namespace}-going"
+    await cluster.request("POST", "/api/v1/namespaces", json_body={"metadata": {"name": going}})
+    await cluster.request("DELETE", f"/api/v1/namespaces/{going}")
+    terminating = await refusal(going)
+    assert terminating.status == 403 and namespace_gone(terminating)
+    await wait_for(lambda: cluster.emulator is not None and cluster.emulator._deleted_namespace(going), 10)
+    gone = await refusal(going)
+    assert gone.status == 404 and namespace_gone(gone)
+    with pytest.raises(ApiError) as missing:
+        await cluster.replace(CONFIGMAPS, "nope", {"metadata": {"name": "nope"}, "data": {}})
+    absent = ApiException(status=missing.value.status)
+    absent.body = json.dumps(missing.value.body).encode()
+    assert absent.status == 404 and not namespace_gone(absent)
 
 
 # ---------------------------------------------------------------------------------------------------------------

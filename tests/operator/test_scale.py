@@ -20,7 +20,9 @@ async def test_writes_per_route_restart_and_namespace_deletion(cluster: Cluster,
         if not operator.running:
             await operator.start()
 
-    figures = await scale.run(cluster, start, operator.stop, namespaces=4, routes_per_namespace=5)
+    figures = await scale.run(
+        cluster, start, operator.stop, namespaces=4, routes_per_namespace=5, cpu=operator.cpu_seconds
+    )
     report = scale.describe(figures)
     assert figures.writes_per_route <= 3, report
     assert figures.restart_writes == 0, report
