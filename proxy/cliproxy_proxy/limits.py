@@ -361,7 +361,7 @@ class Shared:
         self.settings = settings
         self.outages = outages
         self.redis = connect(settings, socket_timeout=settings.timeout)
-        self.pipe = None if isinstance(self.redis, RedisCluster) else AutoPipeline(self.redis)
+        self.pipe = None if isinstance(self.redis, RedisCluster) else AutoPipeline(self.redis, settings.timeout)
         self.down_until = 0.0  # monotonic time before which Redis is not tried again
         self.backoff = 0.0  # 0: reachable
         self.tallies: dict[str, _Tally] = {}
@@ -485,16 +485,14 @@ class Shared:
         if self.backoff and time.monotonic() < self.down_until:
             return None
         try:
-            async with asyncio.timeout(self.settings.timeout):
-                if self.pipe is not None:
-                    answer = await script(self.pipe, keys, argv)
-                else:
+            if self.pipe is not None:  # its watchdog bounds the wait
+                answer = await script(self.pipe, keys, argv)
+            else:
+                async with asyncio.timeout(self.settings.timeout):
                     answer = await self.redis.evalsha(script.sha, len(keys), *keys, *argv)
         except NoScriptError:  # a Cluster shard that does not know the script yet
             return await self._load_and_call(script, keys, argv)
-        except UNAVAILABLE as error:
-            if isinstance(error, TimeoutError) and self.pipe is not None:
-                self.pipe.stalled()
+        except UNAVAILABLE as error:  # TimeoutError (the watchdog's) is an OSError
             return self._down(error)
         if self.backoff:
             log.warning("redis reachable again; limits are shared again")

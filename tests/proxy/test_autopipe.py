@@ -10,19 +10,14 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from cliproxy_proxy.autopipe import AutoPipeline, Script, pack
+from cliproxy_proxy.autopipe import AutoPipeline, Script
 
 from ..support.redis_server import RedisServer
 
 
-def test_pack_writes_the_redis_protocol() -> None:
-    assert pack(("SET", "k", 12, b"\r\n")) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\n12\r\n$2\r\n\r\n\r\n"
-    assert pack(("GET", "é")) == b"*2\r\n$3\r\nGET\r\n$2\r\n\xc3\xa9\r\n"  # lengths in bytes, not characters
-
-
 async def test_concurrent_callers_each_get_their_own_reply(redis_server: RedisServer) -> None:
     redis = Redis.from_url(redis_server.url)
-    pipe = AutoPipeline(redis)
+    pipe = AutoPipeline(redis, 5.0)
     try:
         await pipe.execute("SET", "text", "not a number")
         calls = [pipe.execute("ECHO", f"call-{i}") if i % 7 else pipe.execute("INCR", "text") for i in range(300)]
@@ -41,7 +36,7 @@ async def test_concurrent_callers_each_get_their_own_reply(redis_server: RedisSe
 
 async def test_a_restarted_server_is_reconnected_to_and_taught_the_script_again(redis_server: RedisServer) -> None:
     redis = Redis.from_url(redis_server.url)
-    pipe = AutoPipeline(redis)
+    pipe = AutoPipeline(redis, 5.0)
     script = Script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
     try:
         assert await script(pipe, ("n",), (2,)) == 2
