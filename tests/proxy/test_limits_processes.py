@@ -129,9 +129,9 @@ def test_rpm_120_driven_at_twice_that_across_three_processes(gateway: Gateways) 
 
 
 def counted(redis: Redis, name: str, limit: str) -> int:
-    """The tokens Redis holds for a client's limit: its tpm window (a hash of seconds) or its budget period."""
+    """The tokens Redis holds for a client's limit: its tpm window's sum over the minute, or its budget period."""
     if limit == "tpm":
-        return sum(int(value) for value in redis.hvals(f"cliproxy:{{{name}}}:tokens"))
+        return int(redis.hget(f"cliproxy:{{{name}}}:tpm", "sum") or 0)
     return sum(int(redis.get(key) or 0) for key in redis.keys(f"cliproxy:{{{name}}}:budget:*"))
 
 

@@ -85,7 +85,7 @@ async def test_limits_hold_through_a_real_sentinel_watched_master(redis_server: 
         verdicts = [await limits.admit(client) for _ in range(3)]
         assert [v.allowed for v in verdicts] == [True, True, False] and verdicts[2].limit == "rpm"
         async with RedisClient.from_url(redis_server.url) as master:  # counted on the master Sentinel named
-            assert await master.exists("cliproxy:{team}:requests")
+            assert await master.exists("cliproxy:{team}:rpm")
     finally:
         await limits.close()
         sentinel.kill()
