@@ -289,14 +289,13 @@ async def _read_body(request: web.Request, runtime: Runtime, inbound: Codec) -> 
     announced = request.content_length or 0
     if announced > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=announced)
-    body, size = bytearray(announced), 0
+    body = bytearray(announced)
     try:
-        async with asyncio.timeout(runtime.config.client_timeouts.body):
-            async for chunk in request.content.iter_any():
-                if size + len(chunk) > limit:
-                    raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size + len(chunk))
-                body[size : size + len(chunk)] = chunk  # in place while within the announced size
-                size += len(chunk)
+        if request.content.is_eof():  # all of it came with the head (most requests): nothing to wait for
+            size = await _fill(request, body, limit)
+        else:
+            async with asyncio.timeout(runtime.config.client_timeouts.body):
+                size = await _fill(request, body, limit)
     except TimeoutError:
         response = _error(inbound, 408, "The request body did not arrive in time.", "request_timeout")
         response.force_close()  # whatever the client still sends is not read
@@ -306,6 +305,17 @@ async def _read_body(request: web.Request, runtime: Runtime, inbound: Codec) -> 
         return decode(body, request.headers.get("Content-Encoding", ""), limit)
     except BodyRefused as refused:
         return _error(inbound, refused.status, refused.message, refused.code)
+
+
+async def _fill(request: web.Request, body: bytearray, limit: int) -> int:
+    """Read the body into ``body`` (in place while within the announced size); the size read."""
+    size = 0
+    async for chunk in request.content.iter_any():
+        if size + len(chunk) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size + len(chunk))
+        body[size : size + len(chunk)] = chunk
+        size += len(chunk)
+    return size
 
 
 async def _json_body(

@@ -43,10 +43,11 @@ class AutoPipeline:
         self.unsent: list[bytes] = []  # commands of this loop turn, or asked while connecting
         self.flush_soon: asyncio.Handle | None = None
         self.watchdog: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # the one its connection lives on
 
     def execute(self, *args: str | int | bytes) -> asyncio.Future[Any]:
         """The command's reply, to await; a Redis error reply is raised as a ``ResponseError``."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop = self.loop or asyncio.get_running_loop()  # asked once: on 3.11 each costs a getpid()
         future = loop.create_future()
         self.waiting.append((future, loop.time() + self.timeout))
         command = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub types a tuple of one

@@ -231,9 +231,10 @@ class _Connection(asyncio.Protocol):
         self.read_timeout = read_timeout
         try:
             view = memoryview(body)
-            self._write(head + b"Content-Length: %d\r\n\r\n" % len(body))
+            self._write(head + b"Content-Length: %d\r\n\r\n" % len(body), view[:WRITE_SLICE])  # one syscall
             for start in range(0, len(view), WRITE_SLICE):
-                self._write(view[start : start + WRITE_SLICE])
+                if start:
+                    self._write(view[start : start + WRITE_SLICE])
                 if self.writable is not None:
                     await self._within_read_timeout(self.writable)
             await self._within_read_timeout(self.head)
@@ -242,10 +243,10 @@ class _Connection(asyncio.Protocol):
             raise
         return self.head.result()
 
-    def _write(self, data: bytes | memoryview) -> None:
+    def _write(self, *data: bytes | memoryview) -> None:
         if self.transport is None:
             raise self.error or UpstreamError("the upstream closed the connection")
-        self.transport.write(data)
+        self.transport.writelines(data)  # one write (uvloop: writev) for the head and a small body
 
     async def next_chunk(self) -> bytes:
         while not self.chunks:
