@@ -227,14 +227,21 @@ def _forwarder(inbound: Codec, kind: type[Exchange] = Exchange) -> Handler:
         started = perf_counter()
         proxy = request.app[PROXY]
         runtime = proxy.runtime  # read once: this request keeps this snapshot whatever reloads meanwhile
-        span = proxy.accounting.server_span(kind.operation, request)
-        exchange = await _exchange(request, proxy, runtime, inbound, started, kind)
         client = request.get(CLIENT)
+        # asked now, answered while the body is read and routed; awaited before the first upstream attempt
+        admission = proxy.limits.admission(client)
+        span = proxy.accounting.server_span(kind.operation, request)
+        try:
+            exchange = await _exchange(request, proxy, runtime, inbound, started, kind)
+        except BaseException:  # an HTTP error raised, or the client gone
+            proxy.limits.forgo_soon(client, admission)
+            raise
         if isinstance(exchange, Exchange):
-            if client is not None and client.limited:
-                exchange.admit(client)
+            if admission is not None:
+                exchange.admit(admission)
             exchange.span = span
             return await _run_for(request, proxy, client, exchange)
+        await proxy.limits.forgo(client, admission)
         proxy.accounting.record(request, client, exchange.status, started, span=span)
         proxy.metrics.finish(UNRESOLVED, UNRESOLVED, exchange.status, perf_counter() - started)
         return exchange
@@ -250,6 +257,7 @@ async def _run_for(request: web.Request, proxy: Proxy, client: Client | None, ex
         status = response.status
         return response
     finally:
+        proxy.limits.forgo_soon(client, exchange.admission)  # still held: no upstream attempt was made
         proxy.accounting.record(request, client, status, exchange.started, exchange=exchange,
                                 verdict=exchange.verdict, span=exchange.span)  # fmt: skip
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import hiredis
@@ -162,9 +162,15 @@ class Script:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
-    async def __call__(self, pipe: AutoPipeline, keys: tuple[str, ...], args: tuple[Any, ...]) -> Any:
+    def __call__(self, pipe: AutoPipeline, keys: tuple[str, ...], args: tuple[Any, ...]) -> Coroutine[Any, Any, Any]:
+        """The script's reply, to await: its EVALSHA is written now, its EVAL only if the server did not know it."""
+        return self._reply(pipe.execute("EVALSHA", self.sha, len(keys), *keys, *args), pipe, keys, args)
+
+    async def _reply(
+        self, sent: asyncio.Future[Any], pipe: AutoPipeline, keys: tuple[str, ...], args: tuple[Any, ...]
+    ) -> Any:
         try:
-            return await pipe.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await sent
         except ResponseError as error:
             if not str(error).startswith("NOSCRIPT"):  # not a restarted or flushed server
                 raise

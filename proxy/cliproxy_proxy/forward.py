@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 from aiohttp import ClientConnectionResetError, web
 
-from .clients import CLIENT, Client
+from .clients import CLIENT
 from .health import REASONS, names_missing_model
 from .hosted_tools import apply_policy, dropped_header
 from .limits import ALLOWED, Verdict
@@ -145,11 +145,10 @@ class Exchange:
         self.trace_headers: dict[str, str] | None = None  # the traceparent of the attempt in progress
         self._canonical: Request | None = None
         self.fallback_from: str | None = None  # the model asked for, once a fallback model has taken over
-        # A limited client is admitted with its first credential's reservation, in one check: until then
-        # ``admitting`` holds it and ``verdict`` is None; ``held`` is the first credential's reservation.
-        self.admitting: Client | None = None
+        # A limited client's admission, asked as the request came, is awaited before the first upstream attempt:
+        # until then ``verdict`` is None.
+        self.admission: Awaitable[Verdict] | None = None
         self.verdict: Verdict | None = ALLOWED
-        self.held: float | None = None
 
     def canonical(self) -> Request:
         """The client's request in the canonical model, decoded once, on first need."""
@@ -164,9 +163,9 @@ class Exchange:
 
     # -- the retry loop -------------------------------------------------------------------------------
 
-    def admit(self, client: Client) -> None:
-        """Check ``client``'s limits before the first upstream attempt, with that attempt's credential."""
-        self.admitting, self.verdict = client, None
+    def admit(self, admission: Awaitable[Verdict]) -> None:
+        """Hold the client's admission (already asked) to the first upstream attempt."""
+        self.admission, self.verdict = admission, None
 
     async def run(self) -> web.StreamResponse:
         try:
@@ -242,9 +241,9 @@ class Exchange:
 
     async def attempt(self, target: Target) -> web.StreamResponse | Failure:
         """One upstream attempt; traced as a client span of the request's, when tracing is on."""
-        if self.admitting is not None:
-            client, self.admitting = self.admitting, None
-            self.verdict, self.held = await self.proxy.limits.admit_with(client, target.credential)
+        if self.admission is not None:
+            admission, self.admission = self.admission, None
+            self.verdict = await admission
             if not self.verdict.allowed:
                 raise _Refused(self.verdict)
         tracing = self.proxy.accounting.tracing
@@ -269,9 +268,7 @@ class Exchange:
         credential = self.credential = target.credential
         self.target, self.attempts = target, self.attempts + 1
         self.provider = credential.provider
-        held, self.held = self.held, None
-        if held is None:
-            held = await self.proxy.limits.reserve(credential)
+        held = await self.proxy.limits.reserve(credential)
         if held:  # over its own rpm/tpm: skipped as a resting one would be, not a failure
             self.proxy.health.hold(credential, held)
             return HELD

@@ -7,9 +7,9 @@ tokens and cost answers used are settled afterwards, summed per client and flush
 budget sees an answer at most that much later). While Redis is unreachable a check waits
 at most ``redis.timeout``, then applies ``redis.on-error``; Redis is retried with a growing backoff.
 
-A limited client is admitted together with its first credential's reservation, in one script on one server (a
-client refused spends nothing of the credential's rpm). A Redis Cluster keeps a client's and a credential's
-counters under their own hash tags, on shards one script cannot span: there they cost two round trips.
+A limited client's admission is asked as its request arrives and answered while the proxy reads and routes the
+body, so at one request at a time its round trip mostly costs nothing. A limited credential's reservation is one
+more script when the credential is chosen, once its client is admitted (a client refused spends nothing of it).
 
 Requests and tokens are counted in one-second buckets over a sliding minute. Dollars are counted as whole
 micro-dollars, so Redis adds them exactly.
@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,9 +63,7 @@ ALLOWED = Verdict(True)
 
 
 class Engine(Protocol):
-    async def admit(self, client: Client) -> Verdict: ...
-
-    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]: ...
+    def admit(self, client: Client) -> Awaitable[Verdict]: ...
 
     def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None: ...
 
@@ -168,10 +167,6 @@ class Local:
         if usage is None or usage.period != period(client.budget, time.time())[0]:
             return 0, 0
         return usage.spent, usage.spent_micro_usd
-
-    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]:
-        verdict = await self.admit(client)
-        return verdict, await self.reserve(credential) if verdict.allowed else 0.0
 
     async def reserve(self, credential: Credential) -> float:
         """0 when the credential takes one more request now (counted), else the seconds until it may."""
@@ -304,20 +299,6 @@ _RESERVE = Script(
     _WINDOW + _RESERVE_FUNCTION + "return reserve(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))"
 )
 
-# One server only (the keys span two hash tags): the admission's KEYS and ARGV, then the credential's two keys and
-# its rpm and tpm. The credential is reserved only for a client admitted: {allowed, retry after, limit, held}.
-_ADMIT_RESERVE = Script(
-    _WINDOW
-    + _ADMIT_FUNCTION
-    + _RESERVE_FUNCTION
-    + """
-local verdict = admit(KEYS, ARGV)
-verdict[4] = 0
-if verdict[1] == 1 then verdict[4] = reserve(KEYS[6], KEYS[7], tonumber(ARGV[9]), tonumber(ARGV[10])) end
-return verdict
-"""
-)
-
 # KEYS: tokens, in-flight, period tokens, period spend. ARGV: tokens, micro-dollars, period seconds left, count
 # tokens against tpm (1/0), then the max-parallel tickets to release. One call settles every answer a client had
 # since the last flush.
@@ -396,23 +377,10 @@ class Shared:
         self.flush_soon = False  # the flush is due on the loop's next turn
         self.flushing: set[asyncio.Task[None]] = set()
 
-    async def admit(self, client: Client) -> Verdict:
+    def admit(self, client: Client) -> Coroutine[Any, Any, Verdict]:
+        """The admission, written to Redis at once (on one server) and awaited when the proxy needs it."""
         keys, argv = self._admission(client)
-        return self._verdict(await self._call(_ADMIT, keys, argv), argv[6])
-
-    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]:
-        """One script for both on one server; a Cluster keeps a client and a credential on different shards."""
-        if self.pipe is None:
-            verdict = await self.admit(client)
-            return verdict, await self.reserve(credential) if verdict.allowed else 0.0
-        keys, argv = self._admission(client)
-        answer = await self._call(
-            _ADMIT_RESERVE, (*keys, *_credential_keys(credential.id)), (*argv, *_credential_limits(credential))
-        )
-        verdict = self._verdict(answer, argv[6])
-        if answer is None:
-            return verdict, 0.0 if verdict.allowed else 1.0
-        return verdict, float(answer[3])
+        return self._verdict(self._call(_ADMIT, keys, argv), argv[6])
 
     def _admission(self, client: Client) -> tuple[tuple[str, ...], tuple[int | str, ...]]:
         limit, budget = client.rate_limit, client.budget
@@ -425,7 +393,8 @@ class Shared:
         )  # fmt: skip
         return _keys(client.name, current), argv
 
-    def _verdict(self, answer: Any, ticket: Any) -> Verdict:
+    async def _verdict(self, asked: Awaitable[Any], ticket: Any) -> Verdict:
+        answer = await asked
         if answer is None:
             allowed = self._fallback()
             return Verdict(allowed, 1, "" if allowed else "unavailable", counted=False)
@@ -506,18 +475,18 @@ class Shared:
         self.outages.labels("allowed" if allowed else "denied").inc()
         return allowed
 
-    async def _call(self, script: Script, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
-        """The script's answer, or None when Redis did not give one within the timeout (or is backing off)."""
+    def _call(self, script: Script, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Coroutine[Any, Any, Any]:
+        """The script's answer, or None when Redis gave none within the timeout (or is backing off). On one server
+        the script is written now, so a caller may go on and await its answer later."""
         if self.backoff and time.monotonic() < self.down_until:
-            return None
+            return _unanswered()
+        if self.pipe is not None:  # its watchdog bounds the wait
+            return self._answer(script(self.pipe, keys, argv))
+        return self._answer(self._on_cluster(script, keys, argv))
+
+    async def _answer(self, asked: Awaitable[Any]) -> Any:
         try:
-            if self.pipe is not None:  # its watchdog bounds the wait
-                answer = await script(self.pipe, keys, argv)
-            else:
-                async with asyncio.timeout(self.settings.timeout):
-                    answer = await self.redis.evalsha(script.sha, len(keys), *keys, *argv)
-        except NoScriptError:  # a Cluster shard that does not know the script yet
-            return await self._load_and_call(script, keys, argv)
+            answer = await asked
         except UNAVAILABLE as error:  # TimeoutError (the watchdog's) is an OSError
             return self._down(error)
         if self.backoff:
@@ -525,12 +494,13 @@ class Shared:
             self.backoff = 0.0
         return answer
 
-    async def _load_and_call(self, script: Script, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
+    async def _on_cluster(self, script: Script, keys: tuple[str, ...], argv: tuple[Any, ...]) -> Any:
         try:
             async with asyncio.timeout(self.settings.timeout):
+                return await self.redis.evalsha(script.sha, len(keys), *keys, *argv)
+        except NoScriptError:  # a shard that does not know the script yet
+            async with asyncio.timeout(self.settings.timeout):
                 return await self.redis.eval(script.source, len(keys), *keys, *argv)
-        except UNAVAILABLE as error:
-            return self._down(error)
 
     def _down(self, error: BaseException) -> None:
         """Back off from Redis; the checks that were waiting on it together count as one failure."""
@@ -608,15 +578,28 @@ class Limits:
         if self.feed is not None:
             self._background(self.feed.publish(credential_id, model, seconds, reason))
 
-    async def admit(self, client: Client) -> Verdict:
-        return await self.engine.admit(client)
+    def admit(self, client: Client) -> Awaitable[Verdict]:
+        return self.engine.admit(client)
 
-    async def admit_with(self, client: Client, credential: Credential) -> tuple[Verdict, float]:
-        """The client's admission and, when it is admitted, ``credential``'s reservation (as ``reserve``): one
-        round trip to a single Redis server for a limited client on a limited credential."""
-        if credential.rate_limit is None:
-            return await self.engine.admit(client), 0.0
-        return await self.engine.admit_with(client, credential)
+    def admission(self, client: Client | None) -> Awaitable[Verdict] | None:
+        """A limited client's admission for a request just arrived: with Redis, asked at once and awaited before
+        the first upstream attempt, so its round trip runs while the body is read and routed."""
+        return self.engine.admit(client) if client is not None and client.limited else None
+
+    async def forgo(self, client: Client | None, admission: Awaitable[Verdict] | None) -> None:
+        """An admission asked for a request that ended before any upstream attempt (a 4xx, every credential
+        resting): the request counts against the rpm it was asked for, and the max-parallel slot it may hold is
+        given back (before the client hears the answer, so its next request finds the slot free)."""
+        if client is None or admission is None:
+            return
+        verdict = await admission
+        if verdict.allowed:
+            self.settle(client, verdict, 0)
+
+    def forgo_soon(self, client: Client | None, admission: Awaitable[Verdict] | None) -> None:
+        """``forgo`` in the background, for a request ended by an error raised or the client gone."""
+        if client is not None and admission is not None:
+            self._background(self.forgo(client, admission))
 
     def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         """Count an answer's tokens and cost against its client (with Redis, flushed in the background)."""
@@ -652,3 +635,8 @@ class Limits:
         if self.pending:
             await asyncio.gather(*self.pending, return_exceptions=True)
         await self.engine.close()
+
+
+async def _unanswered() -> None:
+    """A check not asked of Redis while it backs off: decided by ``on-error``."""
+    return None

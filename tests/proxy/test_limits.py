@@ -294,7 +294,7 @@ async def test_a_credential_over_its_rpm_is_skipped_on_every_replica(
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
-async def test_a_limited_client_on_a_limited_credential_is_one_check_and_a_refusal_spends_nothing(
+async def test_a_client_refused_spends_nothing_of_a_limited_credential(
     shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
 ) -> None:
     redis = {"url": redis_server.url, "timeout": HEALTHY} if shared else None
@@ -306,9 +306,34 @@ async def test_a_limited_client_on_a_limited_credential_is_one_check_and_a_refus
     assert outcomes[:4] == [200] * 4 and all(isinstance(o, openai.RateLimitError) for o in outcomes[4:])
     keys = [r.key for r in provider.received]
     assert keys == ["key-a"] * 3 + ["key-b"]  # the two the client was refused spent nothing of key-a's rpm
-    if shared:  # one script per request before the upstream call: the client's check and key-a's reservation
-        # folded together (6; key-b has no limit to check), then the answers' settles, batched (1 to 4)
-        assert 7 <= await eventually_settled(redis_server, 7) <= 6 + 4
+    if shared:  # the client's check for each request (6), key-a's reservation for each one admitted (4; key-b has
+        # no limit to check), then the answers' settles, batched (1 to 4)
+        assert 11 <= await eventually_settled(redis_server, 11) <= 10 + 4
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
+async def test_a_request_that_ends_before_any_upstream_counts_and_gives_its_parallel_slot_back(
+    shared: bool, provider: FakeProvider, redis_server: RedisServer, start_proxy
+) -> None:
+    """The admission is asked as the request arrives: a request refused before any upstream is asked (bad JSON,
+    a model out of scope or unknown, every credential resting) counts against the rpm, and its max-parallel slot
+    is given back (else a few bad requests would lock the key out for the slot's lease)."""
+    config = base_config(**{"openai-compatibility": [compat_block(provider.url)]})
+    if shared:
+        config["redis"] = {"url": redis_server.url, "timeout": HEALTHY}
+    limit = {"rpm": 6, "max-parallel": 1}
+    config["client-keys"] = [{"name": "team", "api-key": TEAM, "models": ["small*"], "rate-limit": limit}]
+    proxy = await start_proxy(config)
+    headers = {"Authorization": f"Bearer {TEAM}"}
+    bodies = {400: b"{not json", 403: b'{"model": "other"}', 404: b'{"model": "small-x"}'}  # bad, out of scope, unknown
+    async with aiohttp.ClientSession() as session:
+        for status, body in bodies.items():
+            async with session.post(f"{proxy.url}/v1/chat/completions", data=body, headers=headers) as response:
+                assert response.status == status
+    assert [await ask(proxy.client(key=TEAM)) for _ in range(3)] == [200] * 3  # each took the one slot, given back
+    over = await ask(proxy.client(key=TEAM))
+    assert isinstance(over, openai.RateLimitError)  # the 7th of the minute: the three refused before any upstream count
+    assert over.code == "rate_limit_exceeded" and "rpm" in over.message
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["in-process", "redis"])
