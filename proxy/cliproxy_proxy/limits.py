@@ -244,59 +244,55 @@ local function add(key, amount)
 end
 """
 
-# A client's admission. K: requests, tokens, in-flight, budget, spend. A: rpm, tpm, max-parallel, budget tokens,
-# budget seconds left, lease seconds, ticket, budget micro-dollars (a limit of 0 is not set).
-_ADMIT_FUNCTION = """
-local function admit(K, A)
-  local rpm, tpm, parallel, budget = tonumber(A[1]), tonumber(A[2]), tonumber(A[3]), tonumber(A[4])
-  if rpm > 0 then
-    local n, from = used(K[1])
-    if n >= rpm then return {0, wait(K[1], from), 'rpm'} end
-  end
-  if tpm > 0 then
-    local n, from = used(K[2])
-    if n >= tpm then return {0, wait(K[2], from), 'tpm'} end
-  end
-  if budget > 0 and tonumber(redis.call('GET', K[4]) or '0') >= budget then
-    return {0, tonumber(A[5]), 'budget'}
-  end
-  local dollars = tonumber(A[8])
-  if dollars > 0 and tonumber(redis.call('GET', K[5]) or '0') >= dollars then
-    return {0, tonumber(A[5]), 'budget'}
-  end
-  if parallel > 0 then
-    redis.call('ZREMRANGEBYSCORE', K[3], '-inf', now)
-    if redis.call('ZCARD', K[3]) >= parallel then return {0, 1, 'max-parallel'} end
-    redis.call('ZADD', K[3], now + tonumber(A[6]), A[7])
-    redis.call('EXPIRE', K[3], tonumber(A[6]))
-  end
-  if rpm > 0 then add(K[1], 1) end
-  return {1, 0, ''}
+# A client's admission. KEYS: requests, tokens, in-flight, budget, spend. ARGV: rpm, tpm, max-parallel, budget
+# tokens, budget seconds left, lease seconds, ticket, budget micro-dollars (a limit of 0 is not set).
+_ADMIT = Script(
+    _WINDOW
+    + """
+local rpm, tpm, parallel, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+if rpm > 0 then
+  local n, from = used(KEYS[1])
+  if n >= rpm then return {0, wait(KEYS[1], from), 'rpm'} end
 end
-"""
-
-# A credential's reservation: 0, or the seconds until it may take a request. Its requests and tokens keys, its
-# rpm and tpm (0: not set).
-_RESERVE_FUNCTION = """
-local function reserve(requests, tokens, rpm, tpm)
-  if rpm > 0 then
-    local n, from = used(requests)
-    if n >= rpm then return wait(requests, from) end
-  end
-  if tpm > 0 then
-    local n, from = used(tokens)
-    if n >= tpm then return wait(tokens, from) end
-  end
-  add(requests, 1)
-  return 0
+if tpm > 0 then
+  local n, from = used(KEYS[2])
+  if n >= tpm then return {0, wait(KEYS[2], from), 'tpm'} end
 end
+if budget > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= budget then
+  return {0, tonumber(ARGV[5]), 'budget'}
+end
+local dollars = tonumber(ARGV[8])
+if dollars > 0 and tonumber(redis.call('GET', KEYS[5]) or '0') >= dollars then
+  return {0, tonumber(ARGV[5]), 'budget'}
+end
+if parallel > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  if redis.call('ZCARD', KEYS[3]) >= parallel then return {0, 1, 'max-parallel'} end
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), ARGV[7])
+  redis.call('EXPIRE', KEYS[3], tonumber(ARGV[6]))
+end
+if rpm > 0 then add(KEYS[1], 1) end
+return {1, 0, ''}
 """
+)
 
-_ADMIT = Script(_WINDOW + _ADMIT_FUNCTION + "return admit(KEYS, ARGV)")
-
-# KEYS: a credential's requests, tokens. ARGV: rpm, tpm.
+# A credential's reservation: 0, or the seconds until it may take a request. KEYS: its requests, tokens. ARGV: its
+# rpm, tpm (0: not set).
 _RESERVE = Script(
-    _WINDOW + _RESERVE_FUNCTION + "return reserve(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))"
+    _WINDOW
+    + """
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+if rpm > 0 then
+  local n, from = used(KEYS[1])
+  if n >= rpm then return wait(KEYS[1], from) end
+end
+if tpm > 0 then
+  local n, from = used(KEYS[2])
+  if n >= tpm then return wait(KEYS[2], from) end
+end
+add(KEYS[1], 1)
+return 0
+"""
 )
 
 # KEYS: tokens, in-flight, period tokens, period spend. ARGV: tokens, micro-dollars, period seconds left, count
@@ -398,7 +394,7 @@ class Shared:
         if answer is None:
             allowed = self._fallback()
             return Verdict(allowed, 1, "" if allowed else "unavailable", counted=False)
-        allowed, retry_after, refused = answer[:3]
+        allowed, retry_after, refused = answer
         return Verdict(bool(allowed), int(retry_after), refused.decode() if isinstance(refused, bytes) else refused,
                        str(ticket))  # fmt: skip
 
