@@ -255,11 +255,13 @@ async def _run_for(request: web.Request, proxy: Proxy, client: Client | None, ex
     try:
         response = await exchange.run()
         status = response.status
-        return response
     finally:
         proxy.limits.forgo_soon(client, exchange.admission)  # still held: no upstream attempt was made
         proxy.accounting.record(request, client, status, exchange.started, exchange=exchange,
                                 verdict=exchange.verdict, span=exchange.span)  # fmt: skip
+    if exchange.verdict is not None and exchange.verdict.ticket:  # its max-parallel slot given back in Redis
+        await proxy.limits.flush()  # before the answer goes: the client's next request may need it
+    return response
 
 
 def _in_scope(request: web.Request, model: str, runtime: Runtime) -> bool:

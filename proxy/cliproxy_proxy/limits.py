@@ -73,6 +73,8 @@ class Engine(Protocol):
 
     def spend(self, credential: Credential, tokens: int) -> None: ...
 
+    async def flush(self) -> None: ...
+
     async def close(self) -> None: ...
 
 
@@ -181,6 +183,9 @@ class Local:
 
     def spend(self, credential: Credential, tokens: int) -> None:  # only a credential with a tpm is spent
         self.credentials.setdefault(credential.id, _Usage()).tokens.add(int(time.time()), tokens)
+
+    async def flush(self) -> None:  # every count is in place already
+        return None
 
     async def close(self) -> None:
         return None
@@ -509,12 +514,16 @@ class Shared:
         self.backoff = min(_BACKOFF_MAX, self.backoff * 2 or _BACKOFF_FIRST)
         self.down_until = now + self.backoff
 
-    async def close(self) -> None:
-        """Settle what is still tallied, then close."""
+    async def flush(self) -> None:
+        """Send what is tallied now, and wait until every settle sent is answered."""
         if self.flush_at is not None:
             self.flush_at.cancel()
             self._flush()
         await asyncio.gather(*self.flushing, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Settle what is still tallied, then close."""
+        await self.flush()
         if self.pipe is not None:
             await self.pipe.close()
         await self.redis.aclose()
@@ -591,11 +600,17 @@ class Limits:
         verdict = await admission
         if verdict.allowed:
             self.settle(client, verdict, 0)
+            if verdict.ticket:  # given back in Redis before the answer goes: the next request may need the slot
+                await self.flush()
 
     def forgo_soon(self, client: Client | None, admission: Awaitable[Verdict] | None) -> None:
         """``forgo`` in the background, for a request ended by an error raised or the client gone."""
         if client is not None and admission is not None:
             self._background(self.forgo(client, admission))
+
+    async def flush(self) -> None:
+        """Wait until what was settled so far is counted (with Redis, sent at once and answered)."""
+        await self.engine.flush()
 
     def settle(self, client: Client, verdict: Verdict, tokens: int, micro_usd: int = 0) -> None:
         """Count an answer's tokens and cost against its client (with Redis, flushed in the background)."""
